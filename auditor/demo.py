@@ -1,0 +1,201 @@
+"""`t2i-audit demo`: the whole method on the built-in tiny zoo, in one command.
+
+Builds (or loads) the zoo, selects keys from the source with the base as control,
+audits the innocent references, then each suspect (infringing at rho = 1.0 and 0.3,
+one innocent), and writes one report per suspect under the output folder. Each report
+carries both verdicts a reader may want: the paper's fixed threshold on conf and the
+calibrated binomial test against the innocent references.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from auditor.audit import fixed_threshold_verdict, run_audit
+from auditor.config import AuditConfig, FrozenModel
+from auditor.generation import TorchGenerator
+from auditor.identity import hash_model
+from auditor.keys import ModelRef, save_keyset
+from auditor.progress import Reporter
+from auditor.report import SuspectRef, build_report, reference_result, save_report
+from auditor.selection import SelectionConfig, select_keys
+from auditor.views import VERDICT_STYLE, distance_shares
+from auditor.zoo.build import PRESETS, build_zoo
+from auditor.zoo.data import load_dataset
+
+
+class DemoSuspect(FrozenModel):
+    name: str
+    rho: float
+    conf: float
+    hits: int
+    num_keys: int
+    verdict: str
+    paper_verdict: str
+    p_value: float | None
+    mean_distance: float
+    best_distance: float
+    shares: dict[str, float]
+    report: str
+    model: str
+
+
+class DemoResult(FrozenModel):
+    zoo: str
+    keyset_digest: str
+    strategy: str
+    num_keys: int
+    references: dict[str, float]
+    suspects: tuple[DemoSuspect, ...]
+    timings: dict[str, float]
+
+
+def _ref(path: str | Path) -> ModelRef:
+    identity = hash_model(path)
+    return ModelRef(
+        name=Path(path).parent.name if Path(path).name == "pipeline" else identity.name,
+        digest=identity.digest,
+    )
+
+
+def run_demo(
+    *,
+    preset: str = "demo",
+    out: Path = Path("demo-out"),
+    cache_dir: Path | None = None,
+    strategy: str = "generation",
+    reporter: Reporter | None = None,
+) -> DemoResult:
+    reporter = reporter or Reporter()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    zoo = build_zoo(PRESETS[preset], cache_dir=cache_dir, reporter=reporter)
+    timings["zoo"] = time.perf_counter() - start
+
+    t = time.perf_counter()
+    train = load_dataset(zoo.source_train)
+    source = TorchGenerator(zoo.source, device="cpu")
+    base = TorchGenerator(zoo.base, device="cpu")
+    settings = PRESETS[preset].generation
+    keyset, images = select_keys(
+        SelectionConfig(strategy=strategy),
+        source=source,
+        source_ref=_ref(zoo.source),
+        settings=settings,
+        prompts=list(train.captions),
+        train_images=np.asarray(train.images),
+        base=base,
+        base_ref=_ref(zoo.base),
+        reporter=reporter,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".keys.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_keyset(keyset, images, staging)
+    shutil.rmtree(out / "keys", ignore_errors=True)
+    staging.rename(out / "keys")
+    timings["keys"] = time.perf_counter() - t
+
+    config = AuditConfig()
+    t = time.perf_counter()
+    references = []
+    for name, path in {"base": zoo.base, **zoo.references}.items():
+        result = run_audit(TorchGenerator(path, device="cpu"), keyset, images, config, reporter=reporter)
+        references.append(reference_result(name, hash_model(path).digest, result))
+    timings["references"] = time.perf_counter() - t
+
+    rows = []
+    for name, path in zoo.suspects.items():
+        t = time.perf_counter()
+        result = run_audit(TorchGenerator(path, device="cpu"), keyset, images, config, reporter=reporter)
+        report = build_report(
+            result=result,
+            keyset=keyset,
+            suspect=SuspectRef(name=name, digest=hash_model(path).digest),
+            config=config,
+            references=tuple(references),
+        )
+        report_path = out / "reports" / f"{name}.json"
+        save_report(report, report_path)
+        calibration = report.verdict.calibration
+        rows.append(
+            DemoSuspect(
+                name=name,
+                rho=zoo.rho[name],
+                conf=result.conf,
+                hits=result.hits,
+                num_keys=result.num_keys,
+                verdict=report.verdict.verdict,
+                paper_verdict=fixed_threshold_verdict(result.conf, config.conf_threshold),
+                p_value=calibration.p_value if calibration else None,
+                mean_distance=result.mean_distance,
+                best_distance=result.best_distance,
+                shares=distance_shares(result.distances()),
+                report=str(report_path),
+                model=str(path),
+            )
+        )
+        timings[f"audit {name}"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    result = DemoResult(
+        zoo=zoo.config_digest,
+        keyset_digest=keyset.digest,
+        strategy=strategy,
+        num_keys=len(keyset.keys),
+        references={r.name: r.conf for r in references},
+        suspects=tuple(rows),
+        timings={k: round(v, 2) for k, v in timings.items()},
+    )
+    from auditor.fileio import atomic_write_text
+
+    atomic_write_text(out / "summary.json", result.model_dump_json(indent=2) + "\n")
+    return result
+
+
+def print_demo(result: DemoResult, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"t2i-auditor demo: {result.num_keys} {result.strategy} keys, delta0 0.15")
+    for col in (
+        "suspect",
+        "rho",
+        "conf",
+        "mean d",
+        "best d",
+        "d<0.1",
+        "d<0.15",
+        "paper verdict",
+        "calibrated",
+        "p",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("suspect", "paper verdict", "calibrated") else "right"
+        )
+    for s in result.suspects:
+        under_010 = s.shares["[0, 0.1)"]
+        under_015 = under_010 + s.shares["[0.1, 0.15)"]
+        style = VERDICT_STYLE.get(s.verdict, "")
+        table.add_row(
+            s.name,
+            f"{s.rho:.1f}",
+            f"{s.conf:.2f}",
+            f"{s.mean_distance:.3f}",
+            f"{s.best_distance:.3f}",
+            f"{under_010:.0%}",
+            f"{under_015:.0%}",
+            s.paper_verdict,
+            f"[{style}]{s.verdict}[/{style}]",
+            "-" if s.p_value is None else f"{s.p_value:.2g}",
+        )
+    console.print(table)
+    refs = ", ".join(f"{k} conf {v:.2f}" for k, v in result.references.items())
+    console.print(f"innocent references: {refs}")
+    console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    console.print(
+        f"reports: {Path(result.suspects[0].report).parent}/  keyset digest {result.keyset_digest[:16]}..."
+    )

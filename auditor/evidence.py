@@ -1,0 +1,290 @@
+"""Evidence reports: signed attribution reports that anyone with the public key can check offline.
+
+A signed report is an in-toto Statement v1 in a DSSE envelope (auditor.signing): the
+subject is the suspect model (its manifest digest, auditor.identity), the predicate is
+the whole attribution report. Verification checks, in order and with no network:
+
+1. the Ed25519 signature over the envelope (nothing unsigned is interpreted);
+2. the predicate is a report of a supported schema version;
+3. the statement's subject digest is the digest the report gives for the suspect;
+4. with the keyset folder: every key image re-hashes to keys.json, the keyset digest
+   is the report's, and, when the report cites a pre-registered commitment, the
+   folder's commitment.json opens to that digest and is the commitment cited.
+
+A failed check is a VerificationError (exit 1); unreadable or malformed input is a
+BadInputError (exit 2): "this is not evidence of anything" versus "this is not what
+you said it was".
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import BadInputError, VerificationError
+from auditor.fileio import sha256_bytes
+from auditor.report import AttributionReport, parse_report
+
+COMMITMENT_FILE = "commitment.json"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ---------------------------------------------------------------- signing
+
+
+def report_statement(report: AttributionReport) -> dict[str, Any]:
+    """The in-toto Statement over the suspect whose predicate is the report."""
+    from auditor.signing import make_statement
+
+    digest = report.suspect.digest
+    if not digest:
+        raise BadInputError(
+            f"suspect {report.suspect.name!r}: the report records no digest for it; a signed report must "
+            "pin the suspect by its sha256 manifest digest (see auditor.identity)"
+        )
+    try:
+        return make_statement([(report.suspect.name, digest)], report.model_dump(mode="json"))
+    except ValueError as exc:
+        raise BadInputError(f"suspect {report.suspect.name!r}: {exc}") from None
+
+
+def write_signed_report(
+    report: AttributionReport, private_key_path: str | os.PathLike[str], envelope_path: str | os.PathLike[str]
+) -> Path:
+    """Sign `report` with the Ed25519 key at `private_key_path`; write the DSSE envelope atomically."""
+    from auditor.signing import load_signer, sign_statement, write_envelope
+
+    statement = report_statement(report)
+    signer = load_signer(private_key_path)
+    try:
+        envelope = sign_statement(statement, signer)
+    except ValueError as exc:  # e.g. a NaN distance: canonical JSON refuses it
+        raise BadInputError(f"report: cannot be signed as canonical JSON ({exc})") from None
+    return write_envelope(envelope_path, envelope)
+
+
+# ---------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What `verify_signed_report_details` checked, for the CLI to print."""
+
+    report: AttributionReport
+    keyid: str
+    checks: tuple[str, ...] = field(default_factory=tuple)
+
+
+def verify_signed_report(
+    envelope_bytes: bytes,
+    public_key_path: str | os.PathLike[str],
+    keys_dir: str | os.PathLike[str] | None = None,
+    source: str = "envelope",
+) -> AttributionReport:
+    """Verify a signed report (see the module docstring); return the report it attests."""
+    return verify_signed_report_details(envelope_bytes, public_key_path, keys_dir, source).report
+
+
+def verify_signed_report_details(
+    envelope_bytes: bytes,
+    public_key_path: str | os.PathLike[str],
+    keys_dir: str | os.PathLike[str] | None = None,
+    source: str = "envelope",
+) -> Verified:
+    from auditor.signing import load_verifier, verify_envelope
+
+    verifier = load_verifier(public_key_path)
+    statement = verify_envelope(envelope_bytes, verifier, source=source)
+    checks = ["signature"]
+    report = parse_report(statement.get("predicate"), f"{source}: signed report")
+    checks.append("schema")
+    _check_subject(statement, report, source)
+    checks.append("subject")
+    if keys_dir is not None:
+        checks.extend(check_keyset(report, keys_dir))
+    return Verified(report=report, keyid=verifier.keyid, checks=tuple(checks))
+
+
+def _check_subject(statement: dict[str, Any], report: AttributionReport, source: str) -> None:
+    expected = report.suspect.digest
+    if not expected:
+        raise VerificationError(
+            f"{source}: the signed report records no suspect digest, so it binds no model"
+        )
+    found = []
+    for entry in statement.get("subject", []):
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        sha = digest.get("sha256") if isinstance(digest, dict) else None
+        if isinstance(sha, str):
+            found.append(sha)
+    if expected not in found:
+        shown = ", ".join(found) or "none"
+        raise VerificationError(
+            f"{source}: statement subject sha256 ({shown}) differs from the report's suspect digest {expected}"
+        )
+
+
+def check_keyset(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> list[str]:
+    """Check a keyset folder against the report; return the names of the checks that passed."""
+    from auditor.commitment import load_commitment, verify_commitment
+    from auditor.keys import load_keyset
+
+    root = Path(keys_dir)
+    keyset, _ = load_keyset(root)  # re-hashes every image: an edited keyset is refused here
+    if keyset.digest != report.keyset.digest:
+        raise VerificationError(
+            f"{root}: keyset digest {keyset.digest} differs from the report's keyset digest {report.keyset.digest}"
+        )
+    checks = ["keyset"]
+    cited = report.keyset.commitment
+    if cited is not None:
+        path = root / COMMITMENT_FILE
+        if not path.exists():
+            raise BadInputError(
+                f"{root}: the report cites keyset commitment {cited[:16]}... but the folder has no "
+                f"{COMMITMENT_FILE} (its salt is needed to open the commitment)"
+            )
+        commitment = load_commitment(path)
+        if commitment.commitment != cited:
+            raise VerificationError(
+                f"{path}: commitment {commitment.commitment} differs from the commitment the report cites {cited}"
+            )
+        verify_commitment(commitment, keyset.digest)
+        checks.append("commitment")
+    return checks
+
+
+# ---------------------------------------------------------------- commitments
+
+
+def commit_keyset(keys_dir: str | os.PathLike[str]):
+    """Verify the keyset at `keys_dir` and write its salted commitment to keys_dir/commitment.json.
+
+    An existing commitment is never replaced: once published, losing its salt would make
+    it impossible to open. The file is created whole or not at all (temporary file, then a
+    hard link that fails if the target exists, so two concurrent runs cannot both win).
+    """
+    from auditor.commitment import commit, save_commitment
+    from auditor.keys import load_keyset
+
+    root = Path(keys_dir)
+    keyset, _ = load_keyset(root)
+    target = root / COMMITMENT_FILE
+    if os.path.lexists(target):
+        raise BadInputError(
+            f"{target}: a commitment already exists (refusing to overwrite it: its salt opens the published one)"
+        )
+    made = commit(keyset.digest)
+    tmp = root / f".{COMMITMENT_FILE}.{secrets.token_hex(8)}.new"
+    save_commitment(tmp, made)
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise BadInputError(
+            f"{target}: a commitment already exists (refusing to overwrite it: its salt opens the published one)"
+        ) from None
+    except OSError:
+        # A file system without hard links: fall back to a rename after the check above.
+        if os.path.lexists(target):
+            raise BadInputError(f"{target}: a commitment already exists (refusing to overwrite it)") from None
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return keyset, made
+
+
+# ---------------------------------------------------------------- reading for display
+
+
+@dataclass(frozen=True)
+class LoadedReport:
+    report: AttributionReport
+    signed: bool  # read from a DSSE envelope (whose signature was NOT checked)
+
+
+def read_report_or_envelope(path: str | os.PathLike[str]) -> LoadedReport:
+    """A plain report JSON or a DSSE envelope holding one, read without verifying anything."""
+    from auditor.signing import parse_envelope
+
+    p = Path(path)
+    data_bytes = read_file(p, "report")
+    try:
+        data = json.loads(data_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(
+            f"{p}: expected JSON (a report or a DSSE envelope), could not parse it ({exc})"
+        ) from None
+    if isinstance(data, dict) and {"payload", "payloadType", "signatures"} <= data.keys():
+        envelope, _ = parse_envelope(data_bytes, str(p))
+        try:
+            statement = json.loads(envelope.payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInputError(f"{p}: envelope payload is not JSON ({exc})") from None
+        if not isinstance(statement, dict) or "predicate" not in statement:
+            raise BadInputError(f"{p}: envelope payload is not an in-toto Statement with a predicate")
+        return LoadedReport(parse_report(statement["predicate"], f"{p}: envelope predicate"), signed=True)
+    return LoadedReport(parse_report(data, str(p)), signed=False)
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a folder, expected a {what} file") from None
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read {what} file ({exc.strerror})") from None
+
+
+def key_pngs(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> dict[str, bytes]:
+    """key_id -> the key image's PNG bytes, from a keyset folder that must be the report's keyset."""
+    from auditor.keys import load_keyset
+
+    root = Path(keys_dir)
+    keyset, _ = load_keyset(root)
+    if keyset.digest != report.keyset.digest:
+        raise VerificationError(
+            f"{root}: keyset digest {keyset.digest} differs from the report's keyset digest {report.keyset.digest}"
+        )
+    out = {}
+    for key in keyset.keys:
+        data = read_file(root / key.image, "key image")
+        if sha256_bytes(data) != key.image_sha256:  # changed since load_keyset hashed it
+            raise VerificationError(f"{root / key.image}: sha256 does not match keys.json")
+        out[key.id] = data
+    return out
+
+
+def regeneration_pngs(report: AttributionReport, images_dir: str | os.PathLike[str]) -> dict[str, bytes]:
+    """sha256 -> PNG bytes of the suspect's regenerations the report cites, where present in the folder.
+
+    Files are found by the name the report gives them (`<sha256>.png`) and must hash to
+    it; names that are not 64 hex digits are never turned into paths.
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise BadInputError(f"{root}: expected a folder of regenerated images (audit --save-images DIR)")
+    out = {}
+    for result in report.results:
+        for sha in result.image_sha256s:
+            if not _HEX64.match(sha) or sha in out:
+                continue
+            path = root / f"{sha}.png"
+            if not path.is_file():
+                continue
+            data = read_file(path, "regenerated image")
+            if sha256_bytes(data) != sha:
+                raise VerificationError(f"{path}: content sha256 {sha256_bytes(data)} differs from its name")
+            out[sha] = data
+    return out
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

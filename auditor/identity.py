@@ -1,0 +1,267 @@
+"""Model identity by hashing, in the manner of sigstore's model_signing.
+
+A report that says "model X was trained on the owner's images" is only evidence if X
+is pinned down beyond dispute. A model is therefore identified by a manifest: every
+file it consists of, by relative path, sha256 and size, and one digest over that
+manifest. The digest does not depend on where the model lies on disk, on the folder's
+name, or on the order files were written, but any changed byte, renamed, added or
+removed file changes it.
+
+Hashing never deserializes anything. Single pickled checkpoints are the exception
+that is checked here: the auditor will have to load them, and unpickling runs
+arbitrary code, so they are only accepted when torch's restricted `weights_only`
+unpickler can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from auditor.errors import BadInputError
+from auditor.fileio import canonical_json, sha256_bytes
+
+ModelKind = Literal["diffusers_folder", "safetensors_file", "lora_file", "file"]
+MODEL_KINDS: tuple[str, ...] = ("diffusers_folder", "safetensors_file", "lora_file", "file")
+
+# Domain separation: a manifest digest can never collide with a digest of some other
+# canonical JSON document this project hashes.
+MANIFEST_SCHEME = "t2i-auditor-model-manifest-v1"
+
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
+SAFETENSORS_SUFFIX = ".safetensors"
+
+# The safetensors format itself caps the header at 100 MB; a larger length field is a
+# corrupt or hostile file, and must not make us allocate gigabytes.
+_SAFETENSORS_MAX_HEADER = 100_000_000
+
+_HEX64 = r"^[0-9a-f]{64}$"
+_CHUNK = 1 << 20
+
+
+class FileEntry(BaseModel):
+    """One file of a model: where it lies inside the model root and what it holds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(min_length=1)  # posix, relative to the model root
+    sha256: str = Field(pattern=_HEX64)
+    size: int = Field(ge=0)
+
+
+class ModelIdentity(BaseModel):
+    """What a report says a model *is*: kind, manifest digest and the files behind it.
+
+    `name` is a basename only: an absolute path would leak the auditor's file system
+    layout into a document that may be shown to a court or the other party.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ModelKind
+    digest: str = Field(pattern=_HEX64)
+    files: tuple[FileEntry, ...] = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[^/\\]+$")
+
+
+def manifest_digest(kind: str, files: tuple[FileEntry, ...] | list[FileEntry]) -> str:
+    """sha256 over the canonical JSON of the sorted (path, sha256, size) list and the kind."""
+    rows = sorted((entry.path, entry.sha256, entry.size) for entry in files)
+    document = {"scheme": MANIFEST_SCHEME, "kind": kind, "files": [list(row) for row in rows]}
+    return sha256_bytes(canonical_json(document))
+
+
+def hash_model(path: str | os.PathLike[str], kind: str | None = None) -> ModelIdentity:
+    """Identify the model at `path` (a folder or a single weights file).
+
+    `kind` is detected when None: a folder is a "diffusers_folder", a `.safetensors`
+    file is a "lora_file" when its tensor names mention LoRA and a "safetensors_file"
+    otherwise, anything else is a "file".
+    """
+    if kind is not None and kind not in MODEL_KINDS:
+        raise BadInputError(f"model kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}")
+    given = Path(path)
+    if not given.exists():
+        raise BadInputError(f"{given}: model path does not exist (expected a model folder or weights file)")
+    # abspath, not resolve: the name is the one the user gave, even through a link.
+    name = Path(os.path.abspath(given)).name or given.resolve().name
+    if given.is_dir():
+        return _hash_folder(given, name, kind)
+    if given.is_file():
+        return _hash_single_file(given, name, kind)
+    raise BadInputError(f"{given}: not a regular file or folder (expected a model folder or weights file)")
+
+
+def _hash_folder(folder: Path, name: str, kind: str | None) -> ModelIdentity:
+    if kind not in (None, "diffusers_folder"):
+        raise BadInputError(f"{folder}: is a folder, but model kind {kind!r} names a single file")
+    root = folder.resolve()
+    entries = []
+    for relative, target in _walk(root, root, "", frozenset({root})):
+        entries.append(_file_entry(relative, target))
+    if not entries:
+        raise BadInputError(f"{folder}: model folder holds no files (expected model weights)")
+    entries.sort(key=lambda entry: entry.path)
+    return ModelIdentity(
+        kind="diffusers_folder", digest=manifest_digest("diffusers_folder", entries), files=entries, name=name
+    )
+
+
+def _file_entry(relative: str, file: Path) -> FileEntry:
+    """Hash and size from one streaming read, so the two cannot describe different contents."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise BadInputError(f"{file}: cannot read model file ({exc.strerror})") from exc
+    return FileEntry(path=relative, sha256=digest.hexdigest(), size=size)
+
+
+def _is_skipped(name: str) -> bool:
+    """Caches and bytecode are not part of a model; hidden names are tool state (.cache, .git)."""
+    return name.startswith(".") or name == "__pycache__"
+
+
+def _walk(root: Path, directory: Path, prefix: str, active: frozenset[Path]) -> Iterator[tuple[str, Path]]:
+    """Yield (relative posix path, real file path) for every regular file under `directory`.
+
+    A symlink is followed only when its target stays inside the model root: a link out
+    of it would make the digest cover files that are not the model's, and a hostile
+    model folder could point at the auditor's own secrets. `active` holds the real
+    directories being walked, so a link back up the tree is caught, not looped on.
+    """
+    try:
+        children = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise BadInputError(f"{directory}: cannot list model folder ({exc.strerror})") from exc
+    for entry in children:
+        if _is_skipped(entry.name):
+            continue
+        relative = f"{prefix}{entry.name}"
+        link = Path(entry.path)
+        if entry.is_symlink():
+            try:
+                target = link.resolve(strict=True)
+            except (OSError, RuntimeError) as exc:
+                raise BadInputError(f"{link}: broken or looping symlink in model folder") from exc
+            if not target.is_relative_to(root):
+                raise BadInputError(
+                    f"{link}: symlink points outside the model folder to {target}"
+                    " (expected every model file inside the folder)"
+                )
+        else:
+            target = link
+        if target.is_dir():
+            real = target.resolve()
+            if real in active:
+                raise BadInputError(f"{link}: symlink loop in model folder")
+            yield from _walk(root, real, f"{relative}/", active | {real})
+        elif target.is_file():
+            yield relative, target
+        else:
+            raise BadInputError(f"{link}: not a regular file (expected only files and folders in a model)")
+
+
+def _hash_single_file(file: Path, name: str, kind: str | None) -> ModelIdentity:
+    if kind == "diffusers_folder":
+        raise BadInputError(f"{file}: model kind 'diffusers_folder' expects a folder, got a file")
+    suffix = file.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX or kind in ("safetensors_file", "lora_file"):
+        tensor_names = read_safetensors_header(file).keys()
+        if kind is None:
+            kind = "lora_file" if any("lora" in key.lower() for key in tensor_names) else "safetensors_file"
+        elif kind == "file":
+            raise BadInputError(
+                f"{file}: a safetensors file is 'safetensors_file' or 'lora_file', not 'file'"
+            )
+    else:
+        if suffix in PICKLE_SUFFIXES:
+            check_pickle_weights_only(file)
+        kind = kind or "file"
+    entry = _file_entry(file.name, file)
+    return ModelIdentity(kind=kind, digest=manifest_digest(kind, [entry]), files=(entry,), name=name)
+
+
+def read_safetensors_header(file: Path) -> dict[str, Any]:
+    """Parse and check a safetensors header; return its tensor entries (without __metadata__).
+
+    The layout is an 8-byte little-endian header length, that many bytes of JSON, then
+    the tensor data; every tensor's [begin, end) offsets must lie inside the data and
+    together they must cover it exactly, which is how a truncated download shows.
+    """
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise BadInputError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len == 0 or header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > size:
+            raise BadInputError(
+                f"{file}: malformed safetensors file (header length {header_len} does not fit a {size}-byte file)"
+            )
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{file}: malformed safetensors file (header is not JSON: {exc})") from exc
+    if not isinstance(header, dict):
+        raise BadInputError(f"{file}: malformed safetensors file (header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data_len = size - 8 - header_len
+    end_max = 0
+    for tensor, info in header.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(value) is int for value in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+            or not isinstance(info.get("dtype"), str)
+            or not isinstance(info.get("shape"), list)
+        ):
+            raise BadInputError(f"{file}: malformed safetensors file (bad entry for tensor {tensor!r})")
+        if offsets[1] > data_len:
+            raise BadInputError(
+                f"{file}: truncated safetensors file (tensor {tensor!r} ends at byte {offsets[1]}"
+                f" of a {data_len}-byte data section)"
+            )
+        end_max = max(end_max, offsets[1])
+    if end_max != data_len:
+        raise BadInputError(
+            f"{file}: malformed safetensors file (tensors cover {end_max} bytes of a {data_len}-byte data section)"
+        )
+    return header
+
+
+def check_pickle_weights_only(file: Path) -> None:
+    """Refuse a pickled checkpoint unless torch's `weights_only` unpickler accepts it.
+
+    That unpickler only rebuilds tensors and plain containers, so a checkpoint whose
+    pickle would call anything else (the classic `__reduce__` payload) is rejected
+    without running it. torch is imported here only, because hashing needs it for
+    nothing else.
+    """
+    import torch  # heavy import, only needed for pickled checkpoints
+
+    try:
+        torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as exc:  # corrupt archives and refused globals raise many types
+        # torch wraps the unpickler's reason in advice on how to load the file unsafely;
+        # only the reason itself (e.g. "Unsupported global: GLOBAL exec ...") is kept.
+        inner = exc.__cause__ or exc.__context__ or exc
+        text = " ".join(str(inner).split())
+        reason = text.split(". ")[0][:160] if text else type(inner).__name__
+        raise BadInputError(
+            f"{file}: pickled checkpoint refused by torch.load(weights_only=True): {reason};"
+            " a pickle can run arbitrary code when loaded, convert it to .safetensors where it is trusted"
+        ) from exc

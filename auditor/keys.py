@@ -1,0 +1,136 @@
+"""Key samples: the owner's secret (prompt, seed, settings, image) triples, as a folder.
+
+A keyset is `keys.json` plus one PNG per key. Its digest is the sha256 of the canonical
+JSON of `keys.json` (which holds every image's sha256), so one short hex string pins
+every prompt, seed, setting and pixel: a report cites it, and a salted commitment to it
+can be published before an audit without revealing the keys. Loading re-hashes every
+image: a keyset that was edited after selection is refused, not silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, ValidationError
+
+from auditor.config import FrozenModel, GenerationSettings
+from auditor.errors import BadInputError
+from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
+from auditor.images import read_png, save_png
+
+KEYSET_SCHEMA = "t2i-auditor.keyset/v1"
+KEYS_FILE = "keys.json"
+Strategy = Literal["detection", "generation", "random"]
+
+
+class ModelRef(FrozenModel):
+    """A model as reports cite it: a display name and a content digest (never a local path)."""
+
+    name: str
+    digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class Key(FrozenModel):
+    id: str = Field(pattern=r"^k[0-9]{3,6}$")
+    prompt: str = Field(min_length=1)
+    seed: int = Field(ge=0, lt=2**63, description="the seed the source generated the key image with")
+    selection_seeds: tuple[int, ...] = Field(description="every seed selection used; audits must avoid them")
+    image: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.png$")
+    image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    score: float | None = Field(None, description="selection margin: base distance minus source distance")
+    source_distance: float | None = None
+    base_distance: float | None = None
+
+
+class SelectionRecord(FrozenModel):
+    delta0: float
+    distance: str
+    requested: int
+    candidates: int
+    eligible: int
+
+
+class KeySet(FrozenModel):
+    schema_version: Literal["t2i-auditor.keyset/v1"] = KEYSET_SCHEMA
+    strategy: Strategy
+    source: ModelRef
+    base: ModelRef | None = None
+    generation: GenerationSettings
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    selection: SelectionRecord
+    keys: tuple[Key, ...] = Field(min_length=1)
+
+    @property
+    def digest(self) -> str:
+        return keyset_digest(self)
+
+    def forbidden_seeds(self) -> set[int]:
+        return {s for key in self.keys for s in (key.seed, *key.selection_seeds)}
+
+
+def keyset_digest(keyset: KeySet) -> str:
+    return sha256_bytes(canonical_json(keyset.model_dump(mode="json")))
+
+
+def save_keyset(keyset: KeySet, images: np.ndarray, directory: str | os.PathLike[str]) -> str:
+    """Write the PNGs, then keys.json last: a folder without keys.json is not a keyset."""
+    out = Path(directory)
+    if (out / KEYS_FILE).exists():
+        raise BadInputError(f"{out / KEYS_FILE}: a keyset already exists here; choose another --out")
+    if len(images) != len(keyset.keys):
+        raise ValueError(f"{len(images)} images for {len(keyset.keys)} keys")
+    out.mkdir(parents=True, exist_ok=True)
+    for key, image in zip(keyset.keys, images, strict=True):
+        data = save_png(out / key.image, image)
+        if sha256_bytes(data) != key.image_sha256:
+            raise ValueError(f"{key.image}: encoded bytes do not match the recorded sha256")
+    atomic_write_text(out / KEYS_FILE, json.dumps(keyset.model_dump(mode="json"), indent=2) + "\n")
+    return keyset.digest
+
+
+def load_keyset(directory: str | os.PathLike[str]) -> tuple[KeySet, np.ndarray]:
+    """Parse keys.json and every image, verifying each image's sha256 and size."""
+    root = Path(directory)
+    path = root / KEYS_FILE
+    if not path.is_file():
+        raise BadInputError(f"{root}: expected a keyset folder with {KEYS_FILE}, none found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: expected JSON, could not parse it ({exc})") from None
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, KEYSET_SCHEMA):
+        raise BadInputError(
+            f"{path}: schema_version {raw.get('schema_version')!r} is not supported (expected {KEYSET_SCHEMA!r})"
+        )
+    try:
+        keyset = KeySet.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInputError(f"{path}: {format_validation_error(exc)}") from None
+    images = []
+    for key in keyset.keys:
+        image, data = read_png(root / key.image)
+        if sha256_bytes(data) != key.image_sha256:
+            raise BadInputError(
+                f"{root / key.image}: sha256 does not match keys.json (expected {key.image_sha256[:16]}..., "
+                f"got {sha256_bytes(data)[:16]}...); the keyset was modified after selection"
+            )
+        if image.shape[:2] != (keyset.height, keyset.width):
+            raise BadInputError(
+                f"{root / key.image}: expected {keyset.height}x{keyset.width} pixels, got "
+                f"{image.shape[0]}x{image.shape[1]}"
+            )
+        images.append(image)
+    return keyset, np.stack(images)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Pydantic's multi-line report -> one line naming the first offending field."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"field '{field}': {err['msg']}{more}"

@@ -1,0 +1,433 @@
+"""A black-box suspect behind an HTTP API: the AUTOMATIC1111 txt2img API or a minimal JSON one.
+
+The auditor can only send prompts and read back PNGs, so this is where everything a hostile
+or flaky endpoint can do is bounded:
+
+- **time**: one deadline per request (connect, send, wait and read together), `timeout_s`;
+- **retries**: connection errors, timeouts, HTTP 5xx and 429 and malformed answers are
+  retried up to `retries` times with exponential backoff; any other 4xx is not (the request
+  itself is wrong, so repeating it cannot help);
+- **rate**: at most `rate_limit` requests per second (request starts are spaced);
+- **budget**: at most `max_queries` HTTP requests in all (retries included). An audit that
+  cannot fit is refused before its first request, and running out midway is a
+  `BadInputError` (exit 2): a rerun would spend the same budget the same way, so raise the
+  budget instead of retrying the job;
+- **size**: a body over `max_response_bytes` is refused without reading it whole, and a
+  PNG whose header declares any size other than the requested one is refused before its
+  pixels are decoded (no decompression bombs).
+
+Stealth: the key prompts of each `generate` call are sent interleaved with decoy prompts
+(from a decoy list, or words of the key prompts recombined) in a seeded random order, with
+the same seeds the keys use, so the endpoint cannot tell which queries are keys. Decoys are
+not scored; `describe()` reports the query count.
+
+The auth header's value comes from an environment variable named in the options and is
+never written into a report, a log or an error message. Every returned PNG's sha256 is kept
+in a transcript (`transcript()`), whose digest pins the endpoint's answers in a report.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.client
+import io
+import json
+import os
+import random
+import secrets
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydantic import Field
+
+from auditor.config import FrozenModel, GenerationSettings
+from auditor.errors import BadInputError, TransientError
+from auditor.fileio import canonical_json, sha256_bytes
+from auditor.generation import BackendInfo
+
+A1111_PATH = "/sdapi/v1/txt2img"
+GENERIC_PATH = "/generate"
+TRANSCRIPT_SCHEME = "t2i-auditor-http-transcript-v1"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Our scheduler names -> AUTOMATIC1111 sampler names (and back, for `t2i-audit serve`).
+A1111_SAMPLERS: dict[str, str] = {
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpm++": "DPM++ 2M",
+    "lms": "LMS",
+    "ddpm": "DDPM",
+}
+
+
+class HttpOptions(FrozenModel):
+    """How to talk to an HTTP suspect; every limit has a finite default."""
+
+    api: Literal["a1111", "generic"] = Field(
+        "a1111", description="a1111: POST /sdapi/v1/txt2img; generic: POST {prompt, seed, steps} -> {image}"
+    )
+    auth_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the auth header value",
+    )
+    auth_header: str = Field("Authorization", pattern=r"^[A-Za-z0-9-]+$")
+    timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="deadline of one request, connect to last byte"
+    )
+    retries: int = Field(3, ge=0, le=20, description="retries per query after the first attempt")
+    backoff_s: float = Field(1.0, ge=0, le=60, description="first backoff; doubles on each retry")
+    backoff_max_s: float = Field(30.0, ge=0, le=600)
+    rate_limit: float | None = Field(None, gt=0, le=1000, description="max requests per second")
+    max_queries: int | None = Field(None, ge=1, description="max HTTP requests in all, retries included")
+    max_response_bytes: int = Field(32 * 2**20, ge=1024, le=2**30)
+    sampler_name: str | None = Field(
+        None, description="a1111 sampler name; default: mapped from the scheduler"
+    )
+    decoys_per_key: int = Field(2, ge=0, le=20, description="decoy queries sent per key query")
+    decoy_prompts: tuple[str, ...] = Field(
+        (), description="decoys drawn from here; empty: recombined key words"
+    )
+    stealth_seed: int | None = Field(
+        None, ge=0, description="seed of decoys and order; None: a fresh random one"
+    )
+
+
+@dataclass(frozen=True)
+class Query:
+    """One answered query of the transcript."""
+
+    index: int
+    role: Literal["key", "decoy"]
+    prompt: str
+    seed: int
+    sha256: str  # of the PNG bytes exactly as returned
+    attempts: int
+
+
+class _Retryable(Exception):
+    """A failed attempt worth retrying; `network` marks failures a later run may not see."""
+
+    def __init__(self, message: str, network: bool) -> None:
+        super().__init__(message)
+        self.network = network
+
+
+def redact_url(url: str) -> str:
+    """scheme://host:port only: no credentials, path or query string (they may hold tokens)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"
+
+
+class HttpGenerator:
+    """A suspect model that is only reachable through an HTTP image-generation API."""
+
+    def __init__(self, url: str, options: HttpOptions | None = None, name: str | None = None) -> None:
+        self.options = options or HttpOptions()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadInputError(f"{url!r}: expected an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise BadInputError(
+                f"{redact_url(url)}: credentials in the URL are not accepted (they would end up in logs); "
+                "put the auth header value in an environment variable and name it in http.auth_env"
+            )
+        try:
+            self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise BadInputError(f"{redact_url(url)}: invalid port in the URL") from None
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        default_path = A1111_PATH if self.options.api == "a1111" else GENERIC_PATH
+        path = parts.path if parts.path not in ("", "/") else default_path
+        self.path = path + (f"?{parts.query}" if parts.query else "")
+        self.endpoint = redact_url(url)
+        self.name = name or self.endpoint  # errors name the endpoint, never the path or query
+        self._auth: tuple[str, str] | None = None
+        if self.options.auth_env:
+            value = os.environ.get(self.options.auth_env)
+            if not value:
+                raise BadInputError(
+                    f"http.auth_env: environment variable {self.options.auth_env} is not set or empty "
+                    "(expected the value of the auth header)"
+                )
+            self._auth = (self.options.auth_header, value)
+        seed = self.options.stealth_seed if self.options.stealth_seed is not None else secrets.randbits(63)
+        self.stealth_seed = seed
+        self._rng = random.Random(seed)
+        self._transcript: list[Query] = []
+        self.requests = 0  # HTTP requests sent, retries included
+        self.failed_requests = 0
+        self._last_start: float | None = None
+
+    # ------------------------------------------------------------ Generator protocol
+
+    def describe(self) -> BackendInfo:
+        keys = sum(q.role == "key" for q in self._transcript)
+        decoys = len(self._transcript) - keys
+        return BackendInfo(
+            backend="http",
+            device=f"remote {self.host}:{self.port}",
+            dtype="unknown",
+            versions={
+                "api": self.options.api,
+                "endpoint": f"{self.host}:{self.port}",
+                "queries": f"{keys + decoys} ({keys} keys + {decoys} decoys)",
+                "requests": f"{self.requests} ({self.failed_requests} failed and retried or refused)",
+                "transcript_sha256": self.transcript_digest(),
+            },
+            note="black-box HTTP suspect: key queries interleaved with decoys in a seeded random order",
+        )
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings
+    ) -> np.ndarray:
+        from auditor.generation import _check_pairs
+
+        _check_pairs(prompts, seeds)
+        if settings.height is None or settings.width is None:
+            raise BadInputError(
+                f"{self.name}: an HTTP suspect needs explicit generation height and width (the keys' size)"
+            )
+        plan = self._plan(list(prompts), [int(s) for s in seeds])
+        budget = self.options.max_queries
+        if budget is not None and self.requests + len(plan) > budget:
+            raise BadInputError(
+                f"{self.name}: query budget http.max_queries = {budget} cannot cover this audit "
+                f"({self.requests} requests sent, {len(plan)} more queries needed with "
+                f"{self.options.decoys_per_key} decoys per key); raise it or lower http.decoys_per_key"
+            )
+        out = np.zeros((len(prompts), settings.height, settings.width, 3), dtype=np.uint8)
+        for role, slot, prompt, seed in plan:
+            image, digest, attempts = self._query(prompt, seed, settings)
+            self._transcript.append(
+                Query(len(self._transcript), role, prompt, seed, digest, attempts)  # type: ignore[arg-type]
+            )
+            if role == "key":
+                out[slot] = image
+        return out
+
+    # ------------------------------------------------------------ transcript
+
+    def transcript(self) -> list[Query]:
+        return list(self._transcript)
+
+    def transcript_digest(self) -> str:
+        """sha256 over every query (in order) and the sha256 of the PNG it got back."""
+        rows = [[q.role, q.prompt, q.seed, q.sha256] for q in self._transcript]
+        document = {
+            "scheme": TRANSCRIPT_SCHEME,
+            "endpoint": self.endpoint,
+            "api": self.options.api,
+            "queries": rows,
+        }
+        return sha256_bytes(canonical_json(document))
+
+    # ------------------------------------------------------------ stealth
+
+    def _plan(self, prompts: list[str], seeds: list[int]) -> list[tuple[str, int, str, int]]:
+        """(role, slot, prompt, seed) in the order sent: keys and decoys shuffled together."""
+        items = [("key", i, p, s) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
+        n_decoys = self.options.decoys_per_key * len(prompts)
+        if n_decoys and prompts:
+            keyset = set(prompts)
+            words = [w for p in prompts for w in p.split()]
+            for _ in range(n_decoys):
+                prompt = self._decoy(prompts, words, keyset)
+                items.append(("decoy", -1, prompt, self._rng.choice(seeds)))
+        self._rng.shuffle(items)
+        return items
+
+    def _decoy(self, prompts: list[str], words: list[str], keys: set[str]) -> str:
+        if self.options.decoy_prompts:
+            return self._rng.choice(self.options.decoy_prompts)
+        candidate = ""
+        for _ in range(32):  # bounded: tiny vocabularies may only recombine into keys
+            length = len(self._rng.choice(prompts).split())
+            candidate = " ".join(self._rng.choice(words) for _ in range(max(1, length)))
+            if candidate not in keys:
+                return candidate
+        return candidate
+
+    # ------------------------------------------------------------ one query
+
+    def _payload(self, prompt: str, seed: int, settings: GenerationSettings) -> dict:
+        if self.options.api == "generic":
+            return {"prompt": prompt, "seed": seed, "steps": settings.steps}
+        return {
+            "prompt": prompt,
+            "negative_prompt": settings.negative_prompt,
+            "seed": seed,
+            "steps": settings.steps,
+            "cfg_scale": settings.guidance_scale,
+            "width": settings.width,
+            "height": settings.height,
+            "sampler_name": self.options.sampler_name or A1111_SAMPLERS[settings.scheduler],
+            "batch_size": 1,
+            "n_iter": 1,
+        }
+
+    def _query(self, prompt: str, seed: int, settings: GenerationSettings) -> tuple[np.ndarray, str, int]:
+        body = json.dumps(self._payload(prompt, seed, settings)).encode("utf-8")
+        opts = self.options
+        last: _Retryable | None = None
+        for attempt in range(opts.retries + 1):
+            if attempt:
+                delay = min(opts.backoff_max_s, opts.backoff_s * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + self._rng.random() / 2))  # jittered exponential backoff
+            if opts.max_queries is not None and self.requests >= opts.max_queries:
+                raise BadInputError(
+                    f"{self.name}: query budget http.max_queries = {opts.max_queries} exhausted "
+                    f"after {self.requests} requests ({self.failed_requests} failed); raise it to finish this audit"
+                )
+            self._pace()
+            self.requests += 1
+            try:
+                status, data = self._post(body)
+                if status == 429 or 500 <= status <= 599:
+                    raise _Retryable(f"HTTP {status}", network=True)
+                if status != 200:
+                    raise BadInputError(
+                        f"{self.endpoint} answered HTTP {status} (not retried: the request was "
+                        f"refused; check the URL, http.api and the auth header)"
+                    )
+                png = self._extract_png(data)
+                image = self._decode(png, settings.height, settings.width)  # type: ignore[arg-type]
+                return image, sha256_bytes(png), attempt + 1
+            except _Retryable as exc:
+                self.failed_requests += 1
+                last = exc
+            except BadInputError:
+                self.failed_requests += 1
+                raise
+        assert last is not None
+        message = (
+            f"{self.endpoint} failed {opts.retries + 1} attempts for one query "
+            f"(last: {last}); see http.timeout_s, http.retries"
+        )
+        raise TransientError(message) if last.network else BadInputError(message)
+
+    def _pace(self) -> None:
+        if self.options.rate_limit is None:
+            return
+        now = time.monotonic()
+        if self._last_start is not None:
+            wait = self._last_start + 1.0 / self.options.rate_limit - now
+            if wait > 0:
+                time.sleep(wait)
+                now = time.monotonic()
+        self._last_start = now
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        opts = self.options
+        deadline = time.monotonic() + opts.timeout_s
+
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Retryable(f"timed out after {opts.timeout_s:g} s", network=True)
+            return left
+
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "Connection": "close"}
+        if self._auth:
+            headers[self._auth[0]] = self._auth[1]
+        if self.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=opts.timeout_s, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=opts.timeout_s)
+        try:
+            conn.request("POST", self.path, body=body, headers=headers)
+            if conn.sock is not None:
+                conn.sock.settimeout(remaining())
+            response = conn.getresponse()
+            length = response.getheader("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > opts.max_response_bytes:
+                raise _Retryable(
+                    f"response of {int(length)} bytes exceeds http.max_response_bytes = {opts.max_response_bytes}",
+                    network=False,
+                )
+            chunks, size = [], 0
+            while True:
+                if conn.sock is not None:
+                    conn.sock.settimeout(remaining())
+                chunk = response.read(min(1 << 16, opts.max_response_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > opts.max_response_bytes:
+                    raise _Retryable(
+                        f"response exceeds http.max_response_bytes = {opts.max_response_bytes}", network=False
+                    )
+            return response.status, b"".join(chunks)
+        except _Retryable:
+            raise
+        except TimeoutError:
+            raise _Retryable(f"timed out after {opts.timeout_s:g} s", network=True) from None
+        except ConnectionRefusedError:
+            raise _Retryable("connection refused", network=True) from None
+        except (OSError, http.client.HTTPException) as exc:
+            reason = type(exc).__name__ + (f": {exc.strerror}" if getattr(exc, "strerror", None) else "")
+            raise _Retryable(f"connection failed ({reason})", network=True) from None
+        finally:
+            conn.close()
+
+    def _extract_png(self, data: bytes) -> bytes:
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _Retryable("malformed JSON in the response", network=False) from None
+        if not isinstance(obj, dict):
+            raise _Retryable("response is not a JSON object", network=False)
+        if self.options.api == "a1111":
+            images = obj.get("images")
+            if not isinstance(images, list) or not images or not isinstance(images[0], str):
+                raise _Retryable("response has no 'images' list of base64 strings", network=False)
+            encoded = images[0]
+        else:
+            encoded = obj.get("image")
+            if not isinstance(encoded, str):
+                raise _Retryable("response has no 'image' base64 string", network=False)
+        if encoded.startswith("data:"):
+            encoded = encoded.partition(",")[2]
+        try:
+            png = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Retryable("malformed base64 image in the response", network=False) from None
+        if not png.startswith(PNG_MAGIC):
+            raise _Retryable("returned image is not a PNG", network=False)
+        return png
+
+    @staticmethod
+    def _decode(png: bytes, height: int, width: int) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(png)) as img:
+                if img.format != "PNG":
+                    raise _Retryable("returned image is not a PNG", network=False)
+                if img.size != (width, height):  # checked from the header, before decoding pixels
+                    raise _Retryable(
+                        f"returned image is {img.size[0]}x{img.size[1]}, requested {width}x{height}",
+                        network=False,
+                    )
+                img.load()
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except _Retryable:
+            raise
+        except Exception as exc:  # PIL raises many types on corrupt data, DecompressionBombError included
+            raise _Retryable(f"undecodable PNG ({type(exc).__name__})", network=False) from None

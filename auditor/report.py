@@ -1,0 +1,206 @@
+"""The attribution report: one versioned schema, the document the evidence trail rests on.
+
+It records everything a rerun needs (model and keyset digests, seeds, settings, backend
+versions, thresholds) and everything a reader needs to weigh it (per-key distances, the
+hit count, the null rate of innocent references and the p-value). Signing wraps the
+canonical JSON of this model in a DSSE envelope (auditor.signing); this module is the
+only place the schema is defined, and `t2i-audit schema` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+import auditor
+from auditor.audit import AuditResult, KeyResult, fixed_threshold_verdict
+from auditor.calibration import CalibratedVerdict, decide
+from auditor.config import AuditConfig, FrozenModel, GenerationSettings
+from auditor.errors import BadInputError
+from auditor.fileio import atomic_write_text
+from auditor.generation import BackendInfo
+from auditor.keys import KeySet, ModelRef, Strategy, format_validation_error
+
+REPORT_SCHEMA = "t2i-auditor.report/v1"
+VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
+
+
+class ToolInfo(FrozenModel):
+    name: str = "t2i-auditor"
+    version: str
+    python: str
+    platform: str
+
+
+class KeysetRef(FrozenModel):
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    strategy: Strategy
+    num_keys: int
+    commitment: str | None = Field(None, description="salted commitment published before the audit, if any")
+
+
+class SuspectRef(ModelRef):
+    kind: str = "diffusers_folder"
+
+
+class ReferenceResult(FrozenModel):
+    """An innocent reference model audited with the same keys: one draw from the null."""
+
+    name: str
+    digest: str | None
+    hits: int
+    num_keys: int
+    conf: float
+    distances: tuple[float, ...]
+
+
+class Summary(FrozenModel):
+    num_keys: int
+    hits: int
+    conf: float
+    mean_distance: float
+    best_distance: float
+    seconds: float
+
+
+class Verdict(FrozenModel):
+    verdict: VerdictName
+    rule: Literal["fixed_conf_threshold", "calibrated_binomial"]
+    reason: str
+    calibration: CalibratedVerdict | None = None
+
+
+class AttributionReport(FrozenModel):
+    schema_version: Literal["t2i-auditor.report/v1"] = REPORT_SCHEMA
+    tool: ToolInfo
+    created_at: str
+    source: ModelRef
+    suspect: SuspectRef
+    keyset: KeysetRef
+    generation: GenerationSettings
+    backend: BackendInfo
+    audit: AuditConfig
+    results: tuple[KeyResult, ...]
+    summary: Summary
+    references: tuple[ReferenceResult, ...] = ()
+    verdict: Verdict
+
+
+def tool_info() -> ToolInfo:
+    return ToolInfo(
+        version=auditor.__version__,
+        python=platform.python_version(),
+        platform=f"{sys.platform}-{platform.machine()}",
+    )
+
+
+def make_verdict(
+    result: AuditResult, config: AuditConfig, references: tuple[ReferenceResult, ...], alpha: float
+):
+    """Calibrated when innocent references were audited, else the paper's fixed threshold."""
+    if references:
+        calibrated = decide(result.hits, result.num_keys, [r.hits for r in references], alpha=alpha)
+        return Verdict(
+            verdict=calibrated.verdict,
+            rule="calibrated_binomial",
+            reason=calibrated.reason,
+            calibration=calibrated,
+        )
+    verdict = fixed_threshold_verdict(result.conf, config.conf_threshold)
+    op = ">=" if verdict == "infringing" else "<"
+    return Verdict(
+        verdict=verdict,
+        rule="fixed_conf_threshold",
+        reason=f"conf {result.conf:.3f} {op} threshold {config.conf_threshold:g} (no references: uncalibrated)",
+    )
+
+
+def reference_result(name: str, digest: str | None, result: AuditResult) -> ReferenceResult:
+    return ReferenceResult(
+        name=name,
+        digest=digest,
+        hits=result.hits,
+        num_keys=result.num_keys,
+        conf=result.conf,
+        distances=tuple(k.distance for k in result.keys),
+    )
+
+
+def build_report(
+    *,
+    result: AuditResult,
+    keyset: KeySet,
+    suspect: SuspectRef,
+    config: AuditConfig,
+    references: tuple[ReferenceResult, ...] = (),
+    alpha: float = 0.01,
+    commitment: str | None = None,
+    created_at: str | None = None,
+) -> AttributionReport:
+    return AttributionReport(
+        tool=tool_info(),
+        created_at=created_at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        source=keyset.source,
+        suspect=suspect,
+        keyset=KeysetRef(
+            digest=keyset.digest, strategy=keyset.strategy, num_keys=result.num_keys, commitment=commitment
+        ),
+        generation=result.generation,
+        backend=result.backend,
+        audit=config,
+        results=result.keys,
+        summary=Summary(
+            num_keys=result.num_keys,
+            hits=result.hits,
+            conf=result.conf,
+            mean_distance=result.mean_distance,
+            best_distance=result.best_distance,
+            seconds=result.seconds,
+        ),
+        references=references,
+        verdict=make_verdict(result, config, references, alpha),
+    )
+
+
+def report_json(report: AttributionReport) -> str:
+    return json.dumps(report.model_dump(mode="json"), indent=2) + "\n"
+
+
+def save_report(report: AttributionReport, path: str | os.PathLike[str]) -> Path:
+    return atomic_write_text(path, report_json(report))
+
+
+def parse_report(data: dict, where: str) -> AttributionReport:
+    if not isinstance(data, dict):
+        raise BadInputError(f"{where}: expected a JSON object (an attribution report)")
+    version = data.get("schema_version")
+    if version != REPORT_SCHEMA:
+        raise BadInputError(
+            f"{where}: schema_version {version!r} is not supported (expected {REPORT_SCHEMA!r})"
+        )
+    try:
+        return AttributionReport.model_validate(data)
+    except ValidationError as exc:
+        raise BadInputError(f"{where}: {format_validation_error(exc)}") from None
+
+
+def load_report(path: str | os.PathLike[str]) -> AttributionReport:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{p}: report not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{p}: expected JSON, could not parse it ({exc})") from None
+    return parse_report(data, str(p))
+
+
+def report_schema() -> dict:
+    return AttributionReport.model_json_schema()

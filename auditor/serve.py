@@ -1,0 +1,193 @@
+"""`t2i-audit serve`: a local model behind the AUTOMATIC1111 txt2img API (and the generic one).
+
+It exists so that the black-box path can be exercised end to end over a real socket: tests
+start it on loopback and audit it as an HTTP suspect, and an owner can check what a
+suspect's API would return for their own model. It is no production server: one
+generation at a time (a lock), bounded request bodies, no auth. It listens on loopback
+unless told otherwise.
+
+Endpoints:
+- `POST /sdapi/v1/txt2img` {prompt, negative_prompt, seed, steps, cfg_scale, width, height,
+  sampler_name, batch_size: 1} -> {"images": [base64 PNG], "parameters": {...}, "info": "..."}
+- `POST /generate` {prompt, seed, steps} -> {"image": base64 PNG} (the generic API)
+- `GET /health` -> {"status": "ok"}; `GET /sdapi/v1/samplers` -> the sampler names understood
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from auditor.config import GenerationSettings
+from auditor.errors import AuditorError
+from auditor.images import encode_png
+from auditor.remote import A1111_PATH, A1111_SAMPLERS, GENERIC_PATH
+
+MAX_REQUEST_BYTES = 1 << 20
+SAMPLER_TO_SCHEDULER = {v.lower(): k for k, v in A1111_SAMPLERS.items()} | {
+    "euler_a": "euler_a",
+    "dpm++ 2m karras": "dpm++",
+    "ddim": "ddim",
+}
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class SuspectServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer holding one Generator, used by one request at a time."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, generator, defaults: GenerationSettings | None = None, log=None) -> None:
+        super().__init__(address, _Handler)
+        self.generator = generator
+        self.defaults = defaults or GenerationSettings()
+        self.lock = threading.Lock()
+        self.log = log
+        self.served = 0
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}"
+
+    def settings_for(self, body: dict, generic: bool) -> tuple[str, int, GenerationSettings]:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _BadRequest("'prompt': expected a non-empty string")
+        seed = body.get("seed", -1)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise _BadRequest("'seed': expected an integer")
+        if seed < 0:  # AUTOMATIC1111: -1 is a random seed
+            seed = secrets.randbelow(2**32)
+        values = self.defaults.model_dump()
+        if "steps" in body:
+            values["steps"] = body["steps"]
+        if not generic:
+            if body.get("batch_size", 1) != 1 or body.get("n_iter", 1) != 1:
+                raise _BadRequest("'batch_size' and 'n_iter': only 1 is supported")
+            for src, dst in (("cfg_scale", "guidance_scale"), ("width", "width"), ("height", "height")):
+                if src in body:
+                    values[dst] = body[src]
+            if "negative_prompt" in body:
+                values["negative_prompt"] = body["negative_prompt"] or ""
+            sampler = body.get("sampler_name")
+            if sampler:
+                scheduler = SAMPLER_TO_SCHEDULER.get(str(sampler).lower())
+                if scheduler is None:
+                    raise _BadRequest(f"'sampler_name': {sampler!r} is not supported")
+                values["scheduler"] = scheduler
+        try:
+            settings = GenerationSettings.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise _BadRequest(f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}") from None
+        return prompt, seed, settings
+
+    def generate_png(self, prompt: str, seed: int, settings: GenerationSettings) -> bytes:
+        with self.lock:
+            image = self.generator.generate([prompt], [seed], settings)[0]
+            self.served += 1
+        return encode_png(image)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SuspectServer
+    server_version = "t2i-audit-serve"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (BaseHTTPRequestHandler's name)
+        if self.server.log is not None:
+            self.server.log(f"{self.address_string()} {format % args}")
+
+    def _send(self, status: int, obj: object) -> None:
+        data = json.dumps(obj).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = urlsplit(self.path).path
+        if path == "/health":
+            self._send(200, {"status": "ok"})
+        elif path == "/sdapi/v1/samplers":
+            self._send(
+                200, [{"name": name, "aliases": [], "options": {}} for name in A1111_SAMPLERS.values()]
+            )
+        else:
+            self._send(404, {"error": f"no such endpoint: {path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path not in (A1111_PATH, GENERIC_PATH):
+            self._send(404, {"error": f"no such endpoint: {path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._send(411, {"error": "Content-Length required"})
+            return
+        if not 0 < length <= MAX_REQUEST_BYTES:
+            self._send(413, {"error": f"request body must be 1 to {MAX_REQUEST_BYTES} bytes"})
+            return
+        generic = path == GENERIC_PATH
+        try:
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict):
+                raise _BadRequest("expected a JSON object")
+            prompt, seed, settings = self.server.settings_for(body, generic)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._send(400, {"error": "malformed JSON"})
+            return
+        except _BadRequest as exc:
+            self._send(400, {"error": str(exc)})
+            return
+        try:
+            png = self.server.generate_png(prompt, seed, settings)
+        except AuditorError as exc:
+            self._send(400 if exc.exit_code == 2 else 503, {"error": str(exc)})
+            return
+        except Exception as exc:  # one bad request must not take the server down
+            self._send(500, {"error": f"generation failed ({type(exc).__name__})"})
+            return
+        encoded = base64.b64encode(png).decode("ascii")
+        if generic:
+            self._send(200, {"image": encoded})
+            return
+        parameters = {
+            "prompt": prompt,
+            "seed": seed,
+            "steps": settings.steps,
+            "cfg_scale": settings.guidance_scale,
+            "width": settings.width,
+            "height": settings.height,
+            "sampler_name": A1111_SAMPLERS[settings.scheduler],
+        }
+        self._send(200, {"images": [encoded], "parameters": parameters, "info": json.dumps({"seed": seed})})
+
+
+def start_server(
+    generator, host: str = "127.0.0.1", port: int = 0, defaults: GenerationSettings | None = None, log=None
+) -> tuple[SuspectServer, threading.Thread]:
+    """Serve `generator` from a background thread; stop with `stop_server(server, thread)`."""
+    server = SuspectServer((host, port), generator, defaults=defaults, log=log)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop_server(server: SuspectServer, thread: threading.Thread, timeout: float = 10.0) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout)

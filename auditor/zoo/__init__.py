@@ -1,0 +1,6 @@
+"""A zoo of tiny text-to-image models and the procedural world they are trained on.
+
+Attribution methods need models whose training sets are known exactly; training real
+Stable Diffusion is out of reach on CPU, so the zoo trains tiny models with the same
+architecture (CLIP text encoder, UNet, VAE) on a small captioned world instead.
+"""

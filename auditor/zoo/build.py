@@ -1,0 +1,342 @@
+"""The zoo: the paper's roles (base, source, infringing and innocent suspects) built here.
+
+Scaled from the paper (source fine-tuned on 3000 samples; suspects on 500 samples for
+3000 iterations) to what two CPU cores afford; docs/zoo.md lists the scaled counts.
+Every artifact lives in a folder named by the hash of its own config and of the
+artifacts it was made from, so an interrupted build resumes where it stopped and
+changing one suspect does not retrain the base. Folders are built under a temporary
+name and renamed when complete: a crash never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+from pydantic_core import to_jsonable_python
+
+from auditor.config import FrozenModel, GenerationSettings
+from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
+from auditor.progress import Reporter
+from auditor.zoo import data
+from auditor.zoo.models import (
+    TOKENIZER_MAX_LENGTH,
+    make_inference_scheduler,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+)
+from auditor.zoo.tokenizer import build_clip_tokenizer
+from auditor.zoo.train import encode_captions, encode_latents, train_unet, train_vae
+
+ZOO_FORMAT = "t2i-auditor-zoo-v1"  # bump when training code changes what a config produces
+
+
+class StageSpec(FrozenModel):
+    steps: int = Field(ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(gt=0)
+    seed: int = 0
+
+
+class SuspectSpec(FrozenModel):
+    """A model fine-tuned from the base on `n_samples`, a share `rho` of them source generations."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    rho: float = Field(ge=0.0, le=1.0)
+    n_samples: int = Field(ge=1)
+    train: StageSpec
+
+    @property
+    def infringing(self) -> bool:
+        return self.rho > 0
+
+
+class ZooConfig(FrozenModel):
+    resolution: int = 32
+    seed: int = 0
+    public_draws_per_caption: int = Field(2, ge=1, description="base pre-training set: 448 captions x this")
+    private_samples: int = Field(64, ge=1, description="the source's private fine-tuning set (paper: 3000)")
+    vae: StageSpec = StageSpec(steps=800, batch_size=32, lr=1e-3, seed=1)
+    base: StageSpec = StageSpec(steps=2000, lr=1e-3, seed=2)
+    source: StageSpec = StageSpec(steps=3000, lr=5e-4, seed=3)
+    suspects: tuple[SuspectSpec, ...] = ()
+    references: tuple[SuspectSpec, ...] = Field(
+        (), description="innocent fine-tunes (rho = 0) kept apart from the suspects to calibrate verdicts"
+    )
+    generation: GenerationSettings = GenerationSettings(steps=20, guidance_scale=3.0)
+
+
+def _suspects(
+    n: int, steps: int, lr: float, rhos: tuple[float, ...], prefix: str = "", seed: int = 100
+) -> tuple[SuspectSpec, ...]:
+    out = []
+    for i, rho in enumerate(rhos):
+        name = prefix + (f"innocent-{i}" if rho == 0 else f"infringing-rho{rho:.1f}")
+        out.append(
+            SuspectSpec(name=name, rho=rho, n_samples=n, train=StageSpec(steps=steps, lr=lr, seed=seed + i))
+        )
+    return tuple(out)
+
+
+PRESETS: dict[str, ZooConfig] = {
+    # `t2i-audit demo`: infringing at rho 1.0 and 0.3 and one innocent model.
+    "demo": ZooConfig(
+        suspects=_suspects(128, 1500, 5e-4, (1.0, 0.3, 0.0)),
+        references=_suspects(128, 1500, 5e-4, (0.0,), prefix="reference-", seed=200),
+    ),
+    # The integration test: the same world, trained for a fraction of the steps.
+    "test": ZooConfig(
+        public_draws_per_caption=1,
+        private_samples=32,
+        vae=StageSpec(steps=250, batch_size=32, lr=2e-3, seed=1),
+        base=StageSpec(steps=500, lr=1e-3, seed=2),
+        source=StageSpec(steps=800, lr=1e-3, seed=3),
+        suspects=_suspects(64, 500, 1e-3, (1.0, 0.0)),
+        references=_suspects(64, 500, 1e-3, (0.0,), prefix="reference-", seed=200),
+    ),
+}
+
+
+class ZooIndex(FrozenModel):
+    """Where the built models are; what `zoo build` prints and the demo reads."""
+
+    config_digest: str
+    root: str
+    base: str
+    source: str
+    source_train: str
+    suspects: dict[str, str]
+    references: dict[str, str]
+    rho: dict[str, float]
+
+    def suspect_path(self, name: str) -> Path:
+        return Path(self.suspects[name])
+
+
+def config_digest(obj: object) -> str:
+    return sha256_bytes(canonical_json({"format": ZOO_FORMAT, "config": to_jsonable_python(obj)}))
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("T2I_AUDITOR_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "t2i-auditor"
+
+
+class _Artifacts:
+    """Content-addressed folders: built once under a temporary name, then renamed."""
+
+    def __init__(self, root: Path, reporter: Reporter) -> None:
+        self.root = root / "artifacts"
+        self.reporter = reporter
+        self.seconds: dict[str, float] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, role: str, key: object, build: Callable[[Path], None]) -> tuple[Path, str]:
+        digest = config_digest(key)
+        final = self.root / f"{role}-{digest[:16]}"
+        if final.is_dir():
+            self.reporter.log(f"zoo: {role} cached ({final.name})")
+            return final, digest
+        start = time.perf_counter()
+        tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            (tmp / "zoo-artifact.json").write_text(
+                json.dumps({"role": role, "digest": digest, "key": to_jsonable_python(key)}, indent=2)
+            )
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.seconds[role] = time.perf_counter() - start
+        self.reporter.log(f"zoo: {role} built in {self.seconds[role]:.1f} s ({final.name})")
+        return final, digest
+
+
+def _tokenizer_and_text_encoder(config: ZooConfig, workdir: Path):
+    tokenizer = build_clip_tokenizer(workdir / "tokenizer", model_max_length=TOKENIZER_MAX_LENGTH)
+    return tokenizer, make_text_encoder(config.seed)
+
+
+def save_pipeline(directory: Path, unet, vae, text_encoder, tokenizer) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=make_inference_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; keep the slow-tokenizer files too, so
+    # older transformers (and other CLIP tooling) can load the folder.
+    source = Path(tokenizer.name_or_path)
+    for name in ("vocab.json", "merges.txt"):
+        if (source / name).is_file() and not (directory / "tokenizer" / name).exists():
+            shutil.copyfile(source / name, directory / "tokenizer" / name)
+
+
+def _domain_schedule(domain: tuple[str, ...], n: int, rng: np.random.Generator) -> list[str]:
+    """n captions cycling over the domain in shuffled rounds, so coverage is as even as n allows."""
+    order: list[str] = []
+    while len(order) < n:
+        order.extend(domain[i] for i in rng.permutation(len(domain)))
+    return order[:n]
+
+
+def build_zoo(config: ZooConfig, cache_dir: Path | None = None, reporter: Reporter | None = None) -> ZooIndex:
+    """Build (or load from cache) every model the config names and return their paths."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from auditor.generation import quiet_hf_libraries
+
+    quiet_hf_libraries()
+    reporter = reporter or Reporter()
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    store = _Artifacts(root, reporter)
+    workdir = root / "work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer, text_encoder = _tokenizer_and_text_encoder(config, workdir)
+    res = config.resolution
+
+    # Data: the public set pre-trains the base; the private set is the owner's secret data.
+    space = data.caption_space()
+    public = data.draw([c for c in space for _ in range(config.public_draws_per_caption)], config.seed, res)
+    rng = np.random.default_rng([config.seed, 1])
+    private_captions = [space[i] for i in rng.choice(len(space), size=config.private_samples, replace=False)]
+    private = data.draw(private_captions, config.seed + 1, res)
+
+    # VAE (shared by every role, frozen after this stage, as SD fine-tunes keep it fixed).
+    vae_key = {
+        "resolution": res,
+        "seed": config.seed,
+        "draws": config.public_draws_per_caption,
+        "vae": config.vae,
+    }
+
+    def build_vae(out: Path) -> None:
+        vae = make_vae(config.vae.seed, res)
+        with reporter.task("zoo: VAE", config.vae.steps) as advance:
+            scale = train_vae(
+                vae,
+                np.concatenate([public.images, private.images]),
+                steps=config.vae.steps,
+                batch_size=config.vae.batch_size,
+                lr=config.vae.lr,
+                seed=config.vae.seed,
+                progress=advance,
+            )
+        vae.register_to_config(scaling_factor=scale)
+        vae.save_pretrained(out, safe_serialization=True)
+
+    vae_dir, vae_digest = store.get("vae", vae_key, build_vae)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    scale = float(vae.config.scaling_factor)
+    states = encode_captions(tokenizer, text_encoder, list(space))
+
+    def train_from(parent_unet: Path | None, spec: StageSpec, images: np.ndarray, captions, label: str):
+        unet = UNet2DConditionModel.from_pretrained(parent_unet) if parent_unet else make_unet(spec.seed, res)
+        latents = encode_latents(vae, images, scale)
+        with reporter.task(label, spec.steps) as advance:
+            train_unet(
+                unet,
+                latents,
+                list(captions),
+                states,
+                steps=spec.steps,
+                batch_size=spec.batch_size,
+                lr=spec.lr,
+                seed=spec.seed,
+                progress=advance,
+            )
+        return unet
+
+    base_key = {"vae": vae_digest, "base": config.base, "draws": config.public_draws_per_caption}
+    base_dir, base_digest = store.get(
+        "base",
+        base_key,
+        lambda out: save_pipeline(
+            out,
+            train_from(None, config.base, public.images, public.captions, "zoo: base"),
+            vae,
+            text_encoder,
+            tokenizer,
+        ),
+    )
+
+    source_key = {"base": base_digest, "source": config.source, "private": config.private_samples}
+
+    def build_source(out: Path) -> None:
+        unet = train_from(base_dir / "unet", config.source, private.images, private.captions, "zoo: source")
+        save_pipeline(out / "pipeline", unet, vae, text_encoder, tokenizer)
+        data.save_dataset(private, out / "train")
+
+    source_root, source_digest = store.get("source", source_key, build_source)
+    source_dir = source_root / "pipeline"
+
+    suspects: dict[str, str] = {}
+    rho: dict[str, float] = {}
+    domain = tuple(dict.fromkeys(private.captions))
+    source_generator = None
+    references: dict[str, str] = {}
+    for spec in (*config.suspects, *config.references):
+        key = {"base": base_digest, "source": source_digest, "suspect": spec, "generation": config.generation}
+
+        def build_suspect(out: Path, spec: SuspectSpec = spec) -> None:
+            nonlocal source_generator
+            srng = np.random.default_rng([config.seed, 2, spec.train.seed])
+            captions = _domain_schedule(domain, spec.n_samples, srng)
+            generated = np.zeros(spec.n_samples, dtype=bool)
+            generated[srng.choice(spec.n_samples, size=round(spec.rho * spec.n_samples), replace=False)] = (
+                True
+            )
+            images = data.draw(captions, int(srng.integers(2**31)), res).images.copy()
+            if generated.any():
+                from auditor.generation import TorchGenerator
+
+                if source_generator is None:
+                    source_generator = TorchGenerator(source_dir, device="cpu")
+                prompts = [c for c, g in zip(captions, generated, strict=True) if g]
+                seeds = [int(s) for s in srng.integers(2**31, 2**32, size=len(prompts))]
+                with reporter.task(f"zoo: {spec.name} data", 1) as advance:
+                    images[generated] = source_generator.generate(prompts, seeds, config.generation)
+                    advance(1)
+            unet = train_from(base_dir / "unet", spec.train, images, captions, f"zoo: {spec.name}")
+            save_pipeline(out, unet, vae, text_encoder, tokenizer)
+
+        path, _ = store.get(f"suspect-{spec.name}", key, build_suspect)
+        (references if spec in config.references else suspects)[spec.name] = str(path)
+        rho[spec.name] = spec.rho
+
+    index = ZooIndex(
+        config_digest=config_digest(config),
+        root=str(root),
+        base=str(base_dir),
+        source=str(source_dir),
+        source_train=str(source_root / "train"),
+        suspects=suspects,
+        references=references,
+        rho=rho,
+    )
+    atomic_write_text(root / f"zoo-{index.config_digest[:16]}.json", index.model_dump_json(indent=2))
+    return index
+
+
+def set_torch_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,196 @@
+"""Key-regeneration throughput: torch eager vs ONNX Runtime (vs TensorRT on a GPU host).
+
+    python bench/generate.py [--model PATH] [--bundle PATH] [--keys 30] [--steps 20]
+                             [--guidance 3] [--reps 5] [--threads 1] [--device auto]
+
+Regenerates the same keys (prompt, seed) with each backend on the same model (default:
+an untrained zoo-architecture pipeline built in a temp dir and exported there),
+alternating the contenders rep by rep (torch, onnx, torch, onnx, ...) so drift from
+other processes on a shared machine hits both alike; intra-op threads pinned (1 by
+default) for torch and ONNX Runtime. Reports median seconds and images/s per backend,
+each backend's peak RSS (measured in a fresh subprocess that loads it and generates
+once), the max abs pixel difference from torch, and, last, the speedup lines:
+
+    speedup tensorrt/torch: X.XX      (only where TensorRT runs)
+    speedup onnx/torch: X.XX
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _setup(threads: int) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _keys(n: int) -> tuple[list[str], list[int]]:
+    from auditor.zoo.data import caption_space
+
+    space = caption_space()
+    step = max(1, len(space) // n)
+    prompts = [space[(i * step) % len(space)] for i in range(n)]
+    return prompts, list(range(1000, 1000 + n))
+
+
+def _settings(args):
+    from auditor.config import GenerationSettings
+
+    return GenerationSettings(steps=args.steps, guidance_scale=args.guidance)
+
+
+def _load(backend: str, args, model: Path, bundle: Path | None):
+    from auditor.generation import load_generator
+
+    if backend == "torch":
+        return load_generator(model, backend="torch", device=args.device, batch_size=args.batch_size)
+    kwargs = {"device": args.device, "batch_size": args.batch_size, "source_model": model}
+    if backend == "onnx":
+        kwargs["threads"] = args.threads
+    return load_generator(bundle, backend=backend, **kwargs)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _rss_probe(args) -> int:
+    """Child mode: load one backend, generate once, print peak RSS and the growth over the imports."""
+    _setup(args.threads)
+    import diffusers  # noqa: F401  - the libraries every backend imports, before the baseline
+    import transformers  # noqa: F401
+
+    from auditor.generation import load_generator  # noqa: F401
+
+    if args.rss_probe != "torch":
+        import onnxruntime  # noqa: F401
+
+    prompts, seeds = _keys(args.keys)
+    baseline = _current_rss_mib()
+    gen = _load(args.rss_probe, args, Path(args.model), Path(args.bundle) if args.bundle else None)
+    gen.generate(prompts, seeds, _settings(args))
+    print(json.dumps({"peak_rss_mib": _peak_rss_mib(), "growth_mib": _current_rss_mib() - baseline}))
+    return 0
+
+
+def _probe_rss(backend: str, args, model: Path, bundle: Path | None) -> dict | None:
+    cmd = [sys.executable, __file__, "--rss-probe", backend, "--model", str(model)]
+    cmd += ["--keys", str(args.keys), "--steps", str(args.steps), "--guidance", str(args.guidance)]
+    cmd += ["--threads", str(args.threads), "--device", args.device, "--batch-size", str(args.batch_size)]
+    if bundle is not None:
+        cmd += ["--bundle", str(bundle)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def _machine() -> str:
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} {os.cpu_count()} logical CPUs, {gpu}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="diffusers SD folder (default: a tiny random-weight zoo pipeline)")
+    parser.add_argument("--bundle", help="an exported bundle of --model (default: exported into a temp dir)")
+    parser.add_argument("--keys", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per backend (alternated)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ONNX Runtime")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-backend RSS subprocesses")
+    parser.add_argument("--rss-probe", choices=["torch", "onnx", "tensorrt"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_probe:
+        return _rss_probe(args)
+    _setup(args.threads)
+
+    import numpy as np
+
+    from export.trt import tensorrt_status
+
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+        model = Path(args.model) if args.model else None
+        if model is None:
+            from export.testing import build_tiny_pipeline
+
+            model = build_tiny_pipeline(tmp)
+        bundle = Path(args.bundle) if args.bundle else None
+        if bundle is None:
+            from export.exporter import export_bundle
+
+            start = time.perf_counter()
+            export_bundle(model, Path(tmp) / "bundle", batch_sizes=(1, args.batch_size))
+            bundle = Path(tmp) / "bundle"
+            print(f"export: {time.perf_counter() - start:.1f} s")
+        backends = ["torch", "onnx"] + (["tensorrt"] if tensorrt_status() is None else [])
+        prompts, seeds = _keys(args.keys)
+        settings = _settings(args)
+        gens = {b: _load(b, args, model, bundle) for b in backends}
+        for name, gen in gens.items():
+            info = gen.describe()
+            print(
+                f"{name}: {info.backend} on {info.device} ({info.dtype}){' note: ' + info.note if info.note else ''}"
+            )
+        images = {name: gen.generate(prompts, seeds, settings) for name, gen in gens.items()}  # warm-up
+        times: dict[str, list[float]] = {b: [] for b in backends}
+        for _ in range(args.reps):
+            for name, gen in gens.items():
+                start = time.perf_counter()
+                gen.generate(prompts, seeds, settings)
+                times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+
+        print(f"machine: {_machine()}")
+        print(
+            f"workload: {args.keys} keys x {args.steps} steps, guidance {args.guidance}, batch {args.batch_size},"
+            f" {args.threads} thread(s), {args.reps} alternated reps, medians"
+        )
+        for name in backends:
+            diff = int(np.abs(images[name].astype(int) - images["torch"].astype(int)).max())
+            rss = None if args.no_rss else _probe_rss(name, args, model, bundle)
+            rss_text = (
+                f"{rss['peak_rss_mib']:.0f} MiB (+{rss['growth_mib']:.0f} MiB for model + generation)"
+                if rss
+                else "n/a"
+            )
+            runs = " ".join(f"{t:.3f}" for t in times[name])
+            print(
+                f"{name:9s} median {medians[name]:.3f} s  {args.keys / medians[name]:7.1f} images/s"
+                f"  peak RSS {rss_text}  max |pixel - torch| {diff}/255  runs [{runs}]"
+            )
+        print(f"peak RSS of this process (all backends loaded): {_peak_rss_mib():.0f} MiB")
+        if "tensorrt" in medians:
+            print(f"speedup tensorrt/torch: {medians['torch'] / medians['tensorrt']:.2f}")
+        print(f"speedup onnx/torch: {medians['torch'] / medians['onnx']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`t2i-audit export` and `t2i-audit bundle-verify`.
+
+    t2i-audit export MODEL --out BUNDLE [--precision fp32|fp16] [--trt] [--opset 17]
+                     [--batch-sizes 1,16] [--height H --width W]
+    t2i-audit bundle-verify BUNDLE [--model MODEL]
+
+Exit codes: 0 done; 2 bad input (not a pipeline, unsupported opset, --trt without
+CUDA/TensorRT, a parity miss: the bundle is still written, marked failed); 1 a bundle
+file that does not match its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from export.contract import DEFAULT_OPSET
+
+
+def cmd_export(args: argparse.Namespace, ctx) -> int:
+    from export.exporter import check_options, export_bundle, parse_batch_sizes
+
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    check_options(args.precision, args.opset, args.trt)  # before loading anything
+    manifest = export_bundle(
+        args.model,
+        args.out,
+        precision=args.precision,
+        opset=args.opset,
+        batch_sizes=batch_sizes,
+        height=args.height,
+        width=args.width,
+        trt=args.trt,
+        reporter=ctx.reporter,
+    )
+    if ctx.format == "json":
+        ctx.emit_json({"bundle": str(args.out), **manifest.model_dump(mode="json")})
+        return 0
+    shapes = manifest.shapes
+    _plain(
+        ctx,
+        f"bundle {args.out}: {shapes.height}x{shapes.width}, batch sizes {list(shapes.batch_sizes)},"
+        f" opset {manifest.opset}, source {manifest.source.name} ({manifest.source.digest[:16]})",
+    )
+    for name, record in manifest.components.items():
+        _plain(ctx, f"  {name:13s} {record.parity.summary()}")
+    for engine in manifest.engines:
+        _plain(ctx, f"  {engine.component:13s} {engine.parity.summary()} [{engine.gpu}]")
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace, ctx) -> int:
+    from export.manifest import load_bundle
+
+    bundle = load_bundle(args.bundle, model=args.model)
+    manifest = bundle.manifest
+    summary = {
+        "bundle": str(args.bundle),
+        "source": manifest.source.model_dump(mode="json"),
+        "files_verified": len(manifest.hashed_files()),
+        "parity_passed": manifest.parity_passed,
+        "model_checked": args.model is not None,
+    }
+    if ctx.format == "json":
+        ctx.emit_json(summary)
+    else:
+        checked = f", source model {args.model} matches" if args.model else ""
+        state = "passed" if manifest.parity_passed else "FAILED (engine backends fall back to torch)"
+        _plain(ctx, f"{args.bundle}: {summary['files_verified']} files verified{checked}; parity {state}")
+    return 0
+
+
+def _plain(ctx, text: str) -> None:
+    ctx.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a diffusers pipeline to ONNX (and TensorRT) engines: a bundle")
+    p.add_argument("model", help="diffusers Stable Diffusion folder")
+    p.add_argument("--out", required=True, help="new bundle folder")
+    p.add_argument(
+        "--precision", choices=["fp32", "fp16"], default="fp32", help="engine precision (fp16: --trt)"
+    )
+    p.add_argument("--trt", action="store_true", help="also build TensorRT engines (CUDA host with tensorrt)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 14..20 (default {DEFAULT_OPSET})"
+    )
+    p.add_argument("--batch-sizes", default="1,16", help="image batch sizes to optimize for (default 1,16)")
+    p.add_argument("--height", type=int, help="pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="pixels (default: the model's)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bundle-verify", help="re-hash an engine bundle; with --model check it is the source")
+    p.add_argument("bundle", help="bundle folder written by `t2i-audit export`")
+    p.add_argument("--model", help="the model the bundle should have been exported from")
+    p.set_defaults(func=cmd_bundle_verify)

@@ -1,0 +1,167 @@
+"""The one denoising loop of the torch-free backends (ONNX Runtime, TensorRT).
+
+It mirrors diffusers' StableDiffusionPipeline.__call__ step for step, so a key
+regenerated through an engine matches the torch backend to float rounding:
+
+- prompts tokenized padded to the tokenizer's max length; with guidance > 1 the
+  negative prompt (default "") is encoded too and its rows go first;
+- initial latents per image from its own CPU `torch.Generator(seed)` through
+  `randn_tensor((1, C, h, w))`, so a seed gives the same noise on any device and at
+  any batch position, scaled by `scheduler.init_noise_sigma`;
+- the scheduler built from the bundle's scheduler config exactly as TorchGenerator
+  builds it (`auditor.generation.make_scheduler`), `set_timesteps`,
+  `scale_model_input`, CFG `uncond + g * (cond - uncond)`, `step(..., eta, generator)`;
+- `latents / scaling_factor` decoded, `(image / 2 + 0.5).clamp(0, 1)`, NHWC float,
+  quantized to uint8 with `auditor.images.quantize`.
+
+The backends differ only in the `ComponentRunners` they pass: three callables on
+torch tensors, on the runner's device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from auditor.config import GenerationSettings
+from auditor.errors import BadInputError
+from auditor.generation import chunks, make_scheduler
+from auditor.images import quantize
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ComponentRunners(Protocol):
+    """The three exported components, as callables on torch tensors."""
+
+    device: torch.device  # where the loop keeps latents (runners accept CPU or this device)
+    max_images: int | None  # most images per call the components accept (TensorRT profiles)
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """int32 (rows, text_length) -> float32 (rows, text_length, hidden)."""
+        ...
+
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """float32 (rows, C, h, w), float32 (rows,), (rows, L, D) -> float32 (rows, C, h, w)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents already divided by scaling_factor -> float32 (rows, 3, H, W) in about [-1, 1]."""
+        ...
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    height: int
+    width: int
+    latent_channels: int
+    vae_scale_factor: int
+    scaling_factor: float
+
+
+def _step_kwargs(scheduler, generators, eta: float) -> dict:
+    """StableDiffusionPipeline.prepare_extra_step_kwargs."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generators
+    return kwargs
+
+
+class DenoisingLoop:
+    def __init__(
+        self, runners: ComponentRunners, tokenizer, scheduler_config: dict, spec: PipelineSpec
+    ) -> None:
+        self.runners = runners
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler_config)
+        self.spec = spec
+
+    def check_size(self, settings: GenerationSettings) -> None:
+        height = settings.height or self.spec.height
+        width = settings.width or self.spec.width
+        if (height, width) != (self.spec.height, self.spec.width):
+            raise BadInputError(
+                f"generation at {height}x{width}: this bundle was exported for {self.spec.height}x{self.spec.width};"
+                " re-export with --height/--width or use the torch backend"
+            )
+
+    def _tokens(self, texts: list[str]):
+        import torch
+
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="np",
+        ).input_ids
+        return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32))
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings, batch_size: int
+    ) -> np.ndarray:
+        self.check_size(settings)
+        if batch_size < 1:
+            raise BadInputError(f"batch size {batch_size}: expected at least 1")
+        if self.runners.max_images is not None:
+            batch_size = min(batch_size, self.runners.max_images)
+        scheduler = make_scheduler(settings.scheduler, self.scheduler_config)
+        out = [
+            self._batch(list(prompts[part]), [int(s) for s in seeds[part]], settings, scheduler)
+            for part in chunks(len(prompts), batch_size)
+        ]
+        if not out:
+            return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+        return np.concatenate(out)
+
+    def _batch(
+        self, prompts: list[str], seeds: list[int], settings: GenerationSettings, scheduler
+    ) -> np.ndarray:
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        device = self.runners.device
+        spec = self.spec
+        guided = settings.guidance_scale > 1.0
+        with torch.inference_mode():
+            ids = self._tokens(prompts)
+            if guided:
+                ids = torch.cat([self._tokens([settings.negative_prompt] * len(prompts)), ids])
+            text_states = self.runners.encode_text(ids).to(device=device, dtype=torch.float32)
+
+            scheduler.set_timesteps(settings.steps, device=device)
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            shape = (
+                len(prompts),
+                spec.latent_channels,
+                spec.height // spec.vae_scale_factor,
+                spec.width // spec.vae_scale_factor,
+            )
+            latents = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
+            latents = latents * scheduler.init_noise_sigma
+            step_kwargs = _step_kwargs(scheduler, generators, settings.eta)
+
+            for t in scheduler.timesteps:
+                model_input = torch.cat([latents] * 2) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                timestep = t.to(device=device, dtype=torch.float32).reshape(1).expand(model_input.shape[0])
+                noise = self.runners.predict_noise(model_input, timestep.contiguous(), text_states)
+                noise = noise.to(device=device, dtype=torch.float32)
+                if guided:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + settings.guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+
+            image = self.runners.decode(latents / spec.scaling_factor).to(dtype=torch.float32)
+            image = (image / 2 + 0.5).clamp(0, 1)
+            return quantize(image.cpu().permute(0, 2, 3, 1).float().numpy())

@@ -1,0 +1,220 @@
+"""The bundle manifest (`bundle.json`) and the checks made when a bundle is opened.
+
+A bundle is self-contained: the ONNX graphs, the tokenizer and scheduler config copied
+from the source pipeline, seeded validation inputs with torch's outputs, and this
+manifest, which names every file with its sha256. Opening a bundle re-hashes all of
+them, so a swapped graph cannot regenerate keys under the source model's name, and
+the manifest records the source model's digest (`auditor.identity.hash_model`), so a
+bundle is never used in place of a different model.
+
+Layout (paths relative to the bundle root):
+
+    bundle.json
+    text_encoder/model.onnx   unet/model.onnx   vae_decoder/model.onnx   (portable graphs)
+    */model.ort.onnx          ONNX Runtime CPU graphs, optimized offline
+    */model.onnx.data         external weights, only for components over the 2 GB limit
+    */validation.npz          seeded inputs and torch's outputs
+    tokenizer/  scheduler/  model_index.json     copied from the source pipeline
+    .engines/                 TensorRT engine cache (host-specific; not hashed here, and hidden so
+                              that hash_model(bundle) does not change when engines are built)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, ValidationError
+
+from auditor.config import FrozenModel
+from auditor.errors import BadInputError
+from auditor.fileio import atomic_write_text, sha256_file
+from export.contract import ComponentContract, ComponentName, ExportShapes, ParityRecord, Precision
+from export.errors import BundleIntegrityError
+
+BUNDLE_FORMAT = "t2i-auditor-engine-bundle-v1"
+MANIFEST_NAME = "bundle.json"
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+def _inside(path: str) -> str:
+    """Relative, posix, no "..": a manifest cannot point outside its bundle."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"expected a relative path inside the bundle, got {path!r}")
+    return path
+
+
+InsidePath = Annotated[str, AfterValidator(_inside)]
+
+
+class FileRecord(FrozenModel):
+    path: InsidePath
+    sha256: str = Field(pattern=_HEX64)
+    size: int = Field(ge=0)
+
+
+class ComponentRecord(FrozenModel):
+    contract: ComponentContract
+    onnx: InsidePath = Field(description="portable graph: GPU providers and TensorRT build from it")
+    ort_cpu: InsidePath = Field(description="graph ONNX Runtime's CPU provider loads")
+    ort_optimization: str = Field(
+        description="offline ONNX Runtime level kept for ort_cpu: extended, basic or none"
+    )
+    external_data: bool
+    files: tuple[FileRecord, ...] = Field(min_length=1)
+    validation: FileRecord
+    parity: ParityRecord
+    export_seconds: float
+
+
+class SourceRecord(FrozenModel):
+    """The model the bundle was exported from."""
+
+    name: str
+    digest: str = Field(pattern=_HEX64)
+    # from the bundle root to the source folder; the torch fallback looks there
+    relative_path: str | None = None
+
+
+class PipelineRecord(FrozenModel):
+    """What the denoising loop needs beyond the graphs."""
+
+    scaling_factor: float
+    tokenizer_class: str
+    scheduler_class: str
+    upcast_attention: bool = False  # SD 2.x: attention must stay fp32 in fp16 engines
+    vae_force_upcast: bool = False  # SDXL-style VAEs: decoder must stay fp32 in fp16 engines
+
+
+class EngineRecord(FrozenModel):
+    """A TensorRT engine built at export; valid only for this TensorRT version and GPU."""
+
+    component: ComponentName
+    cache_key: str = Field(pattern=_HEX64)
+    path: InsidePath
+    sha256: str = Field(pattern=_HEX64)
+    precision: Precision
+    tensorrt: str
+    gpu: str
+    compute_capability: str
+    parity: ParityRecord
+
+
+class BundleManifest(FrozenModel):
+    format: str = BUNDLE_FORMAT
+    created_by: str
+    source: SourceRecord
+    precision: Precision
+    opset: int
+    shapes: ExportShapes
+    pipeline: PipelineRecord
+    components: dict[ComponentName, ComponentRecord]
+    assets: tuple[FileRecord, ...]
+    tools: dict[str, str]
+    parity_passed: bool
+    engines: tuple[EngineRecord, ...] = ()
+
+    def hashed_files(self) -> list[FileRecord]:
+        out = list(self.assets)
+        for record in self.components.values():
+            out.extend(record.files)
+            out.append(record.validation)
+        return out
+
+    def failed_parity(self) -> list[str]:
+        return [
+            f"{name} ({record.parity.summary()})"
+            for name, record in self.components.items()
+            if not record.parity.passed
+        ]
+
+
+def file_record(root: Path, relative: str) -> FileRecord:
+    path = root / relative
+    return FileRecord(path=relative, sha256=sha256_file(path), size=path.stat().st_size)
+
+
+class Bundle:
+    """An opened, verified bundle: its root folder and manifest."""
+
+    def __init__(self, root: Path, manifest: BundleManifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def source_candidate(self) -> Path | None:
+        rel = self.manifest.source.relative_path
+        if rel is None:
+            return None
+        return Path(os.path.normpath(self.root / rel))
+
+
+def save_manifest(root: Path, manifest: BundleManifest) -> Path:
+    return atomic_write_text(root / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n", mode=0o644)
+
+
+def read_manifest(root: str | os.PathLike[str]) -> BundleManifest:
+    root = Path(root)
+    if not root.exists():
+        raise BadInputError(f"{root}: bundle not found")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BadInputError(
+            f"{root}: not an engine bundle ({MANIFEST_NAME} is missing); create one with"
+            " `t2i-audit export MODEL --out BUNDLE`"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path}: expected a JSON bundle manifest ({exc})") from None
+    if isinstance(raw, dict) and raw.get("format") != BUNDLE_FORMAT:
+        raise BadInputError(
+            f"{path}: bundle format {raw.get('format')!r}, expected {BUNDLE_FORMAT!r}; re-export it"
+        )
+    try:
+        return BundleManifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise BadInputError(f"{path}: invalid bundle manifest ({where}: {first['msg']})") from None
+
+
+def verify_files(root: Path, manifest: BundleManifest) -> None:
+    """Re-hash every file the manifest names; any difference refuses the bundle."""
+    for record in manifest.hashed_files():
+        path = root / record.path
+        if not path.is_file():
+            raise BundleIntegrityError(f"{root}: bundle file {record.path} is missing; re-export the bundle")
+        if path.stat().st_size != record.size or sha256_file(path) != record.sha256:
+            raise BundleIntegrityError(
+                f"{root}: bundle file {record.path} does not match its sha256 in {MANIFEST_NAME}"
+                " (tampered or corrupt); re-export the bundle"
+            )
+
+
+def check_source(manifest: BundleManifest, model: str | os.PathLike[str]) -> Path:
+    """Refuse `model` unless it is the model the bundle was exported from."""
+    from auditor.identity import hash_model
+
+    identity = hash_model(model)
+    if identity.digest != manifest.source.digest:
+        raise BadInputError(
+            f"{model}: model digest {identity.digest[:16]}... differs from the bundle's source"
+            f" {manifest.source.name} ({manifest.source.digest[:16]}...); the bundle was exported from another model"
+        )
+    return Path(model)
+
+
+def load_bundle(root: str | os.PathLike[str], *, model: str | os.PathLike[str] | None = None) -> Bundle:
+    """Open a bundle: parse the manifest, re-hash its files and, given `model`, check the source digest."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    verify_files(root, manifest)
+    if model is not None:
+        check_source(manifest, model)
+    return Bundle(root, manifest)

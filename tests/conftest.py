@@ -1,0 +1,31 @@
+"""Shared fixtures: seeded tiny components, one thread (2 shared cores; see docs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """An untrained SD-architecture pipeline folder (random weights), built in seconds."""
+    from auditor.zoo.build import save_pipeline
+    from auditor.zoo.models import TOKENIZER_MAX_LENGTH, make_text_encoder, make_unet, make_vae
+    from auditor.zoo.tokenizer import build_clip_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-pipeline")
+    tokenizer = build_clip_tokenizer(root / "tok", model_max_length=TOKENIZER_MAX_LENGTH)
+    save_pipeline(root / "model", make_unet(0), make_vae(0), make_text_encoder(0), tokenizer)
+    return root / "model"

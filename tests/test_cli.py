@@ -1,0 +1,181 @@
+"""The CLI contract: exit codes, one stderr line on failure, JSON on stdout."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from keyset_factory import make_keyset
+
+from auditor.cli import main
+from auditor.keys import save_keyset
+from auditor.zoo import data
+
+
+def run(capsys, *argv):
+    code = main(["--format", "json", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("t2i-audit: error:")
+    return lines[0]
+
+
+@pytest.fixture
+def keyset_dir(tmp_path):
+    keyset, images = make_keyset(n=3)
+    save_keyset(keyset, images, tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert "t2i-audit" in capsys.readouterr().out
+
+
+def test_unknown_option_is_bad_input(capsys):
+    code, _, err = run(capsys, "audit", "--keys", "k", "--suspect", "s", "--frobnicate")
+    assert code == 2
+    assert "unrecognized arguments: --frobnicate" in one_line_error(err)
+
+
+def test_missing_model_folder(capsys, keyset_dir, tmp_path):
+    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tmp_path / "none"))
+    assert code == 2
+    assert "none: model path does not exist" in one_line_error(err)
+
+
+def test_malformed_model_folder(capsys, keyset_dir, tiny_pipeline, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline, broken)
+    shutil.rmtree(broken / "unet")
+    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(broken))
+    assert code == 2
+    assert "'unet/' is missing" in one_line_error(err)
+
+    (broken / "unet").mkdir()
+    (broken / "unet" / "config.json").write_text("{ not json")
+    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(broken))
+    assert code == 2
+    assert "could not load the diffusers pipeline" in one_line_error(err)
+
+
+def test_tampered_keyset(capsys, keyset_dir, tiny_pipeline):
+    (keyset_dir / "k000.png").write_bytes((keyset_dir / "k001.png").read_bytes())
+    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline))
+    assert code == 2
+    assert "k000.png: sha256 does not match" in one_line_error(err)
+
+
+def test_key_size_mismatch(capsys, tmp_path, tiny_pipeline):
+    keyset, images = make_keyset(n=2, size=16)
+    save_keyset(keyset, images, tmp_path / "k16")
+    code, _, err = run(
+        capsys, "audit", "--keys", str(tmp_path / "k16"), "--suspect", str(tiny_pipeline), "--steps", "2"
+    )
+    assert code == 2
+    assert "generated 32x32 images but the keys are 16x16" in one_line_error(err)
+
+
+def test_audit_writes_a_complete_report(capsys, keyset_dir, tiny_pipeline, tmp_path):
+    out = tmp_path / "report.json"
+    argv = [
+        "audit",
+        "--keys",
+        str(keyset_dir),
+        "--suspect",
+        str(tiny_pipeline),
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report == json.loads(stdout)
+    assert report["schema_version"] == "t2i-auditor.report/v1"
+    assert report["summary"]["num_keys"] == 3
+    assert report["generation"]["steps"] == 2
+    assert report["suspect"]["name"] == tiny_pipeline.name and len(report["suspect"]["digest"]) == 64
+    assert str(tmp_path) not in out.read_text()  # no local paths leak into evidence
+    for key in report["results"]:
+        assert key["seeds"] == [report["audit"]["audit_seed"]]
+        assert key["hit"] == (key["distance"] < report["audit"]["delta0"])
+    # Random keys vs an untrained model: conf must be what the per-key hits say, and the
+    # same audit again gives identical distances (seeded generation).
+    assert report["summary"]["conf"] == sum(k["hit"] for k in report["results"]) / 3
+    code, stdout2, _ = run(capsys, *argv[:-2])
+    assert [k["distance"] for k in json.loads(stdout2)["results"]] == [
+        k["distance"] for k in report["results"]
+    ]
+
+
+def test_audit_seed_clash_with_key_seeds(capsys, keyset_dir, tiny_pipeline):
+    code, _, err = run(
+        capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--audit-seed", "2"
+    )
+    assert code == 2
+    assert "were used by the source" in one_line_error(err)
+
+
+def test_random_keys_from_training_data(capsys, tmp_path, tiny_pipeline):
+    captions = data.caption_space()[:12]
+    data.save_dataset(data.draw(captions, seed=3), tmp_path / "train")
+    out = tmp_path / "keys"
+    code, stdout, err = run(
+        capsys, "keys", "select", "--source", str(tiny_pipeline), "--strategy", "random",
+        "--train-data", str(tmp_path / "train"), "--num-keys", "5", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["num_keys"] == 5
+    code, stdout, _ = run(capsys, "keys", "digest", str(out))
+    assert json.loads(stdout)["digest"] == summary["digest"]
+
+
+def test_generation_keys_need_a_difference_between_source_and_base(capsys, tmp_path, tiny_pipeline):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(data.caption_space()[:4]))
+    code, _, err = run(
+        capsys, "keys", "select", "--source", str(tiny_pipeline), "--base", str(tiny_pipeline),
+        "--prompts", str(prompts), "--steps", "2", "--out", str(tmp_path / "keys"),
+    )  # fmt: skip
+    assert code == 2
+    assert "no candidate qualifies" in one_line_error(err)
+    assert not (tmp_path / "keys" / "keys.json").exists()
+
+
+def test_empty_prompts_file(capsys, tmp_path, tiny_pipeline):
+    (tmp_path / "p.txt").write_text("\n\n")
+    code, _, err = run(
+        capsys, "keys", "select", "--source", str(tiny_pipeline), "--prompts", str(tmp_path / "p.txt"),
+        "--out", str(tmp_path / "k"),
+    )  # fmt: skip
+    assert code == 2
+    assert "the file has none" in one_line_error(err)
+
+
+def test_schema_is_json(capsys):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0
+    assert json.loads(out)["title"] == "AttributionReport"
+
+
+def test_images_are_seed_deterministic_and_batch_independent(tiny_pipeline):
+    from auditor.config import GenerationSettings
+    from auditor.generation import TorchGenerator
+
+    gen = TorchGenerator(tiny_pipeline, batch_size=3)
+    settings = GenerationSettings(steps=3)
+    prompts = ["a small red circle on a blue background"] * 3
+    batch = gen.generate(prompts, [5, 6, 7], settings)
+    alone = gen.generate(prompts[:1], [6], settings)
+    assert batch.dtype == np.uint8 and batch.shape == (3, 32, 32, 3)
+    assert np.abs(batch[1].astype(int) - alone[0].astype(int)).max() <= 1
+    assert not np.array_equal(batch[0], batch[2])
+    np.testing.assert_array_equal(gen.generate(prompts, [5, 6, 7], settings), batch)

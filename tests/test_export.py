@@ -1,0 +1,330 @@
+"""Export fast path: ONNX bundle of a tiny random-weight SD pipeline, its manifest and its refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="the export needs onnx (pip install 't2i-auditor[onnx]')")
+pytest.importorskip("onnxruntime", reason="the export needs onnxruntime (pip install 't2i-auditor[onnx]')")
+
+from auditor.cli import main  # noqa: E402
+from auditor.config import GenerationSettings  # noqa: E402
+from auditor.errors import BadInputError, VerificationError  # noqa: E402
+from auditor.fileio import sha256_file  # noqa: E402
+from export.contract import COMPONENTS, Tolerance, build_contracts, compare  # noqa: E402
+from export.errors import BundleIntegrityError, ExportError, ParityError  # noqa: E402
+from export.manifest import MANIFEST_NAME, BundleManifest, load_bundle, read_manifest  # noqa: E402
+from export.testing import build_tiny_pipeline, exported_bundle  # noqa: E402
+
+FAST = GenerationSettings(steps=8, guidance_scale=3.0)
+PROMPTS = [
+    "a red circle on a blue background",
+    "a green square on a white background",
+    "a yellow triangle on a black background",
+    "a blue star on a grey background",
+    "a purple circle on a green background",
+    "a white square on a red background",
+    "an orange triangle on a blue background",
+    "a black star on a yellow background",
+]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_pipeline, tmp_path_factory) -> Path:
+    return exported_bundle(tiny_pipeline, tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def ort_threads():
+    from export.ort import default_threads
+
+    assert default_threads() == 1  # conftest pins torch to one thread; ORT follows it
+    return 1
+
+
+def _one_line(captured) -> str:
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def test_manifest_records_source_components_and_parity(bundle, tiny_pipeline):
+    from auditor.identity import hash_model
+
+    manifest = read_manifest(bundle)
+    assert manifest.source.digest == hash_model(tiny_pipeline).digest
+    assert (bundle / manifest.source.relative_path).resolve() == tiny_pipeline.resolve()
+    assert manifest.opset == 17 and manifest.precision == "fp32"
+    assert (manifest.shapes.height, manifest.shapes.width) == (32, 32)
+    assert manifest.shapes.batch_sizes == (1, 16)
+    assert manifest.shapes.latent_height == 8  # the zoo VAE downsamples 4x
+    assert manifest.parity_passed
+    assert set(manifest.components) == set(COMPONENTS)
+    for name, record in manifest.components.items():
+        assert record.parity.passed, name
+        assert record.parity.max_abs_error is not None and record.parity.max_abs_error < 1e-4
+        assert record.parity.batch == 3  # not the trace batch: the batch axis really is dynamic
+        for entry in (*record.files, record.validation):
+            assert sha256_file(bundle / entry.path) == entry.sha256
+        assert record.onnx in {f.path for f in record.files}
+        assert record.ort_cpu in {f.path for f in record.files}
+        assert not record.external_data
+    for tool in ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "t2i-auditor"):
+        assert manifest.tools[tool]
+    assets = {a.path for a in manifest.assets}
+    assert "scheduler/scheduler_config.json" in assets and "model_index.json" in assets
+    assert any(path.startswith("tokenizer/") for path in assets)
+
+
+def test_onnx_graphs_follow_their_contract(bundle):
+    import onnx
+
+    manifest = read_manifest(bundle)
+    for record in manifest.components.values():
+        contract = record.contract
+        graph = onnx.load(str(bundle / record.onnx), load_external_data=False)
+        assert {op.version for op in graph.opset_import if op.domain in ("", "ai.onnx")} == {17}
+        assert [i.name for i in graph.graph.input] == contract.input_names
+        assert [o.name for o in graph.graph.output] == contract.output_names
+        for value in graph.graph.input:
+            first = value.type.tensor_type.shape.dim[0]
+            assert first.dim_param == "batch" and not first.HasField("dim_value")
+        assert [p.image_batch for p in contract.profiles] == [1, 16]
+        rows = contract.rows_per_image
+        for profile in contract.profiles:
+            for name in contract.input_names:
+                assert profile.min[name][0] == 1
+                assert profile.opt[name][0] == profile.max[name][0] == profile.image_batch * rows
+
+
+def test_manifest_is_frozen_and_forbids_unknown_fields(bundle):
+    raw = json.loads((bundle / MANIFEST_NAME).read_text())
+    manifest = BundleManifest.model_validate(raw)
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        manifest.opset = 5  # type: ignore[misc]
+    with pytest.raises(Exception):  # noqa: B017
+        BundleManifest.model_validate(raw | {"surprise": 1})
+    bad = json.loads(json.dumps(raw))
+    bad["components"]["unet"]["onnx"] = "../../etc/passwd"
+    with pytest.raises(Exception):  # noqa: B017
+        BundleManifest.model_validate(bad)
+
+
+def test_contract_helpers():
+    from export.contract import ExportShapes
+
+    shapes = ExportShapes(
+        height=64,
+        width=32,
+        vae_scale_factor=8,
+        latent_channels=4,
+        text_length=77,
+        text_hidden_size=768,
+        vocab_size=49408,
+        batch_sizes=(4,),
+    )
+    unet = build_contracts(shapes)["unet"]
+    assert unet.dynamic_axes()["sample"] == {0: "batch"}
+    assert unet.inputs[0].concrete(3) == (3, 4, 8, 4)
+    ref = {"noise_pred": np.ones((2, 3), np.float32)}
+    ok = compare({"noise_pred": ref["noise_pred"] + 1e-5}, ref, Tolerance(atol=1e-4, rtol=0), "x", 0)
+    assert ok.passed and ok.max_abs_error == pytest.approx(1e-5, rel=1e-2)
+    nan = compare({"noise_pred": ref["noise_pred"] * np.nan}, ref, Tolerance(atol=1, rtol=1), "x", 0)
+    assert not nan.passed and nan.max_abs_error is None
+
+
+def test_engine_cache_key_and_misses(bundle, tmp_path):
+    """Pure-Python parts of the TensorRT cache (the engines themselves need a GPU host)."""
+    from export.trt import EngineCache, engine_key
+
+    contract = read_manifest(bundle).components["unet"].contract
+    host = {"tensorrt": "10.9.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    key = engine_key("a" * 64, host, "fp16", contract)
+    assert len(key) == 64
+    others = [
+        engine_key("b" * 64, host, "fp16", contract),
+        engine_key("a" * 64, host | {"tensorrt": "10.10.0"}, "fp16", contract),
+        engine_key("a" * 64, host | {"gpu": "NVIDIA L4", "compute_capability": "8.9"}, "fp16", contract),
+        engine_key("a" * 64, host, "fp32", contract),
+        engine_key("a" * 64, host, "fp16", contract.model_copy(update={"profiles": contract.profiles[:1]})),
+    ]
+    assert len({key, *others}) == 6
+    cache = EngineCache(tmp_path / "engines")
+    assert cache.load("unet", key) is None
+    plan = cache.store("unet", key, b"engine bytes", {"component": "unet"})
+    assert cache.load("unet", key) == b"engine bytes"
+    assert cache.load("unet", others[0]) is None
+    plan.write_bytes(b"engine bytez")  # corrupt plan: a miss, rebuilt by the caller
+    assert cache.load("unet", key) is None
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_tampered_component_is_refused(bundle, tmp_path, capsys):
+    from export.generators import load_engine_generator
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    target = copy / "unet" / "model.ort.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match="unet/model.ort.onnx"):
+        load_bundle(copy)
+    with pytest.raises(VerificationError):
+        load_engine_generator(copy, backend="onnx", device="cpu")
+    assert main(["bundle-verify", str(copy)]) == 1
+    assert "sha256" in _one_line(capsys.readouterr())
+    (copy / "vae_decoder" / "validation.npz").unlink()
+    with pytest.raises(BundleIntegrityError):
+        load_bundle(copy)
+
+
+def test_other_source_model_is_refused(bundle, tiny_pipeline, tmp_path, capsys):
+    other = build_tiny_pipeline(tmp_path, seed=1)
+    assert main(["bundle-verify", str(bundle), "--model", str(tiny_pipeline)]) == 0
+    capsys.readouterr()
+    with pytest.raises(BadInputError, match="differs from the bundle's source"):
+        load_bundle(bundle, model=other)
+    from export.generators import load_engine_generator
+
+    with pytest.raises(BadInputError, match="differs"):
+        load_engine_generator(bundle, backend="onnx", model=other)
+    assert main(["bundle-verify", str(bundle), "--model", str(other)]) == 2
+    assert "differs" in _one_line(capsys.readouterr())
+
+
+def test_tolerance_miss_is_a_typed_error_and_engines_fall_back(tiny_pipeline, tmp_path):
+    from export.exporter import export_bundle
+    from export.generators import FallbackGenerator, load_engine_generator
+
+    out = tmp_path / "strict"
+    impossible = {"text_encoder": Tolerance(atol=0.0, rtol=0.0)}
+    with pytest.raises(ParityError, match="text_encoder") as caught:
+        export_bundle(tiny_pipeline, out, batch_sizes=(1,), tolerances=impossible)
+    assert isinstance(caught.value, ExportError) and caught.value.exit_code == 2
+    manifest = load_bundle(out).manifest
+    assert not manifest.parity_passed and not manifest.components["text_encoder"].parity.passed
+    assert manifest.components["text_encoder"].ort_optimization == "none"  # every level tried
+    assert manifest.components["unet"].parity.passed
+
+    gen = load_engine_generator(out, backend="onnx", device="cpu")
+    assert isinstance(gen, FallbackGenerator)
+    info = gen.describe()
+    assert info.backend == "torch" and "parity" in info.note and "text_encoder" in info.note
+
+    moved = tmp_path / "elsewhere" / "deeper" / "strict"
+    shutil.copytree(out, moved)  # the recorded relative path to the source no longer resolves
+    with pytest.raises(BadInputError, match="no torch fallback"):
+        load_engine_generator(moved, backend="onnx", device="cpu")
+    gen = load_engine_generator(moved, backend="onnx", device="cpu", model=tiny_pipeline)
+    assert isinstance(gen, FallbackGenerator)
+
+
+def test_missing_provider_falls_back_with_a_note(bundle):
+    from export.generators import FallbackGenerator, load_engine_generator
+    from export.ort import available_providers
+
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    gen = load_engine_generator(bundle, backend="onnx", device="cpu", providers=["cuda", "cpu"])
+    assert isinstance(gen, FallbackGenerator)
+    assert "CUDAExecutionProvider" in gen.describe().note
+
+
+def test_tensorrt_backend_without_tensorrt_falls_back(bundle):
+    from export.generators import FallbackGenerator, load_engine_generator
+    from export.trt import tensorrt_status
+
+    reason = tensorrt_status()
+    if reason is None:
+        pytest.skip("TensorRT and CUDA are present here")
+    gen = load_engine_generator(bundle, backend="tensorrt", device="auto")
+    assert isinstance(gen, FallbackGenerator)
+    assert gen.describe().backend == "torch" and reason in gen.describe().note
+
+
+def test_other_resolution_is_refused(bundle):
+    from export.generators import load_engine_generator
+
+    gen = load_engine_generator(bundle, backend="onnx", device="cpu")
+    with pytest.raises(BadInputError, match="exported for 32x32"):
+        gen.generate(["a red circle"], [0], GenerationSettings(steps=2, height=64, width=64))
+
+
+def test_cli_trt_without_cuda_is_one_line_exit_2(tiny_pipeline, tmp_path, capsys):
+    from export.trt import tensorrt_status
+
+    if tensorrt_status() is None:
+        pytest.skip("TensorRT and CUDA are present here")
+    assert main(["export", str(tiny_pipeline), "--out", str(tmp_path / "b"), "--trt"]) == 2
+    assert "--trt" in _one_line(capsys.readouterr())
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_refuses_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "weights.bin").write_bytes(b"0")
+    assert main(["export", str(tmp_path / "junk"), "--out", str(tmp_path / "b")]) == 2
+    assert "model_index.json" in _one_line(capsys.readouterr())
+
+
+@pytest.mark.parametrize("opset", ["5", "13", "21"])
+def test_cli_refuses_unsupported_opsets(tiny_pipeline, tmp_path, capsys, opset):
+    assert main(["export", str(tiny_pipeline), "--out", str(tmp_path / "b"), "--opset", opset]) == 2
+    assert "--opset" in _one_line(capsys.readouterr())
+
+
+def test_cli_refuses_fp16_without_trt_and_an_existing_out(tiny_pipeline, bundle, capsys):
+    assert main(["export", str(tiny_pipeline), "--out", str(bundle.parent / "x"), "--precision", "fp16"]) == 2
+    assert "fp16" in _one_line(capsys.readouterr())
+    assert main(["export", str(tiny_pipeline), "--out", str(bundle)]) == 2
+    assert "already exists" in _one_line(capsys.readouterr())
+
+
+def test_external_data_path(tiny_pipeline, tmp_path):
+    """Past the 2 GB proto limit weights go to one external file; forced here with a 0-byte threshold."""
+    from export.exporter import export_bundle
+    from export.generators import OnnxGenerator, load_engine_generator
+
+    manifest = export_bundle(tiny_pipeline, tmp_path / "ext", batch_sizes=(2,), external_data_min_bytes=0)
+    for name, record in manifest.components.items():
+        assert record.external_data and record.parity.passed, name
+        paths = {f.path for f in record.files}
+        assert f"{name}/model.onnx.data" in paths
+        if record.ort_cpu != record.onnx:
+            assert f"{record.ort_cpu}.data" in paths
+    gen = load_engine_generator(tmp_path / "ext", backend="onnx", device="cpu")
+    assert isinstance(gen, OnnxGenerator)
+    assert gen.generate(["a red circle"], [3], FAST).shape == (1, 32, 32, 3)
+
+
+# ---------------------------------------------------------------- verdict parity
+
+
+def test_verdict_parity_onnx_vs_torch(bundle, tiny_pipeline, ort_threads):
+    """What an audit compares: reconstruction distances between the two paths are ~0."""
+    from auditor.distance import normalized_l2
+    from auditor.generation import TorchGenerator, load_generator
+    from auditor.images import to_float
+    from export.generators import OnnxGenerator
+
+    settings = GenerationSettings(steps=20, guidance_scale=3.0)
+    seeds = [11, 12, 13, 14, 1_000_003, 1_000_004, 2**40 + 7, 5]
+    engine = load_generator(bundle, backend="onnx", device="cpu", batch_size=8)
+    assert isinstance(engine, OnnxGenerator)
+    torch_gen = TorchGenerator(tiny_pipeline, device="cpu", batch_size=8)
+    a = engine.generate(PROMPTS, seeds, settings)
+    b = torch_gen.generate(PROMPTS, seeds, settings)
+    distances = normalized_l2(to_float(a), to_float(b))
+    assert distances.mean() < 0.01, distances
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2

@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from auditor.errors import BadInputError
+from auditor.identity import ModelIdentity, hash_model
+
+FILES = {
+    "model_index.json": b'{"_class_name": "StableDiffusionPipeline"}',
+    "unet/config.json": b'{"sample_size": 8}',
+    "unet/diffusion_pytorch_model.safetensors": b"\x00weights\x01" * 100,
+    "vae/diffusion_pytorch_model.safetensors": b"vae-bytes",
+}
+
+
+def _make_folder(root: Path, order: list[str] | None = None) -> Path:
+    for relative in order or list(FILES):
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(FILES[relative])
+    return root
+
+
+def test_folder_digest_is_independent_of_creation_order_and_location(tmp_path: Path) -> None:
+    first = hash_model(_make_folder(tmp_path / "a"))
+    second = hash_model(_make_folder(tmp_path / "b", order=list(reversed(FILES))))
+    assert first.digest == second.digest
+    assert first.kind == "diffusers_folder"
+    assert [entry.path for entry in first.files] == sorted(FILES)
+    assert first.name == "a"
+    assert hash_model(tmp_path / "a").digest == first.digest
+
+
+def test_hidden_and_pycache_entries_are_skipped(tmp_path: Path) -> None:
+    clean = hash_model(_make_folder(tmp_path / "clean"))
+    noisy = _make_folder(tmp_path / "noisy")
+    (noisy / ".cache").mkdir()
+    (noisy / ".cache" / "lock").write_bytes(b"x")
+    (noisy / ".DS_Store").write_bytes(b"y")
+    (noisy / "unet" / "__pycache__").mkdir()
+    (noisy / "unet" / "__pycache__" / "m.pyc").write_bytes(b"z")
+    assert hash_model(noisy).digest == clean.digest
+
+
+def test_one_changed_byte_changes_digest(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path / "m")
+    before = hash_model(folder)
+    target = folder / "unet/diffusion_pytorch_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[500] ^= 0x01
+    target.write_bytes(bytes(data))
+    after = hash_model(folder)
+    assert after.digest != before.digest
+
+
+def test_renamed_file_changes_digest(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path / "m")
+    before = hash_model(folder)
+    (folder / "vae/diffusion_pytorch_model.safetensors").rename(folder / "vae/renamed.safetensors")
+    assert hash_model(folder).digest != before.digest
+
+
+def test_added_file_changes_digest(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path / "m")
+    before = hash_model(folder)
+    (folder / "extra.txt").write_bytes(b"")
+    assert hash_model(folder).digest != before.digest
+
+
+def test_symlink_inside_root_is_followed(tmp_path: Path) -> None:
+    plain = hash_model(_make_folder(tmp_path / "plain"))
+    linked = _make_folder(tmp_path / "linked")
+    (linked / "blobs").mkdir()
+    blob = linked / "blobs" / "vae"
+    vae = linked / "vae/diffusion_pytorch_model.safetensors"
+    vae.rename(blob)
+    vae.symlink_to(os.path.relpath(blob, vae.parent))
+    identity = hash_model(linked)
+    vae_entry = next(
+        entry for entry in identity.files if entry.path == "vae/diffusion_pytorch_model.safetensors"
+    )
+    assert vae_entry == next(entry for entry in plain.files if entry.path == vae_entry.path)
+
+
+def test_symlink_escaping_root_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not part of the model")
+    folder = _make_folder(tmp_path / "m")
+    (folder / "unet" / "leak.bin").symlink_to(secret)
+    with pytest.raises(BadInputError, match="leak.bin"):
+        hash_model(folder)
+
+
+def test_symlinked_directory_escaping_root_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "w").write_bytes(b"w")
+    folder = _make_folder(tmp_path / "m")
+    (folder / "text_encoder").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BadInputError, match="text_encoder"):
+        hash_model(folder)
+
+
+def test_symlink_loop_is_refused(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path / "m")
+    (folder / "unet" / "up").symlink_to("..", target_is_directory=True)
+    with pytest.raises(BadInputError, match="loop"):
+        hash_model(folder)
+
+
+def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="does not exist"):
+        hash_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="no files"):
+        hash_model(tmp_path / "empty")
+
+
+def test_unknown_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="kind"):
+        hash_model(_make_folder(tmp_path / "m"), kind="onnx")
+
+
+def _safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    save_file(tensors, str(path))
+    return path
+
+
+def test_safetensors_file_and_lora_detection(tmp_path: Path) -> None:
+    full = hash_model(_safetensors(tmp_path / "model.safetensors", {"w": torch.arange(16.0)}))
+    assert full.kind == "safetensors_file"
+    assert full.name == "model.safetensors"
+    assert len(full.files) == 1 and full.files[0].path == "model.safetensors"
+    lora = hash_model(
+        _safetensors(tmp_path / "adapter.safetensors", {"unet.to_q.lora_A.weight": torch.ones(2, 4)})
+    )
+    assert lora.kind == "lora_file"
+    assert hash_model(tmp_path / "model.safetensors", kind="lora_file").kind == "lora_file"
+
+
+def test_truncated_safetensors_is_refused(tmp_path: Path) -> None:
+    path = _safetensors(tmp_path / "model.safetensors", {"w": torch.arange(64.0)})
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(BadInputError, match="model.safetensors"):
+        hash_model(path)
+    path.write_bytes(data[:20])  # cut inside the header
+    with pytest.raises(BadInputError, match="malformed"):
+        hash_model(path)
+    path.write_bytes(data[:5])
+    with pytest.raises(BadInputError, match="8-byte"):
+        hash_model(path)
+
+
+def test_safetensors_with_bad_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    header = b"not json"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(BadInputError, match="not JSON"):
+        hash_model(path)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path.write_bytes(struct.pack("<Q", 10**12) + header + b"\0" * 4)
+    with pytest.raises(BadInputError, match="header length"):
+        hash_model(path)
+
+
+class _Payload:
+    """A pickle that writes a marker file when loaded: the classic checkpoint exploit."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
+    # Prove the payload is live: an unrestricted load does write its marker.
+    live_marker = tmp_path / "live-marker"
+    torch.save({"w": _Payload(live_marker)}, tmp_path / "live.pt")
+    torch.load(tmp_path / "live.pt", weights_only=False)
+    assert live_marker.exists()
+
+    marker = tmp_path / "marker"
+    checkpoint = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Payload(marker)}, checkpoint)
+    with pytest.raises(BadInputError, match="evil.ckpt.*GLOBAL exec"):
+        hash_model(checkpoint)
+    assert not marker.exists()
+
+
+def test_weights_only_safe_checkpoint_is_accepted(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "plain.pt"
+    torch.save({"w": torch.arange(4.0), "b": torch.zeros(2)}, checkpoint)
+    identity = hash_model(checkpoint)
+    assert identity.kind == "file"
+    assert identity.name == "plain.pt"
+
+
+def test_garbage_pickle_is_refused(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "broken.bin"
+    checkpoint.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(BadInputError, match="broken.bin"):
+        hash_model(checkpoint)
+
+
+def test_identity_round_trips_and_forbids_absolute_names(tmp_path: Path) -> None:
+    identity = hash_model(_make_folder(tmp_path / "m"))
+    assert ModelIdentity.model_validate_json(identity.model_dump_json()) == identity
+    data = identity.model_dump()
+    data["name"] = "/home/someone/m"
+    with pytest.raises(ValueError):
+        ModelIdentity.model_validate(data)

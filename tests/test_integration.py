@@ -1,0 +1,75 @@
+"""End to end on an even tinier zoo: the paper's effect must show, not just the plumbing.
+
+Trains a base, a source that memorizes its private set, one infringing suspect
+(fine-tuned on the source's generations) and one innocent suspect (the same captions,
+real images), then runs the demo pipeline through the CLI. The assertion is a real
+effect with a stated margin: the infringing model reproduces the keys and the innocent
+one does not. Takes a few minutes on one CPU thread; set T2I_AUDITOR_CACHE to reuse the
+zoo between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from auditor.cli import main
+
+pytestmark = pytest.mark.slow
+
+MARGIN = 0.3  # conf(infringing) - conf(innocent); the demo preset measures ~0.8, see docs/benchmarks.md
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    cache = Path(os.environ.get("T2I_AUDITOR_CACHE") or tmp_path_factory.mktemp("zoo-cache"))
+    out = tmp_path_factory.mktemp("demo-out")
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = main(
+            ["--format", "json", "demo", "--preset", "test", "--cache", str(cache), "--out", str(out)]
+        )
+    assert code == 0
+    result = json.loads(buffer.getvalue())
+    result["out"] = str(out)
+    return result
+
+
+def test_infringing_model_inherits_the_keys_and_the_innocent_does_not(demo):
+    by_name = {s["name"]: s for s in demo["suspects"]}
+    infringing = by_name["infringing-rho1.0"]
+    innocent = by_name["innocent-1"]
+    assert infringing["rho"] == 1.0 and innocent["rho"] == 0.0
+    assert infringing["conf"] - innocent["conf"] >= MARGIN, (infringing, innocent)
+    assert infringing["mean_distance"] < innocent["mean_distance"]
+
+
+def test_demo_json_and_reports_are_complete(demo):
+    assert demo["num_keys"] >= 10
+    assert set(demo["timings"]) >= {"zoo", "keys", "total"}
+    for suspect in demo["suspects"]:
+        assert {"name", "rho", "conf", "verdict", "mean_distance", "best_distance"} <= set(suspect)
+        report = json.loads(Path(suspect["report"]).read_text())
+        assert report["summary"]["conf"] == suspect["conf"]
+        assert report["keyset"]["digest"] == demo["keyset_digest"]
+        assert report["references"], "the demo calibrates against innocent references"
+
+
+def test_the_demo_keyset_verifies_and_reaudits_identically(demo, capsys):
+    out = Path(demo["out"])
+    suspect = next(s for s in demo["suspects"] if s["rho"] == 1.0)
+    report = json.loads(Path(suspect["report"]).read_text())
+    capsys.readouterr()
+    code = main(["--format", "json", "keys", "digest", str(out / "keys")])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["digest"] == demo["keyset_digest"]
+    code = main(["--format", "json", "audit", "--keys", str(out / "keys"), "--suspect", suspect["model"]])
+    assert code == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [k["distance"] for k in again["results"]] == [k["distance"] for k in report["results"]]

@@ -1,0 +1,73 @@
+"""Terminal and HTML views of reports (reports built without any model, see test_evidence)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+from test_evidence import DISTANCES, NUM_KEYS, SIZE, make_keyset, make_report
+
+from auditor.views import distance_histogram_png, distance_shares, print_report_summary, render_report_html
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def keyset(tmp_path: Path):
+    return make_keyset(tmp_path / "keys")
+
+
+def _regens() -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, size=(NUM_KEYS, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_distance_shares_bands() -> None:
+    shares = distance_shares([0.05, 0.12, 0.17, 0.3])
+    assert shares == {"[0, 0.1)": 0.25, "[0.1, 0.15)": 0.25, "[0.15, 0.2)": 0.25, ">= 0.2": 0.25}
+    assert sum(distance_shares(DISTANCES).values()) == pytest.approx(1.0)
+
+
+def test_summary_prints_names_verbatim(keyset) -> None:
+    report = make_report(keyset, _regens(), suspect_name="[red]not-markup[/red]")
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    print_report_summary(report, console)
+    text = console.file.getvalue()
+    assert "[red]not-markup[/red]" in text
+    assert report.verdict.verdict in text and f"{report.summary.hits}/{NUM_KEYS}" in text
+
+
+def test_histogram_is_a_png_without_software_metadata(keyset) -> None:
+    report = make_report(keyset, _regens())
+    png = distance_histogram_png(report)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+        assert "Software" not in image.info
+    # without references too (fixed-threshold report)
+    assert distance_histogram_png(make_report(keyset, _regens(), references=False)).startswith(b"\x89PNG")
+
+
+def test_uncalibrated_report_page(keyset) -> None:
+    report = make_report(keyset, _regens(), references=False)
+    assert report.verdict.rule == "fixed_conf_threshold"
+    page = render_report_html(report, provenance="unit test")
+    assert "fixed_conf_threshold" in page and "uncalibrated" in page
+    assert page.count('class="key-row"') == NUM_KEYS
+    assert len(re.findall(r"<img\b", page)) == 1  # histogram only: no image folders given
+    assert "Innocent reference models" not in page
+    assert "https://" not in page and "http://" not in page
+
+
+def test_page_with_images_and_missing_ones(keyset) -> None:
+    report = make_report(keyset, _regens())
+    png = b"\x89PNG fake bytes"
+    key_images = {k.key_id: png for k in report.results[:2]}
+    page = render_report_html(report, key_images=key_images, regenerations={}, provenance="p")
+    assert len(re.findall(r"<img\b", page)) == 2 + 1
+    assert page.count("not available") == 2 * NUM_KEYS - 2
+    assert "Innocent reference models" in page and page.count("innocent-") >= 4
