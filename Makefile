@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.setup-stamp
 # torch is pinned so that pip takes the CPU wheel on CPU hosts (see docs/design.md);
 # on a GPU host, install the matching CUDA build of torch 2.13.0 first.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= test,onnx
+EXTRAS ?= test,onnx,ray
 
 .PHONY: setup demo test test-fast bench lint clean
 

@@ -553,7 +553,9 @@ class BatchRunner:
             traceback=trace,
         )
         atomic_write_text(self.error_path(name), json.dumps(record.model_dump(mode="json"), indent=2) + "\n")
-        self.reporter.log(f"[red]{name}: failed[/red] {message}")
+        from rich.markup import escape
+
+        self.reporter.log(f"[red]{name}: failed[/red] {escape(message)}")
         return Outcome(name, "failed", code, message)
 
     def audit_one(
@@ -585,14 +587,21 @@ class BatchRunner:
         kind = detect_kind(model) if entry.kind == "auto" else entry.kind
         digest = None
         if kind != "http":
-            identity = hash_model(
-                model, None if kind == "diffusers_folder" and Path(model).is_dir() else kind
-            )
+            # lora_file must be said; otherwise hash_model tells folders, safetensors and pickles apart
+            identity = hash_model(model, "lora_file" if kind == "lora_file" else None)
             digest = identity.digest
         generator = self._open(entry.model, entry)
-        result = run_audit(
-            generator, self.keyset, self.key_images, self.spec.thresholds, settings, self.reporter
-        )
+        if kind == "http":  # queries are slow: a bar per query, keys and decoys alike
+            config = self.spec.thresholds
+            keys = len(self.keyset.keys[: config.max_keys] if config.max_keys else self.keyset.keys)
+            total = keys * (1 + generator.options.decoys_per_key) * config.seeds_per_key
+            with self.reporter.task(f"{entry.name}: queries", total) as advance:
+                generator.progress = advance
+                result = run_audit(generator, self.keyset, self.key_images, config, settings, self.reporter)
+        else:
+            result = run_audit(
+                generator, self.keyset, self.key_images, self.spec.thresholds, settings, self.reporter
+            )
         if kind == "http":
             digest = generator.transcript_digest()
             self._write_transcript(entry.name, generator)
@@ -721,6 +730,11 @@ def _ray_audit(job_path: str, out: str, index: int, threads: int | None) -> dict
     return runner.audit_one(job.entries[index]).to_dict()
 
 
+def task_resources(cluster: dict[str, float]) -> dict[str, float]:
+    """What one suspect's Ray task asks for: a whole GPU where the cluster has any, else one CPU."""
+    return {"num_gpus": 1} if cluster.get("GPU", 0) >= 1 else {"num_cpus": 1}
+
+
 def run_with_ray(
     runner: BatchRunner,
     todo: Sequence[tuple[int, SuspectSpec, GenerationSettings]],
@@ -757,8 +771,7 @@ def run_with_ray(
         ray.init(**options)
         started = True
     try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+        resources = task_resources(ray.cluster_resources())
         task = ray.remote(max_retries=0)(_ray_audit).options(**resources)
         job_path, out = str(runner.job.path.resolve()), str(runner.out.resolve())
         pending = {task.remote(job_path, out, i, threads): entry.name for i, entry, _ in todo}

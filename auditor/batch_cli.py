@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("serve", help="serve a model through the AUTOMATIC1111 txt2img API (loopback)")
-    p.add_argument("model", help="diffusers folder, single-file checkpoint (with --config) or LoRA (with --base)")
+    p.add_argument(
+        "model", help="diffusers folder, single-file checkpoint (with --config) or LoRA (with --base)"
+    )
     p.add_argument("--port", type=int, default=7860, help="TCP port (0: any free port; default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--config", help="single-file checkpoint: local diffusers folder of the same architecture")
@@ -52,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_batch(args: argparse.Namespace, ctx) -> int:
     from auditor.batch import (
-        SharedProgress,
         BatchRunner,
+        SharedProgress,
         exit_code_of,
         job_index,
         load_job,
@@ -83,7 +85,10 @@ def cmd_batch(args: argparse.Namespace, ctx) -> int:
         if ctx.format == "json":
             ctx.emit_json(outcome.to_dict())
         elif outcome.status != "failed":
-            ctx.console.print(f"{outcome.name}: {outcome.status} ({out / 'reports' / (outcome.name + '.json')})")
+            ctx.console.print(
+                f"{outcome.name}: {outcome.status} ({out / 'reports' / (outcome.name + '.json')})",
+                markup=False,
+            )
         return _fail(outcome.exit_code, outcome.message) if outcome.status == "failed" else EXIT_OK
     summary = write_summary(job, out)
     _print_summary(summary, ctx, out)
@@ -91,7 +96,9 @@ def cmd_batch(args: argparse.Namespace, ctx) -> int:
     if code != EXIT_OK:
         failed = [o.name for o in outcomes if o.status == "failed"]
         shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
-        return _fail(code, f"batch: {len(failed)} of {len(outcomes)} suspects failed ({shown}); see {out / 'errors'}")
+        return _fail(
+            code, f"batch: {len(failed)} of {len(outcomes)} suspects failed ({shown}); see {out / 'errors'}"
+        )
     return EXIT_OK
 
 
@@ -111,6 +118,7 @@ def _print_summary(summary, ctx, out: Path) -> None:
     if ctx.format == "json":
         ctx.emit_json(summary.model_dump(mode="json"))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     def num(value, fmt: str) -> str:
@@ -136,11 +144,11 @@ def _print_summary(summary, ctx, out: Path) -> None:
             corrected,
         )
     ctx.console.print(table)
-    ctx.console.print(summary.correction_note)
+    ctx.console.print(escape(summary.correction_note))
     for row in summary.suspects:
         if row.error:
-            ctx.console.print(f"[red]{row.name}[/red]: {row.error}")
-    ctx.console.print(f"summary written to {out / 'summary.json'}")
+            ctx.console.print(f"[red]{row.name}[/red]: {escape(row.error)}")
+    ctx.console.print(f"summary written to {out / 'summary.json'}", markup=False)
 
 
 # ---------------------------------------------------------------- serve

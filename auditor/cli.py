@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from auditor import __version__
 from auditor.errors import EXIT_BAD_INPUT, AuditorError, BadInputError
+from auditor.keys import ModelRef
 
 
 def _quiet_third_party() -> None:
@@ -116,27 +117,30 @@ def _generator(path: str, args: argparse.Namespace):
     )
 
 
-def model_ref(path: str):
-    """A report's reference to a model: basename plus manifest digest (no local paths).
+def identify_model(path: str) -> tuple[ModelRef, str]:
+    """A report's reference to a model (basename + manifest digest, no local path) and its kind.
 
     An engine bundle stands for the model it was exported from: its files are re-hashed
     against its manifest and the report cites the source model's digest, so audits via
-    torch and via engines name the same model.
+    torch and via engines name the same model. An HTTP endpoint has no weights to hash.
     """
     from auditor.identity import hash_model
-    from auditor.keys import ModelRef
 
+    if str(path).startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        return ModelRef(name=urlsplit(str(path)).hostname or "http-endpoint", digest=None), "http_endpoint"
     if (Path(path) / "bundle.json").is_file():
         from export.manifest import load_bundle
 
         source = load_bundle(path).manifest.source
-        return ModelRef(name=source.name, digest=source.digest)
-    if str(path).startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
-        return ModelRef(name=urlsplit(str(path)).hostname or "http-endpoint", digest=None)
+        return ModelRef(name=source.name, digest=source.digest), "engine_bundle"
     identity = hash_model(path)
-    return ModelRef(name=identity.name, digest=identity.digest)
+    return ModelRef(name=identity.name, digest=identity.digest), identity.kind
+
+
+def model_ref(path: str) -> ModelRef:
+    return identify_model(path)[0]
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -285,7 +289,7 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         "audit config",
     )
     settings = _settings(args, keyset.generation)
-    suspect_ref = model_ref(args.suspect)
+    suspect_ref, suspect_kind = identify_model(args.suspect)
     references = []
     for ref_path in args.reference or []:
         ref = model_ref(ref_path)
@@ -301,7 +305,7 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
     report = build_report(
         result=result,
         keyset=keyset,
-        suspect=SuspectRef(name=suspect_ref.name, digest=suspect_ref.digest),
+        suspect=SuspectRef(name=suspect_ref.name, digest=suspect_ref.digest, kind=suspect_kind),
         config=config,
         references=tuple(references),
         alpha=args.alpha,

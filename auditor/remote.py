@@ -166,11 +166,13 @@ class HttpGenerator:
             self._auth = (self.options.auth_header, value)
         seed = self.options.stealth_seed if self.options.stealth_seed is not None else secrets.randbits(63)
         self.stealth_seed = seed
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # decoys and order only: the plan depends on the seed alone
+        self._jitter = random.Random()
         self._transcript: list[Query] = []
         self.requests = 0  # HTTP requests sent, retries included
         self.failed_requests = 0
         self._last_start: float | None = None
+        self.progress = None  # optional callable(queries answered so far), e.g. a progress bar
 
     # ------------------------------------------------------------ Generator protocol
 
@@ -217,6 +219,8 @@ class HttpGenerator:
             )
             if role == "key":
                 out[slot] = image
+            if self.progress is not None:
+                self.progress(len(self._transcript))
         return out
 
     # ------------------------------------------------------------ transcript
@@ -286,7 +290,7 @@ class HttpGenerator:
         for attempt in range(opts.retries + 1):
             if attempt:
                 delay = min(opts.backoff_max_s, opts.backoff_s * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + self._rng.random() / 2))  # jittered exponential backoff
+                time.sleep(delay * (0.5 + self._jitter.random() / 2))  # jittered exponential backoff
             if opts.max_queries is not None and self.requests >= opts.max_queries:
                 raise BadInputError(
                     f"{self.name}: query budget http.max_queries = {opts.max_queries} exhausted "

@@ -104,6 +104,7 @@ class SuspectServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: SuspectServer
     server_version = "t2i-audit-serve"
+    timeout = 60  # a client that stops sending mid-request cannot hold a thread forever
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (BaseHTTPRequestHandler's name)
         if self.server.log is not None:

@@ -61,6 +61,7 @@ class SuspectSpec(FrozenModel):
 
 class ZooConfig(FrozenModel):
     resolution: int = 32
+    unet_channels: tuple[int, int] = (32, 64)
     seed: int = 0
     public_draws_per_caption: int = Field(2, ge=1, description="base pre-training set: 448 captions x this")
     private_samples: int = Field(64, ge=1, description="the source's private fine-tuning set (paper: 3000)")
@@ -94,13 +95,13 @@ PRESETS: dict[str, ZooConfig] = {
     ),
     # The integration test: the same world, trained for a fraction of the steps.
     "test": ZooConfig(
+        resolution=16,
         public_draws_per_caption=1,
-        private_samples=32,
-        vae=StageSpec(steps=250, batch_size=32, lr=2e-3, seed=1),
-        base=StageSpec(steps=500, lr=1e-3, seed=2),
-        source=StageSpec(steps=800, lr=1e-3, seed=3),
-        suspects=_suspects(64, 500, 1e-3, (1.0, 0.0)),
-        references=_suspects(64, 500, 1e-3, (0.0,), prefix="reference-", seed=200),
+        private_samples=16,
+        vae=StageSpec(steps=800, batch_size=16, lr=2e-3, seed=1),
+        base=StageSpec(steps=1500, lr=1e-3, seed=2),
+        source=StageSpec(steps=2000, lr=5e-4, seed=3),
+        suspects=_suspects(32, 800, 5e-4, (1.0, 0.0)),
     ),
 }
 
@@ -131,6 +132,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "t2i-auditor"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _Artifacts:
     """Content-addressed folders: built once under a temporary name, then renamed."""
 
@@ -147,6 +158,9 @@ class _Artifacts:
             self.reporter.log(f"zoo: {role} cached ({final.name})")
             return final, digest
         start = time.perf_counter()
+        for stale in self.root.glob(f".{final.name}.tmp-*"):  # left by a killed build
+            if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -155,7 +169,12 @@ class _Artifacts:
             (tmp / "zoo-artifact.json").write_text(
                 json.dumps({"role": role, "digest": digest, "key": to_jsonable_python(key)}, indent=2)
             )
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -250,7 +269,10 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, reporter: Report
     states = encode_captions(tokenizer, text_encoder, list(space))
 
     def train_from(parent_unet: Path | None, spec: StageSpec, images: np.ndarray, captions, label: str):
-        unet = UNet2DConditionModel.from_pretrained(parent_unet) if parent_unet else make_unet(spec.seed, res)
+        if parent_unet:
+            unet = UNet2DConditionModel.from_pretrained(parent_unet)
+        else:
+            unet = make_unet(spec.seed, res, config.unet_channels)
         latents = encode_latents(vae, images, scale)
         with reporter.task(label, spec.steps) as advance:
             train_unet(
@@ -267,6 +289,8 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, reporter: Report
         return unet
 
     base_key = {"vae": vae_digest, "base": config.base, "draws": config.public_draws_per_caption}
+    if config.unet_channels != (32, 64):
+        base_key["unet_channels"] = config.unet_channels
     base_dir, base_digest = store.get(
         "base",
         base_key,
