@@ -289,6 +289,7 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         "audit config",
     )
     settings = _settings(args, keyset.generation)
+    commitment = load_keyset_commitment(args.keys, keyset.digest)
     suspect_ref, suspect_kind = identify_model(args.suspect)
     references = []
     for ref_path in args.reference or []:
@@ -301,7 +302,6 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
     )
     if args.save_images:
         _save_regenerations(Path(args.save_images), regenerated)
-    commitment = load_keyset_commitment(args.keys, keyset.digest)
     report = build_report(
         result=result,
         keyset=keyset,
@@ -336,7 +336,7 @@ def envelope_path(report_path: str | Path) -> Path:
 
 def _save_regenerations(directory: Path, batches: list) -> None:
     """Regenerated images named by their sha256, the name the report cites them by."""
-    from auditor.fileio import sha256_bytes
+    from auditor.fileio import atomic_write_bytes, sha256_bytes
     from auditor.images import encode_png
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -345,8 +345,6 @@ def _save_regenerations(directory: Path, batches: list) -> None:
             data = encode_png(image)
             target = directory / f"{sha256_bytes(data)}.png"
             if not target.exists():
-                from auditor.fileio import atomic_write_bytes
-
                 atomic_write_bytes(target, data)
 
 

@@ -41,8 +41,10 @@ def available_distances() -> list[str]:
 
 def _as_batches(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Accept (H, W, C) or (N, H, W, C) on either side; broadcast a single image."""
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
+    # float64 and C order: the summation order, and so every digit of a reported
+    # distance, then depends only on the pixels, not on how the arrays were laid out.
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
     if y.ndim == 3:

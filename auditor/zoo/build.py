@@ -36,7 +36,7 @@ from auditor.zoo.models import (
 from auditor.zoo.tokenizer import build_clip_tokenizer
 from auditor.zoo.train import encode_captions, encode_latents, train_unet, train_vae
 
-ZOO_FORMAT = "t2i-auditor-zoo-v1"  # bump when training code changes what a config produces
+ZOO_FORMAT = "t2i-auditor-zoo-v2"  # bump when training code changes what a config produces
 
 
 class StageSpec(FrozenModel):
