@@ -19,13 +19,17 @@ from rich.table import Table
 
 from auditor.audit import fixed_threshold_verdict, run_audit
 from auditor.config import AuditConfig, FrozenModel
+from auditor.evidence import write_signed_report
+from auditor.fileio import atomic_write_text, sha256_bytes
 from auditor.generation import TorchGenerator
 from auditor.identity import hash_model
+from auditor.images import encode_png
 from auditor.keys import ModelRef, save_keyset
 from auditor.progress import Reporter
 from auditor.report import SuspectRef, build_report, reference_result, save_report
 from auditor.selection import SelectionConfig, select_keys
-from auditor.views import VERDICT_STYLE, distance_shares
+from auditor.signing import generate_keypair
+from auditor.views import VERDICT_STYLE, distance_shares, render_report_html
 from auditor.zoo.build import PRESETS, build_zoo
 from auditor.zoo.data import load_dataset
 
@@ -110,10 +114,14 @@ def run_demo(
         references.append(reference_result(name, hash_model(path).digest, result))
     timings["references"] = time.perf_counter() - t
 
+    signing_key = _demo_signing_key(out)
+    key_pngs = {key.id: encode_png(image) for key, image in zip(keyset.keys, images, strict=True)}
     rows = []
     for name, path in zoo.suspects.items():
         t = time.perf_counter()
-        result = run_audit(TorchGenerator(path, device="cpu"), keyset, images, config, reporter=reporter)
+        regenerated: list[np.ndarray] = []
+        generator = TorchGenerator(path, device="cpu")
+        result = run_audit(generator, keyset, images, config, reporter=reporter, images_out=regenerated)
         report = build_report(
             result=result,
             keyset=keyset,
@@ -122,7 +130,18 @@ def run_demo(
             references=tuple(references),
         )
         report_path = out / "reports" / f"{name}.json"
+        write_signed_report(report, signing_key, report_path.with_suffix(".dsse.json"))
         save_report(report, report_path)
+        regen_pngs = {
+            sha256_bytes(png): png for png in (encode_png(im) for batch in regenerated for im in batch)
+        }
+        page = render_report_html(
+            report,
+            key_images=key_pngs,
+            regenerations=regen_pngs,
+            provenance=f"Demo report {name}.json, signed with the demo key in {out.name}/ (demo-owner.pub).",
+        )
+        atomic_write_text(report_path.with_suffix(".html"), page)
         calibration = report.verdict.calibration
         rows.append(
             DemoSuspect(
@@ -152,10 +171,16 @@ def run_demo(
         suspects=tuple(rows),
         timings={k: round(v, 2) for k, v in timings.items()},
     )
-    from auditor.fileio import atomic_write_text
-
     atomic_write_text(out / "summary.json", result.model_dump_json(indent=2) + "\n")
     return result
+
+
+def _demo_signing_key(out: Path) -> Path:
+    """The demo signs its reports with its own throwaway key, made once per output folder."""
+    key = out / "demo-owner.key"
+    if not key.exists():
+        generate_keypair(key, out / "demo-owner.pub")
+    return key
 
 
 def print_demo(result: DemoResult, console: Console | None = None) -> None:

@@ -61,6 +61,18 @@ def test_demo_json_and_reports_are_complete(demo):
         assert report["references"], "the demo calibrates against innocent references"
 
 
+def test_demo_reports_are_signed_and_verify_offline(demo, capsys):
+    out = Path(demo["out"])
+    for suspect in demo["suspects"]:
+        report = Path(suspect["report"])
+        envelope = report.with_suffix(".dsse.json")
+        args = ["verify", str(envelope), "--key", str(out / "demo-owner.pub"), "--keys", str(out / "keys")]
+        assert main(args) == 0, capsys.readouterr().err
+        page = report.with_suffix(".html").read_text()
+        assert page.count("<img") >= 2 * demo["num_keys"]  # every key beside its regeneration
+        assert "http://" not in page and "https://" not in page
+
+
 def test_the_demo_keyset_verifies_and_reaudits_identically(demo, capsys):
     out = Path(demo["out"])
     suspect = next(s for s in demo["suspects"] if s["rho"] == 1.0)
