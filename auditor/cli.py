@@ -46,7 +46,8 @@ class Context:
         from auditor.progress import Reporter, RichReporter
 
         self.format = fmt
-        self.console = Console()
+        # Piped to a file or a CI log, rich would wrap tables at 80 columns.
+        self.console = Console(width=None if sys.stdout.isatty() else 160)
         self.reporter = Reporter() if fmt == "json" else RichReporter()
 
     def emit_json(self, obj: object) -> None:
@@ -163,7 +164,7 @@ def _read_prompts(path: str) -> list[str]:
 def cmd_zoo_build(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.zoo.build import PRESETS, build_zoo
 
-    index = build_zoo(PRESETS[args.preset], cache_dir=args.cache, reporter=ctx.reporter)
+    index = build_zoo(PRESETS[args.preset], cache_dir=args.cache, reporter=ctx.reporter, jobs=args.jobs)
     if ctx.format == "json":
         ctx.emit_json(index.model_dump(mode="json"))
     else:
@@ -372,6 +373,7 @@ def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
         cache_dir=args.cache,
         strategy=args.strategy,
         reporter=ctx.reporter,
+        jobs=args.jobs,
     )
     if ctx.format == "json":
         ctx.emit_json(result.model_dump(mode="json"))
@@ -410,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument(
         "--cache", type=Path, help="cache directory (default $T2I_AUDITOR_CACHE or ~/.cache/t2i-auditor)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=2, help="suspects fine-tuned in parallel processes (default 2)"
     )
     p.set_defaults(func=cmd_zoo_build)
 
@@ -463,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--out", default="demo-out", help="output folder (default ./demo-out)")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="suspects fine-tuned in parallel processes (default 2)"
+    )
     p.add_argument("--strategy", choices=["detection", "generation", "random"], default="generation")
     p.set_defaults(func=cmd_demo)
 

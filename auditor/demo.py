@@ -75,11 +75,12 @@ def run_demo(
     cache_dir: Path | None = None,
     strategy: str = "generation",
     reporter: Reporter | None = None,
+    jobs: int = 1,
 ) -> DemoResult:
     reporter = reporter or Reporter()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    zoo = build_zoo(PRESETS[preset], cache_dir=cache_dir, reporter=reporter)
+    zoo = build_zoo(PRESETS[preset], cache_dir=cache_dir, reporter=reporter, jobs=jobs)
     timings["zoo"] = time.perf_counter() - start
 
     t = time.perf_counter()
@@ -221,6 +222,10 @@ def print_demo(result: DemoResult, console: Console | None = None) -> None:
     refs = ", ".join(f"{k} conf {v:.2f}" for k, v in result.references.items())
     console.print(f"innocent references: {refs}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    reports = Path(result.suspects[0].report).parent
+    console.print(f"reports (JSON, signed .dsse.json, .html evidence pages): {reports}/")
+    console.print(f"keyset digest {result.keyset_digest[:16]}...; check a signed report offline with:")
     console.print(
-        f"reports: {Path(result.suspects[0].report).parent}/  keyset digest {result.keyset_digest[:16]}..."
+        f"  t2i-audit verify {reports}/{result.suspects[0].name}.dsse.json "
+        f"--key {reports.parent}/demo-owner.pub --keys {reports.parent}/keys"
     )

@@ -20,7 +20,8 @@ from auditor.cli import main
 
 pytestmark = pytest.mark.slow
 
-MARGIN = 0.3  # conf(infringing) - conf(innocent); measured 0.80 on this preset (0.87 vs 0.07), docs/benchmarks.md
+# conf(infringing) - conf(innocent); measured 0.80 on this preset (0.87 vs 0.07), docs/zoo.md
+MARGIN = 0.3
 
 
 @pytest.fixture(scope="module")

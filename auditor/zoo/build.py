@@ -90,8 +90,8 @@ def _suspects(
 PRESETS: dict[str, ZooConfig] = {
     # `t2i-audit demo`: infringing at rho 1.0 and 0.3 and one innocent model.
     "demo": ZooConfig(
-        suspects=_suspects(128, 1500, 5e-4, (1.0, 0.3, 0.0)),
-        references=_suspects(128, 1500, 5e-4, (0.0,), prefix="reference-", seed=200),
+        suspects=_suspects(128, 3000, 5e-4, (1.0, 0.3, 0.0)),
+        references=_suspects(128, 3000, 5e-4, (0.0,), prefix="reference-", seed=200),
     ),
     # The integration test: the same world, trained for a fraction of the steps.
     "test": ZooConfig(
@@ -151,9 +151,12 @@ class _Artifacts:
         self.seconds: dict[str, float] = {}
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def path_for(self, role: str, key: object) -> Path:
+        return self.root / f"{role}-{config_digest(key)[:16]}"
+
     def get(self, role: str, key: object, build: Callable[[Path], None]) -> tuple[Path, str]:
         digest = config_digest(key)
-        final = self.root / f"{role}-{digest[:16]}"
+        final = self.path_for(role, key)
         if final.is_dir():
             self.reporter.log(f"zoo: {role} cached ({final.name})")
             return final, digest
@@ -218,8 +221,15 @@ def _domain_schedule(domain: tuple[str, ...], n: int, rng: np.random.Generator) 
     return order[:n]
 
 
-def build_zoo(config: ZooConfig, cache_dir: Path | None = None, reporter: Reporter | None = None) -> ZooIndex:
-    """Build (or load from cache) every model the config names and return their paths."""
+def build_zoo(
+    config: ZooConfig, cache_dir: Path | None = None, reporter: Reporter | None = None, jobs: int = 1
+) -> ZooIndex:
+    """Build (or load from cache) every model the config names and return their paths.
+
+    With `jobs` > 1 the suspects, which only depend on the base and the source, are
+    fine-tuned in that many worker processes of one torch thread each: on small CPU
+    machines two single-threaded processes beat one process with two threads.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from auditor.generation import quiet_hf_libraries
@@ -318,8 +328,17 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, reporter: Report
     domain = tuple(dict.fromkeys(private.captions))
     source_generator = None
     references: dict[str, str] = {}
+    missing = [
+        spec
+        for spec in (*config.suspects, *config.references)
+        if not store.path_for(
+            f"suspect-{spec.name}", _suspect_key(base_digest, source_digest, spec, config)
+        ).is_dir()
+    ]
+    if jobs > 1 and len(missing) > 1:
+        _build_suspects_in_parallel(config, root, missing, jobs, reporter)
     for spec in (*config.suspects, *config.references):
-        key = {"base": base_digest, "source": source_digest, "suspect": spec, "generation": config.generation}
+        key = _suspect_key(base_digest, source_digest, spec, config)
 
         def build_suspect(out: Path, spec: SuspectSpec = spec) -> None:
             nonlocal source_generator
@@ -361,6 +380,33 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, reporter: Report
     return index
 
 
-def set_torch_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+def _suspect_key(base_digest: str, source_digest: str, spec: SuspectSpec, config: ZooConfig) -> dict:
+    return {"base": base_digest, "source": source_digest, "suspect": spec, "generation": config.generation}
+
+
+def _build_one_suspect(config_json: str, cache_dir: str, name: str) -> str:
+    """Worker: the zoo restricted to one suspect (base and source are already cached)."""
+    torch.set_num_threads(1)
+    config = ZooConfig.model_validate_json(config_json)
+    spec = next(s for s in (*config.suspects, *config.references) if s.name == name)
+    index = build_zoo(config.model_copy(update={"suspects": (spec,), "references": ()}), Path(cache_dir))
+    return index.suspects[name]
+
+
+def _build_suspects_in_parallel(
+    config: ZooConfig, root: Path, specs: list[SuspectSpec], jobs: int, reporter: Reporter
+) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with (
+        reporter.task(f"zoo: {len(specs)} suspects, {jobs} processes", len(specs)) as advance,
+        ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
+    ):
+        futures = [
+            pool.submit(_build_one_suspect, config.model_dump_json(), str(root), s.name) for s in specs
+        ]
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.result()
+            advance(done)
