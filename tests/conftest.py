@@ -29,3 +29,16 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     tokenizer = build_clip_tokenizer(root / "tok", model_max_length=TOKENIZER_MAX_LENGTH)
     save_pipeline(root / "model", make_unet(0), make_vae(0), make_text_encoder(0), tokenizer)
     return root / "model"
+
+
+@pytest.fixture(scope="module")
+def keys_dir(tmp_path_factory) -> Path:
+    """A saved 3-key keyset of random 32x32 images (no model needed)."""
+    from keyset_factory import make_keyset
+
+    from auditor.keys import save_keyset
+
+    root = tmp_path_factory.mktemp("keys") / "keys"
+    keyset, images = make_keyset(n=3, size=32)
+    save_keyset(keyset, images, root)
+    return root

@@ -13,22 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from keyset_factory import make_keyset
 
 from auditor.batch import adjust, benjamini_hochberg, holm, load_job, task_resources
 from auditor.cli import main
 from auditor.errors import BadInputError
-from auditor.keys import save_keyset
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-@pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("batch-keys") / "keys"
-    keyset, images = make_keyset(n=3, size=32)
-    save_keyset(keyset, images, root)
-    return root
 
 
 def _job(path: Path, body: str, keys: Path, head: str = "") -> Path:

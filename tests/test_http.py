@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from keyset_factory import make_keyset
 
 from auditor.cli import main
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError, TransientError
 from auditor.images import encode_png
-from auditor.keys import save_keyset
 from auditor.remote import HttpGenerator, HttpOptions
 
 SETTINGS = GenerationSettings(steps=2, height=32, width=32)
@@ -47,14 +45,6 @@ def _run_batch(job: Path, out: Path, *extra: str, capsys=None) -> tuple[int, dic
         text = capsys.readouterr().out
         summary = json.loads(text) if text.strip() else None
     return rc, summary
-
-
-@pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("http-keys") / "keys"
-    keyset, images = make_keyset(n=3, size=32)
-    save_keyset(keyset, images, root)
-    return root
 
 
 # ---------------------------------------------------------------- t2i-audit serve
