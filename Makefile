@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-stamp
 TORCH  ?= torch==2.13.0
 EXTRAS ?= test,onnx,ray
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo reproduce test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/t2i-audit demo
+
+# The paper's evaluation on the tiny zoo (about an hour on 2 cores; docs/reproduction.md).
+reproduce: setup
+	$(VENV)/bin/t2i-audit reproduce --scale tiny --out reproduction-out
 
 test: setup
 	$(PY) -m pytest -q
@@ -35,4 +39,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf demo-out .pytest_cache .ruff_cache
+	rm -rf demo-out reproduction-out .pytest_cache .ruff_cache

@@ -261,7 +261,14 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.audit import run_audit
     from auditor.config import AuditConfig
     from auditor.keys import load_keyset
-    from auditor.report import SuspectRef, build_report, reference_result, save_report
+    from auditor.report import (
+        SuspectRef,
+        build_report,
+        load_discriminator_for,
+        reference_result,
+        save_report,
+        score_with_discriminator,
+    )
 
     if args.sign:
         if not args.out:
@@ -272,6 +279,8 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
 
         load_signer(args.sign)  # fail on a bad key before hours of generation, not after
     keyset, images = load_keyset(args.keys)
+    # A bad or mismatched discriminator fails now, not after hours of generation.
+    discriminator = load_discriminator_for(args.discriminator, keyset) if args.discriminator else None
     config = _validated(
         AuditConfig,
         {
@@ -303,6 +312,9 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
     )
     if args.save_images:
         _save_regenerations(Path(args.save_images), regenerated)
+    statistical = (
+        score_with_discriminator(discriminator, args.discriminator, result) if discriminator else None
+    )
     report = build_report(
         result=result,
         keyset=keyset,
@@ -311,6 +323,7 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         references=tuple(references),
         alpha=args.alpha,
         commitment=commitment,
+        statistical=statistical,
     )
     if args.out:
         if args.sign:  # the envelope first: a report on disk always has its signature beside it
@@ -460,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sign", metavar="KEY", help="sign the report with this Ed25519 private key (needs --out)"
     )
     p.add_argument("--save-images", metavar="DIR", help="keep the suspect's regenerations, named by sha256")
+    p.add_argument(
+        "--discriminator",
+        metavar="FILE",
+        help="statistical level: score with this discriminator (shadow fit)",
+    )
     _settings_args(p)
     _runtime_args(p)
     p.set_defaults(func=cmd_audit)
@@ -480,11 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands owned by other modules register themselves here.
     from auditor.batch_cli import register as register_batch
     from auditor.evidence_cli import register as register_evidence
+    from auditor.statistical_cli import register as register_statistical
     from export.cli import register as register_export
 
     register_evidence(sub, keys)
     register_export(sub)
     register_batch(sub)
+    register_statistical(sub)
     return parser
 
 

@@ -77,6 +77,19 @@ class Verdict(FrozenModel):
     calibration: CalibratedVerdict | None = None
 
 
+class StatisticalResult(FrozenModel):
+    """The statistical level: a discriminator fit on shadow models scores the suspect's distances."""
+
+    discriminator_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 of the discriminator file"
+    )
+    candidate: str = Field(description="the classifier cross-validation chose")
+    shadows: dict[str, int] = Field(description="shadow models it was fit on, per class")
+    score: float = Field(ge=0.0, le=1.0, description="probability that the suspect is infringing")
+    threshold: float = Field(ge=0.0, le=1.0)
+    decision: Literal["infringing", "not_infringing"]
+
+
 class AttributionReport(FrozenModel):
     schema_version: Literal["t2i-auditor.report/v1"] = REPORT_SCHEMA
     tool: ToolInfo
@@ -91,6 +104,9 @@ class AttributionReport(FrozenModel):
     summary: Summary
     references: tuple[ReferenceResult, ...] = ()
     verdict: Verdict
+    statistical: StatisticalResult | None = Field(
+        None, description="the shadow-model discriminator's score, when one was given (--discriminator)"
+    )
 
 
 def tool_info() -> ToolInfo:
@@ -143,6 +159,7 @@ def build_report(
     alpha: float = 0.01,
     commitment: str | None = None,
     created_at: str | None = None,
+    statistical: StatisticalResult | None = None,
 ) -> AttributionReport:
     return AttributionReport(
         tool=tool_info(),
@@ -166,6 +183,42 @@ def build_report(
         ),
         references=references,
         verdict=make_verdict(result, config, references, alpha),
+        statistical=statistical,
+    )
+
+
+def load_discriminator_for(path: str | os.PathLike[str], keyset: KeySet):
+    """A saved discriminator, refused when it was fit for other keys (checked before any generation)."""
+    from auditor.discriminator import Discriminator
+
+    model = Discriminator.load(path)
+    if model.keyset_digest and model.keyset_digest != keyset.digest:
+        raise BadInputError(
+            f"{path}: this discriminator was fit for keyset {model.keyset_digest[:16]}, "
+            f"not for {keyset.digest[:16]}; fit one on these keys (t2i-audit shadow fit)"
+        )
+    return model
+
+
+def score_with_discriminator(model, path: str | os.PathLike[str], result: AuditResult) -> StatisticalResult:
+    """The statistical level's score of the suspect's distance vector."""
+    from auditor.fileio import sha256_file
+
+    if model.num_keys != result.num_keys:
+        raise BadInputError(
+            f"{path}: expected an audit of {model.num_keys} keys (the discriminator was fit on "
+            f"{model.num_keys}), got {result.num_keys}"
+        )
+    score = float(model.predict_proba(result.distances()[None, :])[0])
+    threshold = 0.5
+    counts = model.record.n_train
+    return StatisticalResult(
+        discriminator_sha256=sha256_file(path),
+        candidate=model.candidate.id,
+        shadows={"infringing": counts.infringing, "innocent": counts.innocent},
+        score=score,
+        threshold=threshold,
+        decision="infringing" if score > threshold else "not_infringing",
     )
 
 

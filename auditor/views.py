@@ -50,6 +50,12 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
     table.add_row("backend", rich_escape(f"{b.backend} on {b.device} ({b.dtype})"))
     table.add_row("verdict", f"[{style}]{report.verdict.verdict}[/{style}]")
     table.add_row("reason", rich_escape(report.verdict.reason))
+    if st := report.statistical:
+        table.add_row(
+            "discriminator",
+            f"{st.decision} (score {st.score:.3f}, threshold {st.threshold:g}; {rich_escape(st.candidate)} "
+            f"fit on {st.shadows['infringing']} infringing + {st.shadows['innocent']} innocent shadows)",
+        )
     console.print(table)
 
 

@@ -25,6 +25,7 @@ from pydantic_core import to_jsonable_python
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.progress import Reporter
+from auditor.watermark import WatermarkSpec, embed
 from auditor.zoo import data
 from auditor.zoo.models import (
     TOKENIZER_MAX_LENGTH,
@@ -53,6 +54,9 @@ class SuspectSpec(FrozenModel):
     rho: float = Field(ge=0.0, le=1.0)
     n_samples: int = Field(ge=1)
     train: StageSpec
+    watermark: WatermarkSpec | None = Field(
+        None, description="baseline 1: the source's generations reach this suspect watermarked"
+    )
 
     @property
     def infringing(self) -> bool:
@@ -357,7 +361,8 @@ def build_zoo(
                 prompts = [c for c, g in zip(captions, generated, strict=True) if g]
                 seeds = [int(s) for s in srng.integers(2**31, 2**32, size=len(prompts))]
                 with reporter.task(f"zoo: {spec.name} data", 1) as advance:
-                    images[generated] = source_generator.generate(prompts, seeds, config.generation)
+                    outputs = source_generator.generate(prompts, seeds, config.generation)
+                    images[generated] = embed(outputs, spec.watermark) if spec.watermark else outputs
                     advance(1)
             unet = train_from(base_dir / "unet", spec.train, images, captions, f"zoo: {spec.name}")
             save_pipeline(out, unet, vae, text_encoder, tokenizer)
@@ -381,32 +386,72 @@ def build_zoo(
 
 
 def _suspect_key(base_digest: str, source_digest: str, spec: SuspectSpec, config: ZooConfig) -> dict:
-    return {"base": base_digest, "source": source_digest, "suspect": spec, "generation": config.generation}
+    # exclude_none: suspects without a watermark keep the digests (and caches) they had before it existed
+    suspect = spec.model_dump(mode="json", exclude_none=True)
+    return {"base": base_digest, "source": source_digest, "suspect": suspect, "generation": config.generation}
 
 
-def _build_one_suspect(config_json: str, cache_dir: str, name: str) -> str:
-    """Worker: the zoo restricted to one suspect (base and source are already cached)."""
+def _build_one(config_json: str, cache_dir: str, name: str | None) -> str:
+    """Worker: the zoo restricted to one suspect, or to its base and source when `name` is None."""
     torch.set_num_threads(1)
     config = ZooConfig.model_validate_json(config_json)
-    spec = next(s for s in (*config.suspects, *config.references) if s.name == name)
-    index = build_zoo(config.model_copy(update={"suspects": (spec,), "references": ()}), Path(cache_dir))
-    return index.suspects[name]
+    specs = tuple(s for s in (*config.suspects, *config.references) if s.name == name)
+    index = build_zoo(config.model_copy(update={"suspects": specs, "references": ()}), Path(cache_dir))
+    return index.suspects[name] if name else index.source
 
 
-def _build_suspects_in_parallel(
-    config: ZooConfig, root: Path, specs: list[SuspectSpec], jobs: int, reporter: Reporter
-) -> None:
+def _run_pool(
+    tasks: list[tuple[ZooConfig, str | None]], root: Path, jobs: int, reporter: Reporter, label: str
+):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with (
-        reporter.task(f"zoo: {len(specs)} suspects, {jobs} processes", len(specs)) as advance,
+        reporter.task(f"{label}, {jobs} processes", len(tasks)) as advance,
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
-        futures = [
-            pool.submit(_build_one_suspect, config.model_dump_json(), str(root), s.name) for s in specs
-        ]
+        futures = {pool.submit(_build_one, c.model_dump_json(), str(root), name): name for c, name in tasks}
         for done, future in enumerate(as_completed(futures), start=1):
             future.result()
+            reporter.log(f"zoo: {futures[future] or 'base and source'} ready ({done}/{len(tasks)})")
             advance(done)
+
+
+def _build_suspects_in_parallel(
+    config: ZooConfig, root: Path, specs: list[SuspectSpec], jobs: int, reporter: Reporter
+) -> None:
+    _run_pool([(config, s.name) for s in specs], root, jobs, reporter, f"zoo: {len(specs)} suspects")
+
+
+def build_zoos(
+    configs: list[ZooConfig], cache_dir: Path | None = None, reporter: Reporter | None = None, jobs: int = 1
+) -> list[ZooIndex]:
+    """Several zoos (model families) sharing one pool of `jobs` worker processes.
+
+    Bases and sources go first, one family per worker, then every suspect of every family
+    in one queue, so two cores stay busy even when one family has fewer models left.
+    """
+    reporter = reporter or Reporter()
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    if jobs > 1:
+        _run_pool(
+            [(c, None) for c in configs], root, jobs, reporter, f"zoo: {len(configs)} bases and sources"
+        )
+        pending = []
+        for config in configs:
+            index = build_zoo(config.model_copy(update={"suspects": (), "references": ()}), root, reporter)
+            base_digest = json.loads((Path(index.base) / "zoo-artifact.json").read_text())["digest"]
+            source_meta = Path(index.source).parent / "zoo-artifact.json"
+            source_digest = json.loads(source_meta.read_text())["digest"]
+            store = _Artifacts(root, reporter)
+            pending += [
+                (config, s.name)
+                for s in (*config.suspects, *config.references)
+                if not store.path_for(
+                    f"suspect-{s.name}", _suspect_key(base_digest, source_digest, s, config)
+                ).is_dir()
+            ]
+        if pending:
+            _run_pool(pending, root, jobs, reporter, f"zoo: {len(pending)} suspects")
+    return [build_zoo(config, root, reporter) for config in configs]

@@ -1,0 +1,69 @@
+"""`t2i-audit reproduce`: the three stages in order, each resumable, timed into the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from auditor.fileio import atomic_write_text
+from auditor.progress import Reporter
+from auditor.reproduction.experiment import audit_stage, build_stage, load_audits
+from auditor.reproduction.report import report_stage
+from auditor.reproduction.scales import Scale
+
+STAGES = ("build", "audit", "report")
+
+
+def machine() -> str:
+    cores = os.cpu_count() or 0
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        threads = 0
+    return f"{platform.machine()} {platform.system()}, {cores} CPU cores, torch threads {threads}"
+
+
+def _timings_path(out: Path) -> Path:
+    return out / "timings.json"
+
+
+def _record_timing(out: Path, stage: str, seconds: float) -> dict[str, float]:
+    path = _timings_path(out)
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[stage] = round(seconds, 1)
+    atomic_write_text(path, json.dumps(timings, indent=2) + "\n")
+    return timings
+
+
+def reproduce(
+    scale: Scale,
+    out: Path,
+    *,
+    stage: str = "all",
+    cache_dir: Path | None = None,
+    jobs: int = 2,
+    reporter: Reporter | None = None,
+) -> Path | None:
+    """Run one stage, or all three; returns the markdown summary's path once the report exists."""
+    reporter = reporter or Reporter()
+    stages = STAGES if stage == "all" else (stage,)
+    out.mkdir(parents=True, exist_ok=True)
+    result = None
+    for name in stages:
+        start = time.perf_counter()
+        if name == "build":
+            build_stage(scale, cache_dir, reporter, jobs)
+        elif name == "audit":
+            audit_stage(scale, out, cache_dir, reporter)
+        else:
+            families, audits = load_audits(scale, out)
+            timings = json.loads(_timings_path(out).read_text()) if _timings_path(out).is_file() else {}
+            result = report_stage(scale, families, audits, out, {"machine": machine(), "timings": timings})
+        _record_timing(out, name, time.perf_counter() - start)
+        reporter.log(f"reproduce: stage {name} done in {time.perf_counter() - start:.0f} s")
+    return result

@@ -1,0 +1,106 @@
+"""Shadow models: the statistical level's training set (paper section 4.4).
+
+The owner fine-tunes shadow copies of the base, some on a share rho of the source's
+generations (infringing) and some on other data only (innocent), audits them all with the
+owner's keys, and fits a discriminator on their distance vectors. A suspect's distance
+vector is then scored by that discriminator. On a GPU host the shadows are real SD
+fine-tunes the owner makes with their own trainer and lists in a shadow-set file; here
+`shadow build` trains them in the tiny zoo, with the reproduction's scaled counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, ValidationError
+
+from auditor.audit import run_audit
+from auditor.config import AuditConfig, FrozenModel
+from auditor.discriminator import Discriminator
+from auditor.errors import BadInputError
+from auditor.identity import hash_model
+from auditor.keys import KeySet, format_validation_error
+from auditor.progress import Reporter
+
+SHADOW_FORMAT = "t2i-auditor-shadows-v1"
+
+
+class ShadowModel(FrozenModel):
+    name: str
+    path: str = Field(description="diffusers folder, absolute or relative to the shadow-set file")
+    label: Literal[0, 1] = Field(description="1: trained on the source's generations; 0: innocent")
+    rho: float | None = Field(None, ge=0.0, le=1.0, description="share of source generations, when known")
+    digest: str | None = Field(None, description="model digest; checked before the shadow is audited")
+
+
+class ShadowSet(FrozenModel):
+    format: Literal["t2i-auditor-shadows-v1"] = SHADOW_FORMAT
+    models: tuple[ShadowModel, ...] = Field(min_length=2)
+
+
+def load_shadows(path: str | Path) -> tuple[ShadowSet, Path]:
+    """The shadow set and the folder its relative paths are relative to."""
+    p = Path(path)
+    try:
+        shadows = ShadowSet.model_validate_json(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{p}: shadow-set file not found") from None
+    except ValidationError as exc:
+        raise BadInputError(f"{p}: {format_validation_error(exc)}") from None
+    labels = {m.label for m in shadows.models}
+    if labels != {0, 1}:
+        raise BadInputError(f"{p}: models: expected both infringing (label 1) and innocent (label 0) shadows")
+    return shadows, p.parent
+
+
+def shadow_distances(
+    shadows: ShadowSet,
+    root: Path,
+    keyset: KeySet,
+    key_images: np.ndarray,
+    config: AuditConfig,
+    reporter: Reporter,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Audit every shadow with the keys: (n_shadows, M) distances and their labels."""
+    from auditor.generation import TorchGenerator
+
+    rows, labels = [], []
+    with reporter.task("shadow: audit shadow models", len(shadows.models)) as advance:
+        for i, model in enumerate(shadows.models, start=1):
+            path = Path(model.path) if Path(model.path).is_absolute() else root / model.path
+            if not path.exists():
+                raise BadInputError(f"shadow {model.name}: {path} not found")
+            if model.digest and hash_model(path).digest != model.digest:
+                raise BadInputError(f"shadow {model.name}: {path} does not match its recorded digest")
+            result = run_audit(
+                TorchGenerator(path, device=device), keyset, key_images, config, reporter=reporter
+            )
+            rows.append(result.distances())
+            labels.append(model.label)
+            advance(i)
+    return np.stack(rows), np.asarray(labels)
+
+
+def fit_on_shadows(
+    shadows: ShadowSet,
+    root: Path,
+    keyset: KeySet,
+    key_images: np.ndarray,
+    config: AuditConfig,
+    reporter: Reporter,
+    device: str = "cpu",
+) -> Discriminator:
+    distances, labels = shadow_distances(shadows, root, keyset, key_images, config, reporter, device)
+    return Discriminator(delta0=config.delta0).fit(distances, labels)
+
+
+def write_shadow_set(path: Path, models: list[ShadowModel]) -> ShadowSet:
+    from auditor.fileio import atomic_write_text
+
+    shadows = ShadowSet(models=tuple(models))
+    atomic_write_text(path, json.dumps(shadows.model_dump(mode="json"), indent=2) + "\n")
+    return shadows

@@ -1,0 +1,126 @@
+"""`t2i-audit shadow` (the statistical level's training set) and `t2i-audit reproduce`.
+
+shadow build --scale S --family F --out SHADOWS.json   train a family's shadow models in the tiny zoo
+shadow fit --keys KEYS --shadows SHADOWS.json --out D  audit the shadows, fit and save the discriminator
+reproduce --scale tiny|smoke [--stage build|audit|report] --out DIR
+                                                       the paper's evaluation (docs/reproduction.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from auditor.errors import EXIT_OK, BadInputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from auditor.reproduction.run import STAGES
+    from auditor.reproduction.scales import SCALES
+
+    shadow = sub.add_parser("shadow", help="shadow models and the statistical-level discriminator")
+    shadow_sub = shadow.add_subparsers(dest="shadow_command", metavar="SHADOW_COMMAND", required=True)
+    p = shadow_sub.add_parser("build", help="train one reproduction family's shadow models (tiny zoo)")
+    p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
+    p.add_argument("--family", default="v1", help="model family of the scale (default v1)")
+    p.add_argument("--out", required=True, help="shadow-set file to write (JSON)")
+    p.add_argument("--cache", type=Path, help="zoo cache directory")
+    p.add_argument("--jobs", type=int, default=2, help="models fine-tuned in parallel processes (default 2)")
+    p.set_defaults(func=cmd_shadow_build)
+
+    p = shadow_sub.add_parser("fit", help="audit the shadows with the keys and fit the discriminator")
+    p.add_argument("--keys", required=True, help="keyset folder")
+    p.add_argument("--shadows", required=True, help="shadow-set file (from `shadow build`, or your own)")
+    p.add_argument("--out", required=True, help="discriminator file to write (JSON, no pickle)")
+    p.add_argument("--delta0", type=float, default=0.15)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_shadow_fit)
+
+    p = sub.add_parser("reproduce", help="the paper's evaluation on the tiny zoo (Figures 6-7, Tables 1-2)")
+    p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
+    p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
+    p.add_argument("--cache", type=Path, help="zoo cache directory")
+    p.add_argument("--jobs", type=int, default=2, help="models fine-tuned in parallel processes (default 2)")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def _family(scale_name: str, family: str):
+    from auditor.reproduction.scales import get_scale
+
+    scale = get_scale(scale_name)
+    for f in scale.families:
+        if f.name == family:
+            return scale, f
+    names = ", ".join(f.name for f in scale.families)
+    raise BadInputError(f"--family: expected one of {names}, got {family!r}")
+
+
+def cmd_shadow_build(args: argparse.Namespace, ctx) -> int:
+    from auditor.identity import hash_model
+    from auditor.shadow import ShadowModel, write_shadow_set
+    from auditor.zoo.build import build_zoos
+
+    _, family = _family(args.scale, args.family)
+    (index,) = build_zoos([family.zoo], args.cache, ctx.reporter, args.jobs)
+    models = [
+        ShadowModel(
+            name=m.name,
+            path=index.suspects[m.name],
+            label=1 if m.rho > 0 else 0,
+            rho=m.rho,
+            digest=hash_model(index.suspects[m.name]).digest,
+        )
+        for m in family.members
+        if not m.watermarked
+    ]
+    write_shadow_set(Path(args.out), models)
+    if ctx.format == "json":
+        ctx.emit_json(
+            {"shadows": args.out, "models": len(models), "source": index.source, "base": index.base}
+        )
+    else:
+        ctx.console.print(f"{len(models)} shadow models of family {family.name} listed in {args.out}")
+        ctx.console.print(f"  source {index.source}\n  base   {index.base}")
+    return EXIT_OK
+
+
+def cmd_shadow_fit(args: argparse.Namespace, ctx) -> int:
+    from auditor.config import AuditConfig
+    from auditor.keys import load_keyset
+    from auditor.shadow import fit_on_shadows, load_shadows
+
+    keyset, images = load_keyset(args.keys)
+    shadows, root = load_shadows(args.shadows)
+    config = AuditConfig(delta0=args.delta0)
+    model = fit_on_shadows(shadows, root, keyset, images, config, ctx.reporter, args.device)
+    model.save(args.out, keyset_digest=keyset.digest)
+    record = model.to_dict()
+    if ctx.format == "json":
+        ctx.emit_json({"discriminator": args.out, **record})
+    else:
+        ctx.console.print(
+            f"discriminator ({model.candidate.id}) fit on {len(shadows.models)} shadows -> {args.out}"
+        )
+    return EXIT_OK
+
+
+def cmd_reproduce(args: argparse.Namespace, ctx) -> int:
+    from auditor.reproduction.run import reproduce
+    from auditor.reproduction.scales import get_scale
+
+    try:
+        scale = get_scale(args.scale)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
+    try:
+        summary = reproduce(
+            scale, args.out, stage=args.stage, cache_dir=args.cache, jobs=args.jobs, reporter=ctx.reporter
+        )
+    except FileNotFoundError as exc:
+        raise BadInputError(str(exc).strip("'\"")) from None
+    if ctx.format == "json":
+        ctx.emit_json({"out": str(args.out), "summary": str(summary) if summary else None})
+    elif summary:
+        ctx.console.print(f"reproduction summary: {summary}")
+    return EXIT_OK

@@ -1,0 +1,228 @@
+"""`t2i-audit reproduce`: the scales, the report arithmetic on synthetic audit records, the CLI.
+
+The report stage is pure arithmetic on audit records, so it is tested here without a
+model: records with known distances go in, the paper's tables must come out with the
+values computed by hand. The smoke run of the whole pipeline is the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from auditor.cli import main
+from auditor.discriminator import Discriminator
+from auditor.reproduction import report as rep
+from auditor.reproduction.experiment import FamilyRecord, ModelAudit, load_audits
+from auditor.reproduction.scales import get_scale, smoke, tiny
+
+DIGEST = "0" * 64
+
+
+def test_tiny_scale_counts_and_folds():
+    scale = tiny()
+    assert [f.name for f in scale.families] == ["v1", "v2"]
+    for family in scale.families:
+        names = [m.name for m in family.members]
+        assert len(names) == len(set(names)) == 14
+        assert {s.name for s in family.zoo.suspects} == set(names)
+        for fold in (0, 1):
+            members = [m for m in family.members if m.fold == fold]
+            assert sorted(m.rho for m in members if m.rho > 0) == [0.3, 0.5, 0.7, 1.0]
+            assert sum(m.rho == 0 for m in members) == 2
+        marked = [s for s in family.zoo.suspects if s.watermark is not None]
+        assert sorted(s.rho for s in marked) == [0.3, 1.0]
+        assert all(m.fold is None for m in family.members if m.watermarked)
+        seeds = [s.train.seed for s in family.zoo.suspects]
+        assert len(seeds) == len(set(seeds))
+    # The families differ in every seed, so their bases and sources differ.
+    assert scale.families[0].zoo.seed != scale.families[1].zoo.seed
+    with pytest.raises(ValueError, match="--scale"):
+        get_scale("huge")
+
+
+def _audit(family: str, name: str, role: str, rho: float, fold, distances, wm_acc=(0.5,) * 4) -> ModelAudit:
+    d = tuple(float(x) for x in distances)
+    return ModelAudit(
+        family=family,
+        name=name,
+        role=role,
+        rho=rho,
+        fold=fold,
+        digest=DIGEST,
+        keysets={"generation": DIGEST, "detection": DIGEST, "random": DIGEST},
+        distances={"generation": d, "detection": d, "random": tuple(min(1.0, x + 0.1) for x in d)},
+        watermark_bit_accuracy=tuple(wm_acc),
+        seconds=0.0,
+    )
+
+
+def _world(scale, rng):
+    """Infringing models get d ~ 0.1 on a share rho of keys; innocent ones ~ 0.25."""
+    audits, families = [], []
+    m = max(scale.key_counts)
+    for family in scale.families:
+        families.append(
+            FamilyRecord(
+                family=family.name,
+                zoo_config_digest=DIGEST,
+                source={"name": "source", "digest": DIGEST},
+                base={"name": "base", "digest": DIGEST},
+                keysets={"generation": DIGEST},
+                eligible={"generation": m, "detection": m, "random": m},
+                candidates=64,
+                watermark_threshold=0.75,
+                watermark_clean_images=448,
+                watermark_marked_accuracy=0.95,
+                watermark_psnr_db=22.0,
+            )
+        )
+        audits.append(_audit(family.name, "base", "base", 0.0, None, rng.uniform(0.3, 0.5, m)))
+        for member in family.members:
+            close = rng.random(m) < member.rho
+            d = np.where(close, rng.uniform(0.05, 0.12, m), rng.uniform(0.2, 0.3, m))
+            role = "watermarked" if member.watermarked else ("infringing" if member.rho else "innocent")
+            wm_acc = (0.9, 0.9, 0.5, 0.5) if member.watermarked else (0.5, 0.6, 0.5, 0.5)
+            audits.append(_audit(family.name, member.name, role, member.rho, member.fold, d, wm_acc))
+    return families, audits
+
+
+def test_report_tables_match_hand_computation(tmp_path):
+    scale = smoke().model_copy(update={"delta0": 0.15})
+    families, audits = _world(scale, np.random.default_rng(0))
+    path = rep.report_stage(scale, families, audits, tmp_path, {"machine": "test", "timings": {}})
+    text = path.read_text()
+    assert "The paper's figures beside ours" in text and "> 0.6" in text
+
+    with open(tmp_path / "figure6_conf_vs_rho.csv") as f:
+        fig6 = list(csv.DictReader(f))
+    v1 = [a for a in audits if a.family == "v1" and a.role == "infringing" and a.rho == 1.0]
+    expected = np.mean([np.mean(np.asarray(a.distances["generation"][: scale.num_keys]) < 0.15) for a in v1])
+    row = next(
+        r for r in fig6 if r["family"] == "v1" and r["method"] == "generation" and float(r["rho"]) == 1.0
+    )
+    assert float(row["mean_conf"]) == pytest.approx(expected, abs=1e-4)
+    # Watermark conf: the share of regenerations above the family's threshold (0.9 > 0.75 in 2 of 4).
+    row = next(
+        r for r in fig6 if r["family"] == "v1" and r["method"] == "watermark" and float(r["rho"]) == 1.0
+    )
+    assert float(row["mean_conf"]) == pytest.approx(0.5)
+    row = next(
+        r for r in fig6 if r["family"] == "v1" and r["method"] == "watermark" and float(r["rho"]) == 0.0
+    )
+    assert float(row["mean_conf"]) == pytest.approx(0.0)
+
+    with open(tmp_path / "table2_distances.csv") as f:
+        t2 = {(r["family"], r["model"]): r for r in csv.DictReader(f)}
+    innocent = [a for a in audits if a.family == "v2" and a.role == "innocent"]
+    d = np.concatenate([np.asarray(a.distances["generation"][: scale.num_keys]) for a in innocent])
+    assert float(t2[("v2", "innocent")][">= 0.2"]) == pytest.approx(np.mean(d >= 0.2), abs=1e-4)
+    assert float(t2[("v2", "innocent")]["best"]) == pytest.approx(d.min(), abs=1e-4)
+
+    with open(tmp_path / "table1_statistical.csv") as f:
+        t1 = list(csv.DictReader(f))
+    assert {(r["family"], r["method"]) for r in t1} == {
+        (f, m) for f in ("v1", "v2") for m in ("discriminator", "conf")
+    }
+    for r in t1:  # every clean model is held out exactly once
+        assert int(r["n_positive"]) == 4 and int(r["n_negative"]) == 2
+    for name in ("v1-fit-without-fold0.json", "v1-fit-without-fold1.json"):
+        assert Discriminator.load(tmp_path / "discriminators" / name).num_keys == scale.num_keys
+    for png in ("figure6_conf_vs_rho.png", "figure7_conf_vs_keys.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "figure7_conf_vs_keys.csv") as f:
+        assert {int(r["num_keys"]) for r in csv.DictReader(f)} == set(scale.key_counts)
+
+
+def test_discriminator_never_sees_its_held_out_fold(tmp_path, monkeypatch):
+    scale = smoke().model_copy(update={"delta0": 0.15})
+    families, audits = _world(scale, np.random.default_rng(1))
+    seen = []
+    original = Discriminator.fit
+
+    def spy(self, distances, labels, *args, **kwargs):
+        seen.append({tuple(np.round(row, 6)) for row in np.asarray(distances)})
+        return original(self, distances, labels, *args, **kwargs)
+
+    monkeypatch.setattr(Discriminator, "fit", spy)
+    rep.table1(scale, audits, tmp_path)
+    folds = {
+        (family, fold): {
+            tuple(np.round(a.distances["generation"][: scale.num_keys], 6))
+            for a in audits
+            if a.family == family and a.fold == fold
+        }
+        for family in ("v1", "v2")
+        for fold in (0, 1)
+    }
+    # Every fit (the discriminators and their leave-one-out calibration refits) sees one
+    # fold only, so the other fold, which it scores, is truly held out.
+    trained_on = set()
+    for rows in seen:
+        owners = [key for key, fold_rows in folds.items() if rows and rows <= fold_rows]
+        assert len(owners) == 1
+        trained_on.add(owners[0])
+    assert trained_on == set(folds)
+
+
+def test_report_stage_names_the_missing_stage(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="--stage audit"):
+        load_audits(smoke(), tmp_path)
+    code = main(["reproduce", "--scale", "smoke", "--stage", "report", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--stage audit" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_end_to_end(tmp_path, capsys):
+    """The whole pipeline on the smoke scale: build, audit, report, then the discriminator in `audit`."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert (
+        main(["--format", "json", "reproduce", "--scale", "smoke", "--out", str(out), "--cache", str(cache)])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["summary"].endswith("reproduction.md")
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"build", "audit", "report"}
+    for family in ("v1", "v2"):
+        record = json.loads((out / "audits" / family / "family.json").read_text())
+        assert record["watermark_marked_accuracy"] > 0.8
+    # A rerun of the audit stage reuses every record (resumable) and changes nothing.
+    before = {p: p.read_bytes() for p in (out / "audits").rglob("*.json")}
+    assert main(["--format", "json", "reproduce", "--scale", "smoke", "--stage", "audit", "--out", str(out),
+                 "--cache", str(cache)]) == 0  # fmt: skip
+    assert {p: p.read_bytes() for p in (out / "audits").rglob("*.json")} == before
+
+    # The statistical level in a single audit: the discriminator scores the suspect in the report.
+    audits = {a.name: a for a in load_audits(smoke(), out)[1] if a.family == "v1"}
+    assert audits["innocent-r0-0"].role == "innocent"
+    shadows = out / "shadows.json"
+    assert main(["--format", "json", "shadow", "build", "--scale", "smoke", "--family", "v1", "--out",
+                 str(shadows), "--cache", str(cache)]) == 0  # fmt: skip
+    listed = json.loads(shadows.read_text())["models"]
+    assert len(listed) == 6 and {m["label"] for m in listed} == {0, 1}
+    capsys.readouterr()
+    keys = out / "keys" / "v1" / "generation"
+    disc = out / "disc.json"
+    assert main(["--format", "json", "shadow", "fit", "--keys", str(keys), "--shadows", str(shadows), "--out",
+                 str(disc), "--delta0", "0.25"]) == 0  # fmt: skip
+    capsys.readouterr()
+    suspect = next(m["path"] for m in listed if m["name"] == "infringing-rho1.0-r1")
+    report_path = out / "report.json"
+    code = main(["--format", "json", "audit", "--keys", str(keys), "--suspect", suspect,
+                 "--delta0", "0.25", "--discriminator", str(disc), "--out", str(report_path)])  # fmt: skip
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["statistical"]["decision"] in ("infringing", "not_infringing")
+    assert 0.0 <= report["statistical"]["score"] <= 1.0
+    # A discriminator fit for other keys is refused with one line naming the file.
+    other = out / "keys" / "v2" / "generation"
+    capsys.readouterr()
+    code = main(["audit", "--keys", str(other), "--suspect", suspect, "--discriminator", str(disc)])
+    err = capsys.readouterr().err
+    assert code == 2 and "disc.json" in err and "keyset" in err
