@@ -179,3 +179,73 @@ def test_images_are_seed_deterministic_and_batch_independent(tiny_pipeline):
     assert np.abs(batch[1].astype(int) - alone[0].astype(int)).max() <= 1
     assert not np.array_equal(batch[0], batch[2])
     np.testing.assert_array_equal(gen.generate(prompts, [5, 6, 7], settings), batch)
+
+
+def _discriminator(path, num_keys: int, keyset_digest: str | None):
+    from auditor.discriminator import Discriminator
+
+    rng = np.random.default_rng(0)
+    distances = np.concatenate([rng.uniform(0.05, 0.12, (6, num_keys)), rng.uniform(0.2, 0.3, (6, num_keys))])
+    model = Discriminator().fit(distances, np.array([1] * 6 + [0] * 6))
+    model.save(path, keyset_digest=keyset_digest)
+    return path
+
+
+def test_audit_adds_the_discriminator_score(capsys, keyset_dir, tiny_pipeline, tmp_path):
+    from auditor.keys import load_keyset
+
+    keyset, _ = load_keyset(keyset_dir)
+    disc = _discriminator(tmp_path / "disc.json", 3, keyset.digest)
+    code, stdout, err = run(
+        capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "2",
+        "--discriminator", str(disc),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(stdout)
+    st = report["statistical"]
+    # An untrained model is far from every key: the discriminator must call it innocent.
+    assert st["decision"] == "not_infringing" and st["score"] < 0.5
+    assert st["shadows"] == {"infringing": 6, "innocent": 6}
+    from auditor.fileio import sha256_file
+
+    assert st["discriminator_sha256"] == sha256_file(disc)
+
+
+@pytest.mark.parametrize("problem", ["other-keyset", "other-count", "corrupt"])
+def test_audit_refuses_a_bad_discriminator(capsys, keyset_dir, tiny_pipeline, tmp_path, problem):
+    from auditor.keys import load_keyset
+
+    keyset, _ = load_keyset(keyset_dir)
+    disc = tmp_path / "disc.json"
+    if problem == "other-keyset":
+        _discriminator(disc, 3, "f" * 64)
+    elif problem == "other-count":
+        _discriminator(disc, 5, keyset.digest)
+    else:
+        _discriminator(disc, 3, keyset.digest)
+        record = json.loads(disc.read_text())
+        record["coef"] = record["coef"][:-1]
+        disc.write_text(json.dumps(record))
+    code, _, err = run(
+        capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "2",
+        "--discriminator", str(disc),
+    )  # fmt: skip
+    line = one_line_error(err)
+    assert code == 2 and "disc.json" in line
+    expected = {"other-keyset": "fit for keyset", "other-count": "fit on 5", "corrupt": "coef"}[problem]
+    assert expected in line
+
+
+def test_shadow_fit_refuses_a_one_class_shadow_set(capsys, keyset_dir, tiny_pipeline, tmp_path):
+    shadows = tmp_path / "shadows.json"
+    models = [{"name": f"s{i}", "path": str(tiny_pipeline), "label": 1} for i in range(3)]
+    shadows.write_text(json.dumps({"format": "t2i-auditor-shadows-v1", "models": models}))
+    code, _, err = run(
+        capsys, "shadow", "fit", "--keys", str(keyset_dir), "--shadows", str(shadows), "--out", str(tmp_path / "d")
+    )  # fmt: skip
+    assert code == 2 and "both infringing" in one_line_error(err)
+    shadows.write_text(json.dumps({"format": "t2i-auditor-shadows-v1", "models": [{"name": "x"}]}))
+    code, _, err = run(
+        capsys, "shadow", "fit", "--keys", str(keyset_dir), "--shadows", str(shadows), "--out", str(tmp_path / "d")
+    )  # fmt: skip
+    assert code == 2 and "shadows.json" in one_line_error(err)

@@ -137,6 +137,19 @@ def test_report_tables_match_hand_computation(tmp_path):
         assert {int(r["num_keys"]) for r in csv.DictReader(f)} == set(scale.key_counts)
 
 
+def test_a_strategy_without_keys_is_reported_missing(tmp_path):
+    scale = smoke().model_copy(update={"delta0": 0.15})
+    families, audits = _world(scale, np.random.default_rng(2))
+    audits = [
+        a.model_copy(update={"distances": {k: v for k, v in a.distances.items() if k != "detection"}})
+        for a in audits
+    ]
+    rep.report_stage(scale, families, audits, tmp_path, {"machine": "test", "timings": {}})
+    with open(tmp_path / "figure6_conf_vs_rho.csv") as f:
+        methods = {r["method"] for r in csv.DictReader(f)}
+    assert methods == {"generation", "random", "watermark"}
+
+
 def test_discriminator_never_sees_its_held_out_fold(tmp_path, monkeypatch):
     scale = smoke().model_copy(update={"delta0": 0.15})
     families, audits = _world(scale, np.random.default_rng(1))

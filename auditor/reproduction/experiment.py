@@ -19,6 +19,7 @@ from pydantic import Field
 
 from auditor.audit import run_audit
 from auditor.config import AuditConfig, FrozenModel
+from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text
 from auditor.generation import TorchGenerator
 from auditor.identity import hash_model
@@ -44,7 +45,9 @@ class ModelAudit(FrozenModel):
     fold: int | None
     digest: str
     keysets: dict[str, str] = Field(description="strategy -> keyset digest audited")
-    distances: dict[str, tuple[float, ...]] = Field(description="strategy -> per-key distance, key order")
+    distances: dict[str, tuple[float, ...]] = Field(
+        description="strategy -> per-key distance, key order; a strategy with no qualifying key is absent"
+    )
     watermark_bit_accuracy: tuple[float, ...] = Field(
         description="baseline 1, per regeneration of the first num_keys generation keys"
     )
@@ -98,17 +101,24 @@ def _keysets(
             source = source or TorchGenerator(zoo.source, device="cpu")
             base = base or TorchGenerator(zoo.base, device="cpu")
             reporter.log(f"reproduce: {family.name} {strategy} keys")
-            keyset, images = select_keys(
-                _selection(scale, strategy),
-                source=source,
-                source_ref=_ref(zoo.source),
-                settings=family.zoo.generation,
-                prompts=list(train.captions),
-                train_images=np.asarray(train.images),
-                base=base,
-                base_ref=_ref(zoo.base),
-                reporter=reporter,
-            )
+            try:
+                keyset, images = select_keys(
+                    _selection(scale, strategy),
+                    source=source,
+                    source_ref=_ref(zoo.source),
+                    settings=family.zoo.generation,
+                    prompts=list(train.captions),
+                    train_images=np.asarray(train.images),
+                    base=base,
+                    base_ref=_ref(zoo.base),
+                    reporter=reporter,
+                )
+            except BadInputError:
+                if strategy == "generation":  # the discriminator and baseline 1 need these keys
+                    raise
+                reporter.log(f"reproduce: {family.name}: no {strategy} key qualifies; reported as missing")
+                eligible[strategy] = 0
+                continue
             save_keyset(keyset, images, folder)
         result[strategy] = (keyset, images)
         eligible[strategy] = keyset.selection.eligible

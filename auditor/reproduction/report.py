@@ -70,6 +70,8 @@ def figure6(scale: Scale, families: list[FamilyRecord], audits: list[ModelAudit]
             roles = ("watermarked",) if method == "watermark" else ("infringing",)
             groups: dict[float, list[float]] = {}
             for a in mine:
+                if method != "watermark" and method not in a.distances:
+                    continue  # no key qualified under this strategy (family.json says so)
                 if a.role in roles or a.role == "innocent":
                     groups.setdefault(a.rho, []).append(
                         method_conf(a, method, scale, record.watermark_threshold)
