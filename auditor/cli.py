@@ -279,8 +279,6 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
 
         load_signer(args.sign)  # fail on a bad key before hours of generation, not after
     keyset, images = load_keyset(args.keys)
-    # A bad or mismatched discriminator fails now, not after hours of generation.
-    discriminator = load_discriminator_for(args.discriminator, keyset) if args.discriminator else None
     config = _validated(
         AuditConfig,
         {
@@ -298,6 +296,8 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         },
         "audit config",
     )
+    # A bad or mismatched discriminator fails now, not after hours of generation.
+    discriminator = load_discriminator_for(args.discriminator, keyset, config) if args.discriminator else None
     settings = _settings(args, keyset.generation)
     commitment = load_keyset_commitment(args.keys, keyset.digest)
     suspect_ref, suspect_kind = identify_model(args.suspect)

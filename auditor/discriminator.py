@@ -183,6 +183,10 @@ class DiscriminatorRecord(FrozenModel):
     )
     keyset_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     num_keys: int = Field(ge=1, description="M: distances per model")
+    distance: str = Field("l2", description="the distance the shadows were audited with")
+    seeds_per_key: int = Field(
+        1, ge=1, description="audit seeds per key the shadows had (the min over more seeds is lower)"
+    )
     delta0: float = Field(gt=0.0, lt=1.0)
     feature_names: tuple[str, ...]
     scaler_mean: tuple[FiniteFloat, ...]
@@ -268,8 +272,17 @@ class Discriminator:
     and `load` never unpickles anything.
     """
 
-    def __init__(self, delta0: float = 0.15, cv_folds: int = 5, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        delta0: float = 0.15,
+        cv_folds: int = 5,
+        random_state: int = 0,
+        distance: str = "l2",
+        seeds_per_key: int = 1,
+    ) -> None:
         self.delta0 = _check_delta0(delta0)
+        self.distance = distance
+        self.seeds_per_key = int(seeds_per_key)
         if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 2:
             raise ValueError(f"cv_folds must be an integer >= 2, got {cv_folds!r}")
         self.cv_folds = cv_folds
@@ -329,6 +342,8 @@ class Discriminator:
             DiscriminatorRecord(
                 sklearn_version=sklearn.__version__,
                 num_keys=matrix.shape[1],
+                distance=self.distance,
+                seeds_per_key=self.seeds_per_key,
                 delta0=self.delta0,
                 feature_names=tuple(feature_names(matrix.shape[1])),
                 scaler_mean=tuple(float(v) for v in scaler.mean_),

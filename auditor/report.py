@@ -187,15 +187,29 @@ def build_report(
     )
 
 
-def load_discriminator_for(path: str | os.PathLike[str], keyset: KeySet):
-    """A saved discriminator, refused when it was fit for other keys (checked before any generation)."""
+def load_discriminator_for(path: str | os.PathLike[str], keyset: KeySet, config: AuditConfig):
+    """A saved discriminator, refused (before any generation) when its shadows were audited
+    with other keys, another key count, distance or number of seeds per key: distances
+    from a different audit are not the distribution it learned."""
     from auditor.discriminator import Discriminator
 
     model = Discriminator.load(path)
+    record = model.record
     if model.keyset_digest and model.keyset_digest != keyset.digest:
         raise BadInputError(
             f"{path}: this discriminator was fit for keyset {model.keyset_digest[:16]}, "
             f"not for {keyset.digest[:16]}; fit one on these keys (t2i-audit shadow fit)"
+        )
+    keys = min(config.max_keys or len(keyset.keys), len(keyset.keys))
+    if keys != model.num_keys:
+        raise BadInputError(
+            f"{path}: expected an audit of {model.num_keys} keys (the discriminator was fit on "
+            f"{model.num_keys}), got {keys}; set --max-keys {model.num_keys}"
+        )
+    if (record.distance, record.seeds_per_key) != (config.distance, config.seeds_per_key):
+        raise BadInputError(
+            f"{path}: fit on audits with distance {record.distance} and {record.seeds_per_key} seed(s) per key, "
+            f"not {config.distance} and {config.seeds_per_key}"
         )
     return model
 

@@ -95,7 +95,8 @@ def fit_on_shadows(
     device: str = "cpu",
 ) -> Discriminator:
     distances, labels = shadow_distances(shadows, root, keyset, key_images, config, reporter, device)
-    return Discriminator(delta0=config.delta0).fit(distances, labels)
+    model = Discriminator(delta0=config.delta0, distance=config.distance, seeds_per_key=config.seeds_per_key)
+    return model.fit(distances, labels)
 
 
 def write_shadow_set(path: Path, models: list[ShadowModel]) -> ShadowSet:

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", required=True, help="keyset folder")
     p.add_argument("--shadows", required=True, help="shadow-set file (from `shadow build`, or your own)")
     p.add_argument("--out", required=True, help="discriminator file to write (JSON, no pickle)")
-    p.add_argument("--delta0", type=float, default=0.15)
+    p.add_argument("--delta0", type=float, help="hit threshold (default: the keyset's selection delta0)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_shadow_fit)
 
@@ -62,7 +62,12 @@ def cmd_shadow_build(args: argparse.Namespace, ctx) -> int:
     from auditor.zoo.build import build_zoos
 
     _, family = _family(args.scale, args.family)
-    (index,) = build_zoos([family.zoo], args.cache, ctx.reporter, args.jobs)
+    # Only the shadows: the family's watermarked models belong to baseline 1, not here.
+    marked = {m.name for m in family.members if m.watermarked}
+    zoo = family.zoo.model_copy(
+        update={"suspects": tuple(s for s in family.zoo.suspects if s.name not in marked)}
+    )
+    (index,) = build_zoos([zoo], args.cache, ctx.reporter, args.jobs)
     models = [
         ShadowModel(
             name=m.name,
@@ -86,13 +91,15 @@ def cmd_shadow_build(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_shadow_fit(args: argparse.Namespace, ctx) -> int:
+    from auditor.cli import _validated
     from auditor.config import AuditConfig
     from auditor.keys import load_keyset
     from auditor.shadow import fit_on_shadows, load_shadows
 
     keyset, images = load_keyset(args.keys)
     shadows, root = load_shadows(args.shadows)
-    config = AuditConfig(delta0=args.delta0)
+    delta0 = args.delta0 if args.delta0 is not None else keyset.selection.delta0
+    config = _validated(AuditConfig, {"delta0": delta0}, "audit config")
     model = fit_on_shadows(shadows, root, keyset, images, config, ctx.reporter, args.device)
     model.save(args.out, keyset_digest=keyset.digest)
     record = model.to_dict()

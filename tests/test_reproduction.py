@@ -188,6 +188,21 @@ def test_report_stage_names_the_missing_stage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--stage audit" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    # The audit stage never trains: with nothing built it names the stage to run.
+    argv = [
+        "reproduce",
+        "--scale",
+        "smoke",
+        "--stage",
+        "audit",
+        "--out",
+        str(tmp_path),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "run the build stage first" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

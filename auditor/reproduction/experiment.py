@@ -11,6 +11,8 @@ interrupted audit stage resumes where it stopped.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -91,13 +93,25 @@ def _keysets(
 ) -> tuple[dict[str, tuple[KeySet, np.ndarray]], dict[str, int]]:
     train = data.load_dataset(zoo.source_train)
     source = base = None
+    source_ref, base_ref = _ref(zoo.source), _ref(zoo.base)
     result: dict[str, tuple[KeySet, np.ndarray]] = {}
     eligible: dict[str, int] = {}
     for strategy in STRATEGIES:
         folder = out / "keys" / family.name / strategy
-        if (folder / "keys.json").is_file():
-            keyset, images = load_keyset(folder)
-        else:
+        none_marker = folder / "none-qualify.json"
+        models = {"source": source_ref.digest, "base": base_ref.digest}
+        if none_marker.is_file() and json.loads(none_marker.read_text()) == models:
+            eligible[strategy] = 0
+            continue
+        cached = load_keyset(folder) if (folder / "keys.json").is_file() else None
+        if cached and (cached[0].source.digest, cached[0].base and cached[0].base.digest) == (
+            source_ref.digest,
+            base_ref.digest,
+        ):
+            keyset, images = cached
+        else:  # none yet, or selected from models that have since been rebuilt
+            if cached:
+                shutil.rmtree(folder)
             source = source or TorchGenerator(zoo.source, device="cpu")
             base = base or TorchGenerator(zoo.base, device="cpu")
             reporter.log(f"reproduce: {family.name} {strategy} keys")
@@ -105,18 +119,19 @@ def _keysets(
                 keyset, images = select_keys(
                     _selection(scale, strategy),
                     source=source,
-                    source_ref=_ref(zoo.source),
+                    source_ref=source_ref,
                     settings=family.zoo.generation,
                     prompts=list(train.captions),
                     train_images=np.asarray(train.images),
                     base=base,
-                    base_ref=_ref(zoo.base),
+                    base_ref=base_ref,
                     reporter=reporter,
                 )
             except BadInputError:
                 if strategy == "generation":  # the discriminator and baseline 1 need these keys
                     raise
                 reporter.log(f"reproduce: {family.name}: no {strategy} key qualifies; reported as missing")
+                atomic_write_text(none_marker, json.dumps(models))
                 eligible[strategy] = 0
                 continue
             save_keyset(keyset, images, folder)
@@ -176,11 +191,16 @@ def _audit_model(
     )
 
 
-def _cached(path: Path, keysets: dict[str, tuple[KeySet, np.ndarray]]) -> ModelAudit | None:
+def _cached(
+    path: Path, keysets: dict[str, tuple[KeySet, np.ndarray]], model: str, expected: dict
+) -> ModelAudit | None:
+    """The model's record when it was made with these keys from this very model, else None."""
     if not path.is_file():
         return None
     record = ModelAudit.model_validate_json(path.read_text())
-    return record if record.keysets == {s: k.digest for s, (k, _) in keysets.items()} else None
+    same_keys = record.keysets == {s: k.digest for s, (k, _) in keysets.items()}
+    same_role = {k: getattr(record, k) for k in expected} == expected
+    return record if same_keys and same_role and record.digest == hash_model(model).digest else None
 
 
 def audit_stage(
@@ -189,7 +209,7 @@ def audit_stage(
     families: list[FamilyRecord] = []
     audits: list[ModelAudit] = []
     for family in scale.families:
-        zoo = build_zoo(family.zoo, cache_dir, reporter)  # everything cached by the build stage
+        zoo = build_zoo(family.zoo, cache_dir, reporter, cached_only=True)  # trained by the build stage
         keysets, eligible = _keysets(scale, family, zoo, out, reporter)
         record = FamilyRecord(
             family=family.name,
@@ -210,7 +230,7 @@ def audit_stage(
         with reporter.task(f"reproduce: audit {family.name}", len(models)) as advance:
             for done, (name, path, role, rho, fold) in enumerate(models, start=1):
                 target = out / "audits" / family.name / f"{name}.json"
-                audit = _cached(target, keysets)
+                audit = _cached(target, keysets, path, {"role": role, "rho": rho, "fold": fold})
                 if audit is None:
                     audit = _audit_model(scale, family, name, path, role, rho, fold, keysets, reporter)
                     atomic_write_text(target, audit.model_dump_json(indent=2))
@@ -227,10 +247,14 @@ def load_audits(scale: Scale, out: Path) -> tuple[list[FamilyRecord], list[Model
         meta = folder / "family.json"
         if not meta.is_file():
             raise FileNotFoundError(f"{meta}: missing; run `t2i-audit reproduce --stage audit` first")
-        families.append(FamilyRecord.model_validate_json(meta.read_text()))
+        record = FamilyRecord.model_validate_json(meta.read_text())
+        families.append(record)
         for name in ("base", *(m.name for m in family.members)):
             path = folder / f"{name}.json"
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; run `t2i-audit reproduce --stage audit` first")
-            audits.append(ModelAudit.model_validate_json(path.read_text()))
+            audit = ModelAudit.model_validate_json(path.read_text())
+            if audit.keysets != record.keysets:
+                raise FileNotFoundError(f"{path}: audited with other keys than {meta}; rerun `--stage audit`")
+            audits.append(audit)
     return families, audits

@@ -39,7 +39,8 @@ class StatisticalRow(FrozenModel):
     family: str
     method: str = Field(description="discriminator, or conf (the instance-level conf used as a score)")
     accuracy: float
-    auc: float
+    auc: float = Field(description="ROC AUC of the held-out scores of all folds together")
+    auc_per_fold: float = Field(description="mean of each fold's own held-out ROC AUC")
     tpr_at_10_fpr: float
     fpr_at_10_threshold: float = Field(
         description="the FPR the 10% threshold actually gave on held-out models"
@@ -62,7 +63,9 @@ def method_conf(audit: ModelAudit, method: str, scale: Scale, threshold: float) 
 
 
 def figure6(scale: Scale, families: list[FamilyRecord], audits: list[ModelAudit]) -> list[dict]:
-    """Average conf per (family, method, rho); watermark conf from the watermarked models only."""
+    """Average conf per (family, method, rho). Baseline 1's infringing points come from the
+    watermarked models (the others never saw a mark); every method's rho = 0 point comes
+    from the innocent models."""
     rows = []
     for record in families:
         mine = [a for a in audits if a.family == record.family]
@@ -148,14 +151,17 @@ def _pooled(family: str, method: str, parts: list[tuple], names: tuple[str, ...]
     n = len(labels)
     positives = int(labels.sum())
     correct = sum(m.accuracy * (m.n_positive + m.n_negative) for m in metrics)
-    tp10 = sum(m.tpr_at_10_fpr * m.n_positive for m in metrics)
-    tp1 = sum(m.tpr_at_1_fpr * m.n_positive for m in metrics)
-    fp10 = sum(m.fpr_at_10_threshold * m.n_negative for m in metrics)
+    # A fold without positives (negatives) has a NaN TPR (FPR) and contributes no count.
+    tp10 = sum(m.tpr_at_10_fpr * m.n_positive for m in metrics if m.n_positive)
+    tp1 = sum(m.tpr_at_1_fpr * m.n_positive for m in metrics if m.n_positive)
+    fp10 = sum(m.fpr_at_10_threshold * m.n_negative for m in metrics if m.n_negative)
+    fold_aucs = [m.auc for m in metrics if not math.isnan(m.auc)]
     return StatisticalRow(
         family=family,
         method=method,
         accuracy=correct / n,
         auc=roc_auc(labels, scores),
+        auc_per_fold=float(np.mean(fold_aucs)) if fold_aucs else math.nan,
         tpr_at_10_fpr=tp10 / positives if positives else math.nan,
         fpr_at_10_threshold=fp10 / (n - positives) if n > positives else math.nan,
         tpr_at_1_fpr=tp1 / positives if positives else math.nan,
@@ -167,17 +173,20 @@ def _pooled(family: str, method: str, parts: list[tuple], names: tuple[str, ...]
 
 def _calibration_scores(model: Discriminator, x: np.ndarray, y: np.ndarray, delta0: float) -> np.ndarray:
     """Leave-one-out scores of the shadow fold: what each shadow gets from a discriminator
-    that did not see it, so thresholds set on them are not fooled by in-sample fit. With a
-    single member in a class, leaving it out is impossible and its in-sample score is used."""
+    that did not see it, so thresholds set on them are not fooled by in-sample fit. Only a
+    shadow that is the last of its class cannot be left out; it keeps its in-sample score."""
     scores = model.predict_proba(x)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        if min(y[keep].sum(), (1 - y[keep]).sum()) >= 2:
+        if min(y[keep].sum(), (1 - y[keep]).sum()) >= 1:
             scores[i] = Discriminator(delta0=delta0).fit(x[keep], y[keep]).predict_proba(x[i : i + 1])[0]
     return scores
 
 
-def table1(scale: Scale, audits: list[ModelAudit], out: Path) -> list[StatisticalRow]:
+def table1(
+    scale: Scale, audits: list[ModelAudit], out: Path, keysets: dict[str, str] | None = None
+) -> list[StatisticalRow]:
+    """`keysets`: family -> generation keyset digest, recorded in the saved discriminators."""
     rows = []
     for family in scale.families:
         x, y, folds = _folds(scale, audits, family.name)
@@ -186,7 +195,7 @@ def table1(scale: Scale, audits: list[ModelAudit], out: Path) -> list[Statistica
             train, test = folds != fold, folds == fold
             model = Discriminator(delta0=scale.delta0).fit(x[train], y[train])
             path = out / "discriminators" / f"{family.name}-fit-without-fold{fold}.json"
-            model.save(path)
+            model.save(path, keyset_digest=(keysets or {}).get(family.name))
             names.append(path.name)
             cal = _calibration_scores(model, x[train], y[train], scale.delta0)
             held = model.predict_proba(x[test])
@@ -227,7 +236,7 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _plot_figure6(rows: list[dict], families: list[str]) -> bytes:
+def _plot_figure6(rows: list[dict], families: list[str], scale: str) -> bytes:
     fig, axes = _figure(len(families))
     for ax, family in zip(axes[0], families, strict=True):
         for method, label in METHODS.items():
@@ -237,7 +246,7 @@ def _plot_figure6(rows: list[dict], families: list[str]) -> bytes:
             if points:
                 xs, ys = zip(*sorted(points), strict=True)
                 ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(f"Figure 6 (tiny zoo, family {family})")
+        ax.set_title(f"Figure 6 ({scale} scale, family {family})")
         ax.set_xlabel("rho, share of source generations in the suspect's training set")
         ax.set_ylabel("average conf")
         ax.set_ylim(-0.02, 1.02)
@@ -246,7 +255,7 @@ def _plot_figure6(rows: list[dict], families: list[str]) -> bytes:
     return _png(fig)
 
 
-def _plot_figure7(rows: list[dict], families: list[str]) -> bytes:
+def _plot_figure7(rows: list[dict], families: list[str], scale: str) -> bytes:
     fig, axes = _figure(len(families))
     for ax, family in zip(axes[0], families, strict=True):
         for rho in sorted({r["rho"] for r in rows if r["family"] == family}):
@@ -255,7 +264,7 @@ def _plot_figure7(rows: list[dict], families: list[str]) -> bytes:
             ]
             xs, ys = zip(*sorted(points), strict=True)
             ax.plot(xs, ys, marker="o", label="innocent" if rho == 0 else f"rho = {rho:g}")
-        ax.set_title(f"Figure 7 (tiny zoo, family {family})")
+        ax.set_title(f"Figure 7 ({scale} scale, family {family})")
         ax.set_xlabel("key count M (generation-based keys)")
         ax.set_ylabel("average conf")
         ax.set_ylim(-0.02, 1.02)
@@ -330,6 +339,11 @@ def _claims(
         "> 0.7",
         [(stats[f].tpr_at_10_fpr, stats[f].tpr_at_10_fpr > paper.TABLE1_TPR_AT_10_FPR) for f in fams],
     )
+    row(
+        "Table 1: the FPR that threshold gave on held-out innocent models",
+        "0.1",
+        [(stats[f].fpr_at_10_threshold, None) for f in fams],
+    )
     innocent = {r["family"]: r for r in t2 if r["model"] == "innocent"}
     infringing = {r["family"]: r for r in t2 if r["model"] == "infringing rho=1.0"}
     row("Table 2: innocent keys in [0.15, 0.2)", "0.739", [(innocent[f]["[0.15, 0.2)"], None) for f in fams])
@@ -368,7 +382,7 @@ def report_stage(
 ) -> Path:
     """Write CSV files, PNG plots and reproduction.md under `out`; returns the markdown's path."""
     fig6, fig7, t2 = figure6(scale, families, audits), figure7(scale, audits), table2(scale, audits)
-    t1 = table1(scale, audits, out)
+    t1 = table1(scale, audits, out, {f.family: f.keysets["generation"] for f in families})
     t1_rows = [r.model_dump(exclude={"discriminators"}) for r in t1]
     names = [f.name for f in scale.families]
     for name, rows in (
@@ -378,11 +392,13 @@ def report_stage(
         ("table2_distances", t2),
     ):
         atomic_write_text(out / f"{name}.csv", _csv(rows))
-    atomic_write_bytes(out / "figure6_conf_vs_rho.png", _plot_figure6(fig6, names))
-    atomic_write_bytes(out / "figure7_conf_vs_keys.png", _plot_figure7(fig7, names))
+    atomic_write_bytes(out / "figure6_conf_vs_rho.png", _plot_figure6(fig6, names, scale.name))
+    atomic_write_bytes(out / "figure7_conf_vs_keys.png", _plot_figure7(fig7, names, scale.name))
 
+    used = {f.family: min(scale.num_keys, f.eligible["generation"]) for f in families}
     fam_lines = "\n".join(
-        f"- **{f.family}**: source `{f.source.digest[:16]}`, base `{f.base.digest[:16]}`; keys eligible "
+        f"- **{f.family}**: M = {used[f.family]} generation keys in Figure 6, Tables 1 and 2; "
+        f"source `{f.source.digest[:16]}`, base `{f.base.digest[:16]}`; keys eligible "
         + ", ".join(f"{s} {n}" for s, n in f.eligible.items())
         + f" of {f.candidates} candidates; watermark threshold bit accuracy > {f.watermark_threshold:.3f} "
         f"(1% FPR on {f.watermark_clean_images} clean images), {f.watermark_marked_accuracy:.3f} right after "
@@ -408,7 +424,12 @@ Paper's scale: {"; ".join(f"{k}: {v}" for k, v in paper.SCALE.items())}.
 
 {_md_table(fig6)}
 
-## Table 1: statistical level (2-fold cross-fitting over replicate folds; held-out decisions pooled)
+## Table 1: statistical level (cross-fitting over replicate folds; held-out decisions pooled)
+
+`discriminator`: fit on one fold's models (the shadows), scored on the other fold's; `conf`: the
+instance-level conf used as the score, its thresholds set on the same shadow fold. The 10%
+and 1% FPR thresholds come from leave-one-out scores of the shadows; `fpr_at_10_threshold`
+is the FPR that threshold actually gave on the held-out innocent models.
 
 {_md_table(t1_rows)}
 

@@ -149,9 +149,10 @@ def _pid_alive(pid: int) -> bool:
 class _Artifacts:
     """Content-addressed folders: built once under a temporary name, then renamed."""
 
-    def __init__(self, root: Path, reporter: Reporter) -> None:
+    def __init__(self, root: Path, reporter: Reporter, cached_only: bool = False) -> None:
         self.root = root / "artifacts"
         self.reporter = reporter
+        self.cached_only = cached_only
         self.seconds: dict[str, float] = {}
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -164,6 +165,8 @@ class _Artifacts:
         if final.is_dir():
             self.reporter.log(f"zoo: {role} cached ({final.name})")
             return final, digest
+        if self.cached_only:
+            raise FileNotFoundError(f"zoo: {role} is not built yet ({final}); run the build stage first")
         start = time.perf_counter()
         for stale in self.root.glob(f".{final.name}.tmp-*"):  # left by a killed build
             if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
@@ -226,13 +229,18 @@ def _domain_schedule(domain: tuple[str, ...], n: int, rng: np.random.Generator) 
 
 
 def build_zoo(
-    config: ZooConfig, cache_dir: Path | None = None, reporter: Reporter | None = None, jobs: int = 1
+    config: ZooConfig,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    jobs: int = 1,
+    cached_only: bool = False,
 ) -> ZooIndex:
     """Build (or load from cache) every model the config names and return their paths.
 
     With `jobs` > 1 the suspects, which only depend on the base and the source, are
     fine-tuned in that many worker processes of one torch thread each: on small CPU
-    machines two single-threaded processes beat one process with two threads.
+    machines two single-threaded processes beat one process with two threads. With
+    `cached_only` nothing is trained: a missing artifact raises FileNotFoundError.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -241,7 +249,7 @@ def build_zoo(
     quiet_hf_libraries()
     reporter = reporter or Reporter()
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    store = _Artifacts(root, reporter)
+    store = _Artifacts(root, reporter, cached_only)
     workdir = root / "work"
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer, text_encoder = _tokenizer_and_text_encoder(config, workdir)
@@ -339,7 +347,7 @@ def build_zoo(
             f"suspect-{spec.name}", _suspect_key(base_digest, source_digest, spec, config)
         ).is_dir()
     ]
-    if jobs > 1 and len(missing) > 1:
+    if jobs > 1 and len(missing) > 1 and not cached_only:
         _build_suspects_in_parallel(config, root, missing, jobs, reporter)
     for spec in (*config.suspects, *config.references):
         key = _suspect_key(base_digest, source_digest, spec, config)
@@ -412,10 +420,14 @@ def _run_pool(
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
         futures = {pool.submit(_build_one, c.model_dump_json(), str(root), name): name for c, name in tasks}
-        for done, future in enumerate(as_completed(futures), start=1):
-            future.result()
-            reporter.log(f"zoo: {futures[future] or 'base and source'} ready ({done}/{len(tasks)})")
-            advance(done)
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()
+                reporter.log(f"zoo: {futures[future] or 'base and source'} ready ({done}/{len(tasks)})")
+                advance(done)
+        except BaseException:  # a failed build or Ctrl-C: do not train the rest of the queue first
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _build_suspects_in_parallel(
