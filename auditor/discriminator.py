@@ -328,13 +328,27 @@ class Discriminator:
         else:
             n_folds = max(2, min(self.cv_folds, n_pos, n_neg))
             splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.random_state)
-            scores = [_cross_validate(c, x, y, splitter) for c in pool]
-            ranked = sorted(
-                range(len(pool)),
-                key=lambda i: (-round(scores[i].mean_auc / _TIE), round(scores[i].mean_log_loss / _TIE), i),
-            )
-            chosen = pool[ranked[0]]
-            selection = "cross_validation"
+            usable = []
+            for candidate in pool:
+                try:
+                    scores.append(_cross_validate(candidate, x, y, splitter))
+                    usable.append(candidate)
+                except ValueError:  # e.g. LDA on a 2-model training fold: it needs more models than classes
+                    continue
+            if usable:
+                ranked = sorted(
+                    range(len(usable)),
+                    key=lambda i: (
+                        -round(scores[i].mean_auc / _TIE),
+                        round(scores[i].mean_log_loss / _TIE),
+                        i,
+                    ),
+                )
+                chosen = usable[ranked[0]]
+                selection = "cross_validation"
+            else:
+                chosen = {c.id: c for c in pool}.get(DEFAULT_CANDIDATE, pool[0])
+                selection, n_folds = "default", None
 
         model = _fit_quietly(make_pipeline(chosen), x, y)
         scaler, classifier = model.named_steps["scale"], model.named_steps["classify"]

@@ -306,3 +306,14 @@ def test_load_refuses_non_json_and_missing_files(tmp_path: Path) -> None:
         Discriminator.load(path)
     with pytest.raises(BadInputError, match="none found"):
         Discriminator.load(tmp_path / "absent.json")
+
+
+def test_fit_on_five_shadows_skips_candidates_a_fold_cannot_fit():
+    """3 + 2 shadows give 2-fold CV with 2-model training folds, too few for LDA: it is
+    dropped from the search instead of failing the fit."""
+    rng = np.random.default_rng(5)
+    distances = np.concatenate([rng.uniform(0.05, 0.12, (3, 10)), rng.uniform(0.2, 0.3, (2, 10))])
+    model = Discriminator().fit(distances, np.array([1, 1, 1, 0, 0]))
+    assert model.candidate.kind == "logistic_regression"
+    assert all(not s.id.startswith("lda") for s in model.cv_scores) or model.record.selection == "default"
+    assert model.predict(distances).tolist() == [1, 1, 1, 0, 0]

@@ -228,6 +228,14 @@ def _figure(panels: int):
     return fig, fig.subplots(1, panels, squeeze=False)
 
 
+def _legend(axes, loc: str) -> None:
+    """One legend, on the first panel that drew anything (a family may have no point to plot)."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc=loc)
+            return
+
+
 def _png(figure) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -251,7 +259,7 @@ def _plot_figure6(rows: list[dict], families: list[str], scale: str) -> bytes:
         ax.set_ylabel("average conf")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+    _legend(axes[0], loc="upper left")
     return _png(fig)
 
 
@@ -269,7 +277,7 @@ def _plot_figure7(rows: list[dict], families: list[str], scale: str) -> bytes:
         ax.set_ylabel("average conf")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    _legend(axes[0], loc="best")
     return _png(fig)
 
 
