@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/t2i-audit demo
 
-# The paper's evaluation on the tiny zoo (about an hour on 2 cores; docs/reproduction.md).
+# The paper's evaluation on the tiny zoo (about 80 minutes on 2 cores; docs/reproduction.md).
 reproduce: setup
 	$(VENV)/bin/t2i-audit reproduce --scale tiny --out reproduction-out
 
