@@ -309,6 +309,7 @@ def _claims(
         "> 0.6",
         [(v, None if math.isnan(v) else v > paper.FIGURE6_GENERATION_CONF_AT_RHO_03) for v in g03],
     )
+
     def gaps(baseline: str, sign: float, pick) -> list[float]:
         """Per family, `pick` over rho > 0 of sign * (ours - baseline) (generation keys)."""
         out = []
