@@ -210,6 +210,15 @@ def render_report_html(
             ("alpha", "n/a"),
             ("conf threshold", _e(format(report.audit.conf_threshold, "g"))),
         ]
+    if st := report.statistical:
+        verdict_rows += [
+            (
+                "discriminator (statistical level)",
+                f"{_e(st.decision)}: score {_e(f'{st.score:.3f}')} against threshold {_e(format(st.threshold, 'g'))}; "
+                f"{_e(st.candidate)} fit on {_e(st.shadows['infringing'])} infringing and "
+                f"{_e(st.shadows['innocent'])} innocent shadow models<br>{_code(st.discriminator_sha256)}",
+            )
+        ]
 
     identity_rows = [
         (

@@ -71,3 +71,24 @@ def test_page_with_images_and_missing_ones(keyset) -> None:
     assert len(re.findall(r"<img\b", page)) == 2 + 1
     assert page.count("not available") == 2 * NUM_KEYS - 2
     assert "Innocent reference models" in page and page.count("innocent-") >= 4
+
+
+def test_discriminator_score_is_shown_in_both_views(keyset) -> None:
+    from auditor.report import StatisticalResult
+
+    statistical = StatisticalResult(
+        discriminator_sha256="ab" * 32,
+        candidate="logreg_C1",
+        shadows={"infringing": 8, "innocent": 4},
+        score=0.875,
+        threshold=0.5,
+        decision="infringing",
+    )
+    report = make_report(keyset, _regens()).model_copy(update={"statistical": statistical})
+    page = render_report_html(report, provenance="p")
+    assert "discriminator (statistical level)" in page and "0.875" in page and "ab" * 32 in page
+    console = Console(file=io.StringIO(), width=250, color_system=None)
+    print_report_summary(report, console)
+    assert "score 0.875" in console.file.getvalue()
+    # Reports without it (every report before --discriminator existed) show nothing of it.
+    assert "statistical level" not in render_report_html(make_report(keyset, _regens()), provenance="p")
