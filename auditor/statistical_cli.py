@@ -129,5 +129,10 @@ def cmd_reproduce(args: argparse.Namespace, ctx) -> int:
     if ctx.format == "json":
         ctx.emit_json({"out": str(args.out), "summary": str(summary) if summary else None})
     elif summary:
+        from rich.markdown import Markdown
+
+        text = summary.read_text(encoding="utf-8")
+        claims = text.split("## The paper's figures beside ours", 1)[-1].split("\n## ", 1)[0]
+        ctx.console.print(Markdown("## The paper's figures beside ours\n" + claims))
         ctx.console.print(f"reproduction summary: {summary}")
     return EXIT_OK

@@ -228,6 +228,14 @@ def _figure(panels: int):
     return fig, fig.subplots(1, panels, squeeze=False)
 
 
+def _conf_axes(ax, title: str, xlabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("average conf")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+
+
 def _legend(axes, loc: str) -> None:
     """One legend, on the first panel that drew anything (a family may have no point to plot)."""
     for ax in axes:
@@ -254,11 +262,11 @@ def _plot_figure6(rows: list[dict], families: list[str], scale: str) -> bytes:
             if points:
                 xs, ys = zip(*sorted(points), strict=True)
                 ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(f"Figure 6 ({scale} scale, family {family})")
-        ax.set_xlabel("rho, share of source generations in the suspect's training set")
-        ax.set_ylabel("average conf")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
+        _conf_axes(
+            ax,
+            f"Figure 6 ({scale} scale, family {family})",
+            "rho, share of source generations in the suspect's training set",
+        )
     _legend(axes[0], loc="upper left")
     return _png(fig)
 
@@ -272,11 +280,7 @@ def _plot_figure7(rows: list[dict], families: list[str], scale: str) -> bytes:
             ]
             xs, ys = zip(*sorted(points), strict=True)
             ax.plot(xs, ys, marker="o", label="innocent" if rho == 0 else f"rho = {rho:g}")
-        ax.set_title(f"Figure 7 ({scale} scale, family {family})")
-        ax.set_xlabel("key count M (generation-based keys)")
-        ax.set_ylabel("average conf")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
+        _conf_axes(ax, f"Figure 7 ({scale} scale, family {family})", "key count M (generation-based keys)")
     _legend(axes[0], loc="best")
     return _png(fig)
 
@@ -288,8 +292,8 @@ def _value(rows: list[dict], **match) -> float:
     return math.nan
 
 
-def _check(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("yes" if ok else "**no**")
+def _check(ok: bool) -> str:
+    return "yes" if ok else "**no**"
 
 
 def _claims(
@@ -299,7 +303,10 @@ def _claims(
     lines.append("|---" * (2 + len(scale.families)) + "|")
 
     def row(claim: str, published: str, values: list[tuple[float, bool | None]]) -> None:
-        cells = [f"{v:.2f} ({_check(ok)})" if not math.isnan(v) else "n/a" for v, ok in values]
+        cells = [
+            "n/a" if math.isnan(v) else f"{v:.2f}" + ("" if ok is None else f" ({_check(ok)})")
+            for v, ok in values
+        ]
         lines.append(f"| {claim} | {published} | " + " | ".join(cells) + " |")
 
     fams = [f.name for f in scale.families]
