@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from auditor.config import FrozenModel
 from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text
+from auditor.fileio import atomic_write_text, read_json
 from auditor.keys import format_validation_error
 
 FORMAT = "t2i-auditor-discriminator-v1"
@@ -493,11 +493,5 @@ class Discriminator:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Discriminator:
         """Read and validate a saved discriminator; nothing in the file is executed."""
-        file = Path(path)
-        if not file.is_file():
-            raise BadInputError(f"{file}: expected a discriminator JSON file, none found")
-        try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"{file}: expected JSON, could not parse it ({exc})") from None
-        return cls.from_dict(raw, source=str(file))
+        raw = read_json(path, "expected a discriminator JSON file, none found")
+        return cls.from_dict(raw, source=str(Path(path)))

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
+from auditor.fileio import atomic_write_text, canonical_json, read_json, sha256_bytes
 from auditor.images import read_png, save_png
 
 KEYSET_SCHEMA = "t2i-auditor.keyset/v1"
@@ -99,10 +99,7 @@ def load_keyset(directory: str | os.PathLike[str]) -> tuple[KeySet, np.ndarray]:
     path = root / KEYS_FILE
     if not path.is_file():
         raise BadInputError(f"{root}: expected a keyset folder with {KEYS_FILE}, none found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: expected JSON, could not parse it ({exc})") from None
+    raw = read_json(path, "keyset file not found")
     if isinstance(raw, dict) and raw.get("schema_version") not in (None, KEYSET_SCHEMA):
         raise BadInputError(
             f"{path}: schema_version {raw.get('schema_version')!r} is not supported (expected {KEYSET_SCHEMA!r})"

@@ -24,7 +24,7 @@ from auditor.audit import AuditResult, KeyResult, fixed_threshold_verdict
 from auditor.calibration import CalibratedVerdict, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text
+from auditor.fileio import atomic_write_text, read_json
 from auditor.generation import BackendInfo
 from auditor.keys import KeySet, ModelRef, Strategy, format_validation_error
 
@@ -259,14 +259,7 @@ def parse_report(data: dict, where: str) -> AttributionReport:
 
 
 def load_report(path: str | os.PathLike[str]) -> AttributionReport:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{p}: report not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{p}: expected JSON, could not parse it ({exc})") from None
-    return parse_report(data, str(p))
+    return parse_report(read_json(path, "report not found"), str(Path(path)))
 
 
 def report_schema() -> dict:

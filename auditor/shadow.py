@@ -19,7 +19,6 @@ from pydantic import Field, ValidationError
 
 from auditor.audit import run_audit
 from auditor.config import AuditConfig, FrozenModel
-from auditor.discriminator import Discriminator
 from auditor.errors import BadInputError
 from auditor.identity import hash_model
 from auditor.keys import KeySet, format_validation_error
@@ -83,20 +82,6 @@ def shadow_distances(
             labels.append(model.label)
             advance(i)
     return np.stack(rows), np.asarray(labels)
-
-
-def fit_on_shadows(
-    shadows: ShadowSet,
-    root: Path,
-    keyset: KeySet,
-    key_images: np.ndarray,
-    config: AuditConfig,
-    reporter: Reporter,
-    device: str = "cpu",
-) -> Discriminator:
-    distances, labels = shadow_distances(shadows, root, keyset, key_images, config, reporter, device)
-    model = Discriminator(delta0=config.delta0, distance=config.distance, seeds_per_key=config.seeds_per_key)
-    return model.fit(distances, labels)
 
 
 def write_shadow_set(path: Path, models: list[ShadowModel]) -> ShadowSet:

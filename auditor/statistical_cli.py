@@ -93,14 +93,17 @@ def cmd_shadow_build(args: argparse.Namespace, ctx) -> int:
 def cmd_shadow_fit(args: argparse.Namespace, ctx) -> int:
     from auditor.cli import _validated
     from auditor.config import AuditConfig
+    from auditor.discriminator import Discriminator
     from auditor.keys import load_keyset
-    from auditor.shadow import fit_on_shadows, load_shadows
+    from auditor.shadow import load_shadows, shadow_distances
 
     keyset, images = load_keyset(args.keys)
     shadows, root = load_shadows(args.shadows)
     delta0 = args.delta0 if args.delta0 is not None else keyset.selection.delta0
     config = _validated(AuditConfig, {"delta0": delta0}, "audit config")
-    model = fit_on_shadows(shadows, root, keyset, images, config, ctx.reporter, args.device)
+    distances, labels = shadow_distances(shadows, root, keyset, images, config, ctx.reporter, args.device)
+    model = Discriminator(delta0=config.delta0, distance=config.distance, seeds_per_key=config.seeds_per_key)
+    model.fit(distances, labels)
     model.save(args.out, keyset_digest=keyset.digest)
     record = model.to_dict()
     if ctx.format == "json":

@@ -32,9 +32,14 @@ def _timings_path(out: Path) -> Path:
     return out / "timings.json"
 
 
+def _read_timings(out: Path) -> dict[str, float]:
+    path = _timings_path(out)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _record_timing(out: Path, stage: str, seconds: float) -> dict[str, float]:
     path = _timings_path(out)
-    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings = _read_timings(out)
     # A rerun over cached work takes seconds; the longest run is the one that did the work.
     timings[stage] = max(round(seconds, 1), timings.get(stage, 0.0))
     atomic_write_text(path, json.dumps(timings, indent=2) + "\n")
@@ -63,8 +68,8 @@ def reproduce(
             audit_stage(scale, out, cache_dir, reporter)
         else:
             families, audits = load_audits(scale, out)
-            timings = json.loads(_timings_path(out).read_text()) if _timings_path(out).is_file() else {}
-            result = report_stage(scale, families, audits, out, {"machine": machine(), "timings": timings})
+            context = {"machine": machine(), "timings": _read_timings(out)}
+            result = report_stage(scale, families, audits, out, context)
         _record_timing(out, name, time.perf_counter() - start)
         reporter.log(f"reproduce: stage {name} done in {time.perf_counter() - start:.0f} s")
     return result

@@ -116,7 +116,9 @@ class ZooIndex(FrozenModel):
     config_digest: str
     root: str
     base: str
+    base_digest: str
     source: str
+    source_digest: str
     source_train: str
     suspects: dict[str, str]
     references: dict[str, str]
@@ -340,13 +342,7 @@ def build_zoo(
     domain = tuple(dict.fromkeys(private.captions))
     source_generator = None
     references: dict[str, str] = {}
-    missing = [
-        spec
-        for spec in (*config.suspects, *config.references)
-        if not store.path_for(
-            f"suspect-{spec.name}", _suspect_key(base_digest, source_digest, spec, config)
-        ).is_dir()
-    ]
+    missing = _missing_suspects(config, store, base_digest, source_digest)
     if jobs > 1 and len(missing) > 1 and not cached_only:
         _build_suspects_in_parallel(config, root, missing, jobs, reporter)
     for spec in (*config.suspects, *config.references):
@@ -383,7 +379,9 @@ def build_zoo(
         config_digest=config_digest(config),
         root=str(root),
         base=str(base_dir),
+        base_digest=base_digest,
         source=str(source_dir),
+        source_digest=source_digest,
         source_train=str(source_root / "train"),
         suspects=suspects,
         references=references,
@@ -391,6 +389,18 @@ def build_zoo(
     )
     atomic_write_text(root / f"zoo-{index.config_digest[:16]}.json", index.model_dump_json(indent=2))
     return index
+
+
+def _missing_suspects(
+    config: ZooConfig, store: _Artifacts, base_digest: str, source_digest: str
+) -> list[SuspectSpec]:
+    return [
+        spec
+        for spec in (*config.suspects, *config.references)
+        if not store.path_for(
+            f"suspect-{spec.name}", _suspect_key(base_digest, source_digest, spec, config)
+        ).is_dir()
+    ]
 
 
 def _suspect_key(base_digest: str, source_digest: str, spec: SuspectSpec, config: ZooConfig) -> dict:
@@ -451,19 +461,11 @@ def build_zoos(
             [(c, None) for c in configs], root, jobs, reporter, f"zoo: {len(configs)} bases and sources"
         )
         pending = []
+        store = _Artifacts(root, reporter)
         for config in configs:
             index = build_zoo(config.model_copy(update={"suspects": (), "references": ()}), root, reporter)
-            base_digest = json.loads((Path(index.base) / "zoo-artifact.json").read_text())["digest"]
-            source_meta = Path(index.source).parent / "zoo-artifact.json"
-            source_digest = json.loads(source_meta.read_text())["digest"]
-            store = _Artifacts(root, reporter)
-            pending += [
-                (config, s.name)
-                for s in (*config.suspects, *config.references)
-                if not store.path_for(
-                    f"suspect-{s.name}", _suspect_key(base_digest, source_digest, s, config)
-                ).is_dir()
-            ]
+            missing = _missing_suspects(config, store, index.base_digest, index.source_digest)
+            pending += [(config, spec.name) for spec in missing]
         if pending:
             _run_pool(pending, root, jobs, reporter, f"zoo: {len(pending)} suspects")
     return [build_zoo(config, root, reporter) for config in configs]
