@@ -89,11 +89,16 @@ def _selection(scale: Scale, strategy: str) -> SelectionConfig:
 
 
 def _keysets(
-    scale: Scale, family: Family, zoo: ZooIndex, out: Path, reporter: Reporter
+    scale: Scale,
+    family: Family,
+    zoo: ZooIndex,
+    source_ref: ModelRef,
+    base_ref: ModelRef,
+    out: Path,
+    reporter: Reporter,
 ) -> tuple[dict[str, tuple[KeySet, np.ndarray]], dict[str, int]]:
     train = data.load_dataset(zoo.source_train)
     source = base = None
-    source_ref, base_ref = _ref(zoo.source), _ref(zoo.base)
     result: dict[str, tuple[KeySet, np.ndarray]] = {}
     eligible: dict[str, int] = {}
     for strategy in STRATEGIES:
@@ -210,12 +215,13 @@ def audit_stage(
     audits: list[ModelAudit] = []
     for family in scale.families:
         zoo = build_zoo(family.zoo, cache_dir, reporter, cached_only=True)  # trained by the build stage
-        keysets, eligible = _keysets(scale, family, zoo, out, reporter)
+        source_ref, base_ref = _ref(zoo.source), _ref(zoo.base)  # hashed once per family
+        keysets, eligible = _keysets(scale, family, zoo, source_ref, base_ref, out, reporter)
         record = FamilyRecord(
             family=family.name,
             zoo_config_digest=zoo.config_digest,
-            source=_ref(zoo.source),
-            base=_ref(zoo.base),
+            source=source_ref,
+            base=base_ref,
             keysets={s: k.digest for s, (k, _) in keysets.items()},
             eligible=eligible,
             candidates=keysets["generation"][0].selection.candidates,
