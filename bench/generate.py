@@ -2,12 +2,15 @@
 
     python bench/generate.py [--model PATH] [--bundle PATH] [--keys 30] [--steps 20]
                              [--guidance 3] [--reps 5] [--threads 1] [--device auto]
+                             [--dtype float32|float16]
 
 Regenerates the same keys (prompt, seed) with each backend on the same model (default:
 an untrained zoo-architecture pipeline built in a temp dir and exported there),
 alternating the contenders rep by rep (torch, onnx, torch, onnx, ...) so drift from
 other processes on a shared machine hits both alike; intra-op threads pinned (1 by
-default) for torch and ONNX Runtime. Reports median seconds and images/s per backend,
+default) for torch and ONNX Runtime. Every backend runs `--dtype` (float16: torch in
+fp16 and the bundle's fp16 graphs; the default bundle is then exported with
+`--precision fp16`), so a GPU comparison is fp16 against fp16. Reports median seconds and images/s per backend,
 each backend's peak RSS (measured in a fresh subprocess that loads it and generates
 once), the max abs pixel difference from torch, and, last, the speedup lines:
 
@@ -56,8 +59,15 @@ def _load(backend: str, args, model: Path, bundle: Path | None):
     from auditor.generation import load_generator
 
     if backend == "torch":
-        return load_generator(model, backend="torch", device=args.device, batch_size=args.batch_size)
-    kwargs = {"device": args.device, "batch_size": args.batch_size, "source_model": model}
+        return load_generator(
+            model, backend="torch", device=args.device, dtype=args.dtype, batch_size=args.batch_size
+        )
+    kwargs = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "source_model": model,
+    }
     if backend == "onnx":
         kwargs["threads"] = args.threads
     return load_generator(bundle, backend=backend, **kwargs)
@@ -95,6 +105,7 @@ def _probe_rss(backend: str, args, model: Path, bundle: Path | None) -> dict | N
     cmd = [sys.executable, __file__, "--rss-probe", backend, "--model", str(model)]
     cmd += ["--keys", str(args.keys), "--steps", str(args.steps), "--guidance", str(args.guidance)]
     cmd += ["--threads", str(args.threads), "--device", args.device, "--batch-size", str(args.batch_size)]
+    cmd += ["--dtype", args.dtype]
     if bundle is not None:
         cmd += ["--bundle", str(bundle)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ONNX Runtime")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-backend RSS subprocesses")
     parser.add_argument("--rss-probe", choices=["torch", "onnx", "tensorrt"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -146,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             from export.exporter import export_bundle
 
             start = time.perf_counter()
-            export_bundle(model, Path(tmp) / "bundle", batch_sizes=(1, args.batch_size))
+            precision = "fp16" if args.dtype == "float16" else "fp32"
+            export_bundle(model, Path(tmp) / "bundle", batch_sizes=(1, args.batch_size), precision=precision)
             bundle = Path(tmp) / "bundle"
             print(f"export: {time.perf_counter() - start:.1f} s")
         backends = ["torch", "onnx"] + (["tensorrt"] if tensorrt_status() is None else [])

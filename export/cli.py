@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="diffusers Stable Diffusion folder")
     p.add_argument("--out", required=True, help="new bundle folder")
     p.add_argument(
-        "--precision", choices=["fp32", "fp16"], default="fp32", help="engine precision (fp16: --trt)"
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16 adds fp16 graphs (what --backend tensorrt/onnx --dtype float16 run) beside the fp32 ones",
     )
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines (CUDA host with tensorrt)")
     p.add_argument(

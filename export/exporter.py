@@ -14,6 +14,12 @@ random inputs and holds the result to the component's contract tolerance; the fi
 go into the manifest, and a miss raises `ParityError` (exit 2) after the bundle is
 written with `parity_passed: false`, so engine backends refuse it and fall back.
 
+`--precision fp16` adds an fp16 graph per component beside the fp32 one, traced from an
+fp16 copy of the torch module. The precision has to live in the graph: TensorRT 11
+removed the FP16 builder flag (every network is strongly typed), and the same graph
+runs on ONNX Runtime, so it is validated here, on any host, against torch's fp32
+outputs at the fp16 tolerance.
+
 Why not optimum: its ONNX exporters now live in `optimum-onnx`, which pins
 transformers < 4.58, while this project runs transformers 5 (docs/export.md).
 """
@@ -37,6 +43,7 @@ from auditor.progress import Reporter
 from export.contract import (
     COMPONENTS,
     DEFAULT_OPSET,
+    DEFAULT_TOLERANCES,
     SUPPORTED_OPSETS,
     ComponentContract,
     ExportShapes,
@@ -52,6 +59,7 @@ from export.manifest import (
     BundleManifest,
     ComponentRecord,
     FileRecord,
+    HalfGraphRecord,
     PipelineRecord,
     SourceRecord,
     file_record,
@@ -109,6 +117,45 @@ def _graph_modules():
             return self.vae.decode(latent_sample, return_dict=False)[0]
 
     return TextEncoderGraph, UNetGraph, VaeDecoderGraph
+
+
+def half_graph(module, contract: ComponentContract, upcast_attention: bool = False):
+    """An fp16 copy of a graph module, float32 at the contract's boundary (Cast nodes in the graph).
+
+    Mirrors StableDiffusionPipeline at torch_dtype=float16: weights and activations fp16,
+    timesteps float32 (the UNet embeds them in fp32, then casts; Euler's fractional
+    timesteps would lose digits in fp16), token ids untouched, the VAE in fp16 whatever
+    its `force_upcast` says (the SD pipeline ignores it). A UNet configured with
+    `upcast_attention` (SD 2.x) gets diffusers' classic attention processor, which
+    computes QK^T and the softmax in fp32; the SDPA decomposition would run them in fp16,
+    and SD 2.x's attention overflows there. The text encoder gets transformers' eager
+    attention: its SDPA path traced in fp16 leaves a float32 tensor feeding an fp16
+    LayerNormalization, a graph ONNX Runtime refuses to load (measured with
+    transformers 5.23, torch 2.13).
+    """
+    import copy
+
+    import torch
+
+    class HalfPrecisionGraph(torch.nn.Module):
+        def __init__(self, inner, cast: tuple[bool, ...]) -> None:
+            super().__init__()
+            self.inner = inner
+            self.cast = cast
+
+        def forward(self, *args):
+            args = [a.half() if cast else a for a, cast in zip(args, self.cast, strict=True)]
+            return self.inner(*args).float()
+
+    inner = copy.deepcopy(module).half().eval()
+    if contract.component == "text_encoder":
+        inner.text_encoder.set_attn_implementation("eager")
+    if upcast_attention:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        inner.unet.set_attn_processor(AttnProcessor())
+    cast = tuple(spec.dtype == "float32" and spec.name != "timestep" for spec in contract.inputs)
+    return HalfPrecisionGraph(inner, cast).eval()
 
 
 class SourcePipeline:
@@ -432,11 +479,6 @@ def check_options(precision: str, opset: int, trt: bool) -> None:
         from export.trt import require_tensorrt
 
         require_tensorrt()
-    elif precision == "fp16":
-        raise BadInputError(
-            "--precision fp16: applies to TensorRT engines (--trt); the ONNX graphs are fp32 and"
-            " ONNX Runtime's CPU provider runs them in fp32"
-        )
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -493,6 +535,7 @@ def export_bundle(
                     staging,
                     external_data_min_bytes,
                     seed,
+                    half=precision == "fp16",
                 )
                 advance(done + 1)
         pipeline = PipelineRecord(
@@ -517,7 +560,10 @@ def export_bundle(
             components=components,  # type: ignore[arg-type]
             assets=tuple(_copy_assets(model, staging)),
             tools=_tool_versions(trt),
-            parity_passed=all(record.parity.passed for record in components.values()),
+            parity_passed=all(
+                record.parity.passed and (record.fp16 is None or record.fp16.parity.passed)
+                for record in components.values()
+            ),
         )
         if trt and manifest.parity_passed:
             from export.trt import build_bundle_engines
@@ -554,6 +600,8 @@ def _export_one(
     root: Path,
     external_min: int,
     seed: int,
+    *,
+    half: bool = False,
 ) -> ComponentRecord:
     start = time.perf_counter()
     comp_dir = root / name
@@ -564,6 +612,22 @@ def _export_one(
     references = torch_outputs(module, contract, inputs)
     save_validation(comp_dir / "validation.npz", inputs, references)
     ort_name, level, parity = optimize_and_validate(comp_dir, contract, external, inputs, references, seed)
+    fp16 = None
+    if half:
+        upcast = name == "unet" and bool(getattr(source.unet.config, "upcast_attention", False))
+        fp16 = _export_half(
+            half_graph(module, contract, upcast),
+            contract,
+            shapes,
+            opset,
+            comp_dir,
+            root / f".work-{name}-fp16",
+            external_min,
+            inputs,
+            references,
+            seed,
+            upcast,
+        )
     files = [
         file_record(root, f"{name}/{p.name}")
         for p in sorted(comp_dir.iterdir())
@@ -579,4 +643,33 @@ def _export_one(
         validation=file_record(root, f"{name}/validation.npz"),
         parity=parity,
         export_seconds=round(time.perf_counter() - start, 3),
+        fp16=fp16,
+    )
+
+
+def _export_half(
+    module,
+    contract: ComponentContract,
+    shapes: ExportShapes,
+    opset: int,
+    comp_dir: Path,
+    work: Path,
+    external_min: int,
+    inputs: dict[str, np.ndarray],
+    references: dict[str, np.ndarray],
+    seed: int,
+    upcast_attention: bool,
+) -> HalfGraphRecord:
+    """Trace the fp16 graph and hold it to the fp16 tolerance against torch's fp32 outputs."""
+    dst = comp_dir / "model.fp16.onnx"
+    external = export_onnx(module, contract, shapes, opset, dst, work, external_min)
+    outputs = run_onnx(dst, contract, inputs)
+    parity = compare(
+        outputs, references, DEFAULT_TOLERANCES["fp16"], "onnxruntime CPUExecutionProvider (fp16 graph)", seed
+    )
+    return HalfGraphRecord(
+        onnx=f"{comp_dir.name}/{dst.name}",
+        external_data=external,
+        attention="fp32-upcast" if upcast_attention else "fp16",
+        parity=parity,
     )

@@ -33,6 +33,15 @@ from export.loop import DenoisingLoop, PipelineSpec
 from export.manifest import Bundle, check_source, load_bundle
 
 ENGINE_BACKENDS = ("onnx", "tensorrt")
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+def engine_precision(dtype: str) -> str:
+    """The bundle graph precision that runs `dtype` (engine backends have no bfloat16 graphs)."""
+    for precision, name in PRECISION_DTYPES.items():
+        if dtype == name:
+            return precision
+    raise BadInputError(f"dtype {dtype!r}: engine backends run float32 or float16 graphs")
 
 
 def _versions(**extra: str) -> dict[str, str]:
@@ -143,8 +152,9 @@ class OnnxGenerator(EngineGenerator):
     The first provider must really be in the session's providers afterwards (onnxruntime-gpu
     on a host without a usable GPU falls back silently); with device="auto" and no explicit
     providers a silent fallback drops to the CPU graphs and says so in `describe().note`,
-    otherwise the backend is unavailable. CPU sessions load the offline-optimized
-    `model.ort.onnx`; GPU providers load the portable graph.
+    otherwise the backend is unavailable. fp32 CPU sessions load the offline-optimized
+    `model.ort.onnx`; GPU providers load the portable graph; fp16 (`precision="fp16"`,
+    a bundle exported with --precision fp16) loads the fp16 graphs on any provider.
     """
 
     backend = "onnx"
@@ -158,6 +168,7 @@ class OnnxGenerator(EngineGenerator):
         batch_size: int = 16,
         threads: int | None = None,
         validate: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         try:
             import onnxruntime
@@ -168,6 +179,8 @@ class OnnxGenerator(EngineGenerator):
         if validate not in ("auto", "always", "never"):
             raise BadInputError(f"validate {validate!r}: expected auto, always or never")
         self.note: str | None = None
+        self.precision = precision
+        graphs = {name: bundle.manifest.graph_for(name, precision) for name in COMPONENTS}
         requested = _requested_providers(device, providers)
         missing = [p for p in requested if p not in available_providers()]
         if missing:
@@ -176,7 +189,7 @@ class OnnxGenerator(EngineGenerator):
                 f" (available: {', '.join(available_providers())}; for GPUs install onnxruntime-gpu"
                 " and not onnxruntime beside it)"
             )
-        sessions = self._sessions(bundle, requested, threads)
+        sessions = self._sessions(bundle, requested, threads, graphs)
         lacking = [s.get_providers() for s in sessions.values() if requested[0] not in s.get_providers()]
         if lacking:
             got = lacking[0]
@@ -185,7 +198,7 @@ class OnnxGenerator(EngineGenerator):
                     f"{requested[0]} was listed but the session fell back to {got[0]}; running on the CPU"
                 )
                 requested = [CPU_PROVIDER]
-                sessions = self._sessions(bundle, requested, threads)
+                sessions = self._sessions(bundle, requested, threads, graphs)
             else:
                 raise BackendUnavailable(
                     f"ONNX Runtime did not get {requested[0]} (the session runs on {', '.join(got)});"
@@ -203,14 +216,15 @@ class OnnxGenerator(EngineGenerator):
         super().__init__(bundle, OrtRunners(sessions), batch_size)
 
     @staticmethod
-    def _sessions(bundle: Bundle, providers: list[str], threads: int | None) -> dict:
+    def _sessions(bundle: Bundle, providers: list[str], threads: int | None, graphs: dict[str, str]) -> dict:
         from export.ort import CPU_PROVIDER, make_session
 
         cpu_only = providers == [CPU_PROVIDER]
         out = {}
         for name in COMPONENTS:
             record = bundle.manifest.components[name]
-            path = bundle.path(record.ort_cpu if cpu_only else record.onnx)
+            # the offline-optimized CPU graph exists for the fp32 graph only
+            path = bundle.path(record.ort_cpu if cpu_only and graphs[name] == record.onnx else graphs[name])
             try:
                 out[name] = make_session(path, providers, threads)
             except Exception as exc:  # onnxruntime raises its own exception types  # noqa: BLE001
@@ -224,11 +238,12 @@ class OnnxGenerator(EngineGenerator):
         inputs, references = load_validation(bundle.path(record.validation.path))
         contract = record.contract
         values = session.run(contract.output_names, {n: inputs[n] for n in contract.input_names})
+        exported = record.fp16.parity if self.precision == "fp16" and record.fp16 else record.parity
         parity = compare(
             dict(zip(contract.output_names, values, strict=True)),
             references,
-            contract.tolerance,
-            f"onnxruntime {session.get_providers()[0]}",
+            exported.tolerance,
+            f"onnxruntime {session.get_providers()[0]} ({self.precision})",
             record.parity.seed,
         )
         if not parity.passed:
@@ -248,7 +263,7 @@ class OnnxGenerator(EngineGenerator):
         return BackendInfo(
             backend="onnx",
             device=device,
-            dtype="float32",
+            dtype=PRECISION_DTYPES[self.precision],
             versions=_versions(
                 onnxruntime=onnxruntime.__version__,
                 providers=",".join(self.providers),
@@ -284,9 +299,7 @@ class TensorRTGenerator(EngineGenerator):
         import tensorrt
         import torch
 
-        precision = {"float32": "fp32", "float16": "fp16"}.get(dtype)
-        if precision is None:
-            raise BadInputError(f"dtype {dtype!r}: TensorRT engines are float32 or float16")
+        precision = engine_precision(dtype)
         if device == "cpu":
             raise BackendUnavailable("TensorRT needs a CUDA device and --device cpu was given")
         device = resolve_device(device)
@@ -379,17 +392,13 @@ def load_engine_generator(
     model = model if model is not None else source_model
     if backend not in ENGINE_BACKENDS:
         raise BadInputError(f"backend {backend!r}: expected one of {list(ENGINE_BACKENDS)}")
+    precision = engine_precision(dtype)
     opened = load_bundle(bundle, model=model)
     try:
         if not opened.manifest.parity_passed:
             failed = opened.manifest.failed_parity() or ["TensorRT engines"]
             raise BackendUnavailable(f"the bundle failed its parity check at export: {'; '.join(failed)}")
         if backend == "onnx":
-            if dtype != "float32":
-                raise BadInputError(
-                    f"dtype {dtype!r}: the onnx backend runs the bundle's float32 graphs; use float32"
-                    " (or --backend tensorrt for float16 engines)"
-                )
             return OnnxGenerator(
                 opened,
                 device=device,
@@ -397,6 +406,7 @@ def load_engine_generator(
                 batch_size=batch_size,
                 threads=threads,
                 validate=validate,
+                precision=precision,
             )
         return TensorRTGenerator(
             opened, device=device, dtype=dtype, batch_size=batch_size, engine_cache=engine_cache

@@ -10,7 +10,8 @@ bundle is never used in place of a different model.
 Layout (paths relative to the bundle root):
 
     bundle.json
-    text_encoder/model.onnx   unet/model.onnx   vae_decoder/model.onnx   (portable graphs)
+    text_encoder/model.onnx   unet/model.onnx   vae_decoder/model.onnx   (portable fp32 graphs)
+    */model.fp16.onnx         fp16 graphs (--precision fp16), float32 at their inputs and outputs
     */model.ort.onnx          ONNX Runtime CPU graphs, optimized offline
     */model.onnx.data         external weights, only for components over the 2 GB limit
     */validation.npz          seeded inputs and torch's outputs
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
 
@@ -32,7 +33,7 @@ from auditor.config import FrozenModel
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text, sha256_file
 from export.contract import ComponentContract, ComponentName, ExportShapes, ParityRecord, Precision
-from export.errors import BundleIntegrityError
+from export.errors import BackendUnavailable, BundleIntegrityError
 
 BUNDLE_FORMAT = "t2i-auditor-engine-bundle-v1"
 MANIFEST_NAME = "bundle.json"
@@ -56,6 +57,16 @@ class FileRecord(FrozenModel):
     size: int = Field(ge=0)
 
 
+class HalfGraphRecord(FrozenModel):
+    """The component's fp16 graph: the precision lives in the graph (TensorRT 11 has no FP16 flag)."""
+
+    onnx: InsidePath
+    external_data: bool
+    # "fp32-upcast": QK^T and softmax in fp32, for UNets configured with upcast_attention (SD 2.x)
+    attention: Literal["fp16", "fp32-upcast"]
+    parity: ParityRecord
+
+
 class ComponentRecord(FrozenModel):
     contract: ComponentContract
     onnx: InsidePath = Field(description="portable graph: GPU providers and TensorRT build from it")
@@ -68,6 +79,7 @@ class ComponentRecord(FrozenModel):
     validation: FileRecord
     parity: ParityRecord
     export_seconds: float
+    fp16: HalfGraphRecord | None = None
 
 
 class SourceRecord(FrozenModel):
@@ -85,8 +97,10 @@ class PipelineRecord(FrozenModel):
     scaling_factor: float
     tokenizer_class: str
     scheduler_class: str
-    upcast_attention: bool = False  # SD 2.x: attention must stay fp32 in fp16 engines
-    vae_force_upcast: bool = False  # SDXL-style VAEs: decoder must stay fp32 in fp16 engines
+    upcast_attention: bool = False  # SD 2.x: the fp16 UNet graph keeps QK^T and softmax in fp32
+    # recorded, not acted on: StableDiffusionPipeline runs its VAE in the pipeline's dtype
+    # whatever this says (only SDXL pipelines read it, and they are not exportable)
+    vae_force_upcast: bool = False
 
 
 class EngineRecord(FrozenModel):
@@ -125,11 +139,29 @@ class BundleManifest(FrozenModel):
         return out
 
     def failed_parity(self) -> list[str]:
-        return [
-            f"{name} ({record.parity.summary()})"
-            for name, record in self.components.items()
-            if not record.parity.passed
-        ]
+        failed = []
+        for name, record in self.components.items():
+            failed.extend(
+                f"{name} ({parity.summary()})"
+                for parity in (record.parity, record.fp16.parity if record.fp16 else None)
+                if parity is not None and not parity.passed
+            )
+        return failed
+
+    def graph_for(self, component: str, precision: str) -> str:
+        """The graph an engine of `precision` is built from, or BackendUnavailable when the bundle has none."""
+        record = self.components[component]  # type: ignore[index]
+        if precision == "fp32":
+            return record.onnx
+        if record.fp16 is None:
+            raise BackendUnavailable(
+                f"the bundle has no fp16 graphs (exported with --precision {self.precision});"
+                " re-export it with --precision fp16, or run float32"
+            )
+        return record.fp16.onnx
+
+    def sha256_of(self, component: str, relative: str) -> str:
+        return next(f.sha256 for f in self.components[component].files if f.path == relative)  # type: ignore[index]
 
 
 def file_record(root: Path, relative: str) -> FileRecord:

@@ -32,14 +32,16 @@ def exported_bundle(model: str | os.PathLike[str], workdir: str | os.PathLike[st
     """Export `model` once per process through the CLI (`t2i-audit export`) and reuse the bundle.
 
     Test modules share one export of the session's tiny pipeline; the first caller's
-    `workdir` holds it.
+    `workdir` holds it. It carries both graph sets (`--precision fp16` adds the fp16
+    graphs beside the fp32 ones), so fp32 and fp16 backends test against one bundle.
     """
     key = str(Path(model).resolve())
     if key not in _EXPORTED:
         from auditor.cli import main
 
         out = Path(workdir) / "bundle"
-        code = main(["--format", "json", "export", str(model), "--out", str(out), "--batch-sizes", "1,16"])
+        args = ["export", str(model), "--out", str(out), "--batch-sizes", "1,16", "--precision", "fp16"]
+        code = main(["--format", "json", *args])
         if code != 0:
             raise RuntimeError(f"t2i-audit export {model} exited {code}")
         _EXPORTED[key] = out

@@ -1,4 +1,4 @@
-"""TensorRT engines built from the bundle's portable ONNX graphs (TensorRT 10 Python API).
+"""TensorRT engines built from the bundle's portable ONNX graphs (TensorRT 10 and 11 Python API).
 
 An engine runs only on the TensorRT version and GPU architecture that built it, so
 engines are cached, never shipped as the bundle's identity: the cache key is the
@@ -7,11 +7,13 @@ shape profiles), and a cached engine that fails to deserialize, or whose bytes n
 longer match their recorded sha256, is a miss and is rebuilt. The builder reuses a
 timing cache file per host, so rebuilding after an edit takes seconds, not minutes.
 
-fp16: the text encoder and UNet build with `BuilderFlag.FP16`. Two parts are kept in
-fp32, because fp16 there gives black images (shared/design.md section 3): the softmax
-of attention (and the matmul feeding it) when the UNet was trained with
-`upcast_attention` (SD 2.x), and the whole VAE decoder when its config sets
-`force_upcast` (SDXL's VAE).
+Precision lives in the graph. Networks are strongly typed (TensorRT 11 allows nothing
+else and removed `BuilderFlag.FP16` and the precision-constraint flags; 10.x takes the
+STRONGLY_TYPED creation flag), so an fp16 engine is built from the bundle's fp16 graph
+(`--precision fp16` at export; see `export.exporter.half_graph` for which parts stay
+fp32) and an fp32 engine from the fp32 graph, with TF32 turned off so that it meets the
+fp32 contract tolerance. The names this module uses are listed in `TENSORRT_API` and
+checked against the installed bindings by tests/test_trt_api.py.
 
 Nothing here is importable without `tensorrt`; every entry point checks
 `tensorrt_status()` first. This module is exercised only on a CUDA host.
@@ -41,6 +43,52 @@ if TYPE_CHECKING:
     import torch
 
     from export.manifest import Bundle, BundleManifest, EngineRecord
+
+# Every TensorRT name this module touches, as a path from the `tensorrt` module. Checked
+# against the installed bindings on a TensorRT host, and against the names TensorRT 11
+# removed everywhere (tests/test_trt_api.py).
+TENSORRT_API = (
+    "Logger.WARNING",
+    "Logger.ERROR",
+    "Builder.create_network",
+    "Builder.create_builder_config",
+    "Builder.create_optimization_profile",
+    "Builder.build_serialized_network",
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+    "OnnxParser.parse_from_file",
+    "OnnxParser.get_error",
+    "OnnxParser.num_errors",
+    "IBuilderConfig.set_memory_pool_limit",
+    "IBuilderConfig.clear_flag",
+    "IBuilderConfig.create_timing_cache",
+    "IBuilderConfig.set_timing_cache",
+    "IBuilderConfig.get_timing_cache",
+    "IBuilderConfig.add_optimization_profile",
+    "ITimingCache.serialize",
+    "IOptimizationProfile.set_shape",
+    "MemoryPoolType.WORKSPACE",
+    "BuilderFlag.TF32",
+    "Runtime.deserialize_cuda_engine",
+    "ICudaEngine.create_execution_context",
+    "ICudaEngine.num_io_tensors",
+    "ICudaEngine.get_tensor_name",
+    "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_dtype",
+    "ICudaEngine.get_tensor_profile_shape",
+    "ICudaEngine.num_optimization_profiles",
+    "IExecutionContext.set_optimization_profile_async",
+    "IExecutionContext.set_input_shape",
+    "IExecutionContext.set_tensor_address",
+    "IExecutionContext.get_tensor_shape",
+    "IExecutionContext.execute_async_v3",
+    "TensorIOMode.INPUT",
+    "TensorIOMode.OUTPUT",
+    "DataType.FLOAT",
+    "DataType.HALF",
+    "DataType.INT32",
+    "DataType.INT64",
+    "DataType.BOOL",
+)
 
 # hidden: `auditor.identity.hash_model` skips dot-names, so building engines for a new GPU
 # does not change the bundle's own digest (the one an audit report cites for it)
@@ -82,13 +130,6 @@ def host_identity(device_index: int = 0) -> dict[str, str]:
         "gpu": torch.cuda.get_device_name(device_index),
         "compute_capability": f"{major}.{minor}",
     }
-
-
-def component_precision(component: str, precision: str, manifest: BundleManifest) -> str:
-    """fp16 everywhere asked, except a VAE decoder that must stay fp32 (SDXL-style force_upcast)."""
-    if precision == "fp16" and component == "vae_decoder" and manifest.pipeline.vae_force_upcast:
-        return "fp32"
-    return precision
 
 
 def engine_key(onnx_sha256: str, host: dict[str, str], precision: str, contract: ComponentContract) -> str:
@@ -142,60 +183,29 @@ def default_cache_root(bundle_root: Path) -> Path:
     return base / "engines"
 
 
-def _pin_attention_fp32(network, trt) -> int:
-    """Softmax layers, and the producers feeding them up to the QK^T matmul, run in fp32."""
-    producers = {}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        for j in range(layer.num_outputs):
-            producers[layer.get_output(j).name] = layer
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type != trt.LayerType.SOFTMAX:
-            continue
-        chain, current = [layer], layer
-        for _ in range(3):
-            source = producers.get(current.get_input(0).name) if current.num_inputs else None
-            if source is None:
-                break
-            chain.append(source)
-            if source.type == trt.LayerType.MATRIX_MULTIPLY:
-                break
-            current = source
-        for item in chain:
-            item.precision = trt.float32
-            for k in range(item.num_outputs):
-                item.set_output_type(k, trt.float32)
-            pinned += 1
-    return pinned
-
-
 def build_engine(
     onnx_path: Path,
     contract: ComponentContract,
     precision: str,
     timing_cache: Path,
     *,
-    fp32_attention: bool = False,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> bytes:
-    """Parse the ONNX graph, add one optimization profile per batch size, build, return the plan."""
+    """Parse the ONNX graph into a strongly typed network, one optimization profile per batch size, build."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    # 10.x: strong typing is opt-in; 11.x: always on, the flag accepted and ignored
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # resolves external data next to the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"{onnx_path}: TensorRT could not parse the ONNX graph ({errors})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        if fp32_attention and _pin_attention_fp32(network, trt):
-            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default; TF32 GEMMs miss the fp32 tolerance
     try:
         previous = timing_cache.read_bytes()
     except OSError:
@@ -310,14 +320,12 @@ def ensure_engine(
     cache: EngineCache,
     device: torch.device,
     reporter: Reporter | None = None,
-) -> tuple[TrtEngine, str, str, ParityRecord, bool]:
-    """Engine for `component` from the cache, else built; returns (engine, key, precision, parity, built)."""
-    record = manifest.components[component]
-    contract = record.contract
-    comp_precision = component_precision(component, precision, manifest)
+) -> tuple[TrtEngine, str, ParityRecord, bool]:
+    """Engine for `component` from the cache, else built; returns (engine, key, parity, built)."""
+    contract = manifest.components[component].contract
+    graph = manifest.graph_for(component, precision)  # BackendUnavailable: no fp16 graphs
     host = host_identity(device.index or 0)
-    onnx_sha = next(f.sha256 for f in record.files if f.path == record.onnx)
-    key = engine_key(onnx_sha, host, comp_precision, contract)
+    key = engine_key(manifest.sha256_of(component, graph), host, precision, contract)
     data = cache.load(component, key)
     engine = None
     if data is not None:
@@ -328,21 +336,14 @@ def ensure_engine(
     built = engine is None
     if built:
         if reporter:
-            reporter.log(f"tensorrt: building {component} ({comp_precision}) for {host['gpu']}")
+            reporter.log(f"tensorrt: building {component} ({precision}) for {host['gpu']}")
         timing = cache.root / f"timing-{sha256_bytes(canonical_json(host))[:16]}.cache"
-        data = build_engine(
-            root / record.onnx,
-            contract,
-            comp_precision,
-            timing,
-            fp32_attention=component == "unet" and manifest.pipeline.upcast_attention,
-        )
-        cache.store(component, key, data, {"component": component, "precision": comp_precision, **host})
+        data = build_engine(root / graph, contract, precision, timing)
+        cache.store(component, key, data, {"component": component, "precision": precision, **host})
         engine = TrtEngine(data, device)
-    parity = engine_parity(
-        engine, contract, root / record.validation.path, comp_precision, record.parity.seed
-    )
-    return engine, key, comp_precision, parity, built
+    record = manifest.components[component]
+    parity = engine_parity(engine, contract, root / record.validation.path, precision, record.parity.seed)
+    return engine, key, parity, built
 
 
 def build_bundle_engines(
@@ -359,9 +360,7 @@ def build_bundle_engines(
     host = host_identity(device.index or 0)
     records = []
     for component in COMPONENTS:
-        _, key, comp_precision, parity, _ = ensure_engine(
-            root, manifest, component, precision, cache, device, reporter
-        )
+        _, key, parity, _ = ensure_engine(root, manifest, component, precision, cache, device, reporter)
         plan = cache.plan_path(component, key)
         records.append(
             EngineRecord(
@@ -369,7 +368,7 @@ def build_bundle_engines(
                 cache_key=key,
                 path=plan.relative_to(root).as_posix(),
                 sha256=sha256_bytes(plan.read_bytes()),
-                precision=comp_precision,  # type: ignore[arg-type]
+                precision=precision,  # type: ignore[arg-type]
                 tensorrt=host["tensorrt"],
                 gpu=host["gpu"],
                 compute_capability=host["compute_capability"],
@@ -407,7 +406,7 @@ def open_engines(
     cache = EngineCache(cache_root or default_cache_root(bundle.root))
     engines, parities, built = {}, [], []
     for component in COMPONENTS:
-        engine, _, _, parity, was_built = ensure_engine(
+        engine, _, parity, was_built = ensure_engine(
             bundle.root, bundle.manifest, component, precision, cache, device, reporter
         )
         engines[component] = engine
