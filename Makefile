@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-stamp
 TORCH  ?= torch==2.13.0
 EXTRAS ?= test,onnx,ray
 
-.PHONY: setup demo reproduce test test-fast bench lint clean
+.PHONY: setup demo reproduce test test-fast bench bench-gpu lint clean
 
 setup: $(STAMP)
 
@@ -34,9 +34,17 @@ test-fast: setup
 bench: setup
 	$(PY) bench/generate.py
 
+# On a CUDA host with TensorRT (make setup EXTRAS=test,gpu, or the GPU image): SD 1.5-size
+# random weights, fp16, torch vs ONNX Runtime vs TensorRT (docs/benchmarks.md).
+GPU_BENCH ?= .cache/bench-gpu
+bench-gpu: setup
+	$(PY) bench/unet.py --arch sd15 --dtype float16 --workdir $(GPU_BENCH)
+	$(PY) -c "from export.testing import build_sd15_pipeline; build_sd15_pipeline('$(GPU_BENCH)')"
+	$(PY) bench/generate.py --model $(GPU_BENCH)/model --dtype float16 --batch-size 8 --no-rss
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf demo-out reproduction-out .pytest_cache .ruff_cache
+	rm -rf demo-out reproduction-out .pytest_cache .ruff_cache .cache/bench-gpu

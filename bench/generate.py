@@ -12,7 +12,8 @@ default) for torch and ONNX Runtime. Every backend runs `--dtype` (float16: torc
 fp16 and the bundle's fp16 graphs; the default bundle is then exported with
 `--precision fp16`), so a GPU comparison is fp16 against fp16. Reports median seconds and images/s per backend,
 each backend's peak RSS (measured in a fresh subprocess that loads it and generates
-once), the max abs pixel difference from torch, and, last, the speedup lines:
+once), the max abs pixel difference from torch, with float16 each backend's PSNR
+against torch float32 images of the same keys, and, last, the speedup lines:
 
     speedup tensorrt/torch: X.XX      (only where TensorRT runs)
     speedup onnx/torch: X.XX
@@ -198,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:9s} median {medians[name]:.3f} s  {args.keys / medians[name]:7.1f} images/s"
                 f"  peak RSS {rss_text}  max |pixel - torch| {diff}/255  runs [{runs}]"
             )
+        if args.dtype == "float16":  # fp16's cost in image quality: PSNR against torch fp32
+            from auditor.generation import load_generator
+            from auditor.watermark import psnr
+
+            fp32 = load_generator(model, backend="torch", device=args.device, batch_size=args.batch_size)
+            reference = fp32.generate(prompts, seeds, settings)
+            for name in backends:
+                print(f"{name:9s} PSNR against torch float32: {psnr(images[name], reference):.1f} dB")
         print(f"peak RSS of this process (all backends loaded): {_peak_rss_mib():.0f} MiB")
         if "tensorrt" in medians:
             print(f"speedup tensorrt/torch: {medians['torch'] / medians['tensorrt']:.2f}")

@@ -1,8 +1,14 @@
-"""Tiny random-weight Stable Diffusion pipelines for tests and benchmarks (seconds, no training).
+"""Random-weight Stable Diffusion pipelines for tests and benchmarks (no training, no download).
 
-The zoo's architecture (auditor/zoo/models.py) with untrained weights: every code path
-of a real SD 1.x checkpoint (CLIP text encoder and tokenizer, UNet2DConditionModel,
-AutoencoderKL, DDIM with SD's schedule) at a size that exports and runs in seconds.
+`build_tiny_pipeline`: the zoo's architecture (auditor/zoo/models.py) with untrained
+weights: every code path of a real SD 1.x checkpoint (CLIP text encoder and tokenizer,
+UNet2DConditionModel, AutoencoderKL, DDIM with SD's schedule) at a size that exports
+and runs in seconds.
+
+`build_sd15_pipeline`: the full Stable Diffusion 1.5 architecture (860M-parameter UNet,
+CLIP ViT-L/14 text encoder, the f=8 VAE; 4.3 GB of fp32 weights) from its published
+configs, with random weights: what the GPU benchmarks time, since no weights can be
+downloaded here. Compute per step is the real model's; the images are noise.
 """
 
 from __future__ import annotations
@@ -46,3 +52,77 @@ def exported_bundle(model: str | os.PathLike[str], workdir: str | os.PathLike[st
             raise RuntimeError(f"t2i-audit export {model} exited {code}")
         _EXPORTED[key] = out
     return _EXPORTED[key]
+
+
+# Stable Diffusion 1.5's component configs (runwayml/stable-diffusion-v1-5, the values that
+# differ from the diffusers / transformers defaults)
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+SD15_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+}
+SD15_TEXT_ENCODER = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+
+
+def sd15_unet(seed: int = 0):
+    """SD 1.5's UNet2DConditionModel with random weights (seeded)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**SD15_UNET).eval()
+
+
+def build_sd15_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Save a random-weight SD 1.5-architecture pipeline to `directory/model` (once); return it."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from auditor.zoo.build import save_pipeline
+    from auditor.zoo.tokenizer import build_clip_tokenizer
+    from export.exporter import quiet_hf
+
+    root = Path(directory)
+    model = root / "model"
+    if (model / "model_index.json").is_file():
+        return model
+    quiet_hf()
+    tokenizer = build_clip_tokenizer(root / "tokenizer-build", model_max_length=77)
+    unet = sd15_unet(seed)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**SD15_VAE).eval()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)).eval()
+    staging = root / ".model-tmp"
+    save_pipeline(staging, unet, vae, text_encoder, tokenizer)
+    os.replace(staging, model)
+    return model

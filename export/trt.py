@@ -134,7 +134,7 @@ def host_identity(device_index: int = 0) -> dict[str, str]:
 
 def engine_key(onnx_sha256: str, host: dict[str, str], precision: str, contract: ComponentContract) -> str:
     document = {
-        "scheme": "t2i-auditor-trt-engine-v1",
+        "scheme": "t2i-auditor-trt-engine-v2",  # v2: strongly typed builds (v1 engines are misses)
         "onnx_sha256": onnx_sha256,
         "tensorrt": host["tensorrt"],
         "gpu": host["gpu"],
