@@ -60,7 +60,12 @@ SD15_UNET = {
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
