@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -103,13 +104,18 @@ def _export(unet, args, latent: int, text: int, width: int, rows: int, workdir: 
     module = unet_graph(unet).eval()
     graphs = {}
     for precision in ("fp32", "fp16") if args.dtype == "float16" else ("fp32",):
-        dst = workdir / f"unet-{args.arch}-{args.height}-{precision}" / "model.onnx"
-        if not dst.is_file():
+        folder = workdir / f"unet-{args.arch}-{args.height}-{precision}"
+        if not (folder / "model.onnx").is_file():  # written whole into a staging folder, then renamed
             start = time.perf_counter()
+            staging = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
             graph = module if precision == "fp32" else half_graph(module, contract)
-            export_onnx(graph, contract, shapes, 17, dst, dst.parent / "work", EXTERNAL_DATA_MIN_BYTES)
-            print(f"export {precision} graph: {time.perf_counter() - start:.1f} s -> {dst}")
-        graphs[precision] = dst
+            export_onnx(
+                graph, contract, shapes, 17, staging / "model.onnx", staging / "work", EXTERNAL_DATA_MIN_BYTES
+            )
+            os.replace(staging, folder)
+            print(f"export {precision} graph: {time.perf_counter() - start:.1f} s -> {folder}")
+        graphs[precision] = folder / "model.onnx"
     return contract, graphs
 
 
@@ -173,17 +179,23 @@ def _ort_runner(path: Path, device, threads: int):
 
 
 def _trt_runner(path: Path, contract, precision: str, device, workdir: Path):
-    from export.trt import TrtEngine, build_engine, tensorrt_status
+    """An engine from the project's engine cache (keyed by graph, TensorRT version, GPU), built on a miss."""
+    from auditor.fileio import sha256_file
+    from export.trt import EngineCache, TrtEngine, build_engine, engine_key, host_identity, tensorrt_status
 
     reason = tensorrt_status()
     if reason:
         return None, reason
-    plan = path.with_name(f"model-{precision}.plan")
-    if not plan.is_file():
+    host = host_identity(device.index or 0)
+    cache = EngineCache(workdir / "engines")
+    key = engine_key(sha256_file(path), host, precision, contract)
+    data = cache.load("unet", key)
+    if data is None:
         start = time.perf_counter()
-        plan.write_bytes(build_engine(path, contract, precision, workdir / "timing.cache"))
+        data = build_engine(path, contract, precision, cache.root / "timing.cache")
+        cache.store("unet", key, data, {"component": "unet", "precision": precision, **host})
         print(f"build TensorRT {precision} engine: {time.perf_counter() - start:.1f} s")
-    engine = TrtEngine(plan.read_bytes(), device)
+    engine = TrtEngine(data, device)
 
     def run(sample, timestep, hidden):
         feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
