@@ -33,6 +33,20 @@ def distance_shares(distances, edges=(0.1, 0.15, 0.2)) -> dict[str, float]:
     return {label: float(np.mean((d >= lo) & (d < hi))) for label, lo, hi in pairs}
 
 
+def precision_caution(report: AttributionReport) -> str | None:
+    """Why a reduced-precision audit is a screen, not evidence; None for float32.
+
+    Measured (docs/benchmarks.md): fp16 regenerations moved single key distances by up
+    to 0.024 and flipped 1 of 90 keys whose distance lay near delta0.
+    """
+    if report.backend.dtype == "float32":
+        return None
+    return (
+        f"regenerated in {report.backend.dtype}: a key within about 0.03 of delta0 may fall on the other"
+        " side in a float32 rerun; rerun in float32 before relying on this report"
+    )
+
+
 def print_report_summary(report: AttributionReport, console: Console | None = None) -> None:
     console = console or Console()
     s = report.summary
@@ -48,6 +62,8 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
         table.add_row(f"  share {rich_escape(label)}", f"{share:.0%}")
     b = report.backend
     table.add_row("backend", rich_escape(f"{b.backend} on {b.device} ({b.dtype})"))
+    if caution := precision_caution(report):
+        table.add_row("caution", f"[yellow]{rich_escape(caution)}[/yellow]")
     table.add_row("verdict", f"[{style}]{report.verdict.verdict}[/{style}]")
     table.add_row("reason", rich_escape(report.verdict.reason))
     if st := report.statistical:
@@ -256,7 +272,12 @@ def render_report_html(
     settings_rows = [
         ("generation", _code(json.dumps(report.generation.model_dump(mode="json"), sort_keys=True))),
         ("audit", _code(json.dumps(report.audit.model_dump(mode="json"), sort_keys=True))),
-        ("backend", _e(f"{b.backend} on {b.device} ({b.dtype})") + (f"<br>{_e(b.note)}" if b.note else "")),
+        (
+            "backend",
+            _e(f"{b.backend} on {b.device} ({b.dtype})")
+            + (f"<br>{_e(b.note)}" if b.note else "")
+            + (f"<br><strong>{_e(caution)}</strong>" if (caution := precision_caution(report)) else ""),
+        ),
         ("versions", _code(", ".join(f"{k} {val}" for k, val in sorted(b.versions.items())) or "n/a")),
         ("audit time", _e(f"{s.seconds:.1f} s")),
     ]

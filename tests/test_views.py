@@ -92,3 +92,14 @@ def test_discriminator_score_is_shown_in_both_views(keyset) -> None:
     assert "score 0.875" in console.file.getvalue()
     # Reports without it (every report before --discriminator existed) show nothing of it.
     assert "statistical level" not in render_report_html(make_report(keyset, _regens()), provenance="p")
+
+
+def test_reduced_precision_reports_carry_a_caution(keyset) -> None:
+    report = make_report(keyset, _regens())
+    assert report.backend.dtype == "float32"
+    assert "rerun in float32" not in render_report_html(report, provenance="p")
+    half = report.model_copy(update={"backend": report.backend.model_copy(update={"dtype": "float16"})})
+    assert "regenerated in float16" in render_report_html(half, provenance="p")
+    console = Console(file=io.StringIO(), width=300, color_system=None)
+    print_report_summary(half, console)
+    assert "rerun in float32" in console.file.getvalue()
