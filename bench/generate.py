@@ -10,8 +10,8 @@ alternating the contenders rep by rep (torch, onnx, torch, onnx, ...) so drift f
 other processes on a shared machine hits both alike; intra-op threads pinned (1 by
 default) for torch and ONNX Runtime. Every backend runs `--dtype` (float16: torch in
 fp16 and the bundle's fp16 graphs; the default bundle is then exported with
-`--precision fp16`), so a GPU comparison is fp16 against fp16. Reports median seconds and images/s per backend,
-each backend's peak RSS (measured in a fresh subprocess that loads it and generates
+`--precision fp16`), so a GPU comparison is fp16 against fp16. Reports median seconds
+and images/s per backend, each backend's peak RSS (measured in a fresh subprocess that loads it and generates
 once), the max abs pixel difference from torch, with float16 each backend's PSNR
 against torch float32 images of the same keys, and, last, the speedup lines:
 
@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         bundle = Path(args.bundle) if args.bundle else None
         if bundle is None:
             from export.exporter import export_bundle
+            from export.generators import engine_precision
 
             start = time.perf_counter()
-            precision = "fp16" if args.dtype == "float16" else "fp32"
+            precision = engine_precision(args.dtype)
             export_bundle(model, Path(tmp) / "bundle", batch_sizes=(1, args.batch_size), precision=precision)
             bundle = Path(tmp) / "bundle"
             print(f"export: {time.perf_counter() - start:.1f} s")

@@ -83,10 +83,11 @@ def _flops(unet, rows: int, latent: int, text: int, width: int) -> float:
     return float(counter.get_total_flops())
 
 
-def _export(unet, args, latent: int, text: int, width: int, rows: int, workdir: Path):
+def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
     """The UNet's fp32 (and fp16) ONNX graphs through the project's exporter; reused from workdir."""
     from export.contract import ExportShapes, build_contracts
     from export.exporter import EXTERNAL_DATA_MIN_BYTES, _graph_modules, export_onnx, half_graph
+    from export.generators import engine_precision
 
     scale = args.height // latent
     shapes = ExportShapes(
@@ -103,7 +104,7 @@ def _export(unet, args, latent: int, text: int, width: int, rows: int, workdir: 
     _, unet_graph, _ = _graph_modules()
     module = unet_graph(unet).eval()
     graphs = {}
-    for precision in ("fp32", "fp16") if args.dtype == "float16" else ("fp32",):
+    for precision in sorted({"fp32", engine_precision(args.dtype)}):
         folder = workdir / f"unet-{args.arch}-{args.height}-{precision}"
         if not (folder / "model.onnx").is_file():  # written whole into a staging folder, then renamed
             start = time.perf_counter()
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from export.exporter import quiet_hf
+    from export.generators import engine_precision
 
     quiet_hf()
     torch.set_num_threads(args.threads)
@@ -252,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        contract, graphs = _export(unet, args, latent, text, width, rows, workdir)
-        precision = "fp16" if args.dtype == "float16" else "fp32"
+        contract, graphs = _export(unet, args, latent, text, width, workdir)
+        precision = engine_precision(args.dtype)
 
         generator = torch.Generator("cpu").manual_seed(0)
         sample = torch.randn(rows, 4, latent, latent, generator=generator)

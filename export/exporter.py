@@ -217,6 +217,7 @@ class SourcePipeline:
             )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.upcast_attention = bool(getattr(cfg, "upcast_attention", False))
 
     def default_size(self) -> tuple[int, int]:
         """What StableDiffusionPipeline uses when height/width are None."""
@@ -542,7 +543,7 @@ def export_bundle(
             scaling_factor=source.scaling_factor,
             tokenizer_class=source.tokenizer_class,
             scheduler_class=str(source.scheduler_config.get("_class_name", "DDIMScheduler")),
-            upcast_attention=bool(getattr(source.unet.config, "upcast_attention", False)),
+            upcast_attention=source.upcast_attention,
             vae_force_upcast=bool(getattr(source.vae.config, "force_upcast", False)),
         )
         manifest = BundleManifest(
@@ -614,7 +615,7 @@ def _export_one(
     ort_name, level, parity = optimize_and_validate(comp_dir, contract, external, inputs, references, seed)
     fp16 = None
     if half:
-        upcast = name == "unet" and bool(getattr(source.unet.config, "upcast_attention", False))
+        upcast = name == "unet" and source.upcast_attention
         fp16 = _export_half(
             half_graph(module, contract, upcast),
             contract,
