@@ -1,0 +1,64 @@
+"""A golden report: the audit's behaviour, pinned to the byte (timestamps and timings aside).
+
+One audit of a seeded random-weight pipeline against two seeded references, through the
+CLI, compared with tests/golden/report.json. Any change to what an audit computes or
+records (distances, hits, verdict, seeds, settings, digests, schema) shows here; a change
+that is meant must regenerate the file on purpose:
+
+    T2I_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden_report.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from keyset_factory import make_keyset
+
+from auditor.keys import save_keyset
+from export.testing import build_tiny_pipeline
+
+GOLDEN = Path(__file__).parent / "golden" / "report.json"
+# Fields that change from run to run by design: when, and how long it took.
+VOLATILE = (("created_at",), ("summary", "seconds"))
+
+
+def _scrub(report: dict) -> dict:
+    report = json.loads(json.dumps(report))
+    for path in VOLATILE:
+        node = report
+        for part in path[:-1]:
+            node = node[part]
+        assert path[-1] in node, f"volatile field {'.'.join(path)} is missing"
+        node[path[-1]] = "<volatile>"
+    return report
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("golden")
+    return {
+        name: build_tiny_pipeline(root / name, seed=seed)
+        for name, seed in (("suspect", 0), ("ref-a", 1), ("ref-b", 2))
+    }
+
+
+def test_report_matches_the_golden_file(models, tmp_path):
+    from auditor.cli import main
+
+    keyset, images = make_keyset(n=3)
+    save_keyset(keyset, images, tmp_path / "keys")
+    out = tmp_path / "report.json"
+    argv = [
+        "--format", "json", "audit", "--keys", str(tmp_path / "keys"), "--suspect", str(models["suspect"]),
+        "--reference", str(models["ref-a"]), "--reference", str(models["ref-b"]),
+        "--steps", "2", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    got = _scrub(json.loads(out.read_text()))
+    if os.environ.get("T2I_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    assert got == expected
