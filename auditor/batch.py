@@ -38,12 +38,16 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings, SchedulerName
+from auditor.documents import check_version, parse_json, parse_text, read_bytes, syntax_of, validate
 from auditor.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRANSIENT, AuditorError, BadInputError
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.progress import Reporter
 from auditor.remote import HttpOptions
 
 SUMMARY_SCHEMA = "t2i-auditor.batch-summary/v1"
+JOB_SCHEMA = "t2i-auditor.job/v1"
+_LEGACY = {"schema_version": ""}  # job files may leave the version out: v1
+MAX_JOB_BYTES = 4 << 20
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Correction = Literal["holm", "bh", "none"]
 SuspectKind = Literal["auto", "diffusers_folder", "safetensors_file", "lora_file", "http"]
@@ -96,6 +100,7 @@ class SuspectSpec(FrozenModel):
 class JobSpec(FrozenModel):
     """Everything but the suspects, which are validated one by one (a bad entry fails alone)."""
 
+    schema_version: Literal["t2i-auditor.job/v1"] = JOB_SCHEMA
     source: SourceSpec | None = None
     keys: str = Field(min_length=1, description="keyset folder")
     references: tuple[str, ...] = Field((), description="innocent reference models (calibration)")
@@ -132,61 +137,19 @@ class Job:
         return str(p if p.is_absolute() else self.path.parent / p)
 
 
-def _field_error(where: str, exc: ValidationError, prefix: str = "") -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "(top level)")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: field '{field}': {err['msg']}{more}"
-
-
-def _parse_file(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: job file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot read the job file ({exc})") from None
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ImportError:
-                raise BadInputError(
-                    f"{path}: TOML job files need Python 3.11+ (or tomli); use YAML"
-                ) from None
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise BadInputError(f"{path}: not valid TOML ({exc})") from None
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BadInputError(
-            f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})"
-        ) from None
-
-
 def load_job(path: str | os.PathLike[str]) -> Job:
     """Parse and validate a job file; a bad suspect entry is kept as InvalidSuspect, not fatal."""
     job_path = Path(path)
-    data = _parse_file(job_path)
+    raw_bytes = read_bytes(job_path, "job file", MAX_JOB_BYTES)
+    data = parse_text(raw_bytes, str(job_path), syntax_of(job_path))
     if not isinstance(data, dict):
         raise BadInputError(f"{job_path}: expected a mapping of job fields at the top level")
     data = dict(data)
     raw_suspects = data.pop("suspects", None)
     if not isinstance(raw_suspects, list) or not raw_suspects:
         raise BadInputError(f"{job_path}: field 'suspects': expected a non-empty list of suspects")
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as exc:
-        raise BadInputError(_field_error(str(job_path), exc)) from None
+    data = check_version(data, str(job_path), JOB_SCHEMA, "job file", _LEGACY)
+    spec = validate(JobSpec, data, str(job_path))
     entries: list[SuspectSpec | InvalidSuspect] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_suspects):
@@ -201,10 +164,10 @@ def load_job(path: str | os.PathLike[str]) -> Job:
             entries.append(InvalidSuspect(name, f"{job_path}: field 'suspects.{i}': expected a mapping"))
             continue
         try:
-            entries.append(SuspectSpec.model_validate(raw))
-        except ValidationError as exc:
-            entries.append(InvalidSuspect(name, _field_error(str(job_path), exc, prefix=f"suspects.{i}")))
-    return Job(spec=spec, path=job_path, entries=tuple(entries), sha256=sha256_bytes(job_path.read_bytes()))
+            entries.append(validate(SuspectSpec, raw, str(job_path), prefix=f"suspects.{i}"))
+        except BadInputError as exc:
+            entries.append(InvalidSuspect(name, str(exc)))
+    return Job(spec=spec, path=job_path, entries=tuple(entries), sha256=sha256_bytes(raw_bytes))
 
 
 # ---------------------------------------------------------------- multiple testing
@@ -431,10 +394,7 @@ class BatchRunner:
             values |= entry.generation.values()
         values["height"] = values.get("height") or keyset.height
         values["width"] = values.get("width") or keyset.width
-        try:
-            return GenerationSettings.model_validate(values)
-        except ValidationError as exc:
-            raise BadInputError(_field_error(f"suspect {entry.name!r}", exc, prefix="generation")) from None
+        return validate(GenerationSettings, values, f"suspect {entry.name!r}", prefix="generation")
 
     def _open(self, model: str, entry: SuspectSpec | None = None):
         from auditor.suspects import open_model
@@ -709,9 +669,10 @@ class BatchRunner:
 
 
 def _read_json(path: Path) -> Any:
+    """Our own output files (caches, error records): None when absent or unreadable, to redo."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return parse_json(read_bytes(path, "file"), str(path))
+    except BadInputError:
         return None
 
 

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from auditor import __version__
 from auditor.errors import EXIT_BAD_INPUT, AuditorError, BadInputError
 from auditor.keys import ModelRef
@@ -98,12 +96,9 @@ def _settings(args: argparse.Namespace, base=None):
 
 
 def _validated(model, values: dict, what: str):
-    from auditor.keys import format_validation_error
+    from auditor.documents import validate
 
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        raise BadInputError(f"{what}: {format_validation_error(exc)}") from None
+    return validate(model, values, what)
 
 
 def _generator(path: str, args: argparse.Namespace):

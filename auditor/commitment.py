@@ -25,12 +25,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from auditor.documents import load_document
 from auditor.errors import BadInputError, VerificationError
 from auditor.fileio import atomic_write_text
 
 SCHEME = "sha256-salted-v1"
+COMMITMENT_SCHEMA = "t2i-auditor.commitment/v1"
+# commitments written before the version field existed carry none: they are v1
+_LEGACY = {"schema_version": ""}
 DOMAIN = b"t2i-auditor-keyset-commitment-v1\0"
 SALT_BYTES = 32
 
@@ -42,6 +46,7 @@ class Commitment(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    schema_version: Literal["t2i-auditor.commitment/v1"] = COMMITMENT_SCHEMA
     scheme: Literal["sha256-salted-v1"]
     salt: str = Field(pattern=_HEX64)
     commitment: str = Field(pattern=_HEX64)
@@ -102,22 +107,4 @@ def save_commitment(path: str | os.PathLike[str], commitment: Commitment) -> Pat
 
 
 def load_commitment(path: str | os.PathLike[str]) -> Commitment:
-    source = Path(path)
-    try:
-        data = json.loads(source.read_bytes())
-    except FileNotFoundError as exc:
-        raise BadInputError(f"{source}: commitment file not found") from exc
-    except OSError as exc:
-        raise BadInputError(f"{source}: cannot read commitment file ({exc.strerror})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{source}: not JSON (expected a keyset commitment): {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadInputError(f"{source}: expected a keyset commitment JSON object")
-    try:
-        return Commitment.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(root)"
-        raise BadInputError(
-            f"{source}: field {where}: {first['msg']} (expected a {SCHEME} commitment)"
-        ) from exc
+    return load_document(path, Commitment, what="commitment file", version=COMMITMENT_SCHEMA, legacy=_LEGACY)

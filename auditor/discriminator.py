@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import sklearn
-from pydantic import Field, FiniteFloat, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, FiniteFloat, ValidationInfo, field_validator
 from scipy.special import expit
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
@@ -37,11 +37,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from auditor.config import FrozenModel
-from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text, read_json
-from auditor.keys import format_validation_error
+from auditor.documents import check_version, parse_json, read_bytes, validate
+from auditor.fileio import atomic_write_text
 
-FORMAT = "t2i-auditor-discriminator-v1"
+SCHEMA = "t2i-auditor.discriminator/v1"
+# what files written before the version field had its one name carry instead
+LEGACY = {"format": "t2i-auditor-discriminator-v1"}
 SUMMARY_FEATURES = (
     "mean",
     "median",
@@ -177,7 +178,7 @@ class ClassCounts(FrozenModel):
 class DiscriminatorRecord(FrozenModel):
     """Everything needed to score a model, and to judge whether the discriminator fits the audit."""
 
-    format: Literal["t2i-auditor-discriminator-v1"] = FORMAT
+    schema_version: Literal["t2i-auditor.discriminator/v1"] = SCHEMA
     sklearn_version: str = Field(
         description="the scikit-learn that fitted it (informational: scoring needs none)"
     )
@@ -464,14 +465,8 @@ class Discriminator:
     @classmethod
     def from_dict(cls, data: Any, source: str = "discriminator record") -> Discriminator:
         """Validate a record (as from `to_dict`); errors are BadInputError naming `source` and the field."""
-        if not isinstance(data, dict):
-            raise BadInputError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        if data.get("format") != FORMAT:
-            raise BadInputError(f"{source}: field 'format': expected {FORMAT!r}, got {data.get('format')!r}")
-        try:
-            record = DiscriminatorRecord.model_validate(data)
-        except ValidationError as exc:
-            raise BadInputError(f"{source}: {format_validation_error(exc)}") from None
+        data = check_version(data, source, SCHEMA, "discriminator", LEGACY)
+        record = validate(DiscriminatorRecord, data, source)
         discriminator = cls(
             delta0=record.delta0, cv_folds=record.cv_folds or 5, random_state=record.random_state
         )
@@ -480,11 +475,7 @@ class Discriminator:
 
     def save(self, path: str | os.PathLike[str], keyset_digest: str | None = None) -> Path:
         """Write the JSON atomically, bound to the keyset it was trained for."""
-        data = self.to_dict(keyset_digest)
-        try:
-            record = DiscriminatorRecord.model_validate(data)
-        except ValidationError as exc:
-            raise BadInputError(f"{path}: {format_validation_error(exc)}") from None
+        record = validate(DiscriminatorRecord, self.to_dict(keyset_digest), str(path))
         text = json.dumps(record.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
         written = atomic_write_text(path, text)
         self._set_record(record)
@@ -493,5 +484,5 @@ class Discriminator:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Discriminator:
         """Read and validate a saved discriminator; nothing in the file is executed."""
-        raw = read_json(path, "expected a discriminator JSON file, none found")
-        return cls.from_dict(raw, source=str(Path(path)))
+        where = str(Path(path))
+        return cls.from_dict(parse_json(read_bytes(path, "discriminator file"), where), source=where)

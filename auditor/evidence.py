@@ -19,7 +19,6 @@ you said it was".
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import secrets
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auditor.documents import parse_json, read_bytes
 from auditor.errors import BadInputError, VerificationError
 from auditor.fileio import sha256_bytes
 from auditor.report import AttributionReport, parse_report
@@ -213,34 +213,15 @@ def read_report_or_envelope(path: str | os.PathLike[str]) -> LoadedReport:
     from auditor.signing import parse_envelope
 
     p = Path(path)
-    data_bytes = read_file(p, "report")
-    try:
-        data = json.loads(data_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(
-            f"{p}: expected JSON (a report or a DSSE envelope), could not parse it ({exc})"
-        ) from None
+    data_bytes = read_bytes(p, "report or envelope file")
+    data = parse_json(data_bytes, str(p))
     if isinstance(data, dict) and {"payload", "payloadType", "signatures"} <= data.keys():
         envelope, _ = parse_envelope(data_bytes, str(p))
-        try:
-            statement = json.loads(envelope.payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"{p}: envelope payload is not JSON ({exc})") from None
+        statement = parse_json(envelope.payload, f"{p}: envelope payload")
         if not isinstance(statement, dict) or "predicate" not in statement:
             raise BadInputError(f"{p}: envelope payload is not an in-toto Statement with a predicate")
         return LoadedReport(parse_report(statement["predicate"], f"{p}: envelope predicate"), signed=True)
     return LoadedReport(parse_report(data, str(p)), signed=False)
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise BadInputError(f"{path}: is a folder, expected a {what} file") from None
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read {what} file ({exc.strerror})") from None
 
 
 def key_pngs(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> dict[str, bytes]:
@@ -255,7 +236,7 @@ def key_pngs(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> dic
         )
     out = {}
     for key in keyset.keys:
-        data = read_file(root / key.image, "key image")
+        data = read_bytes(root / key.image, "key image")
         if sha256_bytes(data) != key.image_sha256:  # changed since load_keyset hashed it
             raise VerificationError(f"{root / key.image}: sha256 does not match keys.json")
         out[key.id] = data
@@ -279,7 +260,7 @@ def regeneration_pngs(report: AttributionReport, images_dir: str | os.PathLike[s
             path = root / f"{sha}.png"
             if not path.is_file():
                 continue
-            data = read_file(path, "regenerated image")
+            data = read_bytes(path, "regenerated image")
             if sha256_bytes(data) != sha:
                 raise VerificationError(f"{path}: content sha256 {sha256_bytes(data)} differs from its name")
             out[sha] = data

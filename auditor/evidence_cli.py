@@ -65,10 +65,11 @@ def cmd_keys_commit(args: argparse.Namespace, ctx) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, ctx) -> int:
-    from auditor.evidence import read_file, verify_signed_report_details
+    from auditor.documents import read_bytes
+    from auditor.evidence import verify_signed_report_details
 
     path = Path(args.envelope)
-    envelope_bytes = read_file(path, "envelope")
+    envelope_bytes = read_bytes(path, "envelope file")
     verified = verify_signed_report_details(envelope_bytes, args.key, args.keys, source=str(path))
     report = verified.report
     cal = report.verdict.calibration

@@ -17,20 +17,6 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
-def read_json(path: str | os.PathLike[str], missing: str) -> Any:
-    """Parsed JSON, or a one-line BadInputError naming the file: `missing` when it is
-    absent, the parser's complaint when it is not JSON."""
-    from auditor.errors import BadInputError
-
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: {missing}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{p}: expected JSON, could not parse it ({exc})") from None
-
-
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
     """Write `data` to `path` so that readers never see a partial file."""
     target = Path(path)

@@ -16,7 +16,6 @@ unpickler can read them.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from auditor.documents import parse_json
 from auditor.errors import BadInputError
 from auditor.fileio import canonical_json, sha256_bytes
 
@@ -211,9 +211,9 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
             )
         raw = handle.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{file}: malformed safetensors file (header is not JSON: {exc})") from exc
+        header = parse_json(raw, "header")
+    except BadInputError as exc:
+        raise BadInputError(f"{file}: malformed safetensors file ({exc})") from None
     if not isinstance(header, dict):
         raise BadInputError(f"{file}: malformed safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)

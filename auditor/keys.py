@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from auditor.config import FrozenModel, GenerationSettings
+from auditor.documents import load_document
 from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text, canonical_json, read_json, sha256_bytes
+from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.images import read_png, save_png
 
 KEYSET_SCHEMA = "t2i-auditor.keyset/v1"
@@ -99,15 +100,7 @@ def load_keyset(directory: str | os.PathLike[str]) -> tuple[KeySet, np.ndarray]:
     path = root / KEYS_FILE
     if not path.is_file():
         raise BadInputError(f"{root}: expected a keyset folder with {KEYS_FILE}, none found")
-    raw = read_json(path, "keyset file not found")
-    if isinstance(raw, dict) and raw.get("schema_version") not in (None, KEYSET_SCHEMA):
-        raise BadInputError(
-            f"{path}: schema_version {raw.get('schema_version')!r} is not supported (expected {KEYSET_SCHEMA!r})"
-        )
-    try:
-        keyset = KeySet.model_validate(raw)
-    except ValidationError as exc:
-        raise BadInputError(f"{path}: {format_validation_error(exc)}") from None
+    keyset = load_document(path, KeySet, what="keyset file", version=KEYSET_SCHEMA)
     images = []
     for key in keyset.keys:
         image, data = read_png(root / key.image)
@@ -123,11 +116,3 @@ def load_keyset(directory: str | os.PathLike[str]) -> tuple[KeySet, np.ndarray]:
             )
         images.append(image)
     return keyset, np.stack(images)
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """Pydantic's multi-line report -> one line naming the first offending field."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"field '{field}': {err['msg']}{more}"

@@ -47,6 +47,7 @@ import numpy as np
 from pydantic import Field
 
 from auditor.config import FrozenModel, GenerationSettings
+from auditor.documents import parse_json
 from auditor.errors import BadInputError, TransientError
 from auditor.fileio import canonical_json, sha256_bytes
 from auditor.generation import BackendInfo
@@ -392,9 +393,9 @@ class HttpGenerator:
 
     def _extract_png(self, data: bytes) -> bytes:
         try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _Retryable("malformed JSON in the response", network=False) from None
+            obj = parse_json(data, "response")
+        except BadInputError as exc:  # syntax, depth, number size, NaN, duplicate keys
+            raise _Retryable(f"malformed JSON in the {exc}", network=False) from None
         if not isinstance(obj, dict):
             raise _Retryable("response is not a JSON object", network=False)
         if self.options.api == "a1111":

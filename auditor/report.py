@@ -17,16 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 import auditor
 from auditor.audit import AuditResult, KeyResult, fixed_threshold_verdict
 from auditor.calibration import CalibratedVerdict, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
+from auditor.documents import check_version, load_document, validate
 from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text, read_json
+from auditor.fileio import atomic_write_text
 from auditor.generation import BackendInfo
-from auditor.keys import KeySet, ModelRef, Strategy, format_validation_error
+from auditor.keys import KeySet, ModelRef, Strategy
 
 REPORT_SCHEMA = "t2i-auditor.report/v1"
 VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
@@ -244,22 +245,14 @@ def save_report(report: AttributionReport, path: str | os.PathLike[str]) -> Path
     return atomic_write_text(path, report_json(report))
 
 
-def parse_report(data: dict, where: str) -> AttributionReport:
-    if not isinstance(data, dict):
-        raise BadInputError(f"{where}: expected a JSON object (an attribution report)")
-    version = data.get("schema_version")
-    if version != REPORT_SCHEMA:
-        raise BadInputError(
-            f"{where}: schema_version {version!r} is not supported (expected {REPORT_SCHEMA!r})"
-        )
-    try:
-        return AttributionReport.model_validate(data)
-    except ValidationError as exc:
-        raise BadInputError(f"{where}: {format_validation_error(exc)}") from None
+def parse_report(data: object, where: str) -> AttributionReport:
+    """A report from parsed JSON (a file's, or an envelope's predicate)."""
+    data = check_version(data, where, REPORT_SCHEMA, "attribution report")
+    return validate(AttributionReport, data, where)
 
 
 def load_report(path: str | os.PathLike[str]) -> AttributionReport:
-    return parse_report(read_json(path, "report not found"), str(Path(path)))
+    return load_document(path, AttributionReport, what="report", version=REPORT_SCHEMA)
 
 
 def report_schema() -> dict:

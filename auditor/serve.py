@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from auditor.config import GenerationSettings
-from auditor.errors import AuditorError
+from auditor.documents import parse_json
+from auditor.errors import AuditorError, BadInputError
 from auditor.images import encode_png
 from auditor.remote import A1111_PATH, A1111_SAMPLERS, GENERIC_PATH
 
@@ -144,12 +145,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         generic = path == GENERIC_PATH
         try:
-            body = json.loads(self.rfile.read(length))
+            body = parse_json(self.rfile.read(length), "request body")
             if not isinstance(body, dict):
                 raise _BadRequest("expected a JSON object")
             prompt, seed, settings = self.server.settings_for(body, generic)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            self._send(400, {"error": "malformed JSON"})
+        except BadInputError as exc:  # syntax, depth, number size, NaN, duplicate keys
+            self._send(400, {"error": f"malformed JSON: {exc}"})
             return
         except _BadRequest as exc:
             self._send(400, {"error": str(exc)})

@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from auditor.audit import run_audit
 from auditor.config import AuditConfig, FrozenModel
+from auditor.documents import load_document
 from auditor.errors import BadInputError
 from auditor.identity import hash_model
-from auditor.keys import KeySet, format_validation_error
+from auditor.keys import KeySet
 from auditor.progress import Reporter
 
-SHADOW_FORMAT = "t2i-auditor-shadows-v1"
+SHADOW_SCHEMA = "t2i-auditor.shadow-set/v1"
+# files written before the version field had its one name
+_LEGACY = {"format": "t2i-auditor-shadows-v1"}
 
 
 class ShadowModel(FrozenModel):
@@ -36,19 +39,14 @@ class ShadowModel(FrozenModel):
 
 
 class ShadowSet(FrozenModel):
-    format: Literal["t2i-auditor-shadows-v1"] = SHADOW_FORMAT
+    schema_version: Literal["t2i-auditor.shadow-set/v1"] = SHADOW_SCHEMA
     models: tuple[ShadowModel, ...] = Field(min_length=2)
 
 
 def load_shadows(path: str | Path) -> tuple[ShadowSet, Path]:
     """The shadow set and the folder its relative paths are relative to."""
     p = Path(path)
-    try:
-        shadows = ShadowSet.model_validate_json(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{p}: shadow-set file not found") from None
-    except ValidationError as exc:
-        raise BadInputError(f"{p}: {format_validation_error(exc)}") from None
+    shadows = load_document(p, ShadowSet, what="shadow-set file", version=SHADOW_SCHEMA, legacy=_LEGACY)
     labels = {m.label for m in shadows.models}
     if labels != {0, 1}:
         raise BadInputError(f"{p}: models: expected both infringing (label 1) and innocent (label 0) shadows")

@@ -36,6 +36,7 @@ from securesystemslib.exceptions import UnverifiedSignatureError
 from securesystemslib.exceptions import VerificationError as SSlibVerificationError
 from securesystemslib.signer import CryptoSigner, Signature, SSlibKey
 
+from auditor.documents import parse_json
 from auditor.errors import BadInputError, VerificationError
 from auditor.fileio import atomic_write_bytes, canonical_json
 
@@ -189,10 +190,7 @@ def parse_envelope(
     Shape errors are bad input (a truncated or edited file, not a forged one), which
     the CLI reports with a different exit code than a signature that does not verify.
     """
-    try:
-        data = json.loads(envelope_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{source}: not JSON (expected a DSSE envelope): {exc}") from exc
+    data = parse_json(envelope_bytes, f"{source} (a DSSE envelope)")
     if not isinstance(data, dict):
         raise BadInputError(f"{source}: expected a DSSE envelope JSON object")
     for field in ("payload", "payloadType", "signatures"):
@@ -252,24 +250,12 @@ def verify_envelope(
     return _parse_statement(envelope.payload, predicate_type, source)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Duplicate keys would let two JSON parsers read two different statements from one signature."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def _parse_statement(payload: bytes, predicate_type: str | None, source: str) -> dict[str, Any]:
     """A correctly signed payload that is not the expected Statement still attests nothing we asked."""
     try:
-        statement = json.loads(payload.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise VerificationError(
-            f"{source}: signed payload is not JSON with unique keys (expected an in-toto Statement): {exc}"
-        ) from exc
+        statement = parse_json(payload, "signed payload")
+    except BadInputError as exc:  # signed, yet not a Statement: it attests nothing asked of it
+        raise VerificationError(f"{source}: {exc} (expected an in-toto Statement)") from None
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise VerificationError(f"{source}: signed payload is not an in-toto Statement v1")
     subject = statement.get("subject")

@@ -54,7 +54,6 @@ from export.contract import (
 )
 from export.errors import ExportError, ParityError
 from export.manifest import (
-    BUNDLE_FORMAT,
     MANIFEST_NAME,
     BundleManifest,
     ComponentRecord,
@@ -547,7 +546,6 @@ def export_bundle(
             vae_force_upcast=bool(getattr(source.vae.config, "force_upcast", False)),
         )
         manifest = BundleManifest(
-            format=BUNDLE_FORMAT,
             created_by=f"t2i-auditor {_tool_versions(False)['t2i-auditor']}",
             source=SourceRecord(
                 name=identity.name,

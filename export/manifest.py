@@ -22,20 +22,22 @@ Layout (paths relative to the bundle root):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field
 
 from auditor.config import FrozenModel
+from auditor.documents import load_document
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text, sha256_file
 from export.contract import ComponentContract, ComponentName, ExportShapes, ParityRecord, Precision
 from export.errors import BackendUnavailable, BundleIntegrityError
 
-BUNDLE_FORMAT = "t2i-auditor-engine-bundle-v1"
+BUNDLE_SCHEMA = "t2i-auditor.engine-bundle/v1"
+# manifests written before the version field had its one name
+_LEGACY = {"format": "t2i-auditor-engine-bundle-v1"}
 MANIFEST_NAME = "bundle.json"
 _HEX64 = r"^[0-9a-f]{64}$"
 
@@ -118,7 +120,7 @@ class EngineRecord(FrozenModel):
 
 
 class BundleManifest(FrozenModel):
-    format: str = BUNDLE_FORMAT
+    schema_version: Literal["t2i-auditor.engine-bundle/v1"] = BUNDLE_SCHEMA
     created_by: str
     source: SourceRecord
     precision: Precision
@@ -200,20 +202,7 @@ def read_manifest(root: str | os.PathLike[str]) -> BundleManifest:
             f"{root}: not an engine bundle ({MANIFEST_NAME} is missing); create one with"
             " `t2i-audit export MODEL --out BUNDLE`"
         )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: expected a JSON bundle manifest ({exc})") from None
-    if isinstance(raw, dict) and raw.get("format") != BUNDLE_FORMAT:
-        raise BadInputError(
-            f"{path}: bundle format {raw.get('format')!r}, expected {BUNDLE_FORMAT!r}; re-export it"
-        )
-    try:
-        return BundleManifest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise BadInputError(f"{path}: invalid bundle manifest ({where}: {first['msg']})") from None
+    return load_document(path, BundleManifest, what="bundle manifest", version=BUNDLE_SCHEMA, legacy=_LEGACY)
 
 
 def verify_files(root: Path, manifest: BundleManifest) -> None:

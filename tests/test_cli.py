@@ -239,7 +239,7 @@ def test_audit_refuses_a_bad_discriminator(capsys, keyset_dir, tiny_pipeline, tm
 def test_shadow_fit_refuses_a_one_class_shadow_set(capsys, keyset_dir, tiny_pipeline, tmp_path):
     shadows = tmp_path / "shadows.json"
     models = [{"name": f"s{i}", "path": str(tiny_pipeline), "label": 1} for i in range(3)]
-    shadows.write_text(json.dumps({"format": "t2i-auditor-shadows-v1", "models": models}))
+    shadows.write_text(json.dumps({"schema_version": "t2i-auditor.shadow-set/v1", "models": models}))
     code, _, err = run(
         capsys, "shadow", "fit", "--keys", str(keyset_dir), "--shadows", str(shadows), "--out", str(tmp_path / "d")
     )  # fmt: skip

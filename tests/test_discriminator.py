@@ -10,7 +10,7 @@ from scipy.special import expit
 
 from auditor.discriminator import (
     CANDIDATES,
-    FORMAT,
+    SCHEMA,
     Discriminator,
     feature_names,
     features,
@@ -221,7 +221,7 @@ def test_constructor_and_fit_reject_bad_arguments() -> None:
 def test_save_load_round_trip_is_exact(fitted: Discriminator, tmp_path: Path) -> None:
     path = fitted.save(tmp_path / "disc.json", keyset_digest=DIGEST)
     raw = json.loads(path.read_text())
-    assert raw["format"] == FORMAT
+    assert raw["schema_version"] == SCHEMA
     assert raw["keyset_digest"] == DIGEST
     assert isinstance(raw["sklearn_version"], str) and raw["sklearn_version"]
     loaded = Discriminator.load(path)
@@ -247,8 +247,8 @@ def test_save_refuses_a_malformed_keyset_digest(fitted: Discriminator, tmp_path:
 
 
 def _corrupt(data: dict, change: str) -> dict:
-    if change == "format":
-        data["format"] = "t2i-auditor-discriminator-v0"
+    if change == "version":
+        data["schema_version"] = "t2i-auditor.discriminator/v0"
     elif change == "missing_coef":
         del data["coef"]
     elif change == "short_coef":
@@ -273,12 +273,12 @@ def _corrupt(data: dict, change: str) -> dict:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ("format", "format"),
+        ("version", "schema_version"),
         ("missing_coef", "coef"),
         ("short_coef", "coef"),
         ("short_mean", "scaler_mean"),
-        ("infinite_intercept", "intercept"),
-        ("nan_coef", "coef"),
+        ("infinite_intercept", "Infinity"),
+        ("nan_coef", "NaN"),
         ("zero_scale", "scaler_scale"),
         ("num_keys", "feature_names"),
         ("extra", "pickle"),
@@ -293,7 +293,23 @@ def test_load_refuses_corrupted_files(fitted: Discriminator, tmp_path: Path, cha
         Discriminator.load(path)
     message = str(excinfo.value)
     assert str(path) in message
-    assert re.search(rf"field '{re.escape(field)}(\.[0-9]+)?'", message), message
+    # a field by name, or a value the strict JSON reader refuses before validation
+    assert re.search(rf"field '{re.escape(field)}(\.[0-9]+)?'|{field} is not a number", message) or (
+        field == "schema_version" and "schema_version" in message
+    ), message
+
+
+def test_files_written_before_the_version_field_was_renamed_still_load(fitted, tmp_path: Path) -> None:
+    data = fitted.to_dict(DIGEST)
+    data["format"] = data.pop("schema_version").replace(
+        "t2i-auditor.discriminator/v1", "t2i-auditor-discriminator-v1"
+    )
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert Discriminator.load(tmp_path / "old.json").to_dict() == fitted.to_dict(DIGEST)
+    data["format"] = "t2i-auditor-discriminator-v0"
+    (tmp_path / "older.json").write_text(json.dumps(data))
+    with pytest.raises(BadInputError, match="expected schema_version 't2i-auditor.discriminator/v1'"):
+        Discriminator.load(tmp_path / "older.json")
 
 
 def test_load_refuses_non_json_and_missing_files(tmp_path: Path) -> None:
@@ -304,7 +320,7 @@ def test_load_refuses_non_json_and_missing_files(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(BadInputError, match="JSON object"):
         Discriminator.load(path)
-    with pytest.raises(BadInputError, match="none found"):
+    with pytest.raises(BadInputError, match="not found"):
         Discriminator.load(tmp_path / "absent.json")
 
 

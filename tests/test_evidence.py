@@ -299,7 +299,7 @@ def test_bad_inputs_exit_2(world: World, tmp_path: Path, capsys: pytest.CaptureF
     truncated = tmp_path / "truncated.json"
     truncated.write_bytes(data[: len(data) // 2])
     code, _, err = run(capsys, "verify", truncated, "--key", world.public)
-    assert code == 2 and "not JSON" in err
+    assert code == 2 and "expected JSON" in err
 
     bad_b64 = tmp_path / "b64.json"
     doc = json.loads(data)
