@@ -170,7 +170,9 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BadInputError(f"{where}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})") from None
+        raise BadInputError(
+            f"{where}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})"
+        ) from None
     except RecursionError:
         raise BadInputError(f"{where}: not accepted YAML: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer past Python's digit limit
