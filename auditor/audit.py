@@ -15,11 +15,11 @@ import time
 import numpy as np
 from pydantic import Field
 
+from auditor.backends import BackendInfo, Generator
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.distance import get_distance
 from auditor.errors import BadInputError
 from auditor.fileio import sha256_bytes
-from auditor.generation import BackendInfo, Generator
 from auditor.images import encode_png, to_float
 from auditor.keys import KeySet
 

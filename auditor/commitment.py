@@ -32,6 +32,7 @@ from auditor.errors import BadInputError, VerificationError
 from auditor.fileio import atomic_write_text
 
 SCHEME = "sha256-salted-v1"
+COMMITMENT_FILE = "commitment.json"  # inside the keyset folder it commits to
 COMMITMENT_SCHEMA = "t2i-auditor.commitment/v1"
 # commitments written before the version field existed carry none: they are v1
 _LEGACY = {"schema_version": ""}

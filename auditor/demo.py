@@ -17,19 +17,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from auditor.audit import fixed_threshold_verdict, run_audit
+from auditor.audit import fixed_threshold_verdict
+from auditor.backends import SuspectSpec, open_suspect
 from auditor.config import AuditConfig, FrozenModel
-from auditor.evidence import write_signed_report
 from auditor.fileio import atomic_write_text, sha256_bytes
-from auditor.generation import TorchGenerator
 from auditor.identity import hash_model
 from auditor.images import encode_png
 from auditor.keys import ModelRef, save_keyset
 from auditor.progress import Reporter
-from auditor.report import SuspectRef, build_report, reference_result, save_report
 from auditor.selection import SelectionConfig, select_keys
 from auditor.signing import generate_keypair
 from auditor.views import VERDICT_STYLE, distance_shares, render_report_html
+from auditor.workflow import Audit, LoadedKeys, resolve_settings, save_outcome
 from auditor.zoo.build import PRESETS, build_zoo
 from auditor.zoo.data import load_dataset
 
@@ -85,8 +84,8 @@ def run_demo(
 
     t = time.perf_counter()
     train = load_dataset(zoo.source_train)
-    source = TorchGenerator(zoo.source, device="cpu")
-    base = TorchGenerator(zoo.base, device="cpu")
+    source = open_suspect(SuspectSpec(model=zoo.source, device="cpu"))
+    base = open_suspect(SuspectSpec(model=zoo.base, device="cpu"))
     settings = PRESETS[preset].generation
     keyset, images = select_keys(
         SelectionConfig(strategy=strategy),
@@ -109,30 +108,30 @@ def run_demo(
 
     config = AuditConfig()
     t = time.perf_counter()
-    references = []
-    for name, path in {"base": zoo.base, **zoo.references}.items():
-        result = run_audit(TorchGenerator(path, device="cpu"), keyset, images, config, reporter=reporter)
-        references.append(reference_result(name, hash_model(path).digest, result))
+    keys = LoadedKeys(out / "keys", keyset, images, commitment=None)
+    references = {"base": zoo.base, **zoo.references}
+    audit = Audit(
+        keys=keys,
+        config=config,
+        settings=resolve_settings(keyset),
+        references=tuple(SuspectSpec(model=str(path), device="cpu") for path in references.values()),
+        reference_names=tuple(references),
+        signing_key=_demo_signing_key(out),
+    )
+    reference_results = audit.reference_results(reporter)
     timings["references"] = time.perf_counter() - t
 
-    signing_key = _demo_signing_key(out)
     key_pngs = {key.id: encode_png(image) for key, image in zip(keyset.keys, images, strict=True)}
     rows = []
     for name, path in zoo.suspects.items():
         t = time.perf_counter()
         regenerated: list[np.ndarray] = []
-        generator = TorchGenerator(path, device="cpu")
-        result = run_audit(generator, keyset, images, config, reporter=reporter, images_out=regenerated)
-        report = build_report(
-            result=result,
-            keyset=keyset,
-            suspect=SuspectRef(name=name, digest=hash_model(path).digest),
-            config=config,
-            references=tuple(references),
+        outcome = audit.run(
+            SuspectSpec(model=str(path), device="cpu"), name=name, reporter=reporter, images_out=regenerated
         )
+        report = outcome.report
         report_path = out / "reports" / f"{name}.json"
-        write_signed_report(report, signing_key, report_path.with_suffix(".dsse.json"))
-        save_report(report, report_path)
+        save_outcome(outcome, report_path, audit.signing_key)
         regen_pngs = {
             sha256_bytes(png): png for png in (encode_png(im) for batch in regenerated for im in batch)
         }
@@ -143,6 +142,7 @@ def run_demo(
             provenance=f"Demo report {name}.json, signed with the demo key in {out.name}/ (demo-owner.pub).",
         )
         atomic_write_text(report_path.with_suffix(".html"), page)
+        result = report.summary
         calibration = report.verdict.calibration
         rows.append(
             DemoSuspect(
@@ -156,7 +156,7 @@ def run_demo(
                 p_value=calibration.p_value if calibration else None,
                 mean_distance=result.mean_distance,
                 best_distance=result.best_distance,
-                shares=distance_shares(result.distances()),
+                shares=distance_shares([k.distance for k in report.results]),
                 report=str(report_path),
                 model=str(path),
             )
@@ -168,7 +168,7 @@ def run_demo(
         keyset_digest=keyset.digest,
         strategy=strategy,
         num_keys=len(keyset.keys),
-        references={r.name: r.conf for r in references},
+        references={name: r.conf for name, r in zip(references, reference_results, strict=True)},
         suspects=tuple(rows),
         timings={k: round(v, 2) for k, v in timings.items()},
     )

@@ -39,3 +39,14 @@ class TransientError(AuditorError):
     """A failure that may pass on retry (network, busy device)."""
 
     exit_code = EXIT_TRANSIENT
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (its first line, whitespace folded), or its type's name.
+
+    Third-party libraries raise multi-line messages with advice (and sometimes values);
+    our errors carry one line only.
+    """
+    text = str(exc).strip()
+    line = " ".join(text.splitlines()[0].split())[:limit] if text else ""
+    return line or type(exc).__name__

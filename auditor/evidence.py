@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auditor.commitment import COMMITMENT_FILE
 from auditor.documents import parse_json, read_bytes
 from auditor.errors import BadInputError, VerificationError
 from auditor.fileio import sha256_bytes
 from auditor.report import AttributionReport, parse_report
 
-COMMITMENT_FILE = "commitment.json"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 

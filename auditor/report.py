@@ -21,12 +21,12 @@ from pydantic import Field
 
 import auditor
 from auditor.audit import AuditResult, KeyResult, fixed_threshold_verdict
+from auditor.backends import BackendInfo
 from auditor.calibration import CalibratedVerdict, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.documents import check_version, load_document, validate
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text
-from auditor.generation import BackendInfo
 from auditor.keys import KeySet, ModelRef, Strategy
 
 REPORT_SCHEMA = "t2i-auditor.report/v1"

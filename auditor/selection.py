@@ -20,11 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
+from auditor.backends import Generator
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.distance import get_distance
 from auditor.errors import BadInputError
 from auditor.fileio import sha256_bytes
-from auditor.generation import Generator
 from auditor.images import encode_png, to_float
 from auditor.keys import Key, KeySet, ModelRef, SelectionRecord, Strategy
 from auditor.progress import Reporter

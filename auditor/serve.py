@@ -24,18 +24,13 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+import auditor.backends._a1111 as a1111
 from auditor.config import GenerationSettings
 from auditor.documents import parse_json
 from auditor.errors import AuditorError, BadInputError
 from auditor.images import encode_png
-from auditor.remote import A1111_PATH, A1111_SAMPLERS, GENERIC_PATH
 
 MAX_REQUEST_BYTES = 1 << 20
-SAMPLER_TO_SCHEDULER = {v.lower(): k for k, v in A1111_SAMPLERS.items()} | {
-    "euler_a": "euler_a",
-    "dpm++ 2m karras": "dpm++",
-    "ddim": "ddim",
-}
 
 
 class _BadRequest(Exception):
@@ -71,23 +66,10 @@ class SuspectServer(ThreadingHTTPServer):
             raise _BadRequest("'seed': expected an integer")
         if seed < 0:  # AUTOMATIC1111: -1 is a random seed
             seed = secrets.randbelow(2**32)
-        values = self.defaults.model_dump()
-        if "steps" in body:
-            values["steps"] = body["steps"]
-        if not generic:
-            if body.get("batch_size", 1) != 1 or body.get("n_iter", 1) != 1:
-                raise _BadRequest("'batch_size' and 'n_iter': only 1 is supported")
-            for src, dst in (("cfg_scale", "guidance_scale"), ("width", "width"), ("height", "height")):
-                if src in body:
-                    values[dst] = body[src]
-            if "negative_prompt" in body:
-                values["negative_prompt"] = body["negative_prompt"] or ""
-            sampler = body.get("sampler_name")
-            if sampler:
-                scheduler = SAMPLER_TO_SCHEDULER.get(str(sampler).lower())
-                if scheduler is None:
-                    raise _BadRequest(f"'sampler_name': {sampler!r} is not supported")
-                values["scheduler"] = scheduler
+        try:
+            values = a1111.settings_values(body, self.defaults.model_dump(), generic)
+        except a1111.PayloadError as exc:
+            raise _BadRequest(str(exc)) from None
         try:
             settings = GenerationSettings.model_validate(values)
         except ValidationError as exc:
@@ -125,14 +107,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif path == "/sdapi/v1/samplers":
             self._send(
-                200, [{"name": name, "aliases": [], "options": {}} for name in A1111_SAMPLERS.values()]
+                200, [{"name": name, "aliases": [], "options": {}} for name in a1111.SAMPLERS.values()]
             )
         else:
             self._send(404, {"error": f"no such endpoint: {path}"})
 
     def do_POST(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
-        if path not in (A1111_PATH, GENERIC_PATH):
+        if path not in (a1111.A1111_PATH, a1111.GENERIC_PATH):
             self._send(404, {"error": f"no such endpoint: {path}"})
             return
         try:
@@ -143,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_REQUEST_BYTES:
             self._send(413, {"error": f"request body must be 1 to {MAX_REQUEST_BYTES} bytes"})
             return
-        generic = path == GENERIC_PATH
+        generic = path == a1111.GENERIC_PATH
         try:
             body = parse_json(self.rfile.read(length), "request body")
             if not isinstance(body, dict):
@@ -167,15 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         if generic:
             self._send(200, {"image": encoded})
             return
-        parameters = {
-            "prompt": prompt,
-            "seed": seed,
-            "steps": settings.steps,
-            "cfg_scale": settings.guidance_scale,
-            "width": settings.width,
-            "height": settings.height,
-            "sampler_name": A1111_SAMPLERS[settings.scheduler],
-        }
+        parameters = a1111.response_parameters(prompt, seed, settings)
         self._send(200, {"images": [encoded], "parameters": parameters, "info": json.dumps({"seed": seed})})
 
 

@@ -17,13 +17,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from auditor.audit import run_audit
+from auditor.backends import SuspectSpec
 from auditor.config import AuditConfig, FrozenModel
 from auditor.documents import load_document
 from auditor.errors import BadInputError
 from auditor.identity import hash_model
-from auditor.keys import KeySet
 from auditor.progress import Reporter
+from auditor.workflow import LoadedKeys, audit_model, resolve_settings
 
 SHADOW_SCHEMA = "t2i-auditor.shadow-set/v1"
 # files written before the version field had its one name
@@ -56,16 +56,14 @@ def load_shadows(path: str | Path) -> tuple[ShadowSet, Path]:
 def shadow_distances(
     shadows: ShadowSet,
     root: Path,
-    keyset: KeySet,
-    key_images: np.ndarray,
+    keys: LoadedKeys,
     config: AuditConfig,
     reporter: Reporter,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Audit every shadow with the keys: (n_shadows, M) distances and their labels."""
-    from auditor.generation import TorchGenerator
-
+    """Audit every shadow with the keys (the workflow's audit): (n_shadows, M) distances and labels."""
     rows, labels = [], []
+    settings = resolve_settings(keys.keyset)
     with reporter.task("shadow: audit shadow models", len(shadows.models)) as advance:
         for i, model in enumerate(shadows.models, start=1):
             path = Path(model.path) if Path(model.path).is_absolute() else root / model.path
@@ -73,9 +71,8 @@ def shadow_distances(
                 raise BadInputError(f"shadow {model.name}: {path} not found")
             if model.digest and hash_model(path).digest != model.digest:
                 raise BadInputError(f"shadow {model.name}: {path} does not match its recorded digest")
-            result = run_audit(
-                TorchGenerator(path, device=device), keyset, key_images, config, reporter=reporter
-            )
+            spec = SuspectSpec(model=str(path), device=device, batch_size=config.batch_size)
+            result, _ = audit_model(spec, keys, config, settings, reporter)
             rows.append(result.distances())
             labels.append(model.label)
             advance(i)

@@ -57,21 +57,16 @@ def _settings(args):
 
 
 def _load(backend: str, args, model: Path, bundle: Path | None):
-    from auditor.generation import load_generator
+    from auditor.backends import SuspectSpec, open_suspect
+    from auditor.backends.engines import open_bundle
 
     if backend == "torch":
-        return load_generator(
-            model, backend="torch", device=args.device, dtype=args.dtype, batch_size=args.batch_size
-        )
-    kwargs = {
-        "device": args.device,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "source_model": model,
-    }
+        spec = SuspectSpec(model=str(model), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+        return open_suspect(spec)
+    kwargs = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "model": model}
     if backend == "onnx":
         kwargs["threads"] = args.threads
-    return load_generator(bundle, backend=backend, **kwargs)
+    return open_bundle(bundle, backend=backend, **kwargs)
 
 
 def _peak_rss_mib() -> float:
@@ -89,7 +84,7 @@ def _rss_probe(args) -> int:
     import diffusers  # noqa: F401  - the libraries every backend imports, before the baseline
     import transformers  # noqa: F401
 
-    from auditor.generation import load_generator  # noqa: F401
+    from auditor.backends import open_suspect  # noqa: F401
 
     if args.rss_probe != "torch":
         import onnxruntime  # noqa: F401
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from export.trt import tensorrt_status
+    from auditor.backends.engines.trt import tensorrt_status
 
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         model = Path(args.model) if args.model else None
@@ -156,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             model = build_tiny_pipeline(tmp)
         bundle = Path(args.bundle) if args.bundle else None
         if bundle is None:
+            from auditor.backends.engines import engine_precision
             from export.exporter import export_bundle
-            from export.generators import engine_precision
 
             start = time.perf_counter()
             precision = engine_precision(args.dtype)
@@ -201,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  peak RSS {rss_text}  max |pixel - torch| {diff}/255  runs [{runs}]"
             )
         if args.dtype == "float16":  # fp16's cost in image quality: PSNR against torch fp32
-            from auditor.generation import load_generator
+            from auditor.backends import SuspectSpec, open_suspect
             from auditor.watermark import psnr
 
-            fp32 = load_generator(model, backend="torch", device=args.device, batch_size=args.batch_size)
+            fp32 = open_suspect(SuspectSpec(model=str(model), device=args.device, batch_size=args.batch_size))
             reference = fp32.generate(prompts, seeds, settings)
             for name in backends:
                 print(f"{name:9s} PSNR against torch float32: {psnr(images[name], reference):.1f} dB")

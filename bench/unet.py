@@ -85,9 +85,9 @@ def _flops(unet, rows: int, latent: int, text: int, width: int) -> float:
 
 def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
     """The UNet's fp32 (and fp16) ONNX graphs through the project's exporter; reused from workdir."""
-    from export.contract import ExportShapes, build_contracts
-    from export.exporter import EXTERNAL_DATA_MIN_BYTES, _graph_modules, export_onnx, half_graph
-    from export.generators import engine_precision
+    from auditor.backends.engines import engine_precision
+    from auditor.backends.engines.components import UNET, ExportShapes, build_contracts
+    from export.exporter import EXTERNAL_DATA_MIN_BYTES, export_onnx
 
     scale = args.height // latent
     shapes = ExportShapes(
@@ -101,8 +101,7 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
         batch_sizes=(args.images,),
     )
     contract = build_contracts(shapes)["unet"]
-    _, unet_graph, _ = _graph_modules()
-    module = unet_graph(unet).eval()
+    module = UNET.wrap(unet)
     graphs = {}
     for precision in sorted({"fp32", engine_precision(args.dtype)}):
         folder = workdir / f"unet-{args.arch}-{args.height}-{precision}"
@@ -110,7 +109,7 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
             start = time.perf_counter()
             staging = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)
-            graph = module if precision == "fp32" else half_graph(module, contract)
+            graph = module if precision == "fp32" else UNET.half(module)
             export_onnx(
                 graph, contract, shapes, 17, staging / "model.onnx", staging / "work", EXTERNAL_DATA_MIN_BYTES
             )
@@ -137,7 +136,8 @@ def _ort_runner(path: Path, device, threads: int):
     import numpy as np
     import torch
 
-    from export.ort import CPU_PROVIDER, CUDA_PROVIDER, available_providers, make_session
+    from auditor.backends.engines.components import UNET
+    from auditor.backends.engines.ort import CPU_PROVIDER, CUDA_PROVIDER, available_providers, make_session
 
     if device.type == "cuda":
         if CUDA_PROVIDER not in available_providers():
@@ -149,17 +149,13 @@ def _ort_runner(path: Path, device, threads: int):
         def run(sample, timestep, hidden):
             binding = session.io_binding()
             out = torch.empty_like(sample)
-            for name, tensor in (
-                ("sample", sample),
-                ("timestep", timestep),
-                ("encoder_hidden_states", hidden),
-            ):
+            for name, tensor in zip(UNET.input_names, (sample, timestep, hidden), strict=True):
                 tensor = tensor.contiguous()
                 binding.bind_input(
                     name, "cuda", device.index or 0, np.float32, tuple(tensor.shape), tensor.data_ptr()
                 )
             binding.bind_output(
-                "noise_pred", "cuda", device.index or 0, np.float32, tuple(out.shape), out.data_ptr()
+                UNET.output, "cuda", device.index or 0, np.float32, tuple(out.shape), out.data_ptr()
             )
             torch.cuda.synchronize(device)  # inputs written by torch's stream before ORT's reads them
             session.run_with_iobinding(binding)
@@ -169,20 +165,24 @@ def _ort_runner(path: Path, device, threads: int):
     session = make_session(path, [CPU_PROVIDER], threads)
 
     def run(sample, timestep, hidden):
-        feeds = {
-            "sample": sample.numpy(),
-            "timestep": timestep.numpy(),
-            "encoder_hidden_states": hidden.numpy(),
-        }
-        return torch.from_numpy(session.run(["noise_pred"], feeds)[0])
+        feeds = {n: t.numpy() for n, t in zip(UNET.input_names, (sample, timestep, hidden), strict=True)}
+        return torch.from_numpy(session.run([UNET.output], feeds)[0])
 
     return run, None
 
 
 def _trt_runner(path: Path, contract, precision: str, device, workdir: Path):
     """An engine from the project's engine cache (keyed by graph, TensorRT version, GPU), built on a miss."""
+    from auditor.backends.engines.components import UNET
+    from auditor.backends.engines.trt import (
+        EngineCache,
+        TrtEngine,
+        build_engine,
+        engine_key,
+        host_identity,
+        tensorrt_status,
+    )
     from auditor.fileio import sha256_file
-    from export.trt import EngineCache, TrtEngine, build_engine, engine_key, host_identity, tensorrt_status
 
     reason = tensorrt_status()
     if reason:
@@ -199,8 +199,7 @@ def _trt_runner(path: Path, contract, precision: str, device, workdir: Path):
     engine = TrtEngine(data, device)
 
     def run(sample, timestep, hidden):
-        feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
-        return engine(feeds)["noise_pred"]
+        return engine(dict(zip(UNET.input_names, (sample, timestep, hidden), strict=True)))[UNET.output]
 
     return run, None
 
@@ -230,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from export.exporter import quiet_hf
-    from export.generators import engine_precision
+    from auditor.backends._base import quiet_hf_libraries
+    from auditor.backends.engines import engine_precision
 
-    quiet_hf()
+    quiet_hf_libraries()
     torch.set_num_threads(args.threads)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

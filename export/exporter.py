@@ -15,7 +15,7 @@ go into the manifest, and a miss raises `ParityError` (exit 2) after the bundle 
 written with `parity_passed: false`, so engine backends refuse it and fall back.
 
 `--precision fp16` adds an fp16 graph per component beside the fp32 one, traced from an
-fp16 copy of the torch module. The precision has to live in the graph: TensorRT 11
+fp16 copy of the torch module (each component's fp16 rules: `ComponentSpec.half`). The precision has to live in the graph: TensorRT 11
 removed the FP16 builder flag (every network is strongly typed), and the same graph
 runs on ONNX Runtime, so it is validated here, on any host, against torch's fp32
 outputs at the fp16 tolerance.
@@ -26,7 +26,6 @@ transformers < 4.58, while this project runs transformers 5 (docs/export.md).
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import sys
@@ -37,23 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_bytes
-from auditor.progress import Reporter
-from export.contract import (
-    COMPONENTS,
-    DEFAULT_OPSET,
-    DEFAULT_TOLERANCES,
-    SUPPORTED_OPSETS,
-    ComponentContract,
-    ExportShapes,
-    ParityRecord,
-    Tolerance,
-    build_contracts,
-    compare,
-)
-from export.errors import ExportError, ParityError
-from export.manifest import (
+from auditor.backends.engines.bundle import (
     MANIFEST_NAME,
     BundleManifest,
     ComponentRecord,
@@ -63,222 +46,37 @@ from export.manifest import (
     SourceRecord,
     file_record,
     save_manifest,
+    save_validation,
 )
+from auditor.backends.engines.components import (
+    COMPONENTS,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCES,
+    SPECS,
+    SUPPORTED_OPSETS,
+    ComponentContract,
+    ComponentSpec,
+    ExportShapes,
+    ParityRecord,
+    Tolerance,
+    build_contracts,
+    compare,
+)
+from auditor.errors import BadInputError
+from auditor.progress import Reporter
+from export.errors import ExportError, ParityError
+from export.source import SourcePipeline
 
 # protobuf refuses messages over 2 GiB; leave room for the graph itself
 EXTERNAL_DATA_MIN_BYTES = 1_800_000_000
 VALIDATION_BATCH = 3  # differs from the trace batch (2), so a batch size baked into the graph shows
 TRACE_BATCH = 2
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
-
-
-def quiet_hf() -> None:
-    """No progress bars from diffusers/transformers loading inside a CLI command or a test."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
 
 
 # ---------------------------------------------------------------- graphs
 
 
-def _graph_modules():
-    import torch
-
-    class TextEncoderGraph(torch.nn.Module):
-        def __init__(self, text_encoder) -> None:
-            super().__init__()
-            self.text_encoder = text_encoder
-
-        def forward(self, input_ids):
-            return self.text_encoder(input_ids, return_dict=False)[0]
-
-    class UNetGraph(torch.nn.Module):
-        def __init__(self, unet) -> None:
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return self.unet(
-                sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False
-            )[0]
-
-    class VaeDecoderGraph(torch.nn.Module):
-        def __init__(self, vae) -> None:
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, latent_sample):
-            return self.vae.decode(latent_sample, return_dict=False)[0]
-
-    return TextEncoderGraph, UNetGraph, VaeDecoderGraph
-
-
-def half_graph(module, contract: ComponentContract, upcast_attention: bool = False):
-    """An fp16 copy of a graph module, float32 at the contract's boundary (Cast nodes in the graph).
-
-    Mirrors StableDiffusionPipeline at torch_dtype=float16: weights and activations fp16,
-    timesteps float32 (the UNet embeds them in fp32, then casts; Euler's fractional
-    timesteps would lose digits in fp16), token ids untouched, the VAE in fp16 whatever
-    its `force_upcast` says (the SD pipeline ignores it). A UNet configured with
-    `upcast_attention` (SD 2.x) gets diffusers' classic attention processor, which
-    computes QK^T and the softmax in fp32; the SDPA decomposition would run them in fp16,
-    and SD 2.x's attention overflows there. The text encoder gets transformers' eager
-    attention: its SDPA path traced in fp16 leaves a float32 tensor feeding an fp16
-    LayerNormalization, a graph ONNX Runtime refuses to load (measured with
-    transformers 5.23, torch 2.13).
-    """
-    import copy
-
-    import torch
-
-    class HalfPrecisionGraph(torch.nn.Module):
-        def __init__(self, inner, cast: tuple[bool, ...]) -> None:
-            super().__init__()
-            self.inner = inner
-            self.cast = cast
-
-        def forward(self, *args):
-            args = [a.half() if cast else a for a, cast in zip(args, self.cast, strict=True)]
-            return self.inner(*args).float()
-
-    inner = copy.deepcopy(module).half().eval()
-    if contract.component == "text_encoder":
-        inner.text_encoder.set_attn_implementation("eager")
-    if upcast_attention:
-        from diffusers.models.attention_processor import AttnProcessor
-
-        inner.unet.set_attn_processor(AttnProcessor())
-    cast = tuple(spec.dtype == "float32" and spec.name != "timestep" for spec in contract.inputs)
-    return HalfPrecisionGraph(inner, cast).eval()
-
-
-class SourcePipeline:
-    """The torch components of a diffusers Stable Diffusion folder, loaded for export."""
-
-    def __init__(self, model: Path) -> None:
-        import json
-
-        import diffusers
-        import transformers
-
-        from auditor.generation import validate_pipeline_folder
-
-        validate_pipeline_folder(model)
-        quiet_hf()
-        self.path = model
-        try:
-            self.index = json.loads((model / "model_index.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"{model}/model_index.json: expected JSON ({exc})") from None
-        kind = self.index.get("_class_name")
-        if kind not in SUPPORTED_PIPELINES:
-            raise ExportError(
-                f"{model}: pipeline {kind!r} is not exportable; expected one of {list(SUPPORTED_PIPELINES)}"
-            )
-        try:
-            self.tokenizer_class = str(self.index["tokenizer"][1])
-            encoder_class = str(self.index["text_encoder"][1])
-            self.tokenizer = getattr(transformers, self.tokenizer_class).from_pretrained(model / "tokenizer")
-            self.text_encoder = (
-                getattr(transformers, encoder_class).from_pretrained(model / "text_encoder").eval()
-            )
-            self.unet = diffusers.UNet2DConditionModel.from_pretrained(model / "unet").eval()
-            self.vae = diffusers.AutoencoderKL.from_pretrained(model / "vae").eval()
-            self.scheduler_config = json.loads(
-                (model / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadInputError(
-                f"{model}: could not load the Stable Diffusion components ({first})"
-            ) from None
-        for module in (self.text_encoder, self.unet, self.vae):
-            module.float()
-        cfg = self.unet.config
-        if (
-            cfg.time_cond_proj_dim is not None
-            or cfg.addition_embed_type is not None
-            or cfg.class_embed_type is not None
-        ):
-            raise ExportError(
-                f"{model}: UNet takes extra conditioning (timestep_cond / added_cond_kwargs / class labels);"
-                " only plain text-conditioned Stable Diffusion UNets are exportable"
-            )
-        if cfg.in_channels != self.vae.config.latent_channels:
-            raise ExportError(
-                f"{model}: UNet in_channels {cfg.in_channels} != VAE latent channels {self.vae.config.latent_channels}"
-                " (inpainting/depth UNets are not exportable)"
-            )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.upcast_attention = bool(getattr(cfg, "upcast_attention", False))
-
-    def default_size(self) -> tuple[int, int]:
-        """What StableDiffusionPipeline uses when height/width are None."""
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else (size[0], size[1])
-        return h * self.vae_scale_factor, w * self.vae_scale_factor
-
-    def shapes(self, height: int | None, width: int | None, batch_sizes: Sequence[int]) -> ExportShapes:
-        dh, dw = self.default_size()
-        height, width = height or dh, width or dw
-        unit = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
-        for label, value in (("height", height), ("width", width)):
-            if value % 8 or value % unit:
-                raise BadInputError(
-                    f"--{label} {value}: expected a multiple of 8 and of {unit} (VAE and UNet downsampling)"
-                )
-        text_length = int(self.tokenizer.model_max_length)
-        if text_length > int(self.text_encoder.config.max_position_embeddings):
-            raise ExportError(
-                f"{self.path}: tokenizer max length {text_length} exceeds the text encoder's"
-                f" {self.text_encoder.config.max_position_embeddings} positions"
-            )
-        return ExportShapes(
-            height=height,
-            width=width,
-            vae_scale_factor=self.vae_scale_factor,
-            latent_channels=int(self.unet.config.in_channels),
-            text_length=text_length,
-            text_hidden_size=int(self.text_encoder.config.hidden_size),
-            vocab_size=int(self.text_encoder.config.vocab_size),
-            batch_sizes=tuple(sorted(set(batch_sizes))),
-        )
-
-    def graphs(self) -> dict:
-        text, unet, vae = _graph_modules()
-        return {
-            "text_encoder": text(self.text_encoder).eval(),
-            "unet": unet(self.unet).eval(),
-            "vae_decoder": vae(self.vae).eval(),
-        }
-
-
 # ---------------------------------------------------------------- inputs
-
-
-def sample_inputs(
-    contract: ComponentContract, shapes: ExportShapes, batch: int, seed: int, scaling_factor: float
-) -> dict[str, np.ndarray]:
-    """Seeded random inputs in the ranges the denoising loop feeds each component."""
-    rng = np.random.default_rng([seed, COMPONENTS.index(contract.component)])
-    out: dict[str, np.ndarray] = {}
-    for spec in contract.inputs:
-        shape = spec.concrete(batch)
-        if spec.name == "input_ids":
-            out[spec.name] = rng.integers(0, shapes.vocab_size, size=shape).astype(spec.numpy_dtype)
-        elif spec.name == "timestep":
-            out[spec.name] = rng.integers(0, 1000, size=shape).astype(spec.numpy_dtype)
-        elif spec.name == "latent_sample":
-            out[spec.name] = (rng.standard_normal(shape) / scaling_factor).astype(spec.numpy_dtype)
-        else:
-            out[spec.name] = rng.standard_normal(shape).astype(spec.numpy_dtype)
-    return out
 
 
 def torch_outputs(
@@ -291,20 +89,6 @@ def torch_outputs(
         result = module(*args)
     result = result if isinstance(result, tuple) else (result,)
     return {name: value.float().numpy() for name, value in zip(contract.output_names, result, strict=True)}
-
-
-def save_validation(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    arrays = {f"input.{k}": v for k, v in inputs.items()} | {f"output.{k}": v for k, v in outputs.items()}
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue(), mode=0o644)
-
-
-def load_validation(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    with np.load(path, allow_pickle=False) as data:
-        inputs = {k.removeprefix("input."): data[k] for k in data.files if k.startswith("input.")}
-        outputs = {k.removeprefix("output."): data[k] for k in data.files if k.startswith("output.")}
-    return inputs, outputs
 
 
 # ---------------------------------------------------------------- ONNX
@@ -328,7 +112,9 @@ def export_onnx(
     import onnx
     import torch
 
-    inputs = sample_inputs(contract, shapes, TRACE_BATCH, seed=12345, scaling_factor=1.0)
+    inputs = SPECS[contract.component].sample_inputs(
+        contract, shapes, TRACE_BATCH, seed=12345, scaling_factor=1.0
+    )
     args = tuple(torch.from_numpy(inputs[name]) for name in contract.input_names)
     work.mkdir(parents=True, exist_ok=True)
     traced = work / "model.onnx"
@@ -368,7 +154,7 @@ def export_onnx(
 
 
 def run_onnx(path: Path, contract: ComponentContract, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from export.ort import make_session
+    from auditor.backends.engines.ort import make_session
 
     session = make_session(path)
     values = session.run(contract.output_names, {name: inputs[name] for name in contract.input_names})
@@ -384,7 +170,7 @@ def optimize_and_validate(
     seed: int,
 ) -> tuple[str, str, ParityRecord]:
     """Offline ORT optimization, best level first; keep the first graph that validates."""
-    from export.ort import OFFLINE_LEVELS, optimize_offline
+    from auditor.backends.engines.ort import OFFLINE_LEVELS, optimize_offline
 
     portable = comp_dir / "model.onnx"
     parity: ParityRecord | None = None
@@ -476,7 +262,7 @@ def check_options(precision: str, opset: int, trt: bool) -> None:
     if precision not in ("fp32", "fp16"):
         raise BadInputError(f"--precision {precision!r}: expected fp32 or fp16")
     if trt:
-        from export.trt import require_tensorrt
+        from auditor.backends.engines.trt import require_tensorrt
 
         require_tensorrt()
     try:
@@ -565,7 +351,7 @@ def export_bundle(
             ),
         )
         if trt and manifest.parity_passed:
-            from export.trt import build_bundle_engines
+            from auditor.backends.engines.trt import build_bundle_engines
 
             engines = build_bundle_engines(staging, manifest, precision, reporter=reporter)
             manifest = manifest.model_copy(
@@ -607,7 +393,8 @@ def _export_one(
     external = export_onnx(
         module, contract, shapes, opset, comp_dir / "model.onnx", root / f".work-{name}", external_min
     )
-    inputs = sample_inputs(contract, shapes, VALIDATION_BATCH, seed, source.scaling_factor)
+    spec: ComponentSpec = SPECS[name]
+    inputs = spec.sample_inputs(contract, shapes, VALIDATION_BATCH, seed, source.scaling_factor)
     references = torch_outputs(module, contract, inputs)
     save_validation(comp_dir / "validation.npz", inputs, references)
     ort_name, level, parity = optimize_and_validate(comp_dir, contract, external, inputs, references, seed)
@@ -615,7 +402,7 @@ def _export_one(
     if half:
         upcast = name == "unet" and source.upcast_attention
         fp16 = _export_half(
-            half_graph(module, contract, upcast),
+            spec.half(module, upcast),
             contract,
             shapes,
             opset,

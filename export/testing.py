@@ -19,12 +19,12 @@ from pathlib import Path
 
 def build_tiny_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Path:
     """Save an untrained zoo-architecture pipeline to `directory/model`; return that folder."""
+    from auditor.backends._base import quiet_hf_libraries
     from auditor.zoo.build import save_pipeline
     from auditor.zoo.models import TOKENIZER_MAX_LENGTH, make_text_encoder, make_unet, make_vae
     from auditor.zoo.tokenizer import build_clip_tokenizer
-    from export.exporter import quiet_hf
 
-    quiet_hf()
+    quiet_hf_libraries()
     root = Path(directory)
     tokenizer = build_clip_tokenizer(root / "tokenizer-build", model_max_length=TOKENIZER_MAX_LENGTH)
     save_pipeline(root / "model", make_unet(seed), make_vae(seed), make_text_encoder(seed), tokenizer)
@@ -35,7 +35,7 @@ _EXPORTED: dict[str, Path] = {}
 
 
 def exported_bundle(model: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> Path:
-    """Export `model` once per process through the CLI (`t2i-audit export`) and reuse the bundle.
+    """Export `model` once per process (what `t2i-audit export --precision fp16` does) and reuse it.
 
     Test modules share one export of the session's tiny pipeline; the first caller's
     `workdir` holds it. It carries both graph sets (`--precision fp16` adds the fp16
@@ -43,13 +43,10 @@ def exported_bundle(model: str | os.PathLike[str], workdir: str | os.PathLike[st
     """
     key = str(Path(model).resolve())
     if key not in _EXPORTED:
-        from auditor.cli import main
+        from export.exporter import export_bundle
 
         out = Path(workdir) / "bundle"
-        args = ["export", str(model), "--out", str(out), "--batch-sizes", "1,16", "--precision", "fp16"]
-        code = main(["--format", "json", *args])
-        if code != 0:
-            raise RuntimeError(f"t2i-audit export {model} exited {code}")
+        export_bundle(model, out, precision="fp16", batch_sizes=(1, 16))
         _EXPORTED[key] = out
     return _EXPORTED[key]
 
@@ -112,15 +109,15 @@ def build_sd15_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Pat
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from auditor.backends._base import quiet_hf_libraries
     from auditor.zoo.build import save_pipeline
     from auditor.zoo.tokenizer import build_clip_tokenizer
-    from export.exporter import quiet_hf
 
     root = Path(directory)
     model = root / "model"
     if (model / "model_index.json").is_file():
         return model
-    quiet_hf()
+    quiet_hf_libraries()
     tokenizer = build_clip_tokenizer(root / "tokenizer-build", model_max_length=77)
     unet = sd15_unet(seed)
     torch.manual_seed(seed + 1)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.backends import BackendInfo, Generator
 from auditor.config import GenerationSettings
-from auditor.generation import BackendInfo, Generator
 
 SETTINGS = GenerationSettings(steps=8, guidance_scale=3.0)
 PROMPTS = ["a red circle on a blue background", "a green square on a white background", "a blue star"]
@@ -32,7 +32,7 @@ def _onnx_skip() -> str | None:
 def _tensorrt_skip() -> str | None:
     if _onnx_skip():
         return _onnx_skip()
-    from export.trt import tensorrt_status
+    from auditor.backends.engines.trt import tensorrt_status
 
     reason = tensorrt_status()
     return f"TensorRT backend not testable here: {reason}" if reason else None
@@ -76,17 +76,14 @@ _CACHE: dict[tuple[str, str], Generator] = {}
 def generator(request, tiny_pipeline, bundle) -> Generator:
     backend, dtype = request.param
     if request.param not in _CACHE:
-        from auditor.generation import load_generator
+        from auditor.backends import SuspectSpec, open_suspect
 
         if backend == "torch":
-            _CACHE[request.param] = load_generator(
-                tiny_pipeline, backend="torch", device="cpu", batch_size=16
-            )
+            spec = SuspectSpec(model=str(tiny_pipeline), backend="torch", device="cpu", batch_size=16)
         else:
             device = "cpu" if backend == "onnx" else "cuda"
-            _CACHE[request.param] = load_generator(
-                bundle, backend=backend, device=device, dtype=dtype, batch_size=16
-            )
+            spec = SuspectSpec(model=str(bundle), backend=backend, device=device, dtype=dtype, batch_size=16)
+        _CACHE[request.param] = open_suspect(spec)
     return _CACHE[request.param]
 
 
@@ -158,7 +155,7 @@ def test_engine_backends_match_torch(generator, tiny_pipeline):
     """Same seeds, same prompts: the engine's images are the torch backend's within rounding."""
     if _backend(generator) == "torch":
         pytest.skip("torch is the reference")
-    from auditor.generation import TorchGenerator
+    from auditor.backends import TorchGenerator
 
     reference = _CACHE.get(("torch", "float32")) or TorchGenerator(tiny_pipeline, device="cpu")
     a = generator.generate(PROMPTS, [5, 6, 7], SETTINGS)

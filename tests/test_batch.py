@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from auditor.batch import adjust, benjamini_hochberg, holm, load_job, task_resources
-from auditor.cli import main
+from auditor.batch import load_job, task_resources
 from auditor.errors import BadInputError
+from auditor.multitest import adjust, benjamini_hochberg, holm
+from t2i_audit import main
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -162,7 +163,7 @@ def test_batch_killed_midway_resumes_without_loss(tiny_pipeline, keys_dir, tmp_p
     cmd = [
         sys.executable,
         "-m",
-        "auditor",
+        "t2i_audit",
         "--format",
         "json",
         "--threads",

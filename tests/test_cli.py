@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from keyset_factory import make_keyset
 
-from auditor.cli import main
 from auditor.keys import save_keyset
 from auditor.zoo import data
+from t2i_audit import main
 
 
 def run(capsys, *argv):
@@ -46,7 +46,7 @@ def test_unknown_option_is_bad_input(capsys):
 def test_missing_model_folder(capsys, keyset_dir, tmp_path):
     code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tmp_path / "none"))
     assert code == 2
-    assert "none: model path does not exist" in one_line_error(err)
+    assert "none: model not found" in one_line_error(err)
 
 
 def test_malformed_model_folder(capsys, keyset_dir, tiny_pipeline, tmp_path):
@@ -71,12 +71,16 @@ def test_tampered_keyset(capsys, keyset_dir, tiny_pipeline):
     assert "k000.png: sha256 does not match" in one_line_error(err)
 
 
-def test_key_size_mismatch(capsys, tmp_path, tiny_pipeline):
+def test_generation_follows_the_keys_size_unless_told_otherwise(capsys, tmp_path, tiny_pipeline):
+    """A 32 px model audited with 16 px keys generates at 16 px (the keyset's size, as in a batch);
+    a size given on the command line that differs from the keys' is refused as a mismatch."""
     keyset, images = make_keyset(n=2, size=16)
     save_keyset(keyset, images, tmp_path / "k16")
-    code, _, err = run(
-        capsys, "audit", "--keys", str(tmp_path / "k16"), "--suspect", str(tiny_pipeline), "--steps", "2"
-    )
+    argv = ["audit", "--keys", str(tmp_path / "k16"), "--suspect", str(tiny_pipeline), "--steps", "2"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert json.loads(out)["generation"]["height"] == 16 and json.loads(out)["generation"]["width"] == 16
+    code, _, err = run(capsys, *argv, "--height", "32", "--width", "32")
     assert code == 2
     assert "generated 32x32 images but the keys are 16x16" in one_line_error(err)
 
@@ -167,8 +171,8 @@ def test_schema_is_json(capsys):
 
 
 def test_images_are_seed_deterministic_and_batch_independent(tiny_pipeline):
+    from auditor.backends import TorchGenerator
     from auditor.config import GenerationSettings
-    from auditor.generation import TorchGenerator
 
     gen = TorchGenerator(tiny_pipeline, batch_size=3)
     settings = GenerationSettings(steps=3)

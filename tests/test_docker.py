@@ -113,6 +113,36 @@ def test_k8s_indexed_job_matches_its_job_spec(tmp_path):
     assert pod["containers"][0]["args"][:2] == ["batch", "/jobs/job.yaml"]
 
 
+def _container_commands() -> list[list[str]]:
+    """Every argument list the container files hand to the `t2i-audit` entry point."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    commands = [svc["command"] for svc in compose["services"].values() if "command" in svc]
+    text = (DOCKER / "k8s-indexed-job.yaml").read_text()
+    for doc in yaml.safe_load_all(text):
+        if doc and doc.get("kind") == "Job":
+            commands += [c["args"] for c in doc["spec"]["template"]["spec"]["containers"]]
+    # the summary Job is shipped commented out: parse its args too
+    commented = [
+        line.split("args:", 1)[1] for line in text.splitlines() if line.lstrip("# ").startswith("args:")
+    ]
+    commands += [yaml.safe_load(a) for a in commented]
+    return commands
+
+
+def test_the_container_files_args_parse_with_the_real_cli():
+    """The Kubernetes example puts --format after the subcommand; every arg list must parse as given."""
+    from t2i_audit import build_parser
+
+    commands = _container_commands()
+    assert len(commands) >= 3
+    parser = build_parser()
+    for args in commands:
+        parsed = parser.parse_args([str(a) for a in args])
+        assert parsed.command == args[0]
+        if "--format" in args:
+            assert parsed.format == args[args.index("--format") + 1]
+
+
 # ---------------------------------------------------------------- buildah
 
 

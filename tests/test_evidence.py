@@ -16,17 +16,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from auditor.audit import AuditResult, KeyResult
-from auditor.cli import main
+from auditor.backends import BackendInfo
 from auditor.commitment import load_commitment, verify_commitment
 from auditor.config import AuditConfig, GenerationSettings
 from auditor.errors import BadInputError
 from auditor.evidence import report_statement, verify_signed_report, write_signed_report
 from auditor.fileio import sha256_bytes
-from auditor.generation import BackendInfo
 from auditor.images import encode_png
 from auditor.keys import Key, KeySet, ModelRef, SelectionRecord, load_keyset, save_keyset
 from auditor.report import REPORT_SCHEMA, AttributionReport, ReferenceResult, SuspectRef, build_report
 from auditor.signing import load_signer, load_verifier, serialize_envelope, sign_statement, write_envelope
+from t2i_audit import main
 
 torch.set_num_threads(1)  # the CLI's parser imports the zoo, hence torch
 

@@ -12,14 +12,26 @@ import pytest
 pytest.importorskip("onnx", reason="the export needs onnx (pip install 't2i-auditor[onnx]')")
 pytest.importorskip("onnxruntime", reason="the export needs onnxruntime (pip install 't2i-auditor[onnx]')")
 
-from auditor.cli import main  # noqa: E402
+from auditor.backends.engines.bundle import (  # noqa: E402
+    MANIFEST_NAME,
+    BundleIntegrityError,
+    BundleManifest,
+    load_bundle,
+    read_manifest,
+)
+from auditor.backends.engines.components import (  # noqa: E402
+    COMPONENTS,
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    build_contracts,
+    compare,
+)
 from auditor.config import GenerationSettings  # noqa: E402
 from auditor.errors import BadInputError, VerificationError  # noqa: E402
 from auditor.fileio import sha256_file  # noqa: E402
-from export.contract import COMPONENTS, DEFAULT_TOLERANCES, Tolerance, build_contracts, compare  # noqa: E402
-from export.errors import BundleIntegrityError, ExportError, ParityError  # noqa: E402
-from export.manifest import MANIFEST_NAME, BundleManifest, load_bundle, read_manifest  # noqa: E402
+from export.errors import ExportError, ParityError  # noqa: E402
 from export.testing import build_tiny_pipeline, exported_bundle  # noqa: E402
+from t2i_audit import main  # noqa: E402
 
 FAST = GenerationSettings(steps=8, guidance_scale=3.0)
 PROMPTS = [
@@ -41,7 +53,7 @@ def bundle(tiny_pipeline, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ort_threads():
-    from export.ort import default_threads
+    from auditor.backends.engines.ort import default_threads
 
     assert default_threads() == 1  # conftest pins torch to one thread; ORT follows it
     return 1
@@ -185,7 +197,7 @@ def test_manifest_is_frozen_and_forbids_unknown_fields(bundle):
 
 
 def test_contract_helpers():
-    from export.contract import ExportShapes
+    from auditor.backends.engines.components import ExportShapes
 
     shapes = ExportShapes(
         height=64,
@@ -209,7 +221,7 @@ def test_contract_helpers():
 
 def test_engine_cache_key_and_misses(bundle, tmp_path):
     """Pure-Python parts of the TensorRT cache (the engines themselves need a GPU host)."""
-    from export.trt import EngineCache, engine_key
+    from auditor.backends.engines.trt import EngineCache, engine_key
 
     contract = read_manifest(bundle).components["unet"].contract
     host = {"tensorrt": "10.9.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -236,7 +248,7 @@ def test_engine_cache_key_and_misses(bundle, tmp_path):
 
 
 def test_tampered_component_is_refused(bundle, tmp_path, capsys):
-    from export.generators import load_engine_generator
+    from auditor.backends.engines import open_bundle
 
     copy = tmp_path / "tampered"
     shutil.copytree(bundle, copy)
@@ -247,7 +259,7 @@ def test_tampered_component_is_refused(bundle, tmp_path, capsys):
     with pytest.raises(BundleIntegrityError, match="unet/model.ort.onnx"):
         load_bundle(copy)
     with pytest.raises(VerificationError):
-        load_engine_generator(copy, backend="onnx", device="cpu")
+        open_bundle(copy, backend="onnx", device="cpu")
     assert main(["bundle-verify", str(copy)]) == 1
     assert "sha256" in _one_line(capsys.readouterr())
     (copy / "vae_decoder" / "validation.npz").unlink()
@@ -261,17 +273,17 @@ def test_other_source_model_is_refused(bundle, tiny_pipeline, tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(BadInputError, match="differs from the bundle's source"):
         load_bundle(bundle, model=other)
-    from export.generators import load_engine_generator
+    from auditor.backends.engines import open_bundle
 
     with pytest.raises(BadInputError, match="differs"):
-        load_engine_generator(bundle, backend="onnx", model=other)
+        open_bundle(bundle, backend="onnx", model=other)
     assert main(["bundle-verify", str(bundle), "--model", str(other)]) == 2
     assert "differs" in _one_line(capsys.readouterr())
 
 
 def test_tolerance_miss_is_a_typed_error_and_engines_fall_back(tiny_pipeline, tmp_path):
+    from auditor.backends.engines import FallbackGenerator, open_bundle
     from export.exporter import export_bundle
-    from export.generators import FallbackGenerator, load_engine_generator
 
     out = tmp_path / "strict"
     impossible = {"text_encoder": Tolerance(atol=0.0, rtol=0.0)}
@@ -283,7 +295,7 @@ def test_tolerance_miss_is_a_typed_error_and_engines_fall_back(tiny_pipeline, tm
     assert manifest.components["text_encoder"].ort_optimization == "none"  # every level tried
     assert manifest.components["unet"].parity.passed
 
-    gen = load_engine_generator(out, backend="onnx", device="cpu")
+    gen = open_bundle(out, backend="onnx", device="cpu")
     assert isinstance(gen, FallbackGenerator)
     info = gen.describe()
     assert info.backend == "torch" and "parity" in info.note and "text_encoder" in info.note
@@ -291,44 +303,44 @@ def test_tolerance_miss_is_a_typed_error_and_engines_fall_back(tiny_pipeline, tm
     moved = tmp_path / "elsewhere" / "deeper" / "strict"
     shutil.copytree(out, moved)  # the recorded relative path to the source no longer resolves
     with pytest.raises(BadInputError, match="no torch fallback"):
-        load_engine_generator(moved, backend="onnx", device="cpu")
-    gen = load_engine_generator(moved, backend="onnx", device="cpu", model=tiny_pipeline)
+        open_bundle(moved, backend="onnx", device="cpu")
+    gen = open_bundle(moved, backend="onnx", device="cpu", model=tiny_pipeline)
     assert isinstance(gen, FallbackGenerator)
 
 
 def test_missing_provider_falls_back_with_a_note(bundle):
-    from export.generators import FallbackGenerator, load_engine_generator
-    from export.ort import available_providers
+    from auditor.backends.engines import FallbackGenerator, open_bundle
+    from auditor.backends.engines.ort import available_providers
 
     if "CUDAExecutionProvider" in available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
-    gen = load_engine_generator(bundle, backend="onnx", device="cpu", providers=["cuda", "cpu"])
+    gen = open_bundle(bundle, backend="onnx", device="cpu", providers=["cuda", "cpu"])
     assert isinstance(gen, FallbackGenerator)
     assert "CUDAExecutionProvider" in gen.describe().note
 
 
 def test_tensorrt_backend_without_tensorrt_falls_back(bundle):
-    from export.generators import FallbackGenerator, load_engine_generator
-    from export.trt import tensorrt_status
+    from auditor.backends.engines import FallbackGenerator, open_bundle
+    from auditor.backends.engines.trt import tensorrt_status
 
     reason = tensorrt_status()
     if reason is None:
         pytest.skip("TensorRT and CUDA are present here")
-    gen = load_engine_generator(bundle, backend="tensorrt", device="auto")
+    gen = open_bundle(bundle, backend="tensorrt", device="auto")
     assert isinstance(gen, FallbackGenerator)
     assert gen.describe().backend == "torch" and reason in gen.describe().note
 
 
 def test_other_resolution_is_refused(bundle):
-    from export.generators import load_engine_generator
+    from auditor.backends.engines import open_bundle
 
-    gen = load_engine_generator(bundle, backend="onnx", device="cpu")
+    gen = open_bundle(bundle, backend="onnx", device="cpu")
     with pytest.raises(BadInputError, match="exported for 32x32"):
         gen.generate(["a red circle"], [0], GenerationSettings(steps=2, height=64, width=64))
 
 
 def test_cli_trt_without_cuda_is_one_line_exit_2(tiny_pipeline, tmp_path, capsys):
-    from export.trt import tensorrt_status
+    from auditor.backends.engines.trt import tensorrt_status
 
     if tensorrt_status() is None:
         pytest.skip("TensorRT and CUDA are present here")
@@ -357,9 +369,9 @@ def test_cli_refuses_an_existing_out(tiny_pipeline, bundle, capsys):
 
 def test_external_data_path(tiny_pipeline, tmp_path):
     """Past the 2 GB proto limit weights go to one external file; forced here with a 0-byte threshold."""
-    from export.errors import BackendUnavailable
+    from auditor.backends.engines import BackendUnavailable, FallbackGenerator, open_bundle
+    from auditor.backends.engines.ort import OnnxGenerator
     from export.exporter import export_bundle
-    from export.generators import FallbackGenerator, OnnxGenerator, load_engine_generator
 
     manifest = export_bundle(tiny_pipeline, tmp_path / "ext", batch_sizes=(2,), external_data_min_bytes=0)
     for name, record in manifest.components.items():
@@ -368,7 +380,7 @@ def test_external_data_path(tiny_pipeline, tmp_path):
         assert f"{name}/model.onnx.data" in paths
         if record.ort_cpu != record.onnx:
             assert f"{record.ort_cpu}.data" in paths
-    gen = load_engine_generator(tmp_path / "ext", backend="onnx", device="cpu")
+    gen = open_bundle(tmp_path / "ext", backend="onnx", device="cpu")
     assert isinstance(gen, OnnxGenerator)
     assert gen.generate(["a red circle"], [3], FAST).shape == (1, 32, 32, 3)
 
@@ -377,12 +389,12 @@ def test_external_data_path(tiny_pipeline, tmp_path):
     with pytest.raises(BackendUnavailable, match="--precision fp16"):
         manifest.graph_for("unet", "fp16")
     assert manifest.graph_for("unet", "fp32") == "unet/model.onnx"
-    gen = load_engine_generator(tmp_path / "ext", backend="onnx", device="cpu", dtype="float16")
+    gen = open_bundle(tmp_path / "ext", backend="onnx", device="cpu", dtype="float16")
     assert isinstance(gen, FallbackGenerator)
     info = gen.describe()
     assert info.backend == "torch" and info.dtype == "float16" and "--precision fp16" in info.note
     with pytest.raises(BadInputError, match="bfloat16"):
-        load_engine_generator(tmp_path / "ext", backend="onnx", device="cpu", dtype="bfloat16")
+        open_bundle(tmp_path / "ext", backend="onnx", device="cpu", dtype="bfloat16")
 
 
 # ---------------------------------------------------------------- verdict parity
@@ -391,14 +403,15 @@ def test_external_data_path(tiny_pipeline, tmp_path):
 @pytest.mark.parametrize(("dtype", "max_pixel"), [("float32", 2), ("float16", 4)])
 def test_verdict_parity_onnx_vs_torch(bundle, tiny_pipeline, ort_threads, dtype, max_pixel):
     """What an audit compares: reconstruction distances between the two paths are ~0 (torch in fp32)."""
+    from auditor.backends import TorchGenerator
+    from auditor.backends.engines import open_bundle
+    from auditor.backends.engines.ort import OnnxGenerator
     from auditor.distance import normalized_l2
-    from auditor.generation import TorchGenerator, load_generator
     from auditor.images import to_float
-    from export.generators import OnnxGenerator
 
     settings = GenerationSettings(steps=20, guidance_scale=3.0)
     seeds = [11, 12, 13, 14, 1_000_003, 1_000_004, 2**40 + 7, 5]
-    engine = load_generator(bundle, backend="onnx", device="cpu", batch_size=8, dtype=dtype)
+    engine = open_bundle(bundle, backend="onnx", device="cpu", batch_size=8, dtype=dtype)
     assert isinstance(engine, OnnxGenerator) and engine.describe().dtype == dtype
     torch_gen = TorchGenerator(tiny_pipeline, device="cpu", batch_size=8)
     a = engine.generate(PROMPTS, seeds, settings)

@@ -46,7 +46,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_report_matches_the_golden_file(models, tmp_path):
-    from auditor.cli import main
+    from t2i_audit import main
 
     keyset, images = make_keyset(n=3)
     save_keyset(keyset, images, tmp_path / "keys")

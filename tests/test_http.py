@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor.cli import main
+from auditor.backends import HttpGenerator, HttpOptions
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError, TransientError
 from auditor.images import encode_png
-from auditor.remote import HttpGenerator, HttpOptions
+from t2i_audit import main
 
 SETTINGS = GenerationSettings(steps=2, height=32, width=32)
 
@@ -67,7 +67,7 @@ class _Recording:
 
 @pytest.fixture(scope="module")
 def served(tiny_pipeline):
-    from auditor.generation import TorchGenerator
+    from auditor.backends import TorchGenerator
     from auditor.serve import start_server, stop_server
 
     recorder = _Recording(TorchGenerator(tiny_pipeline, device="cpu", batch_size=1))
@@ -155,7 +155,7 @@ def test_serve_command_answers_and_stops_on_sigterm(tiny_pipeline):
     cmd = [
         sys.executable,
         "-m",
-        "auditor",
+        "t2i_audit",
         "--threads",
         "1",
         "serve",

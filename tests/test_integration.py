@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.cli import main
+from t2i_audit import main
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor.cli import main
 from auditor.report import REPORT_SCHEMA, report_schema
+from t2i_audit import main
 
 torch.set_num_threads(1)  # the CLI's parser imports the zoo, hence torch
 

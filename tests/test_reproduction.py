@@ -13,11 +13,11 @@ import json
 import numpy as np
 import pytest
 
-from auditor.cli import main
 from auditor.discriminator import Discriminator
 from auditor.reproduction import report as rep
 from auditor.reproduction.experiment import FamilyRecord, ModelAudit, load_audits
 from auditor.reproduction.scales import get_scale, smoke, tiny
+from t2i_audit import main
 
 DIGEST = "0" * 64
 

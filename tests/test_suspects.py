@@ -18,11 +18,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from auditor.backends import SuspectSpec, detect_kind
+from auditor.backends import open_suspect as _open
+from auditor.backends._lora import lora_modules
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError
-from auditor.suspects import detect_kind, lora_modules, open_model, open_suspect
 
 SETTINGS = GenerationSettings(steps=2, height=32, width=32)
+
+
+def open_suspect(model: str, **fields):
+    return _open(SuspectSpec(model=model, **fields))
+
+
 PROMPTS, SEEDS = ["a red circle on a blue background", "a green square"], [5, 6]
 
 
@@ -124,7 +132,7 @@ def pipeline_to_single_file(folder: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def folder_images(tiny_pipeline):
-    from auditor.generation import TorchGenerator
+    from auditor.backends import TorchGenerator
 
     return TorchGenerator(tiny_pipeline, device="cpu").generate(PROMPTS, SEEDS, SETTINGS)
 
@@ -140,10 +148,8 @@ def test_single_file_checkpoint_generates_the_folders_images(single_file, tiny_p
     assert np.array_equal(gen.generate(PROMPTS, SEEDS, SETTINGS), folder_images)
     info = gen.describe()
     assert info.backend == "torch" and "single-file checkpoint tiny-sd.safetensors" in info.note
-    # the same through load_generator, the route every CLI command takes for a file
-    from auditor.generation import load_generator
-
-    assert load_generator(str(single_file), device="cpu", config=str(tiny_pipeline)).describe().note
+    # the same with the kind said explicitly, as a job file may
+    assert open_suspect(str(single_file), kind="safetensors_file", device="cpu", config=str(tiny_pipeline))
 
 
 def test_single_file_errors_are_one_line(single_file, tiny_pipeline, tmp_path):
@@ -162,10 +168,10 @@ def test_single_file_errors_are_one_line(single_file, tiny_pipeline, tmp_path):
     with pytest.raises(BadInputError, match="other.safetensors: could not load it") as info:
         open_suspect(str(other), config=str(tiny_pipeline), device="cpu")
     assert "\n" not in str(info.value)
-    with pytest.raises(BadInputError, match="torch backend only"):
+    with pytest.raises(BadInputError, match="the onnx backend runs exported bundles"):
         open_suspect(str(single_file), backend="onnx", config=str(tiny_pipeline))
     with pytest.raises(BadInputError, match="model not found"):
-        open_model(str(tmp_path / "absent.safetensors"))
+        open_suspect(str(tmp_path / "absent.safetensors"))
 
 
 # ---------------------------------------------------------------- LoRA

@@ -1,4 +1,4 @@
-"""The TensorRT names export/trt.py uses: listed, not among those TensorRT 11 removed, present when installed.
+"""The TensorRT names auditor/backends/engines/trt.py uses: listed, not among those TensorRT 11 removed, present when installed.
 
 No CPU host can build an engine, so this is what keeps the TensorRT path honest between
 GPU sessions: `TENSORRT_API` must list every `trt.` name the module touches (checked
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from export.trt import TENSORRT_API
+from auditor.backends.engines.trt import TENSORRT_API
 
-TRT_SOURCE = Path(__file__).resolve().parents[1] / "export" / "trt.py"
+TRT_SOURCE = Path(__file__).resolve().parents[1] / "auditor" / "backends" / "engines" / "trt.py"
 
 # Removed in TensorRT 11 (Python API), from NVIDIA's migration guide; a subset that code
 # like ours could plausibly reach for.

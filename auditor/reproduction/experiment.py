@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from auditor.audit import run_audit
+from auditor.backends import SuspectSpec, open_suspect
 from auditor.config import AuditConfig, FrozenModel
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text
-from auditor.generation import TorchGenerator
 from auditor.identity import hash_model
 from auditor.keys import KeySet, ModelRef, load_keyset, save_keyset
 from auditor.progress import Reporter
 from auditor.reproduction.scales import Family, Scale
 from auditor.selection import SelectionConfig, select_keys
 from auditor.watermark import bit_accuracy, detection_threshold, embed, psnr
+from auditor.workflow import LoadedKeys, audit_model, resolve_settings
 from auditor.zoo import data
 from auditor.zoo.build import ZooIndex, build_zoo, build_zoos
 
@@ -117,8 +117,8 @@ def _keysets(
         else:  # none yet, or selected from models that have since been rebuilt
             if cached:
                 shutil.rmtree(folder)
-            source = source or TorchGenerator(zoo.source, device="cpu")
-            base = base or TorchGenerator(zoo.base, device="cpu")
+            source = source or open_suspect(SuspectSpec(model=zoo.source, device="cpu"))
+            base = base or open_suspect(SuspectSpec(model=zoo.base, device="cpu"))
             reporter.log(f"reproduce: {family.name} {strategy} keys")
             try:
                 keyset, images = select_keys(
@@ -171,13 +171,15 @@ def _audit_model(
     reporter: Reporter,
 ) -> ModelAudit:
     start = time.perf_counter()
-    generator = TorchGenerator(path, device="cpu")
+    spec = SuspectSpec(model=path, device="cpu")
     config = AuditConfig(delta0=scale.delta0)
     distances: dict[str, tuple[float, ...]] = {}
     accuracy: tuple[float, ...] = ()
     for strategy, (keyset, images) in keysets.items():
         regenerated: list[np.ndarray] = []
-        result = run_audit(generator, keyset, images, config, reporter=reporter, images_out=regenerated)
+        keys = LoadedKeys(Path(strategy), keyset, images, commitment=None)
+        settings = resolve_settings(keyset)
+        result, _ = audit_model(spec, keys, config, settings, reporter, images_out=regenerated)
         distances[strategy] = tuple(float(d) for d in result.distances())
         if strategy == "generation":
             first = np.concatenate(regenerated)[: scale.num_keys]

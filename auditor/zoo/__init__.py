@@ -3,4 +3,10 @@
 Attribution methods need models whose training sets are known exactly; training real
 Stable Diffusion is out of reach on CPU, so the zoo trains tiny models with the same
 architecture (CLIP text encoder, UNet, VAE) on a small captioned world instead.
+
+The modules, each one concept: `data` (the captioned world), `tokenizer` (CLIP's BPE),
+`models` (the tiny components), `train` (the trainers), `build` (roles, presets and the
+content-addressed cache). Import them by name; nothing is loaded here.
 """
+
+__all__ = ["build", "data", "models", "tokenizer", "train"]

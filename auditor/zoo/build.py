@@ -246,7 +246,7 @@ def build_zoo(
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from auditor.generation import quiet_hf_libraries
+    from auditor.backends._base import quiet_hf_libraries
 
     quiet_hf_libraries()
     reporter = reporter or Reporter()
@@ -358,10 +358,10 @@ def build_zoo(
             )
             images = data.draw(captions, int(srng.integers(2**31)), res).images.copy()
             if generated.any():
-                from auditor.generation import TorchGenerator
+                from auditor.backends import SuspectSpec, open_suspect
 
                 if source_generator is None:
-                    source_generator = TorchGenerator(source_dir, device="cpu")
+                    source_generator = open_suspect(SuspectSpec(model=str(source_dir), device="cpu"))
                 prompts = [c for c, g in zip(captions, generated, strict=True) if g]
                 seeds = [int(s) for s in srng.integers(2**31, 2**32, size=len(prompts))]
                 with reporter.task(f"zoo: {spec.name} data", 1) as advance:

@@ -1,11 +1,10 @@
-"""`t2i-audit batch` and `t2i-audit serve`.
+"""`t2i-audit batch`: audit many suspects from a job file (docs/batch.md).
 
 batch JOB --out DIR                 audit every suspect of the job file, then write DIR/summary.json
 batch JOB --out DIR --index N       audit suspect N only (or $JOB_COMPLETION_INDEX: a Kubernetes
                                     Indexed Job); exit 0 done, 2 bad input, 75 transient
 batch JOB --out DIR --summarize     only build DIR/summary.json from the reports there
 batch JOB --out DIR --executor ray  one Ray task per suspect
-serve MODEL --port P                a model behind the AUTOMATIC1111 txt2img API, on loopback
 """
 
 from __future__ import annotations
@@ -15,53 +14,24 @@ import sys
 from pathlib import Path
 
 from auditor.errors import EXIT_OK, BadInputError, TransientError
+from t2i_audit._common import Context, add_command, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("batch", help="audit many suspects from a job file (resumable; see docs/batch.md)")
+    p = add_command(
+        sub, "batch", "audit many suspects from a job file (resumable; see docs/batch.md)", cmd_batch
+    )
     p.add_argument("job", help="job file (YAML, TOML or JSON)")
     p.add_argument("--out", required=True, help="output folder: reports/, errors/, summary.json")
     p.add_argument("--index", type=int, help="audit only suspect N (default: $JOB_COMPLETION_INDEX when set)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
-    p.add_argument("--ray-cpus", type=int, help="CPUs of a Ray instance started here (default: all)")
+    p.add_argument("--ray-cpus", type=positive_int, help="CPUs of a Ray instance started here (default: all)")
     p.add_argument("--summarize", action="store_true", help="only build summary.json from existing reports")
-    p.set_defaults(func=cmd_batch)
-
-    p = sub.add_parser("serve", help="serve a model through the AUTOMATIC1111 txt2img API (loopback)")
-    p.add_argument(
-        "model", help="diffusers folder, single-file checkpoint (with --config) or LoRA (with --base)"
-    )
-    p.add_argument("--port", type=int, default=7860, help="TCP port (0: any free port; default 7860)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--config", help="single-file checkpoint: local diffusers folder of the same architecture")
-    p.add_argument("--base", help="LoRA file: the base diffusers folder")
-    g = p.add_argument_group("defaults for fields a request leaves out")
-    g.add_argument("--steps", type=int)
-    g.add_argument("--guidance", type=float)
-    g.add_argument("--scheduler")
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    g.add_argument("--batch-size", type=int, default=1)
-    g.add_argument("--backend", default="torch")
-    p.set_defaults(func=cmd_serve)
 
 
-# ---------------------------------------------------------------- batch
-
-
-def cmd_batch(args: argparse.Namespace, ctx) -> int:
-    from auditor.batch import (
-        BatchRunner,
-        SharedProgress,
-        exit_code_of,
-        job_index,
-        load_job,
-        write_summary,
-    )
-    from auditor.progress import RichReporter
+def cmd_batch(args: argparse.Namespace, ctx: Context) -> int:
+    from auditor.batch import BatchRunner, exit_code_of, job_index, load_job, write_summary
+    from auditor.progress import RichReporter, SharedProgress
 
     job = load_job(args.job)
     out = Path(args.out)
@@ -104,7 +74,9 @@ def cmd_batch(args: argparse.Namespace, ctx) -> int:
 
 def _run(runner, index, args):
     indices = None if index is None else [index]
-    return runner.run(indices, executor=args.executor, num_cpus=args.ray_cpus, threads=args.threads)
+    from auditor.batch import run_batch
+
+    return run_batch(runner, indices, args.executor, num_cpus=args.ray_cpus, threads=args.threads)
 
 
 def _fail(code: int, message: str) -> int:
@@ -114,7 +86,7 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _print_summary(summary, ctx, out: Path) -> None:
+def _print_summary(summary, ctx: Context, out: Path) -> None:
     if ctx.format == "json":
         ctx.emit_json(summary.model_dump(mode="json"))
         return
@@ -149,44 +121,3 @@ def _print_summary(summary, ctx, out: Path) -> None:
         if row.error:
             ctx.console.print(f"[red]{row.name}[/red]: {escape(row.error)}")
     ctx.console.print(f"summary written to {out / 'summary.json'}", markup=False)
-
-
-# ---------------------------------------------------------------- serve
-
-
-def cmd_serve(args: argparse.Namespace, ctx) -> int:
-    import signal
-    import threading
-
-    from auditor.cli import _settings
-    from auditor.serve import start_server, stop_server
-    from auditor.suspects import open_model
-
-    if not 0 <= args.port <= 65535:
-        raise BadInputError(f"--port {args.port}: expected 0 to 65535")
-    defaults = _settings(args)
-    generator = open_model(
-        args.model,
-        config=args.config,
-        base=args.base,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-    )
-    try:
-        server, thread = start_server(generator, host=args.host, port=args.port, defaults=defaults)
-    except OSError as exc:
-        raise TransientError(f"serve: cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"serving {Path(args.model).name} on {server.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_server(server, thread)
-    return EXIT_OK

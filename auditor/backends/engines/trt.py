@@ -10,8 +10,8 @@ timing cache file per host, so rebuilding after an edit takes seconds, not minut
 Precision lives in the graph. Networks are strongly typed (TensorRT 11 allows nothing
 else and removed `BuilderFlag.FP16` and the precision-constraint flags; 10.x takes the
 STRONGLY_TYPED creation flag), so an fp16 engine is built from the bundle's fp16 graph
-(`--precision fp16` at export; see `export.exporter.half_graph` for which parts stay
-fp32) and an fp32 engine from the fp32 graph, with TF32 turned off so that it meets the
+(`--precision fp16` at export; see `ComponentSpec.half` in components.py for which
+parts stay fp32) and an fp32 engine from the fp32 graph, with TF32 turned off so that it meets the
 fp32 contract tolerance. The names this module uses are listed in `TENSORRT_API` and
 checked against the installed bindings by tests/test_trt_api.py.
 
@@ -28,21 +28,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from auditor.fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
-from auditor.progress import Reporter
-from export.contract import (
+from auditor.backends._base import BackendInfo, library_versions, resolve_device
+from auditor.backends.engines.bundle import BackendUnavailable, load_validation
+from auditor.backends.engines.components import (
     COMPONENTS,
     DEFAULT_TOLERANCES,
     ComponentContract,
+    ComponentSpec,
     ParityRecord,
     compare,
 )
-from export.errors import ExportError
+from auditor.backends.engines.loop import EngineGenerator, SpecRunners, engine_precision
+from auditor.errors import BadInputError
+from auditor.fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
+from auditor.progress import Reporter
 
 if TYPE_CHECKING:
     import torch
 
-    from export.manifest import Bundle, BundleManifest, EngineRecord
+    from auditor.backends.engines.bundle import Bundle, BundleManifest, EngineRecord
 
 # Every TensorRT name this module touches, as a path from the `tensorrt` module. Checked
 # against the installed bindings on a TensorRT host, and against the names TensorRT 11
@@ -114,10 +118,14 @@ def tensorrt_status() -> str | None:
     return None
 
 
+class EngineBuildError(BadInputError):
+    """TensorRT cannot parse a graph or build an engine from it (at export: exit 2; at audit: a fallback)."""
+
+
 def require_tensorrt() -> None:
     reason = tensorrt_status()
     if reason:
-        raise ExportError(f"--trt: {reason}")
+        raise EngineBuildError(f"--trt: {reason}")
 
 
 def host_identity(device_index: int = 0) -> dict[str, str]:
@@ -201,7 +209,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # resolves external data next to the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"{onnx_path}: TensorRT could not parse the ONNX graph ({errors})")
+        raise EngineBuildError(f"{onnx_path}: TensorRT could not parse the ONNX graph ({errors})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision == "fp32":
@@ -221,7 +229,7 @@ def build_engine(
         config.add_optimization_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError(
+        raise EngineBuildError(
             f"{onnx_path}: TensorRT failed to build a {precision} engine (see the TensorRT log above)"
         )
     atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())), mode=0o644)
@@ -299,8 +307,6 @@ def engine_parity(
 ) -> ParityRecord:
     import torch
 
-    from export.exporter import load_validation
-
     inputs, references = load_validation(validation)
     feeds = {name: torch.from_numpy(inputs[name]) for name in contract.input_names}
     outputs = engine(feeds)
@@ -352,7 +358,7 @@ def build_bundle_engines(
     """At export (`--trt`): build, validate and record engines into the bundle's .engines/ folder."""
     import torch
 
-    from export.manifest import EngineRecord
+    from auditor.backends.engines.bundle import EngineRecord
 
     require_tensorrt()
     device = torch.device("cuda", torch.cuda.current_device())
@@ -378,7 +384,7 @@ def build_bundle_engines(
     return tuple(records)
 
 
-class TrtRunners:
+class TrtRunners(SpecRunners):
     """ComponentRunners over three TensorRT engines; the loop keeps latents on the GPU."""
 
     def __init__(
@@ -388,15 +394,8 @@ class TrtRunners:
         self.device = device
         self.max_images = min(engines[name].max_rows // contracts[name].rows_per_image for name in COMPONENTS)
 
-    def encode_text(self, input_ids):
-        return self.engines["text_encoder"]({"input_ids": input_ids})["last_hidden_state"]
-
-    def predict_noise(self, sample, timestep, encoder_hidden_states):
-        feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": encoder_hidden_states}
-        return self.engines["unet"](feeds)["noise_pred"]
-
-    def decode(self, latents):
-        return self.engines["vae_decoder"]({"latent_sample": latents})["sample"]
+    def _run(self, spec: ComponentSpec, *tensors):
+        return self.engines[spec.name](dict(zip(spec.input_names, tensors, strict=True)))[spec.output]
 
 
 def open_engines(
@@ -415,3 +414,62 @@ def open_engines(
             built.append(component)
     contracts = {name: record.contract for name, record in bundle.manifest.components.items()}
     return TrtRunners(engines, contracts, device), parities, built
+
+
+# ---------------------------------------------------------------- the tensorrt backend
+
+
+class TensorRTGenerator(EngineGenerator):
+    """The bundle's graphs as TensorRT engines (cached per TensorRT version and GPU, built on a miss)."""
+
+    backend = "tensorrt"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        dtype: str = "float16",
+        batch_size: int = 16,
+        engine_cache: str | os.PathLike[str] | None = None,
+        reporter=None,
+    ) -> None:
+        reason = tensorrt_status()
+        if reason:
+            raise BackendUnavailable(reason)
+        import tensorrt
+        import torch
+
+        precision = engine_precision(dtype)
+        if device == "cpu":
+            raise BackendUnavailable("TensorRT needs a CUDA device and --device cpu was given")
+        device = resolve_device(device)
+        self.device = torch.device(device)
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = dtype
+        try:
+            runners, parities, built = open_engines(
+                bundle, precision, self.device, Path(engine_cache) if engine_cache else None, reporter
+            )
+        except EngineBuildError as exc:  # at audit time a failed build is a fallback, not a failure
+            raise BackendUnavailable(str(exc)) from None
+        failed = [p.summary() for p in parities if not p.passed]
+        if failed:
+            raise BackendUnavailable(f"TensorRT engines miss their tolerance: {'; '.join(failed)}")
+        self.note = f"engines built on this host for {', '.join(built)}" if built else None
+        self.tensorrt_version = str(tensorrt.__version__)
+        super().__init__(bundle, runners, batch_size)
+
+    def describe(self) -> BackendInfo:
+        import torch
+
+        return BackendInfo(
+            backend="tensorrt",
+            device=torch.cuda.get_device_name(self.device),
+            dtype=self.dtype,
+            versions=library_versions(
+                tensorrt=self.tensorrt_version, bundle_source=self.bundle.manifest.source.digest
+            ),
+            note=self.note,
+        )

@@ -1,4 +1,4 @@
-"""`t2i-audit export` and `t2i-audit bundle-verify`.
+"""`t2i-audit export` and `t2i-audit bundle-verify`: the export stage's commands.
 
     t2i-audit export MODEL --out BUNDLE [--precision fp32|fp16] [--trt] [--opset 17]
                      [--batch-sizes 1,16] [--height H --width W]
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from export.contract import DEFAULT_OPSET
+from auditor.backends.engines.components import DEFAULT_OPSET
+from t2i_audit._common import Context, add_command
 
 
-def cmd_export(args: argparse.Namespace, ctx) -> int:
+def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     from export.exporter import check_options, export_bundle, parse_batch_sizes
 
     batch_sizes = parse_batch_sizes(args.batch_sizes)
@@ -36,20 +37,19 @@ def cmd_export(args: argparse.Namespace, ctx) -> int:
         ctx.emit_json({"bundle": str(args.out), **manifest.model_dump(mode="json")})
         return 0
     shapes = manifest.shapes
-    _plain(
-        ctx,
+    ctx.plain(
         f"bundle {args.out}: {shapes.height}x{shapes.width}, batch sizes {list(shapes.batch_sizes)},"
         f" opset {manifest.opset}, source {manifest.source.name} ({manifest.source.digest[:16]})",
     )
     for name, record in manifest.components.items():
-        _plain(ctx, f"  {name:13s} {record.parity.summary()}")
+        ctx.plain(f"  {name:13s} {record.parity.summary()}")
     for engine in manifest.engines:
-        _plain(ctx, f"  {engine.component:13s} {engine.parity.summary()} [{engine.gpu}]")
+        ctx.plain(f"  {engine.component:13s} {engine.parity.summary()} [{engine.gpu}]")
     return 0
 
 
-def cmd_bundle_verify(args: argparse.Namespace, ctx) -> int:
-    from export.manifest import load_bundle
+def cmd_bundle_verify(args: argparse.Namespace, ctx: Context) -> int:
+    from auditor.backends.engines.bundle import load_bundle
 
     bundle = load_bundle(args.bundle, model=args.model)
     manifest = bundle.manifest
@@ -65,16 +65,14 @@ def cmd_bundle_verify(args: argparse.Namespace, ctx) -> int:
     else:
         checked = f", source model {args.model} matches" if args.model else ""
         state = "passed" if manifest.parity_passed else "FAILED (engine backends fall back to torch)"
-        _plain(ctx, f"{args.bundle}: {summary['files_verified']} files verified{checked}; parity {state}")
+        ctx.plain(f"{args.bundle}: {summary['files_verified']} files verified{checked}; parity {state}")
     return 0
 
 
-def _plain(ctx, text: str) -> None:
-    ctx.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a diffusers pipeline to ONNX (and TensorRT) engines: a bundle")
+    p = add_command(
+        sub, "export", "export a diffusers pipeline to ONNX (and TensorRT) engines: a bundle", cmd_export
+    )
     p.add_argument("model", help="diffusers Stable Diffusion folder")
     p.add_argument("--out", required=True, help="new bundle folder")
     p.add_argument(
@@ -90,9 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,16", help="image batch sizes to optimize for (default 1,16)")
     p.add_argument("--height", type=int, help="pixels (default: the model's)")
     p.add_argument("--width", type=int, help="pixels (default: the model's)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bundle-verify", help="re-hash an engine bundle; with --model check it is the source")
+    p = add_command(
+        sub,
+        "bundle-verify",
+        "re-hash an engine bundle; with --model check it is the source",
+        cmd_bundle_verify,
+    )
     p.add_argument("bundle", help="bundle folder written by `t2i-audit export`")
     p.add_argument("--model", help="the model the bundle should have been exported from")
-    p.set_defaults(func=cmd_bundle_verify)

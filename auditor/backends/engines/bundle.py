@@ -22,24 +22,44 @@ Layout (paths relative to the bundle root):
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import AfterValidator, Field
 
+from auditor.backends.engines.components import (
+    ComponentContract,
+    ComponentName,
+    ExportShapes,
+    ParityRecord,
+    Precision,
+)
 from auditor.config import FrozenModel
 from auditor.documents import load_document
-from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text, sha256_file
-from export.contract import ComponentContract, ComponentName, ExportShapes, ParityRecord, Precision
-from export.errors import BackendUnavailable, BundleIntegrityError
+from auditor.errors import BadInputError, VerificationError
+from auditor.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 
 BUNDLE_SCHEMA = "t2i-auditor.engine-bundle/v1"
 # manifests written before the version field had its one name
 _LEGACY = {"format": "t2i-auditor-engine-bundle-v1"}
 MANIFEST_NAME = "bundle.json"
 _HEX64 = r"^[0-9a-f]{64}$"
+
+
+class BundleIntegrityError(VerificationError):
+    """A bundle file is missing or its sha256 differs from the manifest (tampered or corrupt)."""
+
+
+class BackendUnavailable(Exception):
+    """Internal: an engine backend cannot run this bundle here; the loader may fall back to torch.
+
+    Not an `AuditorError`: it never reaches the CLI. `open_bundle` turns it into a
+    fallback with `BackendInfo.note` set, or into a `BadInputError` when no source model
+    is at hand.
+    """
 
 
 def _inside(path: str) -> str:
@@ -239,3 +259,21 @@ def load_bundle(root: str | os.PathLike[str], *, model: str | os.PathLike[str] |
     if model is not None:
         check_source(manifest, model)
     return Bundle(root, manifest)
+
+
+# ---------------------------------------------------------------- validation data
+
+
+def save_validation(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    """Seeded inputs and torch's outputs, the reference every runtime is held to (npz, no pickle)."""
+    buffer = io.BytesIO()
+    arrays = {f"input.{k}": v for k, v in inputs.items()} | {f"output.{k}": v for k, v in outputs.items()}
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue(), mode=0o644)
+
+
+def load_validation(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as data:
+        inputs = {k.removeprefix("input."): data[k] for k in data.files if k.startswith("input.")}
+        outputs = {k.removeprefix("output."): data[k] for k in data.files if k.startswith("output.")}
+    return inputs, outputs

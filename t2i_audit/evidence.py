@@ -1,11 +1,10 @@
-"""Evidence commands: keygen, keys commit, verify, report show.
-
-Usage::
+"""Evidence commands: keygen, verify, report show.
 
     t2i-audit keygen --out owner            -> owner.key (0600), owner.pub; prints the keyid
-    t2i-audit keys commit KEYS_DIR          -> KEYS_DIR/commitment.json; prints the commitment to publish
     t2i-audit verify report.dsse.json --key owner.pub [--keys KEYS_DIR]
     t2i-audit report show report.json [--html page.html] [--keys KEYS_DIR] [--images REGEN_DIR]
+
+`verify` imports no ML library: a third party checking a signature needs none.
 """
 
 from __future__ import annotations
@@ -14,17 +13,36 @@ import argparse
 from pathlib import Path
 
 from auditor.errors import BadInputError
+from t2i_audit._common import Context, add_command, add_group
 
 
-def _plain(ctx, text: str) -> None:
-    """One line on stdout, printed as typed (no rich markup, highlighting or wrapping)."""
-    ctx.console.print(text, markup=False, highlight=False, soft_wrap=True)
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "keygen", "create an Ed25519 signing key pair (PREFIX.key 0600, PREFIX.pub)", cmd_keygen
+    )
+    p.add_argument("--out", required=True, metavar="PREFIX", help="path prefix of the two key files")
+
+    p = add_command(
+        sub, "verify", "verify a signed report offline (exit 0 valid, 1 invalid, 2 bad input)", cmd_verify
+    )
+    p.add_argument("envelope", metavar="ENVELOPE", help="the DSSE envelope (report.dsse.json)")
+    p.add_argument("--key", required=True, metavar="PUB", help="the owner's Ed25519 public key (PEM)")
+    p.add_argument("--keys", metavar="DIR", help="the keyset folder: check its images, digest and commitment")
+
+    report = add_group(sub, "report", "attribution reports")
+    p = add_command(
+        report, "show", "summarize a report (or an envelope, unverified); --html for a page", cmd_report_show
+    )
+    p.add_argument("report", metavar="REPORT", help="report JSON or DSSE envelope")
+    p.add_argument("--html", metavar="OUT", help="write a self-contained HTML evidence page")
+    p.add_argument("--keys", metavar="DIR", help="the keyset folder, to show each key image")
+    p.add_argument("--images", metavar="DIR", help="the suspect's regenerations (audit --save-images DIR)")
 
 
 # ---------------------------------------------------------------- keygen
 
 
-def cmd_keygen(args: argparse.Namespace, ctx) -> int:
+def cmd_keygen(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.signing import generate_keypair
 
     prefix = str(args.out)
@@ -35,36 +53,14 @@ def cmd_keygen(args: argparse.Namespace, ctx) -> int:
     if ctx.format == "json":
         ctx.emit_json({"keyid": keyid, "private_key": str(private), "public_key": str(public)})
     else:
-        _plain(ctx, keyid)
-    return 0
-
-
-# ---------------------------------------------------------------- keys commit
-
-
-def cmd_keys_commit(args: argparse.Namespace, ctx) -> int:
-    from auditor.evidence import COMMITMENT_FILE, commit_keyset
-
-    keyset, made = commit_keyset(args.keys)
-    if ctx.format == "json":
-        ctx.emit_json(
-            {
-                "commitment": made.commitment,
-                "scheme": made.scheme,
-                "keyset_digest": keyset.digest,
-                "created_at": made.created_at,
-                "path": str(Path(args.keys) / COMMITMENT_FILE),
-            }
-        )
-    else:
-        _plain(ctx, made.commitment)
+        ctx.plain(keyid)
     return 0
 
 
 # ---------------------------------------------------------------- verify
 
 
-def cmd_verify(args: argparse.Namespace, ctx) -> int:
+def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.documents import read_bytes
     from auditor.evidence import verify_signed_report_details
 
@@ -93,8 +89,7 @@ def cmd_verify(args: argparse.Namespace, ctx) -> int:
         extra = "keyset checked" if "keyset" in verified.checks else "keyset not checked (pass --keys DIR)"
         if "commitment" in verified.checks:
             extra += ", commitment opened"
-        _plain(
-            ctx,
+        ctx.plain(
             f"valid: {report.verdict.verdict} ({report.verdict.rule}) for suspect {report.suspect.name} "
             f"sha256 {report.suspect.digest}, keyset {report.keyset.digest[:16]}..., signed by keyid "
             f"{verified.keyid[:16]}...; {extra}",
@@ -105,7 +100,7 @@ def cmd_verify(args: argparse.Namespace, ctx) -> int:
 # ---------------------------------------------------------------- report show
 
 
-def cmd_report_show(args: argparse.Namespace, ctx) -> int:
+def cmd_report_show(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.evidence import key_pngs, read_report_or_envelope, regeneration_pngs
     from auditor.views import print_report_summary, render_report_html
 
@@ -145,41 +140,10 @@ def cmd_report_show(args: argparse.Namespace, ctx) -> int:
         )
     else:
         if loaded.signed:
-            _plain(
-                ctx, f"note: {name} is a signed envelope shown UNVERIFIED; run `t2i-audit verify` to check it"
+            ctx.plain(
+                f"note: {name} is a signed envelope shown UNVERIFIED; run `t2i-audit verify` to check it"
             )
         print_report_summary(report, ctx.console)
         if html_path:
-            _plain(ctx, f"evidence page written to {html_path}")
+            ctx.plain(f"evidence page written to {html_path}")
     return 0
-
-
-# ---------------------------------------------------------------- registration
-
-
-def register(sub: argparse._SubParsersAction, keys: argparse._SubParsersAction) -> None:
-    from auditor.cli import _Parser
-
-    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (PREFIX.key 0600, PREFIX.pub)")
-    p.add_argument("--out", required=True, metavar="PREFIX", help="path prefix of the two key files")
-    p.set_defaults(func=cmd_keygen)
-
-    p = keys.add_parser("commit", help="verify a keyset and write its salted commitment (publish the hex)")
-    p.add_argument("keys", metavar="DIR", help="keyset folder; commitment.json is written inside it")
-    p.set_defaults(func=cmd_keys_commit)
-
-    p = sub.add_parser("verify", help="verify a signed report offline (exit 0 valid, 1 invalid, 2 bad input)")
-    p.add_argument("envelope", metavar="ENVELOPE", help="the DSSE envelope (report.dsse.json)")
-    p.add_argument("--key", required=True, metavar="PUB", help="the owner's Ed25519 public key (PEM)")
-    p.add_argument("--keys", metavar="DIR", help="the keyset folder: check its images, digest and commitment")
-    p.set_defaults(func=cmd_verify)
-
-    report = sub.add_parser("report", help="attribution reports").add_subparsers(
-        dest="report_command", metavar="REPORT_COMMAND", parser_class=_Parser, required=True
-    )
-    p = report.add_parser("show", help="summarize a report (or an envelope, unverified); --html for a page")
-    p.add_argument("report", metavar="REPORT", help="report JSON or DSSE envelope")
-    p.add_argument("--html", metavar="OUT", help="write a self-contained HTML evidence page")
-    p.add_argument("--keys", metavar="DIR", help="the keyset folder, to show each key image")
-    p.add_argument("--images", metavar="DIR", help="the suspect's regenerations (audit --save-images DIR)")
-    p.set_defaults(func=cmd_report_show)

@@ -1,4 +1,4 @@
-"""The one denoising loop of the torch-free backends (ONNX Runtime, TensorRT).
+"""The one denoising loop of the torch-free backends (ONNX Runtime, TensorRT), and their common base.
 
 It mirrors diffusers' StableDiffusionPipeline.__call__ step for step, so a key
 regenerated through an engine matches the torch backend to float rounding:
@@ -9,7 +9,7 @@ regenerated through an engine matches the torch backend to float rounding:
   `randn_tensor((1, C, h, w))`, so a seed gives the same noise on any device and at
   any batch position, scaled by `scheduler.init_noise_sigma`;
 - the scheduler built from the bundle's scheduler config exactly as TorchGenerator
-  builds it (`auditor.generation.make_scheduler`), `set_timesteps`,
+  builds it (`auditor.backends._diffusers.make_scheduler`), `set_timesteps`,
   `scale_model_input`, CFG `uncond + g * (cond - uncond)`, `step(..., eta, generator)`;
 - `latents / scaling_factor` decoded, `(image / 2 + 0.5).clamp(0, 1)`, NHWC float,
   quantized to uint8 with `auditor.images.quantize`.
@@ -27,13 +27,18 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from auditor.backends._base import check_pairs, chunks, quiet_hf_libraries
+from auditor.backends._diffusers import make_scheduler
+from auditor.backends.engines.components import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
 from auditor.config import GenerationSettings
-from auditor.errors import BadInputError
-from auditor.generation import chunks, make_scheduler
+from auditor.documents import parse_json, read_bytes
+from auditor.errors import BadInputError, first_line
 from auditor.images import quantize
 
 if TYPE_CHECKING:
     import torch
+
+    from auditor.backends.engines.bundle import Bundle
 
 
 class ComponentRunners(Protocol):
@@ -55,6 +60,23 @@ class ComponentRunners(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents already divided by scaling_factor -> float32 (rows, 3, H, W) in about [-1, 1]."""
         ...
+
+
+class SpecRunners:
+    """ComponentRunners whose three calls go through one `_run(spec, *tensors)`: the tensor
+    names come from each component's spec, never spelled out by a runtime."""
+
+    def _run(self, spec: ComponentSpec, *tensors: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, input_ids):
+        return self._run(TEXT_ENCODER, input_ids)
+
+    def predict_noise(self, sample, timestep, encoder_hidden_states):
+        return self._run(UNET, sample, timestep, encoder_hidden_states)
+
+    def decode(self, latents):
+        return self._run(VAE_DECODER, latents)
 
 
 @dataclass(frozen=True)
@@ -165,3 +187,59 @@ class DenoisingLoop:
             image = self.runners.decode(latents / spec.scaling_factor).to(dtype=torch.float32)
             image = (image / 2 + 0.5).clamp(0, 1)
             return quantize(image.cpu().permute(0, 2, 3, 1).float().numpy())
+
+
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+def engine_precision(dtype: str) -> str:
+    """The bundle graph precision that runs `dtype` (engine backends have no bfloat16 graphs)."""
+    for precision, name in PRECISION_DTYPES.items():
+        if dtype == name:
+            return precision
+    raise BadInputError(f"dtype {dtype!r}: engine backends run float32 or float16 graphs")
+
+
+class EngineGenerator:
+    """What the ONNX Runtime and TensorRT generators share: bundle, tokenizer, scheduler, loop."""
+
+    backend = "engine"
+
+    def __init__(self, bundle: Bundle, runners, batch_size: int) -> None:
+        import diffusers
+        import transformers
+
+        quiet_hf_libraries()
+        if batch_size < 1:
+            raise BadInputError(f"batch size {batch_size}: expected at least 1")
+        self.bundle = bundle
+        self.batch_size = batch_size
+        manifest = bundle.manifest
+        try:
+            tokenizer_cls = getattr(transformers, manifest.pipeline.tokenizer_class)
+            tokenizer = tokenizer_cls.from_pretrained(bundle.path("tokenizer"))
+            raw = parse_json(
+                read_bytes(bundle.path("scheduler/scheduler_config.json"), "scheduler config"),
+                "scheduler config",
+            )
+            scheduler = getattr(diffusers, str(raw.get("_class_name", manifest.pipeline.scheduler_class)))
+            scheduler_config = dict(scheduler.from_config(raw).config)
+        except (OSError, ValueError, AttributeError, TypeError, BadInputError) as exc:
+            raise BadInputError(
+                f"{bundle.root}: could not load the bundle's tokenizer or scheduler ({first_line(exc)})"
+            ) from None
+        shapes = manifest.shapes
+        spec = PipelineSpec(
+            height=shapes.height,
+            width=shapes.width,
+            latent_channels=shapes.latent_channels,
+            vae_scale_factor=shapes.vae_scale_factor,
+            scaling_factor=manifest.pipeline.scaling_factor,
+        )
+        self.loop = DenoisingLoop(runners, tokenizer, scheduler_config, spec)
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings
+    ) -> np.ndarray:
+        check_pairs(prompts, seeds)
+        return self.loop.generate(prompts, seeds, settings, self.batch_size)

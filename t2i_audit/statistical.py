@@ -12,37 +12,44 @@ import argparse
 from pathlib import Path
 
 from auditor.errors import EXIT_OK, BadInputError
+from t2i_audit._common import Context, add_command, add_group, device, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from auditor.reproduction.run import STAGES
     from auditor.reproduction.scales import SCALES
 
-    shadow = sub.add_parser("shadow", help="shadow models and the statistical-level discriminator")
-    shadow_sub = shadow.add_subparsers(dest="shadow_command", metavar="SHADOW_COMMAND", required=True)
-    p = shadow_sub.add_parser("build", help="train one reproduction family's shadow models (tiny zoo)")
+    shadow_sub = add_group(sub, "shadow", "shadow models and the statistical-level discriminator")
+    p = add_command(
+        shadow_sub, "build", "train one reproduction family's shadow models (tiny zoo)", cmd_shadow_build
+    )
     p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     p.add_argument("--family", default="v1", help="model family of the scale (default v1)")
     p.add_argument("--out", required=True, help="shadow-set file to write (JSON)")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
-    p.add_argument("--jobs", type=int, default=2, help="models fine-tuned in parallel processes (default 2)")
-    p.set_defaults(func=cmd_shadow_build)
+    p.add_argument(
+        "--jobs", type=positive_int, default=2, help="models fine-tuned in parallel processes (default 2)"
+    )
 
-    p = shadow_sub.add_parser("fit", help="audit the shadows with the keys and fit the discriminator")
+    p = add_command(
+        shadow_sub, "fit", "audit the shadows with the keys and fit the discriminator", cmd_shadow_fit
+    )
     p.add_argument("--keys", required=True, help="keyset folder")
     p.add_argument("--shadows", required=True, help="shadow-set file (from `shadow build`, or your own)")
     p.add_argument("--out", required=True, help="discriminator file to write (JSON, no pickle)")
     p.add_argument("--delta0", type=float, help="hit threshold (default: the keyset's selection delta0)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_shadow_fit)
+    p.add_argument("--device", type=device, default="cpu")
 
-    p = sub.add_parser("reproduce", help="the paper's evaluation on the tiny zoo (Figures 6-7, Tables 1-2)")
+    p = add_command(
+        sub, "reproduce", "the paper's evaluation on the tiny zoo (Figures 6-7, Tables 1-2)", cmd_reproduce
+    )
     p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
-    p.add_argument("--jobs", type=int, default=2, help="models fine-tuned in parallel processes (default 2)")
-    p.set_defaults(func=cmd_reproduce)
+    p.add_argument(
+        "--jobs", type=positive_int, default=2, help="models fine-tuned in parallel processes (default 2)"
+    )
 
 
 def _family(scale_name: str, family: str):
@@ -56,7 +63,7 @@ def _family(scale_name: str, family: str):
     raise BadInputError(f"--family: expected one of {names}, got {family!r}")
 
 
-def cmd_shadow_build(args: argparse.Namespace, ctx) -> int:
+def cmd_shadow_build(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.identity import hash_model
     from auditor.shadow import ShadowModel, write_shadow_set
     from auditor.zoo.build import build_zoos
@@ -90,18 +97,19 @@ def cmd_shadow_build(args: argparse.Namespace, ctx) -> int:
     return EXIT_OK
 
 
-def cmd_shadow_fit(args: argparse.Namespace, ctx) -> int:
-    from auditor.cli import _validated
+def cmd_shadow_fit(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.config import AuditConfig
     from auditor.discriminator import Discriminator
-    from auditor.keys import load_keyset
+    from auditor.documents import validate
     from auditor.shadow import load_shadows, shadow_distances
+    from auditor.workflow import load_keys
 
-    keyset, images = load_keyset(args.keys)
+    keys = load_keys(args.keys)
+    keyset = keys.keyset
     shadows, root = load_shadows(args.shadows)
     delta0 = args.delta0 if args.delta0 is not None else keyset.selection.delta0
-    config = _validated(AuditConfig, {"delta0": delta0}, "audit config")
-    distances, labels = shadow_distances(shadows, root, keyset, images, config, ctx.reporter, args.device)
+    config = validate(AuditConfig, {"delta0": delta0}, "audit config")
+    distances, labels = shadow_distances(shadows, root, keys, config, ctx.reporter, args.device)
     model = Discriminator(delta0=config.delta0, distance=config.distance, seeds_per_key=config.seeds_per_key)
     model.fit(distances, labels)
     model.save(args.out, keyset_digest=keyset.digest)
@@ -115,7 +123,7 @@ def cmd_shadow_fit(args: argparse.Namespace, ctx) -> int:
     return EXIT_OK
 
 
-def cmd_reproduce(args: argparse.Namespace, ctx) -> int:
+def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.reproduction.run import reproduce
     from auditor.reproduction.scales import get_scale
 

@@ -46,27 +46,15 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import Field
 
+import auditor.backends._a1111 as a1111
+from auditor.backends._base import BackendInfo, check_pairs
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.documents import parse_json
 from auditor.errors import BadInputError, TransientError
 from auditor.fileio import canonical_json, sha256_bytes
-from auditor.generation import BackendInfo
 
-A1111_PATH = "/sdapi/v1/txt2img"
-GENERIC_PATH = "/generate"
 TRANSCRIPT_SCHEME = "t2i-auditor-http-transcript-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-# Our scheduler names -> AUTOMATIC1111 sampler names (and back, for `t2i-audit serve`).
-A1111_SAMPLERS: dict[str, str] = {
-    "ddim": "DDIM",
-    "pndm": "PLMS",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpm++": "DPM++ 2M",
-    "lms": "LMS",
-    "ddpm": "DDPM",
-}
 
 
 class HttpOptions(FrozenModel):
@@ -151,7 +139,7 @@ class HttpGenerator:
             raise BadInputError(f"{redact_url(url)}: invalid port in the URL") from None
         self.scheme = parts.scheme
         self.host = parts.hostname
-        default_path = A1111_PATH if self.options.api == "a1111" else GENERIC_PATH
+        default_path = a1111.A1111_PATH if self.options.api == "a1111" else a1111.GENERIC_PATH
         path = parts.path if parts.path not in ("", "/") else default_path
         self.path = path + (f"?{parts.query}" if parts.query else "")
         self.endpoint = redact_url(url)
@@ -197,9 +185,7 @@ class HttpGenerator:
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings
     ) -> np.ndarray:
-        from auditor.generation import _check_pairs
-
-        _check_pairs(prompts, seeds)
+        check_pairs(prompts, seeds)
         if settings.height is None or settings.width is None:
             raise BadInputError(
                 f"{self.name}: an HTTP suspect needs explicit generation height and width (the keys' size)"
@@ -270,19 +256,8 @@ class HttpGenerator:
 
     def _payload(self, prompt: str, seed: int, settings: GenerationSettings) -> dict:
         if self.options.api == "generic":
-            return {"prompt": prompt, "seed": seed, "steps": settings.steps}
-        return {
-            "prompt": prompt,
-            "negative_prompt": settings.negative_prompt,
-            "seed": seed,
-            "steps": settings.steps,
-            "cfg_scale": settings.guidance_scale,
-            "width": settings.width,
-            "height": settings.height,
-            "sampler_name": self.options.sampler_name or A1111_SAMPLERS[settings.scheduler],
-            "batch_size": 1,
-            "n_iter": 1,
-        }
+            return a1111.generic_payload(prompt, seed, settings)
+        return a1111.payload(prompt, seed, settings, self.options.sampler_name)
 
     def _query(self, prompt: str, seed: int, settings: GenerationSettings) -> tuple[np.ndarray, str, int]:
         body = json.dumps(self._payload(prompt, seed, settings)).encode("utf-8")

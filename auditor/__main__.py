@@ -1,3 +1,0 @@
-from auditor.cli import main_entry
-
-main_entry()

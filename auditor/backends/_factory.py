@@ -1,0 +1,94 @@
+"""The one backend factory: a SuspectSpec of any kind becomes a Generator, and a cited identity.
+
+    diffusers_folder  torch (or onnx/tensorrt: refused, export a bundle first)
+    safetensors_file  torch, through diffusers' from_single_file with a local config folder
+    lora_file         torch, the LoRA applied to its base folder
+    engine_bundle     onnx or tensorrt (falling back to torch on the source model, recorded)
+    http              the black-box HTTP client
+
+`identify` says which model a report will cite, before anything is generated: the
+manifest digest of a folder or file (`auditor.identity`), the *source* model's digest
+for an engine bundle (its manifest is re-hashed and binds it to that model, so an audit
+via engines and one via torch name the same model), and nothing yet for an HTTP
+endpoint, whose digest is its transcript's once the queries are answered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from auditor.backends._base import Generator, check_dtype
+from auditor.backends._spec import ENGINE_BACKENDS, SuspectSpec, is_url
+from auditor.config import FrozenModel
+from auditor.errors import BadInputError
+
+
+class Identity(FrozenModel):
+    """What a report cites for a model: a display name, its digest and what kind of thing it is."""
+
+    name: str
+    digest: str | None
+    kind: str  # an identity kind (auditor.identity), "engine_bundle" or "http_endpoint"
+
+
+def identify(spec: SuspectSpec) -> Identity:
+    """The cited identity of `spec` (digest None only for an HTTP endpoint, until it has answered)."""
+    from auditor.identity import hash_model
+
+    kind = spec.resolved_kind()
+    if kind == "http":
+        return Identity(
+            name=urlsplit(spec.model).hostname or "http-endpoint", digest=None, kind="http_endpoint"
+        )
+    if kind == "engine_bundle":
+        from auditor.backends.engines.bundle import load_bundle
+
+        source = load_bundle(spec.model).manifest.source
+        return Identity(name=source.name, digest=source.digest, kind="engine_bundle")
+    identity = hash_model(spec.model, "lora_file" if kind == "lora_file" else None)
+    return Identity(name=identity.name, digest=identity.digest, kind=identity.kind)
+
+
+def open_suspect(spec: SuspectSpec, name: str | None = None) -> Generator:
+    """Open `spec` as a Generator; `name` labels an HTTP endpoint in its errors."""
+    check_dtype(spec.dtype)
+    kind = spec.resolved_kind()
+    if kind == "http":
+        from auditor.backends._http import HttpGenerator
+
+        if not is_url(spec.model):
+            raise BadInputError(f"{spec.model}: kind http expects an http:// or https:// URL")
+        return HttpGenerator(spec.model, spec.http, name=name)
+    path = Path(spec.model)
+    if kind == "engine_bundle":
+        if spec.backend not in ENGINE_BACKENDS:
+            raise BadInputError(
+                f"{path}: an engine bundle runs on --backend onnx or tensorrt, not {spec.backend!r}"
+            )
+        from auditor.backends.engines import open_bundle
+
+        return open_bundle(
+            path, spec.backend, device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size
+        )
+    if spec.backend != "torch":
+        raise BadInputError(
+            f"{path}: the {spec.backend} backend runs exported bundles, and this is a {kind.replace('_', ' ')};"
+            " export it first (t2i-audit export MODEL --out BUNDLE) or use --backend torch"
+        )
+    runtime = {"device": spec.device, "dtype": spec.dtype, "batch_size": spec.batch_size}
+    if kind == "diffusers_folder":
+        from auditor.backends._diffusers import TorchGenerator
+
+        if not path.is_dir():
+            raise BadInputError(f"{path}: kind diffusers_folder expects a folder")
+        return TorchGenerator(path, **runtime)
+    if kind == "lora_file":
+        from auditor.backends._lora import load_lora
+
+        return load_lora(path, spec.base, **runtime)
+    if kind == "safetensors_file":
+        from auditor.backends._single_file import load_single_file
+
+        return load_single_file(path, spec.config, **runtime)
+    raise BadInputError(f"{path}: kind {kind!r} is not a model kind this tool opens")

@@ -1,0 +1,256 @@
+"""ONNX Runtime: sessions made the same way at export (validation) and at generation, and the onnx backend.
+
+Pitfalls this module exists for (shared/design.md section 3):
+- onnxruntime-gpu on a host without a usable GPU lists the CUDA and TensorRT providers
+  and then silently runs on the CPU. A provider counts only when
+  `session.get_providers()` lists it after the session was created.
+- Offline-optimized graphs are specific to the provider that optimized them: the
+  `model.ort.onnx` written at export was optimized for the CPU provider and is only
+  loaded by it; GPU providers load the portable `model.onnx` and optimize online.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from auditor.backends._base import BackendInfo, library_versions
+from auditor.backends.engines.bundle import BackendUnavailable, Bundle, load_validation
+from auditor.backends.engines.components import (
+    COMPONENTS,
+    ComponentSpec,
+    compare,
+)
+from auditor.backends.engines.loop import PRECISION_DTYPES, EngineGenerator, SpecRunners
+from auditor.errors import BadInputError, first_line
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+PROVIDER_ALIASES = {"cpu": CPU_PROVIDER, "cuda": CUDA_PROVIDER, "tensorrt": TENSORRT_PROVIDER}
+
+# Offline levels tried at export, best first; "none" keeps the portable graph.
+OFFLINE_LEVELS = ("extended", "basic", "none")
+
+
+def provider_name(name: str) -> str:
+    full = PROVIDER_ALIASES.get(name.lower(), name)
+    if not full.endswith("ExecutionProvider"):
+        raise BadInputError(
+            f"ONNX Runtime provider {name!r}: expected cpu, cuda, tensorrt or a full provider name"
+        )
+    return full
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def default_threads() -> int:
+    """Follow torch's intra-op setting, so `--threads` / tests' 1 thread apply to both runtimes."""
+    import torch
+
+    return max(1, int(torch.get_num_threads()))
+
+
+def session_options(threads: int | None = None, level: str = "all"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[level]
+    return so
+
+
+def make_session(
+    path: str | os.PathLike[str],
+    providers: Sequence[str | tuple[str, dict]] = (CPU_PROVIDER,),
+    threads: int | None = None,
+):
+    """An InferenceSession on `providers` (in order); the caller checks `get_providers()`."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads), providers=list(providers))
+
+
+def optimize_offline(
+    src: Path, dst: Path, level: str, external_data: bool, threads: int | None = None
+) -> None:
+    """Write ONNX Runtime's `level`-optimized graph of `src` for the CPU provider to `dst`."""
+    import onnxruntime as ort
+
+    so = session_options(threads, level)
+    so.optimized_model_filepath = str(dst)
+    if external_data:
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", dst.name + ".data"
+        )
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), so, providers=[CPU_PROVIDER])
+
+
+# ---------------------------------------------------------------- the onnx backend
+
+
+class OrtRunners(SpecRunners):
+    """ComponentRunners over three ONNX Runtime sessions (numpy at the session boundary)."""
+
+    def __init__(self, sessions: dict) -> None:
+        import torch
+
+        self.sessions = sessions
+        self.device = torch.device("cpu")
+        self.max_images = None
+
+    def _run(self, spec: ComponentSpec, *tensors):
+        import torch
+
+        feeds = {
+            name: np.ascontiguousarray(value.detach().cpu().numpy())
+            for name, value in zip(spec.input_names, tensors, strict=True)
+        }
+        return torch.from_numpy(self.sessions[spec.name].run([spec.output], feeds)[0])
+
+
+def _requested_providers(device: str, providers: Sequence[str] | None) -> list[str]:
+    if providers:
+        return [provider_name(p) for p in providers]
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if device == "auto":
+        return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available_providers() else [CPU_PROVIDER]
+    if device.startswith("cuda"):
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    raise BadInputError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+class OnnxGenerator(EngineGenerator):
+    """The bundle's graphs on ONNX Runtime.
+
+    `providers` (e.g. ["tensorrt", "cuda", "cpu"]) overrides the order `device` implies.
+    The first provider must really be in the session's providers afterwards (onnxruntime-gpu
+    on a host without a usable GPU falls back silently); with device="auto" and no explicit
+    providers a silent fallback drops to the CPU graphs and says so in `describe().note`,
+    otherwise the backend is unavailable. fp32 CPU sessions load the offline-optimized
+    `model.ort.onnx`; GPU providers load the portable graph; fp16 (`precision="fp16"`,
+    a bundle exported with --precision fp16) loads the fp16 graphs on any provider.
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        providers: Sequence[str] | None = None,
+        batch_size: int = 16,
+        threads: int | None = None,
+        validate: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from None
+        if validate not in ("auto", "always", "never"):
+            raise BadInputError(f"validate {validate!r}: expected auto, always or never")
+        self.note: str | None = None
+        self.precision = precision
+        graphs = {name: bundle.manifest.graph_for(name, precision) for name in COMPONENTS}
+        requested = _requested_providers(device, providers)
+        missing = [p for p in requested if p not in available_providers()]
+        if missing:
+            raise BackendUnavailable(
+                f"ONNX Runtime {onnxruntime.__version__} lacks {', '.join(missing)}"
+                f" (available: {', '.join(available_providers())}; for GPUs install onnxruntime-gpu"
+                " and not onnxruntime beside it)"
+            )
+        sessions = self._sessions(bundle, requested, threads, graphs)
+        lacking = [s.get_providers() for s in sessions.values() if requested[0] not in s.get_providers()]
+        if lacking:
+            got = lacking[0]
+            if device == "auto" and not providers:
+                self.note = (
+                    f"{requested[0]} was listed but the session fell back to {got[0]}; running on the CPU"
+                )
+                requested = [CPU_PROVIDER]
+                sessions = self._sessions(bundle, requested, threads, graphs)
+            else:
+                raise BackendUnavailable(
+                    f"ONNX Runtime did not get {requested[0]} (the session runs on {', '.join(got)});"
+                    " no usable GPU behind the provider"
+                )
+        self.providers = sessions["unet"].get_providers()
+        self.threads = threads
+        recorded = bundle.manifest.tools.get("onnxruntime")
+        if validate == "always" or (
+            validate == "auto" and (self.providers[0] != CPU_PROVIDER or recorded != onnxruntime.__version__)
+        ):
+            for name in COMPONENTS:
+                record = bundle.manifest.components[name]
+                self._check_parity(bundle, name, sessions[name], record)
+        super().__init__(bundle, OrtRunners(sessions), batch_size)
+
+    @staticmethod
+    def _sessions(bundle: Bundle, providers: list[str], threads: int | None, graphs: dict[str, str]) -> dict:
+        cpu_only = providers == [CPU_PROVIDER]
+        out = {}
+        for name in COMPONENTS:
+            record = bundle.manifest.components[name]
+            # the offline-optimized CPU graph exists for the fp32 graph only
+            path = bundle.path(record.ort_cpu if cpu_only and graphs[name] == record.onnx else graphs[name])
+            try:
+                out[name] = make_session(path, providers, threads)
+            except Exception as exc:  # onnxruntime raises its own exception types  # noqa: BLE001
+                raise BackendUnavailable(f"ONNX Runtime could not load {name} ({first_line(exc)})") from None
+        return out
+
+    def _check_parity(self, bundle: Bundle, name: str, session, record) -> None:
+        inputs, references = load_validation(bundle.path(record.validation.path))
+        contract = record.contract
+        values = session.run(contract.output_names, {n: inputs[n] for n in contract.input_names})
+        exported = record.fp16.parity if self.precision == "fp16" and record.fp16 else record.parity
+        parity = compare(
+            dict(zip(contract.output_names, values, strict=True)),
+            references,
+            exported.tolerance,
+            f"onnxruntime {session.get_providers()[0]} ({self.precision})",
+            record.parity.seed,
+        )
+        if not parity.passed:
+            raise BackendUnavailable(f"{name} misses its tolerance on this host ({parity.summary()})")
+
+    def describe(self) -> BackendInfo:
+        import onnxruntime
+
+        if self.providers[0] == CPU_PROVIDER:
+            device = "cpu"
+        else:
+            import torch
+
+            device = torch.cuda.get_device_name() if torch.cuda.is_available() else self.providers[0]
+        return BackendInfo(
+            backend="onnx",
+            device=device,
+            dtype=PRECISION_DTYPES[self.precision],
+            versions=library_versions(
+                onnxruntime=onnxruntime.__version__,
+                providers=",".join(self.providers),
+                bundle_source=self.bundle.manifest.source.digest,
+            ),
+            note=self.note,
+        )

@@ -1,0 +1,300 @@
+"""The audit use case, written once: keys -> references -> suspect -> report -> signature.
+
+`t2i-audit audit`, `t2i-audit batch`, the demo, `shadow fit` and the reproduction all
+audit through here, so a suspect of any kind is identified, regenerated, scored,
+reported and signed the same way whichever door it came in by:
+
+    keys = load_keys("keys/")                                   # verified, with its commitment
+    audit = Audit(keys=keys, config=AuditConfig(), settings=resolve_settings(keys.keyset),
+                  references=(SuspectSpec(model="ref-1"), ...), signing_key=Path("owner.key"))
+    audit.check()                                               # every refusal before any generation
+    outcome = audit.run(SuspectSpec(model="suspect/"), reporter=reporter)
+    save_outcome(outcome, Path("report.json"), audit.signing_key)   # report.json, report.dsse.json
+
+- identity (`auditor.backends.identify`): a folder's or file's manifest digest, an engine
+  bundle's source-model digest, an HTTP endpoint's transcript digest once it answered;
+- references are audited once per (model digest, keyset, audit config, settings,
+  runtime) and, given a cache folder, kept there for later runs and other processes;
+- generation height and width default to the keyset's, whatever the suspect;
+- the envelope of `report.json` is `report.dsse.json` (`envelope_path`), everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auditor.audit import AuditResult, run_audit
+from auditor.backends import Generator, HttpGenerator, SuspectSpec, identify, open_suspect
+from auditor.commitment import COMMITMENT_FILE
+from auditor.config import AuditConfig, GenerationSettings
+from auditor.documents import parse_json, read_bytes, validate
+from auditor.errors import AuditorError, BadInputError
+from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
+from auditor.keys import KeySet, load_keyset
+from auditor.progress import Reporter
+from auditor.report import (
+    AttributionReport,
+    ReferenceResult,
+    StatisticalResult,
+    SuspectRef,
+    build_report,
+    load_discriminator_for,
+    reference_result,
+    save_report,
+    score_with_discriminator,
+)
+
+# ---------------------------------------------------------------- keys and settings
+
+
+@dataclass(frozen=True)
+class LoadedKeys:
+    """A keyset folder, every image re-hashed, and its pre-registered commitment (checked) if any."""
+
+    path: Path
+    keyset: KeySet
+    images: np.ndarray
+    commitment: str | None
+
+
+def load_keys(path: str | os.PathLike[str]) -> LoadedKeys:
+    keyset, images = load_keyset(path)
+    return LoadedKeys(Path(path), keyset, images, load_keyset_commitment(path, keyset.digest))
+
+
+def load_keyset_commitment(keys_dir: str | os.PathLike[str], keyset_digest: str) -> str | None:
+    """The keyset's pre-registered commitment (keys_dir/commitment.json), checked, if there is one."""
+    path = Path(keys_dir) / COMMITMENT_FILE
+    if not path.exists():
+        return None
+    from auditor.commitment import load_commitment, verify_commitment
+
+    commitment = load_commitment(path)
+    verify_commitment(commitment, keyset_digest)
+    return commitment.commitment
+
+
+def resolve_settings(
+    keyset: KeySet, *overrides: Mapping[str, Any] | None, where: str = "generation settings", prefix: str = ""
+) -> GenerationSettings:
+    """The keyset's generation settings with each mapping of overrides applied in turn (only the
+    fields given change); height and width default to the keys' size, the only size they can be
+    compared at."""
+    values = keyset.generation.model_dump()
+    for layer in overrides:
+        values |= {k: v for k, v in (layer or {}).items() if v is not None}
+    values["height"] = values.get("height") or keyset.height
+    values["width"] = values.get("width") or keyset.width
+    return validate(GenerationSettings, values, where, prefix)
+
+
+# ---------------------------------------------------------------- one model
+
+
+def audit_model(
+    spec: SuspectSpec,
+    keys: LoadedKeys,
+    config: AuditConfig,
+    settings: GenerationSettings,
+    reporter: Reporter | None = None,
+    *,
+    name: str | None = None,
+    images_out: list[np.ndarray] | None = None,
+) -> tuple[AuditResult, Generator]:
+    """Open `spec` and regenerate every key with it; the generator is returned for its transcript."""
+    reporter = reporter or Reporter()
+    generator = open_suspect(spec, name=name)
+    if isinstance(generator, HttpGenerator):  # queries are slow: a bar per query, keys and decoys alike
+        n_keys = len(keys.keyset.keys[: config.max_keys] if config.max_keys else keys.keyset.keys)
+        total = n_keys * (1 + generator.options.decoys_per_key) * config.seeds_per_key
+        with reporter.task(f"{name or 'suspect'}: queries", total) as advance:
+            generator.progress = advance
+            result = run_audit(generator, keys.keyset, keys.images, config, settings, reporter, images_out)
+    else:
+        result = run_audit(generator, keys.keyset, keys.images, config, settings, reporter, images_out)
+    return result, generator
+
+
+def transcript_document(name: str, generator: HttpGenerator) -> dict[str, Any]:
+    """Every query an HTTP suspect was sent and the sha256 of every PNG it returned."""
+    return {
+        "suspect": name,
+        "endpoint": generator.endpoint,
+        "api": generator.options.api,
+        "stealth_seed": generator.stealth_seed,
+        "transcript_sha256": generator.transcript_digest(),
+        "requests": generator.requests,
+        "failed_requests": generator.failed_requests,
+        "queries": [q.__dict__ for q in generator.transcript()],
+    }
+
+
+# ---------------------------------------------------------------- one audit
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What auditing one suspect produced: the report, and an HTTP suspect's transcript."""
+
+    report: AttributionReport
+    transcript: dict[str, Any] | None = None
+
+
+@dataclass
+class Audit:
+    """Everything the suspects of one audit share: keys, thresholds, settings, references."""
+
+    keys: LoadedKeys
+    config: AuditConfig
+    settings: GenerationSettings
+    alpha: float = 0.01
+    references: tuple[SuspectSpec, ...] = ()
+    discriminator: Path | None = None
+    signing_key: Path | None = None
+    reference_cache: Path | None = None  # a folder: reference audits kept between runs
+    reference_names: tuple[str, ...] = ()  # how reports name each reference (default: its file name)
+    reference_labels: tuple[str, ...] = ()  # how errors name each reference (default: index and file)
+    _references: dict[str, tuple[ReferenceResult, ...]] = field(default_factory=dict, repr=False)
+    _discriminator_model: Any = field(default=None, repr=False)
+
+    def check(self) -> None:
+        """Every refusal that needs no generation, made before any: a signing key that does not
+        load, a discriminator fit for other keys or another audit."""
+        if self.signing_key is not None:
+            from auditor.signing import load_signer
+
+            load_signer(self.signing_key)
+        if self.discriminator is not None and self._discriminator_model is None:
+            self._discriminator_model = load_discriminator_for(
+                self.discriminator, self.keys.keyset, self.config
+            )
+
+    def reference_results(self, reporter: Reporter | None = None) -> tuple[ReferenceResult, ...]:
+        """The references' audits under these settings (cached in memory and in `reference_cache`)."""
+        reporter = reporter or Reporter()
+        token = sha256_bytes(canonical_json(self.settings.model_dump(mode="json")))
+        if token not in self._references:
+            results = []
+            for i, spec in enumerate(self.references):
+                name = self.reference_names[i] if i < len(self.reference_names) else None
+                try:
+                    results.append(self._reference(spec, name, reporter))
+                except AuditorError as exc:
+                    label = (
+                        self.reference_labels[i]
+                        if i < len(self.reference_labels)
+                        else f"reference {i} ({Path(spec.model).name})"
+                    )
+                    raise type(exc)(f"{label}: {exc}") from None
+            self._references[token] = tuple(results)
+        return self._references[token]
+
+    def _reference(self, spec: SuspectSpec, name: str | None, reporter: Reporter) -> ReferenceResult:
+        identity = identify(spec)
+        name = name or identity.name
+        key = sha256_bytes(
+            canonical_json(
+                {
+                    "reference": identity.digest,
+                    "keyset": self.keys.keyset.digest,
+                    "config": self.config.model_dump(mode="json"),
+                    "settings": self.settings.model_dump(mode="json"),
+                    "runtime": {"backend": spec.backend, "device": spec.device, "dtype": spec.dtype},
+                }
+            )
+        )
+        cache = self.reference_cache / f"{name}-{key[:16]}.json" if self.reference_cache else None
+        if cache is not None and cache.is_file():
+            try:
+                cached = parse_json(read_bytes(cache, "reference cache"), str(cache))
+                if isinstance(cached, dict) and cached.get("key") == key:
+                    return validate(ReferenceResult, cached.get("result"), str(cache))
+            except BadInputError:
+                pass  # not a finished cache entry: audit again
+        with reporter.task(f"reference {name}", 1) as advance:
+            result, _ = audit_model(spec, self.keys, self.config, self.settings, reporter)
+            advance(1)
+        ref = reference_result(name, identity.digest, result)
+        if cache is not None:
+            document = {"key": key, "result": ref.model_dump(mode="json")}
+            atomic_write_text(cache, json.dumps(document, indent=2) + "\n")
+        return ref
+
+    def run(
+        self,
+        spec: SuspectSpec,
+        *,
+        name: str | None = None,
+        reporter: Reporter | None = None,
+        images_out: list[np.ndarray] | None = None,
+    ) -> Outcome:
+        """Audit one suspect against the references; the report, not yet saved."""
+        reporter = reporter or Reporter()
+        self.check()
+        identity = identify(spec)  # a missing or unreadable model fails here, before any generation
+        references = self.reference_results(reporter)
+        result, generator = audit_model(
+            spec, self.keys, self.config, self.settings, reporter, name=name, images_out=images_out
+        )
+        digest, transcript = identity.digest, None
+        if isinstance(generator, HttpGenerator):
+            digest = generator.transcript_digest()
+            transcript = transcript_document(name or identity.name, generator)
+        statistical: StatisticalResult | None = None
+        if self._discriminator_model is not None:
+            assert self.discriminator is not None
+            statistical = score_with_discriminator(self._discriminator_model, self.discriminator, result)
+        report = build_report(
+            result=result,
+            keyset=self.keys.keyset,
+            suspect=SuspectRef(name=name or identity.name, digest=digest, kind=identity.kind),
+            config=self.config,
+            references=references,
+            alpha=self.alpha,
+            commitment=self.keys.commitment,
+            statistical=statistical,
+        )
+        return Outcome(report=report, transcript=transcript)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def envelope_path(report_path: str | os.PathLike[str]) -> Path:
+    """report.json -> report.dsse.json: the signed envelope lives beside the plain report."""
+    p = Path(report_path)
+    return p.with_name(p.name.removesuffix(".json") + ".dsse.json")
+
+
+def transcript_path(report_path: str | os.PathLike[str]) -> Path:
+    """report.json -> report.transcript.json: an HTTP suspect's queries and answers, beside its report."""
+    p = Path(report_path)
+    return p.with_name(p.name.removesuffix(".json") + ".transcript.json")
+
+
+def sign_report(report: AttributionReport, report_path: str | os.PathLike[str], signing_key: Path) -> Path:
+    """Write the envelope of the report saved (or about to be saved) at `report_path`."""
+    from auditor.evidence import write_signed_report
+
+    return write_signed_report(report, signing_key, envelope_path(report_path))
+
+
+def save_outcome(
+    outcome: Outcome,
+    report_path: str | os.PathLike[str],
+    signing_key: Path | None = None,
+    transcript_path: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The transcript, the envelope, then the report (so a report on disk has its signature)."""
+    if outcome.transcript is not None and transcript_path is not None:
+        atomic_write_text(transcript_path, json.dumps(outcome.transcript, indent=2) + "\n")
+    if signing_key is not None:
+        sign_report(outcome.report, report_path, signing_key)
+    return save_report(outcome.report, report_path)

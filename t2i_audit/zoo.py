@@ -1,0 +1,35 @@
+"""`t2i-audit zoo build`: train (or load from the cache) the built-in tiny zoo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from t2i_audit._common import Context, add_command, add_group, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from auditor.zoo.build import PRESETS
+
+    zoo = add_group(sub, "zoo", "the built-in tiny model zoo")
+    p = add_command(zoo, "build", "train (or load from cache) the tiny SD zoo", cmd_zoo_build)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument(
+        "--cache", type=Path, help="cache directory (default $T2I_AUDITOR_CACHE or ~/.cache/t2i-auditor)"
+    )
+    p.add_argument(
+        "--jobs", type=positive_int, default=2, help="suspects fine-tuned in parallel processes (default 2)"
+    )
+
+
+def cmd_zoo_build(args: argparse.Namespace, ctx: Context) -> int:
+    from auditor.zoo.build import PRESETS, build_zoo
+
+    index = build_zoo(PRESETS[args.preset], cache_dir=args.cache, reporter=ctx.reporter, jobs=args.jobs)
+    if ctx.format == "json":
+        ctx.emit_json(index.model_dump(mode="json"))
+    else:
+        ctx.console.print(f"[bold]zoo[/bold] {index.config_digest[:16]} in {index.root}")
+        for role, path in [("base", index.base), ("source", index.source), *index.suspects.items()]:
+            ctx.console.print(f"  {role:24s} {path}")
+    return 0

@@ -1,0 +1,173 @@
+"""The layers of docs/architecture.md, checked on the source: who may import whom, and no cycles.
+
+Every `import` and `from ... import` counts, at module level or inside a function (a lazy
+import is still a dependency). A package's `__init__` counts as the package.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("auditor", "export", "t2i_audit")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {
+        _module_name(p): p
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {target for target in _imports(path, name) if target in modules and target != name}
+    return graph
+
+
+GRAPH = _graph()
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_the_graph_sees_lazy_imports():
+    # auditor.workflow imports the evidence module inside a function only
+    assert "auditor.evidence" in GRAPH["auditor.workflow"]
+    assert len(GRAPH) > 60
+
+
+def test_auditor_imports_neither_export_nor_the_cli():
+    wrong = sorted(
+        (m, t)
+        for m, targets in GRAPH.items()
+        if _package(m) == "auditor"
+        for t in targets
+        if _package(t) != "auditor"
+    )
+    assert wrong == []
+
+
+def test_export_never_imports_the_cli():
+    wrong = sorted(
+        (m, t)
+        for m, targets in GRAPH.items()
+        if _package(m) == "export"
+        for t in targets
+        if _package(t) == "t2i_audit"
+    )
+    assert wrong == []
+
+
+def test_runtime_code_never_imports_the_exporter():
+    """The audit opens bundles through auditor.backends.engines; the exporter is a build-time tool."""
+    users = sorted(
+        m for m, targets in GRAPH.items() if "export.exporter" in targets and _package(m) == "auditor"
+    )
+    assert users == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    return components
+
+
+def test_no_import_cycles():
+    """Modules inside a package import their siblings directly, never through the package's
+    __init__ (which re-exports them all, and so would close a cycle)."""
+    assert _cycles(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def test_no_module_is_much_over_500_lines():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 520
+    }
+    assert long == {}
+
+
+def test_every_package_declares_its_public_api():
+    for init in sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")):
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+        names = [
+            t.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        ]
+        assert "__all__" in names, f"{init.relative_to(ROOT)} has no __all__"

@@ -1,0 +1,162 @@
+"""One audit, whichever door: `audit` and `batch` agree, sign, and refuse before generating.
+
+Each test here failed on the code before auditor/workflow.py, where the audit was written
+three times and the copies disagreed (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auditor.multitest import benjamini_hochberg, holm
+from export.testing import exported_bundle
+from t2i_audit import main
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _json_main(*argv: str) -> tuple[int, dict | None]:
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = main(["--format", "json", *argv])
+    text = buffer.getvalue()
+    return code, json.loads(text) if text.strip() else None
+
+
+def _batch_report(tmp_path: Path, keys_dir: Path, model: Path, extra: str = "") -> dict:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nruntime: {{backend: onnx, device: cpu}}\n{extra}"
+        f"suspects:\n  - name: s\n    model: {model}\n"
+    )
+    code, summary = _json_main("batch", str(job), "--out", str(tmp_path / "out"))
+    assert code == 0, summary
+    return json.loads((tmp_path / "out/reports/s.json").read_text())
+
+
+def test_a_bundle_is_cited_by_its_source_digest_in_audit_and_batch(tiny_pipeline, keys_dir, tmp_path):
+    """(a) `audit` cited the source model's digest, `batch` the bundle folder's."""
+    from auditor.identity import hash_model
+
+    bundle = exported_bundle(tiny_pipeline, tmp_path / "export")
+    code, report = _json_main(
+        "audit", "--keys", str(keys_dir), "--suspect", str(bundle), "--backend", "onnx", "--device", "cpu",
+        "--steps", "2",
+    )  # fmt: skip
+    assert code == 0
+    batch = _batch_report(tmp_path, keys_dir, bundle)
+    source = hash_model(tiny_pipeline).digest
+    assert report["suspect"]["digest"] == batch["suspect"]["digest"] == source
+    assert report["suspect"]["kind"] == batch["suspect"]["kind"] == "engine_bundle"
+    assert [k["distances"] for k in report["results"]] == [k["distances"] for k in batch["results"]]
+
+
+@pytest.fixture()
+def served(tiny_pipeline):
+    from auditor.backends import TorchGenerator
+    from auditor.serve import start_server, stop_server
+
+    server, thread = start_server(TorchGenerator(tiny_pipeline, device="cpu", batch_size=1), port=0)
+    try:
+        yield server
+    finally:
+        stop_server(server, thread)
+
+
+def test_an_http_suspect_audited_with_sign_is_signed_by_its_transcript(served, keys_dir, tmp_path, capsys):
+    """(b) `audit --suspect URL --sign` regenerated every key, then failed: no digest to sign."""
+    out = tmp_path / "web.json"
+    code = main(
+        [
+            "--format", "json", "audit", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "2",
+            "--out", str(out), "--sign", str(GOLDEN / "test-signing-key.pem"),
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    transcript = json.loads((tmp_path / "web.transcript.json").read_text())
+    assert report["suspect"]["kind"] == "http_endpoint"
+    assert report["suspect"]["digest"] == transcript["transcript_sha256"]
+    assert (
+        main(["verify", str(tmp_path / "web.dsse.json"), "--key", str(GOLDEN / "test-signing-key.pub")]) == 0
+    )
+
+
+def test_an_audit_that_cannot_be_signed_fails_before_any_generation(served, keys_dir, tmp_path, capsys):
+    served.served = 0
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key")
+    code = main(
+        ["audit", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "2", "--out",
+         str(tmp_path / "r.json"), "--sign", str(bad_key)]
+    )  # fmt: skip
+    assert code == 2 and "not a PEM private key" in capsys.readouterr().err
+    assert served.served == 0 and not (tmp_path / "r.json").exists()
+
+
+def test_batch_jobs_take_a_discriminator(tiny_pipeline, keys_dir, tmp_path):
+    """(d) only `audit` took --discriminator."""
+    from auditor.discriminator import Discriminator
+
+    rng = np.random.default_rng(0)
+    distances = np.concatenate([rng.uniform(0.05, 0.12, (4, 3)), rng.uniform(0.2, 0.3, (4, 3))])
+    disc = Discriminator().fit(distances, np.array([1] * 4 + [0] * 4))
+    from auditor.keys import load_keyset
+
+    disc.save(tmp_path / "disc.json", keyset_digest=load_keyset(keys_dir)[0].digest)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\ndiscriminator: {tmp_path / 'disc.json'}\n"
+        f"suspects:\n  - name: s\n    model: {tiny_pipeline}\n"
+    )
+    code, _ = _json_main("batch", str(job), "--out", str(tmp_path / "out"))
+    assert code == 0
+    report = json.loads((tmp_path / "out/reports/s.json").read_text())
+    assert report["statistical"]["decision"] in ("infringing", "not_infringing")
+
+
+def test_a_batch_refuses_a_discriminator_for_other_keys_before_generating(
+    tiny_pipeline, keys_dir, tmp_path, capsys
+):
+    from auditor.discriminator import Discriminator
+
+    rng = np.random.default_rng(0)
+    distances = np.concatenate([rng.uniform(0.05, 0.12, (4, 3)), rng.uniform(0.2, 0.3, (4, 3))])
+    Discriminator().fit(distances, np.array([1] * 4 + [0] * 4)).save(
+        tmp_path / "d.json", keyset_digest="c" * 64
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"keys: {keys_dir}\ndiscriminator: {tmp_path / 'd.json'}\nsuspects:\n  - name: s\n    model: {tiny_pipeline}\n"
+    )
+    assert main(["batch", str(job), "--out", str(tmp_path / "out")]) == 2
+    assert "fit for keyset cccccccccccccccc" in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("*.json"))
+
+
+def test_global_options_work_before_and_after_the_subcommand(keys_dir, capsys):
+    for argv in (
+        ["--format", "json", "keys", "digest", str(keys_dir)],
+        ["keys", "digest", str(keys_dir), "--format", "json"],
+    ):
+        assert main(argv) == 0
+        assert len(json.loads(capsys.readouterr().out)["digest"]) == 64
+    assert main(["keys", "digest", str(keys_dir), "--threads", "0"]) == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_and_bh_match_statsmodels(seed):
+    multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.uniform(0, 0.05, 4), rng.uniform(0, 1, 9), [0.01, 0.01]])  # ties too
+    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], rtol=0, atol=1e-12
+    )
