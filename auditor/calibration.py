@@ -1,16 +1,34 @@
-"""Statistics behind the calibrated verdict: is the suspect's hit count unusual?
+"""The verdict: a model-level test of the suspect against innocent reference models.
 
-The audit counts "hits": key prompts on which the suspect model reproduces the owner's
-generated image. Innocent models also hit sometimes (common prompts yield similar
-images), so a hit count means nothing without the rate at which models *not* trained
-on the owner's images hit. That null rate is measured on reference models, and the
-verdict is an exact one-sided binomial test of the suspect's count against it.
+The unit of replication is the model, not the key: the 30 keys of one model are not 30
+independent trials, and innocent models differ from each other (one draws closer to
+every key than another). So the suspect is compared with the references as one model
+among models (docs/method.md derives each step):
 
-The pooled binomial treats the reference models as one population with one hit rate.
-When reference models differ much among themselves, that understates the spread and
-the binomial p-value is optimistic; the empirical p-value (the suspect's rank among the
-references, no model assumed) is reported beside it as a check once there are enough
-references for it to reach alpha.
+1. **Per key, normalized against the references.** x_i = log(max(d_i, FLOOR)), d_i the
+   key's distance (min over the audit seeds). Each key is centered on the references'
+   mean for that key and scaled by their pooled spread: z_i = (x_i - mean_r x_ri) / s.
+   Easy and hard keys then weigh alike; z_i < 0 is "closer than innocent models get".
+2. **Two model-level statistics.** global = -median_i z_i (the whole model closer to
+   the keys, what a rho = 1 copy does); sparse = -mean of the lowest quarter of
+   (z_i - median z) (a few keys copied closely while the rest look innocent, what a low
+   share of copied training data does; centering on the model's own median takes out
+   a model-wide shift, the way innocent models differ most).
+3. **Their null from the references themselves.** Each reference is scored against the
+   others (leave-one-out), giving n draws of each statistic from the innocent
+   population. The suspect is one more draw under the null, so each statistic gets a
+   Student-t prediction p-value with n - 1 degrees of freedom, which accounts both for
+   how much innocent models differ (their spread) and for how few references there are.
+4. **One p-value:** p = min(1, 2 min(p_global, p_sparse)) (Bonferroni over the two).
+
+`inconclusive`, with the reason, when there are fewer than `min_references` references,
+when even an extreme suspect could not reach alpha (`min_p_value`), when the references
+do not vary, or when one reference looks unlike the others (a two-sided outlier check,
+Bonferroni over references and statistics at SANITY_ALPHA).
+
+The paper's figures stay beside it: conf (the share of keys under delta0) and an exact
+binomial on hit counts, labelled with the assumption it makes (keys independent, a null
+rate known) and never used for the verdict.
 
 Pure functions of numbers; argument errors are programming errors (ValueError).
 """
@@ -18,175 +36,277 @@ Pure functions of numbers; argument errors are programming errors (ValueError).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+import numpy as np
+from pydantic import Field
 from scipy import stats
 
-Verdict = Literal["infringing", "not_infringing", "inconclusive"]
+from auditor.config import FrozenModel
+
+VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
+
+FLOOR = 0.01  # distances below this are one reproduction, however faithful (about 2.5/255 RMS)
+SPARSE_FRACTION = 0.25  # the sparse statistic averages the lowest quarter of the keys
+SANITY_ALPHA = 0.01
+TEST_NAME = "model-level prediction t-test (global and sparse statistics, Bonferroni)"
+BINOMIAL_ASSUMPTION = (
+    "keys as independent trials with a known null hit rate (the pooled references'); "
+    "neither holds, so this is the paper's kind of figure, not the verdict"
+)
 
 
-def _count(value: int, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer count, got a bool")
-    try:
-        count = operator.index(value)
-    except TypeError as exc:
-        raise ValueError(f"{name} must be an integer count, got {value!r}") from exc
-    if count < 0:
-        raise ValueError(f"{name} must be >= 0, got {count}")
-    return count
+# ---------------------------------------------------------------- the statistics
 
 
-def _probability(value: float, name: str, *, open_interval: bool = False) -> float:
-    number = float(value)
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    if open_interval and number in (0.0, 1.0):
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
-    return number
+def log_distances(distances: np.ndarray | Sequence[float]) -> np.ndarray:
+    d = np.asarray(distances, dtype=np.float64)
+    if d.size == 0 or not np.all(np.isfinite(d)) or np.any(d < 0):
+        raise ValueError("distances must be finite, non-negative and not empty")
+    return np.log(np.maximum(d, FLOOR))
 
 
-def binomial_pvalue(hits: int, trials: int, p0: float) -> float:
-    """Exact one-sided P(X >= hits) for X ~ Binomial(trials, p0).
+def pooled_scale(references: np.ndarray) -> float:
+    """sqrt(sum over keys and references of squared deviations from the key mean / (M (n - 1)))."""
+    n, m = references.shape
+    if n < 2:
+        raise ValueError("the pooled scale needs at least two references")
+    deviations = references - references.mean(axis=0)
+    return float(np.sqrt(np.sum(deviations**2) / (m * (n - 1))))
 
-    One-sided because only *more* hits than innocent models would be evidence of
-    training on the owner's images; fewer hits is no evidence of anything.
+
+def normalize(x: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """z_i = (x_i - mean_r x_ri) / s, s the references' pooled scale."""
+    scale = pooled_scale(references)
+    if scale <= 0:
+        return np.zeros_like(x)  # references identical on every key: nothing to measure against
+    return (x - references.mean(axis=0)) / scale
+
+
+def sparse_keys(num_keys: int) -> int:
+    return max(1, int(round(num_keys * SPARSE_FRACTION)))
+
+
+def model_statistics(z: np.ndarray) -> tuple[float, float]:
+    """(global, sparse): -median z, and -mean of the lowest quarter of z - median z."""
+    center = float(np.median(z))
+    lowest = np.sort(z - center)[: sparse_keys(len(z))]
+    return -center, -float(lowest.mean())
+
+
+def leave_one_out(references: np.ndarray) -> np.ndarray:
+    """(n, 2): each reference's statistics, normalized against the other references."""
+    n = len(references)
+    return np.array(
+        [model_statistics(normalize(references[r], np.delete(references, r, axis=0))) for r in range(n)]
+    )
+
+
+def prediction_pvalue(value: float, null: np.ndarray) -> tuple[float, float]:
+    """(t, one-sided p) of `value` as one more draw of the population `null` came from.
+
+    t = (value - mean) / (sd sqrt(1 + 1/n)), Student t with n - 1 degrees of freedom: the
+    prediction interval for a new draw of a normal population of unknown mean and spread.
     """
-    hits, trials = _count(hits, "hits"), _count(trials, "trials")
-    if hits > trials:
-        raise ValueError(f"hits ({hits}) cannot exceed trials ({trials})")
-    p0 = _probability(p0, "p0")
-    # sf(k - 1) = P(X > k - 1) = P(X >= k); the survival function keeps precision in the tail.
-    return float(min(1.0, max(0.0, stats.binom.sf(hits - 1, trials, p0))))
+    n = len(null)
+    sd = float(np.std(null, ddof=1))
+    if sd <= 0:
+        raise ValueError("the null draws do not vary")
+    t = (value - float(np.mean(null))) / (sd * math.sqrt(1.0 + 1.0 / n))
+    return t, float(stats.t.sf(t, n - 1))
 
 
-def estimate_null_rate(
-    reference_hits: Sequence[int], trials: int, prior: tuple[float, float] = (0.5, 0.5)
-) -> float:
-    """Pooled hit rate of innocent reference models, as a Beta-posterior mean.
-
-    With the Jeffreys prior Beta(1/2, 1/2) this is (total hits + 1/2) / (total trials + 1):
-    it is never 0. A zero null rate would make P(X >= 1) = 0, so a single hit by the
-    suspect would be "infinitely significant" although a handful of clean references
-    simply cannot show a rate below about 1 / (their total trials).
-    """
-    if len(reference_hits) == 0:
-        raise ValueError("at least one reference model is needed to estimate the null rate")
-    trials = _count(trials, "trials")
-    a, b = (float(value) for value in prior)
-    if not (math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
-        raise ValueError(f"prior pseudo-counts must be positive and finite, got {prior!r}")
-    total = 0
-    for index, value in enumerate(reference_hits):
-        count = _count(value, f"reference_hits[{index}]")
-        if count > trials:
-            raise ValueError(f"reference_hits[{index}] ({count}) cannot exceed trials ({trials})")
-        total += count
-    return (total + a) / (len(reference_hits) * trials + a + b)
+# ---------------------------------------------------------------- the record
 
 
-def empirical_pvalue(suspect_score: float, reference_scores: Sequence[float]) -> float:
-    """(1 + #{reference >= suspect}) / (1 + n): the suspect's rank among innocent models.
+class ModelTest(FrozenModel):
+    """Every number of the model-level test; `auditor.calibration` recomputes them all from the
+    distances in the report."""
 
-    The +1s count the suspect as one draw of the null, which makes the p-value valid
-    (never below 1/(n+1)) without assuming any distribution.
-    """
-    suspect = float(suspect_score)
-    scores = [float(score) for score in reference_scores]
-    if not math.isfinite(suspect) or not all(math.isfinite(score) for score in scores):
-        raise ValueError("scores must be finite numbers")
-    at_least = sum(1 for score in scores if score >= suspect)
-    return (1 + at_least) / (1 + len(scores))
+    test: str = TEST_NAME
+    floor: float
+    sparse_keys: int = Field(description="how many keys the sparse statistic averages")
+    scale: float = Field(description="pooled spread of the references' log distances per key")
+    normalized: tuple[float, ...] = Field(
+        description="the suspect's z per key (negative: closer than innocent)"
+    )
+    statistics: dict[str, float] = Field(description="the suspect's global and sparse statistics")
+    reference_statistics: dict[str, tuple[float, ...]] = Field(description="each reference's, leave-one-out")
+    t: dict[str, float]
+    df: int
+    p_values: dict[str, float]
+    p_value: float = Field(description="min(1, 2 min(p_global, p_sparse))")
+    min_p_value: float = Field(description="the smallest p-value these references let any suspect reach")
+    sanity_p_value: float = Field(
+        description="the smallest outlier p-value among the references (Bonferroni-adjusted, two-sided)"
+    )
+    sanity_reference: int = Field(description="index of that reference")
 
 
-def min_achievable_pvalue(trials: int, p0: float) -> float:
-    """The smallest binomial p-value possible: every one of `trials` keys hits."""
-    return _probability(p0, "p0") ** _count(trials, "trials")
+class BinomialFigure(FrozenModel):
+    """The exact binomial on hit counts the first version used as its verdict; kept as a figure."""
 
-
-def min_empirical_pvalue(n_refs: int) -> float:
-    """The smallest empirical p-value possible with `n_refs` references: 1 / (n + 1)."""
-    return 1.0 / (_count(n_refs, "n_refs") + 1)
-
-
-class CalibratedVerdict(BaseModel):
-    """The verdict and every number needed to recompute it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    verdict: Verdict
     hits: int
     trials: int
-    p_value: float | None  # None only without references
-    p0: float | None  # None only without references
-    alpha: float
-    n_references: int
-    empirical_p_value: float | None  # None unless enough references for it to reach alpha
+    p0: float
+    p_value: float
+    assumption: str = BINOMIAL_ASSUMPTION
+
+
+class Decision(FrozenModel):
+    verdict: VerdictName
     reason: str
+    test: ModelTest | None
+    binomial: BinomialFigure | None
 
 
-def decide(hits: int, trials: int, reference_hits: Sequence[int], alpha: float = 0.01) -> CalibratedVerdict:
-    """Turn a hit count into a verdict, calibrated on the reference models' hit counts.
+# ---------------------------------------------------------------- the test
 
-    - no references: inconclusive, there is no null rate to test against;
-    - even `trials` hits out of `trials` could not give p <= alpha: inconclusive, the
-      audit had too few keys for its null rate (a "not infringing" would be meaningless);
-    - binomial p <= alpha: infringing; otherwise not_infringing (no significant evidence).
-    """
-    hits, trials = _count(hits, "hits"), _count(trials, "trials")
-    if hits > trials:
-        raise ValueError(f"hits ({hits}) cannot exceed trials ({trials})")
-    alpha = _probability(alpha, "alpha", open_interval=True)
-    n_refs = len(reference_hits)
-    if n_refs == 0:
-        return CalibratedVerdict(
-            verdict="inconclusive",
-            hits=hits,
-            trials=trials,
-            p_value=None,
-            p0=None,
-            alpha=alpha,
-            n_references=0,
-            empirical_p_value=None,
-            reason="no reference models: innocent reference models are needed to estimate the null hit rate",
-        )
-    p0 = estimate_null_rate(reference_hits, trials)
-    p_value = binomial_pvalue(hits, trials, p0)
-    empirical = (
-        empirical_pvalue(hits, [float(value) for value in reference_hits])
-        if min_empirical_pvalue(n_refs) <= alpha
+
+def model_test(suspect: Sequence[float], references: Sequence[Sequence[float]]) -> ModelTest:
+    """The test of `suspect` (per-key distances) against `references` (n x M distances), n >= 3."""
+    x = log_distances(suspect)
+    refs = np.stack([log_distances(r) for r in references])
+    n, m = refs.shape
+    if n < 3:
+        raise ValueError("the model-level test needs at least three references")
+    if m != len(x):
+        raise ValueError(f"the suspect has {len(x)} keys, the references {m}")
+    null = leave_one_out(refs)
+    z = normalize(x, refs)
+    names = ("global", "sparse")
+    values = model_statistics(z)
+    t, p = {}, {}
+    for i, name in enumerate(names):
+        t[name], p[name] = prediction_pvalue(values[i], null[:, i])
+    # An extreme suspect: every key at the floor (global), or the keys hardest for innocent
+    # models at the floor and the rest at the references' mean (sparse).
+    floor = math.log(FLOOR)
+    extreme_global = model_statistics(normalize(np.full(m, floor), refs))[0]
+    hardest = np.argsort(-refs.mean(axis=0))[: sparse_keys(m)]
+    sparse_case = refs.mean(axis=0).copy()
+    sparse_case[hardest] = floor
+    extreme_sparse = model_statistics(normalize(sparse_case, refs))[1]
+    p_min = min(
+        prediction_pvalue(extreme_global, null[:, 0])[1], prediction_pvalue(extreme_sparse, null[:, 1])[1]
+    )
+    sanity_p, sanity_ref = _sanity(null)
+    return ModelTest(
+        floor=FLOOR,
+        sparse_keys=sparse_keys(m),
+        scale=pooled_scale(refs),
+        normalized=tuple(float(v) for v in z),
+        statistics=dict(zip(names, (float(v) for v in values), strict=True)),
+        reference_statistics={name: tuple(float(v) for v in null[:, i]) for i, name in enumerate(names)},
+        t={k: float(v) for k, v in t.items()},
+        df=n - 1,
+        p_values={k: float(v) for k, v in p.items()},
+        p_value=min(1.0, 2.0 * min(p.values())),
+        min_p_value=min(1.0, 2.0 * p_min),
+        sanity_p_value=sanity_p,
+        sanity_reference=sanity_ref,
+    )
+
+
+def _sanity(null: np.ndarray) -> tuple[float, int]:
+    """Each reference's leave-one-out statistics against the others': the smallest two-sided
+    prediction p-value, Bonferroni-adjusted over references and statistics, and whose it is."""
+    n, k = null.shape
+    worst, who = 1.0, 0
+    for r in range(n):
+        others = np.delete(null, r, axis=0)
+        for c in range(k):
+            sd = float(np.std(others[:, c], ddof=1))
+            if sd <= 0:
+                continue
+            t = (null[r, c] - others[:, c].mean()) / (sd * math.sqrt(1.0 + 1.0 / (n - 1)))
+            p = min(1.0, 2.0 * float(stats.t.sf(abs(t), n - 2)) * n * k)
+            if p < worst:
+                worst, who = p, r
+    return worst, who
+
+
+def binomial_figure(hits: int, trials: int, reference_hits: Sequence[int]) -> BinomialFigure:
+    """Exact one-sided P(X >= hits), X ~ Binomial(trials, p0), p0 the references' pooled rate
+    (Jeffreys posterior mean, never 0)."""
+    if not 0 <= hits <= trials or not reference_hits:
+        raise ValueError("hits must lie in [0, trials] and references must be given")
+    p0 = (sum(reference_hits) + 0.5) / (len(reference_hits) * trials + 1.0)
+    p_value = float(min(1.0, max(0.0, stats.binom.sf(hits - 1, trials, p0))))
+    return BinomialFigure(hits=hits, trials=trials, p0=p0, p_value=p_value)
+
+
+def decide(
+    suspect: Sequence[float],
+    references: Sequence[Sequence[float]],
+    *,
+    alpha: float,
+    min_references: int,
+    delta0: float,
+    reference_names: Sequence[str] = (),
+) -> Decision:
+    """The verdict of the suspect's per-key distances against the references' (module docstring)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    n = len(references)
+    hits = int(sum(d < delta0 for d in suspect))
+    binomial = (
+        binomial_figure(hits, len(suspect), [int(sum(d < delta0 for d in r)) for r in references])
+        if n
         else None
     )
-    floor = min_achievable_pvalue(trials, p0)
-    if floor > alpha:
-        verdict: Verdict = "inconclusive"
+    test = model_test(suspect, references) if n >= 3 and _varies(references) else None
+    if n < min_references:
         reason = (
-            f"with {trials} keys and null rate p0 = {p0:.4g} no result can reach alpha = {alpha:g}"
-            f" (smallest possible p-value {floor:.4g}); use more keys"
+            f"{n} innocent reference model{'s' if n != 1 else ''}: the model-level test needs at least "
+            f"{min_references} (min_references) to say how much innocent models differ; audit more references"
         )
-    elif p_value <= alpha:
-        verdict = "infringing"
+        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
+    if test is None:
+        reason = "the references' distances do not vary (the same model listed twice?): no null spread to test against"
+        return Decision(verdict="inconclusive", reason=reason, test=None, binomial=binomial)
+    if test.min_p_value > alpha:
         reason = (
-            f"{hits}/{trials} hits against null rate p0 = {p0:.4g} from {n_refs} reference models:"
-            f" p = {p_value:.4g} <= alpha = {alpha:g}"
+            f"audit without power: with these {n} references even an extreme suspect reaches at best"
+            f" p = {test.min_p_value:.3g} > alpha = {alpha:g}; audit more references or more keys"
         )
-    else:
-        verdict = "not_infringing"
+        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
+    if test.sanity_p_value < SANITY_ALPHA:
+        who = (
+            reference_names[test.sanity_reference]
+            if test.sanity_reference < len(reference_names)
+            else f"reference {test.sanity_reference}"
+        )
         reason = (
-            f"{hits}/{trials} hits against null rate p0 = {p0:.4g} from {n_refs} reference models:"
-            f" p = {p_value:.4g} > alpha = {alpha:g}, no significant evidence of training on the keyset"
+            f"reference {who} looks unlike the other references (outlier p = {test.sanity_p_value:.3g}"
+            f" < {SANITY_ALPHA:g}): it may not be innocent, or not of the same kind; replace it"
         )
-    return CalibratedVerdict(
-        verdict=verdict,
-        hits=hits,
-        trials=trials,
-        p_value=p_value,
-        p0=p0,
-        alpha=alpha,
-        n_references=n_refs,
-        empirical_p_value=empirical,
-        reason=reason,
+        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
+    parts = (
+        f"sparse p = {test.p_values['sparse']:.3g}, global p = {test.p_values['global']:.3g}"
+        f" against {n} innocent references (t with {test.df} df)"
     )
+    if test.p_value <= alpha:
+        return Decision(
+            verdict="infringing",
+            reason=f"{parts}: p = {test.p_value:.3g} <= alpha = {alpha:g}; the suspect is closer to the keys"
+            " than innocent models are",
+            test=test,
+            binomial=binomial,
+        )
+    return Decision(
+        verdict="not_infringing",
+        reason=f"{parts}: p = {test.p_value:.3g} > alpha = {alpha:g}; no significant evidence of training"
+        " on the keyset",
+        test=test,
+        binomial=binomial,
+    )
+
+
+def _varies(references: Sequence[Sequence[float]]) -> bool:
+    refs = np.stack([log_distances(r) for r in references])
+    if pooled_scale(refs) <= 0:
+        return False
+    null = leave_one_out(refs)
+    return bool(np.all(np.std(null, axis=0, ddof=1) > 0))

@@ -39,24 +39,26 @@ class GenerationSettings(FrozenModel):
 
 
 class AuditConfig(FrozenModel):
-    """The instance-level audit: paper defaults delta0 = 0.15 and M = 30 keys."""
+    """The audit: paper defaults delta0 = 0.15 and M = 30 keys; J audit seeds per key."""
 
     delta0: float = Field(0.15, gt=0.0, lt=1.0, description="reconstruction-distance threshold for a hit")
     distance: str = Field("l2", description="registered distance name (see auditor.distance)")
     seeds_per_key: int = Field(
-        1, ge=1, le=64, description="suspect generations per key; the min distance counts"
+        4,
+        ge=1,
+        le=64,
+        description="J: suspect generations per key, each with its own seed; the min distance counts",
     )
-    audit_seed: int = Field(
-        1_000_003,
-        ge=0,
-        lt=2**63,
-        description="first audit seed; must differ from every seed the source used for a key",
+    audit_nonce: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="derives every (key, j) audit seed; None: derived from the keyset digest (recorded)",
     )
     max_keys: int | None = Field(None, ge=1, description="audit only the first N keys of the keyset")
     conf_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="fixed-threshold verdict: infringing when conf >= this"
+        0.5, ge=0.0, le=1.0, description="the paper's fixed-threshold figure: infringing when conf >= this"
+    )
+    min_references: int = Field(
+        5, ge=3, le=1000, description="fewer innocent references than this: the verdict is inconclusive"
     )
     batch_size: int = Field(16, ge=1, le=1024)
-
-    def audit_seeds(self) -> list[int]:
-        return [self.audit_seed + r for r in range(self.seeds_per_key)]

@@ -17,7 +17,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from auditor.audit import fixed_threshold_verdict
 from auditor.backends import SuspectSpec, open_suspect
 from auditor.config import AuditConfig, FrozenModel
 from auditor.fileio import atomic_write_text, sha256_bytes
@@ -143,7 +142,7 @@ def run_demo(
         )
         atomic_write_text(report_path.with_suffix(".html"), page)
         result = report.summary
-        calibration = report.verdict.calibration
+        test = report.verdict.test
         rows.append(
             DemoSuspect(
                 name=name,
@@ -152,8 +151,8 @@ def run_demo(
                 hits=result.hits,
                 num_keys=result.num_keys,
                 verdict=report.verdict.verdict,
-                paper_verdict=fixed_threshold_verdict(result.conf, config.conf_threshold),
-                p_value=calibration.p_value if calibration else None,
+                paper_verdict=report.summary.paper_verdict,
+                p_value=test.p_value if test else None,
                 mean_distance=result.mean_distance,
                 best_distance=result.best_distance,
                 shares=distance_shares([k.distance for k in report.results]),

@@ -279,7 +279,7 @@ class Discriminator:
         cv_folds: int = 5,
         random_state: int = 0,
         distance: str = "l2",
-        seeds_per_key: int = 1,
+        seeds_per_key: int = 4,
     ) -> None:
         self.delta0 = _check_delta0(delta0)
         self.distance = distance

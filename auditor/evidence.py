@@ -7,6 +7,7 @@ the whole attribution report. Verification checks, in order and with no network:
 1. the Ed25519 signature over the envelope (nothing unsigned is interpreted);
 2. the predicate is a report of a supported schema version;
 3. the statement's subject digest is the digest the report gives for the suspect;
+3b. the verdict follows from the report's own numbers (`report.recompute_verdict`);
 4. with the keyset folder: every key image re-hashes to keys.json, the keyset digest
    is the report's, and, when the report cites a pre-registered commitment, the
    folder's commitment.json opens to that digest and is the commitment cited.
@@ -106,6 +107,8 @@ def verify_signed_report_details(
     checks.append("schema")
     _check_subject(statement, report, source)
     checks.append("subject")
+    _check_verdict(report, source)
+    checks.append("verdict")
     if keys_dir is not None:
         checks.extend(check_keyset(report, keys_dir))
     return Verified(report=report, keyid=verifier.keyid, checks=tuple(checks))
@@ -128,6 +131,45 @@ def _check_subject(statement: dict[str, Any], report: AttributionReport, source:
         raise VerificationError(
             f"{source}: statement subject sha256 ({shown}) differs from the report's suspect digest {expected}"
         )
+
+
+def _check_verdict(report: AttributionReport, source: str) -> None:
+    """The signed verdict must follow from the signed numbers: a report re-signed with a verdict its
+    own distances do not support (by mistake or on purpose) is not evidence of anything."""
+    from auditor.report import recompute_verdict
+
+    try:
+        again = recompute_verdict(report)
+    except ValueError as exc:
+        raise VerificationError(f"{source}: the signed numbers do not give a verdict ({exc})") from None
+    if not _same_verdict(again, report.verdict):
+        raise VerificationError(
+            f"{source}: the signed verdict ({report.verdict.verdict}, p = "
+            f"{report.verdict.test.p_value if report.verdict.test else 'n/a'}) does not follow from the signed "
+            f"distances, which give {again.verdict} (p = {again.test.p_value if again.test else 'n/a'})"
+        )
+
+
+def _same_verdict(a, b) -> bool:
+    """Equal labels and counts; numbers equal to 1e-9 relative (another machine's floating point
+    may differ in the last digits; a changed verdict or p-value differs far more)."""
+    import math
+
+    def close(x, y) -> bool:
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(close(x[k], y[k]) for k in x)
+        if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+            return len(x) == len(y) and all(close(u, v) for u, v in zip(x, y, strict=True))
+        if isinstance(x, float) or isinstance(y, float):
+            return (
+                isinstance(x, int | float)
+                and isinstance(y, int | float)
+                and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+            )
+        return x == y
+
+    ignore = {"reason"}  # prose around the numbers
+    return close(a.model_dump(exclude=ignore), b.model_dump(exclude=ignore))
 
 
 def check_keyset(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> list[str]:

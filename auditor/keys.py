@@ -53,6 +53,10 @@ class SelectionRecord(FrozenModel):
     requested: int
     candidates: int
     eligible: int
+    panel: tuple[ModelRef, ...] = Field(
+        (), description="innocent fine-tunes that screened the candidates; never calibration references"
+    )
+    panel_rejected: int = Field(0, ge=0, description="eligible candidates the panel reproduced, dropped")
 
 
 class KeySet(FrozenModel):
@@ -74,8 +78,21 @@ class KeySet(FrozenModel):
         return {s for key in self.keys for s in (key.seed, *key.selection_seeds)}
 
 
+def keyset_document(keyset: KeySet) -> dict:
+    """keys.json's content. Fields added after v1 are left out while at their defaults, so every
+    keyset written before them keeps its digest (and its published commitment)."""
+    data = keyset.model_dump(mode="json")
+    for name, default in _ADDED_SELECTION_DEFAULTS.items():
+        if data["selection"][name] == default:
+            del data["selection"][name]
+    return data
+
+
+_ADDED_SELECTION_DEFAULTS = {"panel": [], "panel_rejected": 0}  # as JSON
+
+
 def keyset_digest(keyset: KeySet) -> str:
-    return sha256_bytes(canonical_json(keyset.model_dump(mode="json")))
+    return sha256_bytes(canonical_json(keyset_document(keyset)))
 
 
 def save_keyset(keyset: KeySet, images: np.ndarray, directory: str | os.PathLike[str]) -> str:
@@ -90,7 +107,7 @@ def save_keyset(keyset: KeySet, images: np.ndarray, directory: str | os.PathLike
         data = save_png(out / key.image, image)
         if sha256_bytes(data) != key.image_sha256:
             raise ValueError(f"{key.image}: encoded bytes do not match the recorded sha256")
-    atomic_write_text(out / KEYS_FILE, json.dumps(keyset.model_dump(mode="json"), indent=2) + "\n")
+    atomic_write_text(out / KEYS_FILE, json.dumps(keyset_document(keyset), indent=2) + "\n")
     return keyset.digest
 
 

@@ -1,10 +1,15 @@
 """The attribution report: one versioned schema, the document the evidence trail rests on.
 
-It records everything a rerun needs (model and keyset digests, seeds, settings, backend
-versions, thresholds) and everything a reader needs to weigh it (per-key distances, the
-hit count, the null rate of innocent references and the p-value). Signing wraps the
-canonical JSON of this model in a DSSE envelope (auditor.signing); this module is the
+It records everything a rerun needs (model and keyset digests, the audit nonce and every
+seed, settings, backend versions, thresholds) and everything a reader needs to weigh it
+(every (key, seed) distance of the suspect and of each innocent reference, and the
+model-level test built from them). `recompute_verdict` derives the verdict again from
+those numbers alone, which `t2i-audit verify` does for every signed report. Signing wraps
+the canonical JSON of this model in a DSSE envelope (auditor.signing); this module is the
 only place the schema is defined, and `t2i-audit schema` prints it.
+
+v2 (this version): the model-level test replaced the binomial verdict of v1; v1 reports
+are refused with a one-line error naming the version expected.
 """
 
 from __future__ import annotations
@@ -22,15 +27,14 @@ from pydantic import Field
 import auditor
 from auditor.audit import AuditResult, KeyResult, fixed_threshold_verdict
 from auditor.backends import BackendInfo
-from auditor.calibration import CalibratedVerdict, decide
+from auditor.calibration import BinomialFigure, ModelTest, VerdictName, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.documents import check_version, load_document, validate
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text
 from auditor.keys import KeySet, ModelRef, Strategy
 
-REPORT_SCHEMA = "t2i-auditor.report/v1"
-VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
+REPORT_SCHEMA = "t2i-auditor.report/v2"
 
 
 class ToolInfo(FrozenModel):
@@ -52,20 +56,25 @@ class SuspectRef(ModelRef):
 
 
 class ReferenceResult(FrozenModel):
-    """An innocent reference model audited with the same keys: one draw from the null."""
+    """An innocent reference model audited exactly like the suspect: one draw from the null."""
 
     name: str
     digest: str | None
     hits: int
     num_keys: int
     conf: float
-    distances: tuple[float, ...]
+    distances: tuple[float, ...] = Field(description="per key: the min over its audit seeds")
+    seed_distances: tuple[tuple[float, ...], ...] = Field(description="per key, per audit seed")
+    audit_token: str = Field(description="equal to the suspect's: same keys, nonce, seeds, settings")
 
 
 class Summary(FrozenModel):
     num_keys: int
     hits: int
-    conf: float
+    conf: float = Field(description="the paper's confidence: share of keys under delta0")
+    paper_verdict: Literal["infringing", "not_infringing"] = Field(
+        description="the paper's fixed threshold on conf (a figure, not the verdict)"
+    )
     mean_distance: float
     best_distance: float
     seconds: float
@@ -73,9 +82,13 @@ class Summary(FrozenModel):
 
 class Verdict(FrozenModel):
     verdict: VerdictName
-    rule: Literal["fixed_conf_threshold", "calibrated_binomial"]
+    rule: Literal["model_level_test"] = "model_level_test"
     reason: str
-    calibration: CalibratedVerdict | None = None
+    alpha: float = Field(gt=0.0, lt=1.0)
+    min_references: int
+    n_references: int
+    test: ModelTest | None = Field(None, description="absent with fewer than three references")
+    binomial: BinomialFigure | None = Field(None, description="the paper's kind of figure; not the verdict")
 
 
 class StatisticalResult(FrozenModel):
@@ -92,7 +105,7 @@ class StatisticalResult(FrozenModel):
 
 
 class AttributionReport(FrozenModel):
-    schema_version: Literal["t2i-auditor.report/v1"] = REPORT_SCHEMA
+    schema_version: Literal["t2i-auditor.report/v2"] = REPORT_SCHEMA
     tool: ToolInfo
     created_at: str
     source: ModelRef
@@ -101,6 +114,7 @@ class AttributionReport(FrozenModel):
     generation: GenerationSettings
     backend: BackendInfo
     audit: AuditConfig
+    audit_token: str = Field(description="sha256 of keyset, audit config and settings (auditor.audit)")
     results: tuple[KeyResult, ...]
     summary: Summary
     references: tuple[ReferenceResult, ...] = ()
@@ -119,23 +133,28 @@ def tool_info() -> ToolInfo:
 
 
 def make_verdict(
-    result: AuditResult, config: AuditConfig, references: tuple[ReferenceResult, ...], alpha: float
-):
-    """Calibrated when innocent references were audited, else the paper's fixed threshold."""
-    if references:
-        calibrated = decide(result.hits, result.num_keys, [r.hits for r in references], alpha=alpha)
-        return Verdict(
-            verdict=calibrated.verdict,
-            rule="calibrated_binomial",
-            reason=calibrated.reason,
-            calibration=calibrated,
-        )
-    verdict = fixed_threshold_verdict(result.conf, config.conf_threshold)
-    op = ">=" if verdict == "infringing" else "<"
+    suspect_distances: tuple[float, ...],
+    references: tuple[ReferenceResult, ...],
+    config: AuditConfig,
+    alpha: float,
+) -> Verdict:
+    """The model-level test of the suspect's per-key distances against the references'."""
+    decision = decide(
+        suspect_distances,
+        [r.distances for r in references],
+        alpha=alpha,
+        min_references=config.min_references,
+        delta0=config.delta0,
+        reference_names=[r.name for r in references],
+    )
     return Verdict(
-        verdict=verdict,
-        rule="fixed_conf_threshold",
-        reason=f"conf {result.conf:.3f} {op} threshold {config.conf_threshold:g} (no references: uncalibrated)",
+        verdict=decision.verdict,
+        reason=decision.reason,
+        alpha=alpha,
+        min_references=config.min_references,
+        n_references=len(references),
+        test=decision.test,
+        binomial=decision.binomial,
     )
 
 
@@ -147,6 +166,25 @@ def reference_result(name: str, digest: str | None, result: AuditResult) -> Refe
         num_keys=result.num_keys,
         conf=result.conf,
         distances=tuple(k.distance for k in result.keys),
+        seed_distances=tuple(k.distances for k in result.keys),
+        audit_token=result.token,
+    )
+
+
+def check_comparable(references: tuple[ReferenceResult, ...], token: str, where: str = "references") -> None:
+    """Refuse references audited with other keys, seeds, settings or distance than the suspect."""
+    for ref in references:
+        if ref.audit_token != token:
+            raise BadInputError(
+                f"{where}: reference {ref.name!r} was audited with other keys, seeds or settings than the "
+                f"suspect (audit token {ref.audit_token[:16]}..., expected {token[:16]}...); audit it again"
+            )
+
+
+def recompute_verdict(report: AttributionReport) -> Verdict:
+    """The verdict derived again from the report's own numbers (what `verify` checks)."""
+    return make_verdict(
+        tuple(k.distance for k in report.results), report.references, report.audit, report.verdict.alpha
     )
 
 
@@ -155,13 +193,14 @@ def build_report(
     result: AuditResult,
     keyset: KeySet,
     suspect: SuspectRef,
-    config: AuditConfig,
     references: tuple[ReferenceResult, ...] = (),
     alpha: float = 0.01,
     commitment: str | None = None,
     created_at: str | None = None,
     statistical: StatisticalResult | None = None,
 ) -> AttributionReport:
+    check_comparable(references, result.token)
+    config = result.config
     return AttributionReport(
         tool=tool_info(),
         created_at=created_at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -173,17 +212,19 @@ def build_report(
         generation=result.generation,
         backend=result.backend,
         audit=config,
+        audit_token=result.token,
         results=result.keys,
         summary=Summary(
             num_keys=result.num_keys,
             hits=result.hits,
             conf=result.conf,
+            paper_verdict=fixed_threshold_verdict(result.conf, config.conf_threshold),  # type: ignore[arg-type]
             mean_distance=result.mean_distance,
             best_distance=result.best_distance,
             seconds=result.seconds,
         ),
         references=references,
-        verdict=make_verdict(result, config, references, alpha),
+        verdict=make_verdict(tuple(k.distance for k in result.keys), references, config, alpha),
         statistical=statistical,
     )
 

@@ -41,7 +41,7 @@ from auditor.errors import BadInputError, VerificationError
 from auditor.fileio import atomic_write_bytes, canonical_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://t2i-auditor.dev/attribution-report/v1"
+PREDICATE_TYPE = "https://t2i-auditor.dev/attribution-report/v2"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
 PRIVATE_KEY_MODE = 0o600

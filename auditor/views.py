@@ -9,13 +9,13 @@ so it renders the same offline, years later, as on the day it was made.
 from __future__ import annotations
 
 import html
-import io
 import json
 
 from rich.console import Console
 from rich.markup import escape as rich_escape
 from rich.table import Table
 
+from auditor.figures import distance_histogram_png, strip_plot_png
 from auditor.report import AttributionReport
 
 VERDICT_STYLE = {"infringing": "bold red", "not_infringing": "bold green", "inconclusive": "bold yellow"}
@@ -66,6 +66,33 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
         table.add_row("caution", f"[yellow]{rich_escape(caution)}[/yellow]")
     table.add_row("verdict", f"[{style}]{report.verdict.verdict}[/{style}]")
     table.add_row("reason", rich_escape(report.verdict.reason))
+    v = report.verdict
+    table.add_row("references", f"{v.n_references} innocent (min {v.min_references}); alpha {v.alpha:g}")
+    if test := v.test:
+        table.add_row(
+            "model-level test",
+            f"p = {test.p_value:.3g} (sparse {test.p_values['sparse']:.3g}, global {test.p_values['global']:.3g});"
+            f" smallest reachable {test.min_p_value:.3g}",
+        )
+        null = {k: (min(vals), max(vals)) for k, vals in test.reference_statistics.items()}
+        table.add_row(
+            "  statistics",
+            f"sparse {test.statistics['sparse']:.2f} (references {null['sparse'][0]:.2f}..{null['sparse'][1]:.2f}),"
+            f" global {test.statistics['global']:.2f} (references {null['global'][0]:.2f}..{null['global'][1]:.2f})",
+        )
+        lowest = sorted(zip(test.normalized, report.results, strict=True), key=lambda pair: pair[0])[:5]
+        table.add_row(
+            "  closest keys (z)",
+            ", ".join(f"{r.key_id} {z:+.1f}" for z, r in lowest),
+        )
+    table.add_row(
+        "paper's figures",
+        f"conf {s.conf:.3f}: {s.paper_verdict} at threshold {report.audit.conf_threshold:g}",
+    )
+    if b := v.binomial:
+        table.add_row(
+            "  binomial", f"p = {b.p_value:.3g} (p0 {b.p0:.3g}; assumes {rich_escape(b.assumption)})"
+        )
     if st := report.statistical:
         table.add_row(
             "discriminator",
@@ -73,63 +100,6 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
             f"fit on {st.shadows['infringing']} infringing + {st.shadows['innocent']} innocent shadows)",
         )
     console.print(table)
-
-
-# ---------------------------------------------------------------- histogram
-
-
-def distance_histogram_png(report: AttributionReport) -> bytes:
-    """The suspect's per-key distances against the innocent references', delta0 marked (PNG bytes).
-
-    Each group is drawn as shares of its own keys, so 3 references of M keys and one
-    suspect of M keys are comparable. Drawn with the Agg canvas directly: no pyplot
-    state, no display, no PNG "Software" metadata.
-    """
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    suspect = np.array([k.distance for k in report.results], dtype=float)
-    reference = np.array([d for r in report.references for d in r.distances], dtype=float)
-    delta0 = report.audit.delta0
-    everything = np.concatenate([suspect, reference, [delta0]])
-    everything = everything[np.isfinite(everything)]
-    lo, hi = float(everything.min()), float(everything.max())
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.05, hi + 0.05
-    bins = np.linspace(lo, hi, 31)
-
-    fig = Figure(figsize=(6.4, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if reference.size:
-        ax.hist(
-            reference,
-            bins=bins,
-            weights=np.full(reference.size, 1.0 / reference.size),
-            color="#8a8a8a",
-            alpha=0.6,
-            label=f"innocent references ({len(report.references)} models, {reference.size} keys)",
-        )
-    if suspect.size:
-        ax.hist(
-            suspect,
-            bins=bins,
-            weights=np.full(suspect.size, 1.0 / suspect.size),
-            histtype="step",
-            linewidth=2.0,
-            color="#c0392b",
-            label=f"suspect ({suspect.size} keys)",
-        )
-    ax.axvline(delta0, color="black", linestyle="--", linewidth=1.2, label=f"delta0 = {delta0:g}")
-    ax.set_xlabel("per-key distance (min over audit seeds)")
-    ax.set_ylabel("share of keys")
-    ax.set_title("hits are keys left of delta0")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- HTML page
@@ -196,9 +166,10 @@ def render_report_html(
     column out. `provenance` says where the report was read from (shown as a note).
     """
     v = report.verdict
-    cal = v.calibration
+    test = v.test
     s = report.summary
     histogram = histogram if histogram is not None else distance_histogram_png(report)
+    strip = strip_plot_png(report)
 
     verdict_rows = [
         ("verdict", f'<span class="verdict {_e(v.verdict)}">{_e(v.verdict)}</span>'),
@@ -207,24 +178,44 @@ def render_report_html(
         ("hits", f"{s.hits} / {s.num_keys} keys under delta0 = {_e(format(report.audit.delta0, 'g'))}"),
         ("conf", _e(f"{s.conf:.4f}")),
     ]
-    if cal is not None:
+    verdict_rows += [
+        ("alpha", _e(format(v.alpha, "g"))),
+        ("innocent references", _e(f"{v.n_references} (at least {v.min_references} needed)")),
+    ]
+    if test is not None:
         verdict_rows += [
-            ("p-value (exact one-sided binomial)", _e(_num(cal.p_value))),
-            ("p0 (null hit rate, Jeffreys)", _e(_num(cal.p0))),
-            ("alpha", _e(format(cal.alpha, "g"))),
+            ("p-value (model-level test)", _e(f"{_num(test.p_value)} = min(1, 2 min(sparse, global))")),
             (
-                "empirical p-value",
-                _e(_num(cal.empirical_p_value))
-                + ("" if cal.empirical_p_value is not None else " (too few references to reach alpha)"),
+                "sparse statistic",
+                _e(
+                    f"{test.statistics['sparse']:.3f}, t = {test.t['sparse']:.2f}, p = {_num(test.p_values['sparse'])}"
+                ),
             ),
-            ("reference models", _e(cal.n_references)),
+            (
+                "global statistic",
+                _e(
+                    f"{test.statistics['global']:.3f}, t = {test.t['global']:.2f}, p = {_num(test.p_values['global'])}"
+                ),
+            ),
+            ("degrees of freedom", _e(test.df)),
+            ("smallest reachable p", _e(_num(test.min_p_value))),
+            (
+                "reference sanity check",
+                _e(f"smallest outlier p {_num(test.sanity_p_value)} (reference {test.sanity_reference})"),
+            ),
         ]
-    else:
+    verdict_rows += [
+        (
+            "paper's figure: conf",
+            _e(f"{s.conf:.4f} ({s.paper_verdict} at threshold {report.audit.conf_threshold:g})"),
+        ),
+    ]
+    if (b := v.binomial) is not None:
         verdict_rows += [
-            ("p-value", "n/a (uncalibrated: no innocent reference models were audited)"),
-            ("p0", "n/a"),
-            ("alpha", "n/a"),
-            ("conf threshold", _e(format(report.audit.conf_threshold, "g"))),
+            (
+                "binomial figure (not the verdict)",
+                _e(f"p = {_num(b.p_value)} with p0 = {_num(b.p0)}; assumes {b.assumption}"),
+            ),
         ]
     if st := report.statistical:
         verdict_rows += [
@@ -258,14 +249,19 @@ def render_report_html(
 
     ref_table = ""
     if report.references:
+        loo = test.reference_statistics if test is not None else {}
         body = "".join(
             f"<tr><td>{_e(r.name)}</td><td>{_code(r.digest)}</td><td>{r.hits} / {r.num_keys}</td>"
-            f"<td>{_e(f'{r.conf:.4f}')}</td></tr>"
-            for r in report.references
+            f"<td>{_e(f'{r.conf:.4f}')}</td>"
+            + "".join(
+                f"<td>{_e(f'{loo[c][i]:.3f}')}</td>" if loo else "<td>n/a</td>" for c in ("sparse", "global")
+            )
+            + "</tr>"
+            for i, r in enumerate(report.references)
         )
         ref_table = (
             "<h3>Innocent reference models</h3><table><tr><th>name</th><th>digest</th><th>hits</th>"
-            f"<th>conf</th></tr>{body}</table>"
+            f"<th>conf</th><th>sparse (leave-one-out)</th><th>global (leave-one-out)</th></tr>{body}</table>"
         )
 
     b = report.backend
@@ -288,7 +284,11 @@ def render_report_html(
 
     show_keys = key_images is not None
     show_regen = regenerations is not None
-    header = "<th>#</th><th>key</th><th>prompt</th><th>seed(s)</th><th>distance per seed</th><th>distance</th><th>hit</th>"
+    header = (
+        "<th>#</th><th>key</th><th>prompt</th><th>seed(s)</th><th>distance per seed</th><th>distance</th>"
+        "<th>z vs references</th><th>hit</th>"
+    )
+    normalized = test.normalized if test is not None else (None,) * len(report.results)
     if show_keys:
         header += "<th>key image (owner)</th>"
     if show_regen:
@@ -300,7 +300,7 @@ def render_report_html(
         row = (
             f'<tr class="key-row" id="{_e(k.key_id)}"><td>{i}</td><td><code>{_e(k.key_id)}</code></td>'
             f"<td>{_e(k.prompt)}</td><td>{_e(', '.join(str(x) for x in k.seeds))}</td><td>{_e(per_seed)}</td>"
-            f"<td>{_e(format(k.distance, '.4f'))}</td><td>{hit}</td>"
+            f"<td>{_e(format(k.distance, '.4f'))}</td><td>{_e(_num(normalized[i - 1], '+.2f'))}</td><td>{hit}</td>"
         )
         if show_keys:
             row += f"<td>{_img(key_images.get(k.key_id), f'key image {k.key_id}', k.key_id)}</td>"
@@ -326,6 +326,17 @@ def render_report_html(
         "per-key distances; dashed line: delta0",
         pixelated=False,
     )
+    strip_html = (
+        _img(
+            strip,
+            "the suspect's model-level statistics against the references' leave-one-out statistics",
+            "model-level test: each reference scored against the others (grey), the suspect (red), "
+            "and the value a statistic must pass for the verdict's alpha (dashed)",
+            pixelated=False,
+        )
+        if strip is not None
+        else '<p class="note">No model-level test: fewer than three innocent references.</p>'
+    )
     title = f"Attribution audit of {report.suspect.name}"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -341,6 +352,7 @@ def render_report_html(
 <p class="note">{_e(provenance)}</p>
 <h2 id="verdict">Verdict</h2>
 <table>{_rows(verdict_rows)}</table>
+{strip_html}
 <h2 id="identities">Identities and digests</h2>
 <table>{_rows(identity_rows)}</table>
 {ref_table}

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor.audit import AuditResult, run_audit
+from auditor.audit import AuditResult, audit_token, run_audit, with_nonce
 from auditor.backends import Generator, HttpGenerator, SuspectSpec, identify, open_suspect
 from auditor.commitment import COMMITMENT_FILE
 from auditor.config import AuditConfig, GenerationSettings
@@ -45,6 +45,7 @@ from auditor.report import (
     StatisticalResult,
     SuspectRef,
     build_report,
+    check_comparable,
     load_discriminator_for,
     reference_result,
     save_report,
@@ -163,10 +164,23 @@ class Audit:
     reference_labels: tuple[str, ...] = ()  # how errors name each reference (default: index and file)
     _references: dict[str, tuple[ReferenceResult, ...]] = field(default_factory=dict, repr=False)
     _discriminator_model: Any = field(default=None, repr=False)
+    _checked: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # the nonce every audit seed derives from, fixed now: references and suspects share it
+        self.config = with_nonce(self.config, self.keys.keyset)
+
+    @property
+    def token(self) -> str:
+        """What references and suspects of this audit share (keys, nonce, seeds, settings)."""
+        return audit_token(self.keys.keyset, self.config, self.settings)
 
     def check(self) -> None:
         """Every refusal that needs no generation, made before any: a signing key that does not
-        load, a discriminator fit for other keys or another audit."""
+        load, a discriminator fit for other keys or another audit, references that are not
+        innocent fine-tunes (the base, the source, a selection-panel model, one listed twice)."""
+        if self._checked:
+            return
         if self.signing_key is not None:
             from auditor.signing import load_signer
 
@@ -175,6 +189,39 @@ class Audit:
             self._discriminator_model = load_discriminator_for(
                 self.discriminator, self.keys.keyset, self.config
             )
+        self._check_references()
+        self._checked = True
+
+    def _check_references(self) -> None:
+        keyset = self.keys.keyset
+        excluded = {keyset.source.digest: "the source model the keys were selected from"}
+        if keyset.base is not None:
+            excluded[keyset.base.digest] = "the base model the keys were selected against"
+        for member in keyset.selection.panel:
+            excluded[member.digest] = f"selection-panel model {member.name} (it screened the keys)"
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.references):
+            label = self._label(i, spec)
+            try:
+                digest = identify(spec).digest
+            except AuditorError as exc:
+                raise type(exc)(f"{label}: {exc}") from None
+            if digest is not None and digest in excluded:
+                raise BadInputError(
+                    f"{label}: is {excluded[digest]}, never an innocent reference; references are fine-tunes "
+                    "of the base on other data (t2i-audit references build)"
+                )
+            if digest is not None and digest in seen:
+                raise BadInputError(
+                    f"{label}: the same model as reference {seen[digest]}; list each model once"
+                )
+            if digest is not None:
+                seen[digest] = i
+
+    def _label(self, i: int, spec: SuspectSpec) -> str:
+        if i < len(self.reference_labels):
+            return self.reference_labels[i]
+        return f"reference {i} ({Path(spec.model).name})"
 
     def reference_results(self, reporter: Reporter | None = None) -> tuple[ReferenceResult, ...]:
         """The references' audits under these settings (cached in memory and in `reference_cache`)."""
@@ -187,12 +234,8 @@ class Audit:
                 try:
                     results.append(self._reference(spec, name, reporter))
                 except AuditorError as exc:
-                    label = (
-                        self.reference_labels[i]
-                        if i < len(self.reference_labels)
-                        else f"reference {i} ({Path(spec.model).name})"
-                    )
-                    raise type(exc)(f"{label}: {exc}") from None
+                    raise type(exc)(f"{self._label(i, spec)}: {exc}") from None
+            check_comparable(tuple(results), self.token)
             self._references[token] = tuple(results)
         return self._references[token]
 
@@ -255,7 +298,6 @@ class Audit:
             result=result,
             keyset=self.keys.keyset,
             suspect=SuspectRef(name=name or identity.name, digest=digest, kind=identity.kind),
-            config=self.config,
             references=references,
             alpha=self.alpha,
             commitment=self.keys.commitment,

@@ -37,8 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the report JSON here")
     p.add_argument("--delta0", type=float, help="hit threshold (default 0.15)")
     p.add_argument("--distance", help="distance name (default l2)")
-    p.add_argument("--seeds-per-key", type=int)
-    p.add_argument("--audit-seed", type=int)
+    p.add_argument("--seeds-per-key", type=int, help="J: generations per key, each its own seed (default 4)")
+    p.add_argument(
+        "--audit-nonce", help="32 hex digits every audit seed derives from (default: derived from the keyset)"
+    )
+    p.add_argument(
+        "--min-references", type=int, help="fewer innocent references: the verdict is inconclusive (default 5)"
+    )
     p.add_argument("--max-keys", type=int)
     p.add_argument(
         "--conf-threshold", type=float, help="uncalibrated verdict threshold on conf (default 0.5)"
@@ -67,7 +72,8 @@ def audit_config(args: argparse.Namespace):
         "delta0": args.delta0,
         "distance": args.distance,
         "seeds_per_key": args.seeds_per_key,
-        "audit_seed": args.audit_seed,
+        "audit_nonce": args.audit_nonce,
+        "min_references": args.min_references,
         "max_keys": args.max_keys,
         "conf_threshold": args.conf_threshold,
         "batch_size": args.batch_size,

@@ -68,14 +68,14 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
     envelope_bytes = read_bytes(path, "envelope file")
     verified = verify_signed_report_details(envelope_bytes, args.key, args.keys, source=str(path))
     report = verified.report
-    cal = report.verdict.calibration
+    test = report.verdict.test
     if ctx.format == "json":
         ctx.emit_json(
             {
                 "valid": True,
                 "verdict": report.verdict.verdict,
                 "rule": report.verdict.rule,
-                "p_value": cal.p_value if cal else None,
+                "p_value": test.p_value if test else None,
                 "suspect": {"name": report.suspect.name, "digest": report.suspect.digest},
                 "source": {"name": report.source.name, "digest": report.source.digest},
                 "keyset_digest": report.keyset.digest,

@@ -42,3 +42,12 @@ def keys_dir(tmp_path_factory) -> Path:
     keyset, images = make_keyset(n=3, size=32)
     save_keyset(keyset, images, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def reference_models(tmp_path_factory) -> list[Path]:
+    """Five untrained pipelines of other seeds: enough innocent references for the model-level test."""
+    from export.testing import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("references")
+    return [build_tiny_pipeline(root / f"ref-{seed}", seed=seed) for seed in range(11, 16)]

@@ -205,8 +205,12 @@ def test_batch_killed_midway_resumes_without_loss(tiny_pipeline, keys_dir, tmp_p
 # ---------------------------------------------------------------- --index, --summarize, signing
 
 
+def _refs(models) -> str:
+    return "references: [" + ", ".join(str(m) for m in models) + "]\n"
+
+
 def test_index_mode_exit_codes_idempotence_and_summarize(
-    tiny_pipeline, keys_dir, tmp_path, capsys, monkeypatch
+    tiny_pipeline, reference_models, keys_dir, tmp_path, capsys, monkeypatch
 ):
     body = (
         f"  - {{name: a, model: {tiny_pipeline}}}\n"
@@ -214,7 +218,7 @@ def test_index_mode_exit_codes_idempotence_and_summarize(
         f"  - {{name: c, model: 'http://127.0.0.1:{_closed_port()}', http: {{retries: 0}}}}\n"
         f"  - {{name: d, model: {tiny_pipeline}}}\n"
     )
-    job = _job(tmp_path / "job.yaml", body, keys_dir, head=f"references: [{tiny_pipeline}]\nalpha: 0.05\n")
+    job = _job(tmp_path / "job.yaml", body, keys_dir, head=_refs(reference_models) + "alpha: 0.05\n")
     out = tmp_path / "out"
     assert _batch(str(job), "--out", str(out), "--index", "0") == 0
     assert json.loads(capsys.readouterr().out)["status"] == "done"
@@ -241,14 +245,14 @@ def test_index_mode_exit_codes_idempotence_and_summarize(
     row = summary["suspects"][0]
     # the family counts the three suspects without a report as p = 1: Holm multiplies by 4
     assert row["adjusted_p_value"] == pytest.approx(min(1.0, 4 * row["p_value"]))
-    assert len(list((out / "references").glob("*.json"))) == 1  # audited once, reused
+    assert len(list((out / "references").glob("*.json"))) == 5  # audited once, reused
 
 
-def test_summary_corrects_the_report_verdicts(tiny_pipeline, keys_dir, tmp_path, capsys):
+def test_summary_corrects_the_report_verdicts(tiny_pipeline, reference_models, keys_dir, tmp_path, capsys):
     """Reports with chosen p-values: the summary's Holm / BH verdicts against hand-computed ones."""
     names = ["w", "x", "y", "z"]
     body = "".join(f"  - {{name: {n}, model: {tiny_pipeline}}}\n" for n in names)
-    job = _job(tmp_path / "job.yaml", body, keys_dir, head=f"references: [{tiny_pipeline}]\nalpha: 0.05\n")
+    job = _job(tmp_path / "job.yaml", body, keys_dir, head=_refs(reference_models) + "alpha: 0.05\n")
     out = tmp_path / "out"
     assert _batch(str(job), "--out", str(out), "--index", "0") == 0
     capsys.readouterr()
@@ -256,7 +260,7 @@ def test_summary_corrects_the_report_verdicts(tiny_pipeline, keys_dir, tmp_path,
     for name, p in zip(names, [0.01, 0.04, 0.03, 0.005], strict=True):
         report = json.loads(json.dumps(template))
         report["suspect"]["name"] = name
-        report["verdict"]["calibration"]["p_value"] = p
+        report["verdict"]["test"]["p_value"] = p
         report["verdict"]["verdict"] = "infringing"  # each p <= alpha alone
         (out / f"reports/{name}.json").write_text(json.dumps(report))
     assert _batch(str(job), "--out", str(out), "--summarize") == 0

@@ -102,13 +102,16 @@ def test_audit_writes_a_complete_report(capsys, keyset_dir, tiny_pipeline, tmp_p
     assert code == 0, err
     report = json.loads(out.read_text())
     assert report == json.loads(stdout)
-    assert report["schema_version"] == "t2i-auditor.report/v1"
+    assert report["schema_version"] == "t2i-auditor.report/v2"
     assert report["summary"]["num_keys"] == 3
     assert report["generation"]["steps"] == 2
     assert report["suspect"]["name"] == tiny_pipeline.name and len(report["suspect"]["digest"]) == 64
     assert str(tmp_path) not in out.read_text()  # no local paths leak into evidence
+    assert len(report["audit"]["audit_nonce"]) == 32 and report["audit"]["seeds_per_key"] == 4
+    all_seeds = [s for key in report["results"] for s in key["seeds"]]
+    assert len(set(all_seeds)) == 3 * 4  # no two (key, j) share initial noise
     for key in report["results"]:
-        assert key["seeds"] == [report["audit"]["audit_seed"]]
+        assert len(key["distances"]) == 4 and key["distance"] == min(key["distances"])
         assert key["hit"] == (key["distance"] < report["audit"]["delta0"])
     # Random keys vs an untrained model: conf must be what the per-key hits say, and the
     # same audit again gives identical distances (seeded generation).
@@ -119,12 +122,21 @@ def test_audit_writes_a_complete_report(capsys, keyset_dir, tiny_pipeline, tmp_p
     ]
 
 
-def test_audit_seed_clash_with_key_seeds(capsys, keyset_dir, tiny_pipeline):
-    code, _, err = run(
-        capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--audit-seed", "2"
-    )
-    assert code == 2
-    assert "were used by the source" in one_line_error(err)
+def test_audit_seeds_follow_the_nonce_and_avoid_the_sources_seeds(capsys, keyset_dir, tiny_pipeline):
+    from auditor.audit import audit_seeds
+    from auditor.keys import load_keyset
+
+    keyset, _ = load_keyset(keyset_dir)
+    argv = ["audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "1"]
+    code, out, _ = run(capsys, *argv, "--audit-nonce", "0" * 32, "--seeds-per-key", "2")
+    assert code == 0
+    seeds = {k["key_id"]: tuple(k["seeds"]) for k in json.loads(out)["results"]}
+    assert seeds == audit_seeds("0" * 32, keyset.keys, 2, keyset.forbidden_seeds())
+    # a seed the source used is skipped, however the derivation falls
+    first = seeds["k000"][0]
+    assert first not in audit_seeds("0" * 32, keyset.keys, 2, {first})["k000"]
+    code, _, err = run(capsys, *argv, "--audit-nonce", "xyz")
+    assert code == 2 and "field 'audit_nonce'" in one_line_error(err)
 
 
 def test_random_keys_from_training_data(capsys, tmp_path, tiny_pipeline):

@@ -13,7 +13,14 @@ def test_paper_defaults():
 
 @pytest.mark.parametrize(
     "values",
-    [{"delta0": 0}, {"delta0": 1.5}, {"seeds_per_key": 0}, {"unknown": 1}, {"audit_seed": -1}],
+    [
+        {"delta0": 0},
+        {"delta0": 1.5},
+        {"seeds_per_key": 0},
+        {"unknown": 1},
+        {"audit_nonce": "abc"},
+        {"min_references": 2},
+    ],
 )
 def test_audit_config_rejects(values):
     with pytest.raises(ValidationError):
@@ -38,5 +45,6 @@ def test_selection_seeds_distinct():
         SelectionConfig(seeds=(1, 1))
 
 
-def test_audit_seeds_are_consecutive_from_audit_seed():
-    assert AuditConfig(audit_seed=50, seeds_per_key=3).audit_seeds() == [50, 51, 52]
+def test_the_audit_defaults_of_the_model_level_test():
+    config = AuditConfig()
+    assert (config.seeds_per_key, config.min_references, config.audit_nonce) == (4, 5, None)

@@ -15,7 +15,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from auditor.audit import AuditResult, KeyResult
+from auditor.audit import AuditResult, KeyResult, audit_seeds, audit_token, with_nonce
 from auditor.backends import BackendInfo
 from auditor.commitment import load_commitment, verify_commitment
 from auditor.config import AuditConfig, GenerationSettings
@@ -78,12 +78,13 @@ def make_report(
     suspect_digest: str | None = SUSPECT_DIGEST,
     suspect_name: str = "suspect-model",
 ) -> AttributionReport:
-    config = AuditConfig()
+    config = with_nonce(AuditConfig(seeds_per_key=1), keyset)
+    seeds = audit_seeds(config.audit_nonce, keyset.keys, 1, keyset.forbidden_seeds())
     results = tuple(
         KeyResult(
             key_id=key.id,
             prompt=key.prompt,
-            seeds=(config.audit_seed,),
+            seeds=seeds[key.id],
             distances=(d,),
             distance=d,
             hit=d < config.delta0,
@@ -92,6 +93,7 @@ def make_report(
         for key, d, image in zip(keyset.keys, DISTANCES, regenerations, strict=True)
     )
     hits = sum(k.hit for k in results)
+    token = audit_token(keyset, config, keyset.generation)
     result = AuditResult(
         keys=results,
         num_keys=len(results),
@@ -103,6 +105,8 @@ def make_report(
             backend="torch", device="cpu", dtype="float32", versions={"torch": torch.__version__}
         ),
         generation=keyset.generation,
+        config=config,
+        token=token,
         seconds=1.5,
     )
     refs = ()
@@ -114,17 +118,21 @@ def make_report(
                 hits=j % 2,
                 num_keys=NUM_KEYS,
                 conf=(j % 2) / NUM_KEYS,
-                distances=tuple(
-                    0.2 + 0.03 * i + 0.01 * j - (0.1 if (j % 2 and i == 0) else 0) for i in range(NUM_KEYS)
+                distances=(
+                    dists := tuple(
+                        0.2 + 0.03 * i + 0.01 * j * (1 + i % 3) - (0.1 if (j % 2 and i == 0) else 0)
+                        for i in range(NUM_KEYS)
+                    )
                 ),
+                seed_distances=tuple((d,) for d in dists),
+                audit_token=token,
             )
-            for j in range(4)
+            for j in range(5)
         )
     return build_report(
         result=result,
         keyset=keyset,
         suspect=SuspectRef(name=suspect_name, digest=suspect_digest),
-        config=config,
         references=refs,
         commitment=commitment,
         created_at="2025-01-02T03:04:05Z",
@@ -234,7 +242,7 @@ def test_round_trip(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["suspect"] == {"name": "suspect-model", "digest": SUSPECT_DIGEST}
     assert doc["keyset_digest"] == world.keyset.digest
     assert doc["keyid"] == load_verifier(world.public).keyid
-    assert doc["checks"] == ["signature", "schema", "subject"]
+    assert doc["checks"] == ["signature", "schema", "subject", "verdict"]
 
     # the library call returns exactly the report that was signed
     assert verify_signed_report(world.envelope.read_bytes(), world.public) == world.report
@@ -347,7 +355,7 @@ def test_commit_then_verify_with_keyset(tmp_path: Path, capsys: pytest.CaptureFi
     code, out, _ = run(
         capsys, "--format", "json", "verify", w.envelope, "--key", w.public, "--keys", w.keys_dir
     )
-    assert json.loads(out)["checks"] == ["signature", "schema", "subject", "keyset", "commitment"]
+    assert json.loads(out)["checks"] == ["signature", "schema", "subject", "verdict", "keyset", "commitment"]
 
     # never overwrite a commitment: its salt opens the published hex
     before = (w.keys_dir / "commitment.json").read_bytes()
@@ -467,9 +475,9 @@ def test_report_show_html_page(world: World, tmp_path: Path, capsys: pytest.Capt
     assert page.count('class="key-row"') == NUM_KEYS
     for key in report.results:
         assert f'id="{key.key_id}"' in page and key.prompt in page
-    # every key image and every regeneration, plus the histogram
+    # every key image and every regeneration, plus the histogram and the model-level strip plot
     images = re.findall(r"<img\b[^>]*>", page)
-    assert len(images) == 2 * NUM_KEYS + 1
+    assert len(images) == 2 * NUM_KEYS + 2
     for key in world.keyset.keys:
         png = (world.keys_dir / key.image).read_bytes()
         assert base64.b64encode(png).decode() in page
@@ -479,13 +487,15 @@ def test_report_show_html_page(world: World, tmp_path: Path, capsys: pytest.Capt
     assert "image-rendering: pixelated" in page
 
     # the verdict with its rule and numbers, identities, settings
-    cal = report.verdict.calibration
-    assert cal is not None
+    test = report.verdict.test
+    assert test is not None
     for text in (
         report.verdict.verdict,
-        report.verdict.rule,
-        format(cal.p_value, ".4g"),
-        format(cal.p0, ".4g"),
+        format(test.p_value, ".4g"),
+        format(test.p_values["sparse"], ".4g"),
+        format(test.min_p_value, ".4g"),
+        format(report.verdict.binomial.p0, ".4g"),
+        "not the verdict",
     ):
         assert text in page
     for digest in (SUSPECT_DIGEST, SOURCE_DIGEST, report.keyset.digest):
@@ -515,7 +525,7 @@ def test_html_escapes_report_text(world: World, tmp_path: Path, capsys: pytest.C
     page = (tmp_path / "evil.html").read_text(encoding="utf-8")
     assert "<script>" not in page and 'onmouseover="x"' not in page
     assert "&lt;script&gt;" in page and "&lt;b onmouseover=&quot;x&quot;&gt;" in page
-    assert len(re.findall(r"<img\b", page)) == 1  # only the histogram: the prompt's tag is text
+    assert len(re.findall(r"<img\b", page)) == 2  # histogram and strip plot: the prompt's tag is text
     assert page.count('class="key-row"') == NUM_KEYS
 
 
@@ -536,7 +546,7 @@ def test_report_show_images_missing_and_tampered(
     )
     assert code == 0
     page = (tmp_path / "a.html").read_text(encoding="utf-8")
-    assert len(re.findall(r"<img\b", page)) == NUM_KEYS - 1 + 1 and "not available" in page
+    assert len(re.findall(r"<img\b", page)) == NUM_KEYS - 1 + 2 and "not available" in page
 
     second = world.images_dir / f"{world.report.results[1].image_sha256s[0]}.png"
     second.write_bytes(encode_png(np.zeros((SIZE, SIZE, 3), np.uint8)))

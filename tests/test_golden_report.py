@@ -39,10 +39,8 @@ def _scrub(report: dict) -> dict:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("golden")
-    return {
-        name: build_tiny_pipeline(root / name, seed=seed)
-        for name, seed in (("suspect", 0), ("ref-a", 1), ("ref-b", 2))
-    }
+    names = ["suspect", *(f"ref-{i}" for i in range(5))]
+    return {name: build_tiny_pipeline(root / name, seed=seed) for seed, name in enumerate(names)}
 
 
 def test_report_matches_the_golden_file(models, tmp_path):
@@ -53,7 +51,7 @@ def test_report_matches_the_golden_file(models, tmp_path):
     out = tmp_path / "report.json"
     argv = [
         "--format", "json", "audit", "--keys", str(tmp_path / "keys"), "--suspect", str(models["suspect"]),
-        "--reference", str(models["ref-a"]), "--reference", str(models["ref-b"]),
+        *[arg for i in range(5) for arg in ("--reference", str(models[f"ref-{i}"]))],
         "--steps", "2", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0

@@ -86,7 +86,7 @@ def test_served_suspect_audits_like_the_folder(served, tiny_pipeline, keys_dir, 
         tmp_path / "job.yaml",
         f"""
 keys: {keys_dir}
-thresholds: {{batch_size: 1}}
+thresholds: {{batch_size: 1, seeds_per_key: 1}}
 generation: {{steps: 2}}
 suspects:
   - name: folder
@@ -111,12 +111,13 @@ suspects:
     assert web["suspect"]["kind"] == "http_endpoint"
     transcript = json.loads((tmp_path / "out/transcripts/web.json").read_text())
     assert web["suspect"]["digest"] == transcript["transcript_sha256"]
-    # Stealth: 9 queries, keys interleaved with decoys, decoys never a key prompt, one seed for all.
+    # Stealth: 9 queries, keys interleaved with decoys, decoys never a key prompt, and only the
+    # keys' own seeds (a decoy borrows one), so a seed does not tell a key from a decoy.
     assert len(recorder.calls) == 9
     key_prompts = {k["prompt"] for k in folder["results"]}
     roles = [p in key_prompts for p, _ in recorder.calls]
     assert sum(roles) == 3 and roles != [True] * 3 + [False] * 6
-    assert {s for _, s in recorder.calls} == {folder["results"][0]["seeds"][0]}
+    assert {s for _, s in recorder.calls} <= {k["seeds"][0] for k in folder["results"]}
     assert [q["role"] == "key" for q in transcript["queries"]] == roles
     # Every returned PNG's sha256 is in the transcript, and the key ones are the report's.
     key_shas = [q["sha256"] for q in transcript["queries"] if q["role"] == "key"]
@@ -323,7 +324,8 @@ def test_flaky_server_never_yields_a_report_from_a_bad_image(flaky, keys_dir, tm
     )
     suspects += f"  - name: refused\n    model: http://127.0.0.1:{_closed_port()}\n    http: {http}\n"
     job = _write_job(
-        tmp_path / "job.yaml", f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nsuspects:\n{suspects}"
+        tmp_path / "job.yaml",
+        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nthresholds: {{seeds_per_key: 1}}\nsuspects:\n{suspects}",
     )
     start = time.monotonic()
     rc, summary = _run_batch(job, tmp_path / "out", capsys=capsys)
@@ -360,6 +362,7 @@ def test_auth_header_from_env_is_sent_but_never_written(flaky, keys_dir, tmp_pat
         f"""
 keys: {keys_dir}
 generation: {{steps: 2}}
+thresholds: {{seeds_per_key: 1}}
 suspects:
   - name: auth
     model: {flaky.url}/auth/sdapi/v1/txt2img

@@ -13,7 +13,8 @@ from PIL import Image
 from rich.console import Console
 from test_evidence import DISTANCES, NUM_KEYS, SIZE, make_keyset, make_report
 
-from auditor.views import distance_histogram_png, distance_shares, print_report_summary, render_report_html
+from auditor.figures import distance_histogram_png
+from auditor.views import distance_shares, print_report_summary, render_report_html
 
 torch.set_num_threads(1)
 
@@ -48,17 +49,17 @@ def test_histogram_is_a_png_without_software_metadata(keyset) -> None:
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size[0] > 100
         assert "Software" not in image.info
-    # without references too (fixed-threshold report)
+    # without references too (an inconclusive report)
     assert distance_histogram_png(make_report(keyset, _regens(), references=False)).startswith(b"\x89PNG")
 
 
-def test_uncalibrated_report_page(keyset) -> None:
+def test_a_report_without_references_is_inconclusive_and_says_why(keyset) -> None:
     report = make_report(keyset, _regens(), references=False)
-    assert report.verdict.rule == "fixed_conf_threshold"
+    assert report.verdict.verdict == "inconclusive" and report.verdict.test is None
     page = render_report_html(report, provenance="unit test")
-    assert "fixed_conf_threshold" in page and "uncalibrated" in page
+    assert "0 innocent reference models" in page and "No model-level test" in page
     assert page.count('class="key-row"') == NUM_KEYS
-    assert len(re.findall(r"<img\b", page)) == 1  # histogram only: no image folders given
+    assert len(re.findall(r"<img\b", page)) == 1  # histogram only: no strip plot, no image folders
     assert "Innocent reference models" not in page
     assert "https://" not in page and "http://" not in page
 
@@ -68,7 +69,7 @@ def test_page_with_images_and_missing_ones(keyset) -> None:
     png = b"\x89PNG fake bytes"
     key_images = {k.key_id: png for k in report.results[:2]}
     page = render_report_html(report, key_images=key_images, regenerations={}, provenance="p")
-    assert len(re.findall(r"<img\b", page)) == 2 + 1
+    assert len(re.findall(r"<img\b", page)) == 2 + 2  # two key images, the histogram, the strip plot
     assert page.count("not available") == 2 * NUM_KEYS - 2
     assert "Innocent reference models" in page and page.count("innocent-") >= 4
 

@@ -160,3 +160,75 @@ def test_holm_and_bh_match_statsmodels(seed):
     np.testing.assert_allclose(
         benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], rtol=0, atol=1e-12
     )
+
+
+# ---------------------------------------------------------------- references that are really innocent
+
+
+def _keys_citing(
+    tmp_path: Path, *, source: Path, base: Path | None = None, panel: tuple[Path, ...] = ()
+) -> Path:
+    """A saved random keyset whose recorded source (base, panel) digests are those of real folders."""
+    from keyset_factory import make_keyset
+
+    from auditor.identity import hash_model
+    from auditor.keys import ModelRef, save_keyset
+
+    def ref(path: Path) -> ModelRef:
+        return ModelRef(name=path.parent.name, digest=hash_model(path).digest)
+
+    keyset, images = make_keyset(n=3)
+    selection = keyset.selection.model_copy(update={"panel": tuple(ref(p) for p in panel)})
+    keyset = keyset.model_copy(
+        update={"source": ref(source), "base": ref(base) if base else None, "selection": selection}
+    )
+    save_keyset(keyset, images, tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+@pytest.mark.parametrize("role", ["source", "base", "panel", "twice"])
+def test_references_that_are_not_innocent_fine_tunes_are_refused_before_generating(
+    role, tiny_pipeline, reference_models, tmp_path, capsys
+):
+    source, base, panel = reference_models[0], reference_models[1], reference_models[2]
+    keys = _keys_citing(tmp_path, source=source, base=base, panel=(panel,))
+    bad = {"source": source, "base": base, "panel": panel, "twice": reference_models[3]}[role]
+    refs = [bad, *reference_models[3:]]
+    argv = ["audit", "--keys", str(keys), "--suspect", str(tiny_pipeline), "--steps", "1"]
+    for ref in refs:
+        argv += ["--reference", str(ref)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reference 0" in err or role == "twice"
+    expected = {
+        "source": "the source model",
+        "base": "the base model",
+        "panel": "selection-panel model",
+        "twice": "the same model as reference 0",
+    }[role]
+    assert expected in err, err
+
+
+def test_references_audited_with_other_seeds_or_settings_are_refused(
+    tiny_pipeline, reference_models, keys_dir
+):
+    from auditor.backends import SuspectSpec
+    from auditor.config import AuditConfig
+    from auditor.errors import BadInputError
+    from auditor.report import build_report, check_comparable
+    from auditor.workflow import Audit, load_keys, resolve_settings
+
+    keys = load_keys(keys_dir)
+    settings = resolve_settings(keys.keyset, {"steps": 1})
+    specs = tuple(SuspectSpec(model=str(m), device="cpu") for m in reference_models)
+    one = Audit(keys=keys, config=AuditConfig(seeds_per_key=1), settings=settings, references=specs)
+    other = Audit(keys=keys, config=AuditConfig(seeds_per_key=2), settings=settings, references=specs)
+    refs = one.reference_results()
+    with pytest.raises(BadInputError, match="audited with other keys, seeds or settings"):
+        check_comparable(refs, other.token)
+    from auditor.audit import run_audit
+    from auditor.backends import open_suspect
+
+    result = run_audit(open_suspect(specs[0]), keys.keyset, keys.images, other.config, settings)
+    with pytest.raises(BadInputError, match="reference 'ref-11'|audited with other"):
+        build_report(result=result, keyset=keys.keyset, suspect=None, references=refs)  # type: ignore[arg-type]

@@ -44,7 +44,7 @@ class SuspectRow(FrozenModel):
     hits: int | None = None
     num_keys: int | None = None
     conf: float | None = None
-    p_value: float | None = Field(None, description="the report's single-test (binomial) p-value")
+    p_value: float | None = Field(None, description="the report's single-test p-value (model-level test)")
     adjusted_p_value: float | None = None
     verdict: str | None = Field(None, description="the report's single-test verdict")
     corrected_verdict: str | None = None
@@ -82,7 +82,7 @@ def summarize(job: Job, out: str | os.PathLike[str]) -> BatchSummary:
     for entry in job.entries:
         report = None if isinstance(entry, InvalidSuspect) else runner.existing_report(entry.name)
         if report is not None:
-            calibration = report.verdict.calibration
+            test = report.verdict.test
             rows.append(
                 {
                     "name": entry.name,
@@ -92,7 +92,7 @@ def summarize(job: Job, out: str | os.PathLike[str]) -> BatchSummary:
                     "hits": report.summary.hits,
                     "num_keys": report.summary.num_keys,
                     "conf": report.summary.conf,
-                    "p_value": calibration.p_value if calibration is not None else None,
+                    "p_value": test.p_value if test is not None else None,
                     "verdict": report.verdict.verdict,
                     "rule": report.verdict.rule,
                     "report": f"reports/{entry.name}.json",
@@ -111,34 +111,21 @@ def summarize(job: Job, out: str | os.PathLike[str]) -> BatchSummary:
             )
         else:
             rows.append({"name": entry.name, "status": "pending"})
-    calibrated = bool(spec.references)
-    if calibrated:
-        family = [r["p_value"] if r["status"] == "done" and r["p_value"] is not None else 1.0 for r in rows]
-        adjusted = adjust(family, spec.correction)
-        for row, adj in zip(rows, adjusted, strict=True):
-            if row["status"] != "done":
-                continue
-            if row["p_value"] is None:
-                row["corrected_verdict"] = row["verdict"]
-                continue
+    family = [r["p_value"] if r["status"] == "done" and r["p_value"] is not None else 1.0 for r in rows]
+    adjusted = adjust(family, spec.correction)
+    for row, adj in zip(rows, adjusted, strict=True):
+        if row["status"] != "done":
+            continue
+        if row["p_value"] is not None:
             row["adjusted_p_value"] = adj
-            if row["verdict"] == "inconclusive":
-                row["corrected_verdict"] = "inconclusive"
-            else:
-                row["corrected_verdict"] = "infringing" if adj <= spec.alpha else "not_infringing"
-        what = DESCRIPTIONS[spec.correction]
-        note = (
-            f"{what} over {len(rows)} suspects at alpha {spec.alpha:g}; suspects without a report count "
-            "with p = 1; inconclusive reports stay inconclusive"
-        )
-    else:
-        for row in rows:
-            if row["status"] == "done":
-                row["corrected_verdict"] = row["verdict"]
-        note = (
-            "no reference models: the reports use the uncalibrated fixed conf threshold, which has no "
-            "p-value to correct; corrected verdicts equal the report verdicts"
-        )
+        if row["verdict"] == "inconclusive" or row["p_value"] is None:
+            row["corrected_verdict"] = row["verdict"]
+        else:
+            row["corrected_verdict"] = "infringing" if adj <= spec.alpha else "not_infringing"
+    note = (
+        f"{DESCRIPTIONS[spec.correction]} over {len(rows)} suspects at alpha {spec.alpha:g}; suspects without"
+        " a report count with p = 1; inconclusive reports stay inconclusive"
+    )
     suspects = tuple(SuspectRow.model_validate(r) for r in rows)
     counts = {
         "done": sum(r.status == "done" for r in suspects),
@@ -158,7 +145,7 @@ def summarize(job: Job, out: str | os.PathLike[str]) -> BatchSummary:
         alpha=spec.alpha,
         correction=spec.correction,
         correction_note=note,
-        family_size=len(rows) if calibrated else 0,
+        family_size=len(rows),
         complete=counts["failed"] == 0 and counts["pending"] == 0,
         counts=counts,
         suspects=suspects,
