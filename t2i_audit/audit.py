@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--audit-nonce", help="32 hex digits every audit seed derives from (default: derived from the keyset)"
     )
     p.add_argument(
-        "--min-references", type=int, help="fewer innocent references: the verdict is inconclusive (default 5)"
+        "--min-references",
+        type=int,
+        help="fewer innocent references: the verdict is inconclusive (default 5)",
     )
     p.add_argument("--max-keys", type=int)
     p.add_argument(
