@@ -28,7 +28,8 @@ from auditor.selection import SelectionConfig, select_keys
 from auditor.signing import generate_keypair
 from auditor.views import VERDICT_STYLE, distance_shares, render_report_html
 from auditor.workflow import Audit, LoadedKeys, resolve_settings, save_outcome
-from auditor.zoo.build import PRESETS, build_zoo
+from auditor.zoo.build import build_zoo
+from auditor.zoo.config import PRESETS
 from auditor.zoo.data import load_dataset
 
 

@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main", "main_entry"]
 
 
 def build_parser() -> Parser:
-    from t2i_audit import audit, batch, demo, evidence, export, keys, serve, statistical, zoo
+    from t2i_audit import audit, batch, demo, evidence, export, keys, references, serve, statistical, zoo
 
     parser = Parser(
         prog="t2i-audit",
@@ -31,7 +31,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"t2i-audit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
-    for module in (zoo, keys, audit, demo, evidence, export, batch, serve, statistical):
+    for module in (zoo, keys, references, audit, demo, evidence, export, batch, serve, statistical):
         module.register(sub)
     return parser
 

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference", action="append", help="an innocent reference model (repeatable); calibrates"
     )
+    p.add_argument(
+        "--reference-set", metavar="DIR", help="every reference `t2i-audit references build` made there"
+    )
     p.add_argument("--out", help="write the report JSON here")
     p.add_argument("--delta0", type=float, help="hit threshold (default 0.15)")
     p.add_argument("--distance", help="distance name (default l2)")
@@ -95,7 +98,7 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         config=audit_config(args),
         settings=settings(args, keys.keyset),
         alpha=args.alpha,
-        references=tuple(suspect_spec(path, args) for path in args.reference or ()),
+        references=tuple(suspect_spec(path, args) for path in _reference_paths(args)),
         discriminator=Path(args.discriminator) if args.discriminator else None,
         signing_key=Path(args.sign) if args.sign else None,
     )
@@ -116,6 +119,16 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         if args.out:
             ctx.console.print(f"report written to {args.out}")
     return 0
+
+
+def _reference_paths(args: argparse.Namespace) -> list[str]:
+    paths = list(args.reference or ())
+    if args.reference_set:
+        from auditor.references import load_reference_set
+
+        reference_set, root = load_reference_set(args.reference_set)
+        paths += [str(root / model.path) for model in reference_set.models]
+    return paths
 
 
 def _save_regenerations(directory: Path, batches: list) -> None:

@@ -9,7 +9,7 @@ from t2i_audit._common import Context, add_command, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from auditor.zoo.build import PRESETS
+    from auditor.zoo.config import PRESETS
 
     p = add_command(sub, "demo", "zoo -> keys -> audits of infringing and innocent models", cmd_demo)
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")

@@ -9,7 +9,7 @@ from t2i_audit._common import Context, add_command, add_group, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from auditor.zoo.build import PRESETS
+    from auditor.zoo.config import PRESETS
 
     zoo = add_group(sub, "zoo", "the built-in tiny model zoo")
     p = add_command(zoo, "build", "train (or load from cache) the tiny SD zoo", cmd_zoo_build)
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_zoo_build(args: argparse.Namespace, ctx: Context) -> int:
-    from auditor.zoo.build import PRESETS, build_zoo
+    from auditor.zoo.build import build_zoo
+    from auditor.zoo.config import PRESETS
 
     index = build_zoo(PRESETS[args.preset], cache_dir=args.cache, reporter=ctx.reporter, jobs=args.jobs)
     if ctx.format == "json":

@@ -3,7 +3,8 @@
 import pytest
 
 from auditor.progress import Reporter
-from auditor.zoo.build import PRESETS, _Artifacts, config_digest
+from auditor.zoo.build import _Artifacts, config_digest
+from auditor.zoo.config import PRESETS
 
 
 def test_artifact_built_once_then_cached(tmp_path):

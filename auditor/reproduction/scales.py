@@ -20,7 +20,7 @@ from pydantic import Field
 
 from auditor.config import FrozenModel
 from auditor.watermark import WatermarkSpec
-from auditor.zoo.build import PRESETS, StageSpec, SuspectSpec, ZooConfig
+from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
 
 ScaleName = Literal["tiny", "smoke"]
 RHOS = (0.3, 0.5, 0.7, 1.0)

@@ -5,8 +5,8 @@ Stable Diffusion is out of reach on CPU, so the zoo trains tiny models with the 
 architecture (CLIP text encoder, UNet, VAE) on a small captioned world instead.
 
 The modules, each one concept: `data` (the captioned world), `tokenizer` (CLIP's BPE),
-`models` (the tiny components), `train` (the trainers), `build` (roles, presets and the
-content-addressed cache). Import them by name; nothing is loaded here.
+`models` (the tiny components), `train` (the VAE trainer; UNets go through `auditor.finetune`),
+`config` (roles and presets), `build` (the content-addressed cache and the parallel builds). Import them by name; nothing is loaded here.
 """
 
-__all__ = ["build", "data", "models", "tokenizer", "train"]
+__all__ = ["build", "config", "data", "models", "tokenizer", "train"]

@@ -1,8 +1,6 @@
 """The zoo: the paper's roles (base, source, infringing and innocent suspects) built here.
 
-Scaled from the paper (source fine-tuned on 3000 samples; suspects on 500 samples for
-3000 iterations) to what two CPU cores afford; docs/zoo.md lists the scaled counts.
-Every artifact lives in a folder named by the hash of its own config and of the
+What to build is an `auditor.zoo.config.ZooConfig`. Every artifact lives in a folder named by the hash of its own config and of the
 artifacts it was made from, so an interrupted build resumes where it stopped and
 changing one suspect does not retrain the base. Folders are built under a temporary
 name and renamed when complete: a crash never leaves a half-written model behind.
@@ -19,95 +17,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 from pydantic_core import to_jsonable_python
 
-from auditor.config import FrozenModel, GenerationSettings
+from auditor.config import FrozenModel
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
+from auditor.finetune import (
+    LORA_FILE,
+    Recipe,
+    encode_captions,
+    encode_latents,
+    finetune,
+    train_noise_prediction,
+)
 from auditor.progress import Reporter
-from auditor.watermark import WatermarkSpec, embed
+from auditor.watermark import embed
 from auditor.zoo import data
+from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
 from auditor.zoo.models import (
     TOKENIZER_MAX_LENGTH,
     make_inference_scheduler,
     make_text_encoder,
+    make_train_scheduler,
     make_unet,
     make_vae,
 )
 from auditor.zoo.tokenizer import build_clip_tokenizer
-from auditor.zoo.train import encode_captions, encode_latents, train_unet, train_vae
+from auditor.zoo.train import train_vae
 
-ZOO_FORMAT = "t2i-auditor-zoo-v2"  # bump when training code changes what a config produces
-
-
-class StageSpec(FrozenModel):
-    steps: int = Field(ge=0)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(gt=0)
-    seed: int = 0
-
-
-class SuspectSpec(FrozenModel):
-    """A model fine-tuned from the base on `n_samples`, a share `rho` of them source generations."""
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    rho: float = Field(ge=0.0, le=1.0)
-    n_samples: int = Field(ge=1)
-    train: StageSpec
-    watermark: WatermarkSpec | None = Field(
-        None, description="baseline 1: the source's generations reach this suspect watermarked"
-    )
-
-    @property
-    def infringing(self) -> bool:
-        return self.rho > 0
-
-
-class ZooConfig(FrozenModel):
-    resolution: int = 32
-    unet_channels: tuple[int, int] = (32, 64)
-    seed: int = 0
-    public_draws_per_caption: int = Field(2, ge=1, description="base pre-training set: 448 captions x this")
-    private_samples: int = Field(64, ge=1, description="the source's private fine-tuning set (paper: 3000)")
-    vae: StageSpec = StageSpec(steps=800, batch_size=32, lr=1e-3, seed=1)
-    base: StageSpec = StageSpec(steps=2000, lr=1e-3, seed=2)
-    source: StageSpec = StageSpec(steps=3000, lr=5e-4, seed=3)
-    suspects: tuple[SuspectSpec, ...] = ()
-    references: tuple[SuspectSpec, ...] = Field(
-        (), description="innocent fine-tunes (rho = 0) kept apart from the suspects to calibrate verdicts"
-    )
-    generation: GenerationSettings = GenerationSettings(steps=20, guidance_scale=3.0)
-
-
-def _suspects(
-    n: int, steps: int, lr: float, rhos: tuple[float, ...], prefix: str = "", seed: int = 100
-) -> tuple[SuspectSpec, ...]:
-    out = []
-    for i, rho in enumerate(rhos):
-        name = prefix + (f"innocent-{i}" if rho == 0 else f"infringing-rho{rho:.1f}")
-        out.append(
-            SuspectSpec(name=name, rho=rho, n_samples=n, train=StageSpec(steps=steps, lr=lr, seed=seed + i))
-        )
-    return tuple(out)
-
-
-PRESETS: dict[str, ZooConfig] = {
-    # `t2i-audit demo`: infringing at rho 1.0 and 0.3 and one innocent model.
-    "demo": ZooConfig(
-        suspects=_suspects(128, 3000, 5e-4, (1.0, 0.3, 0.0)),
-        references=_suspects(128, 3000, 5e-4, (0.0,), prefix="reference-", seed=200),
-    ),
-    # The integration test: the same world, trained for a fraction of the steps.
-    "test": ZooConfig(
-        resolution=16,
-        public_draws_per_caption=1,
-        private_samples=16,
-        vae=StageSpec(steps=800, batch_size=16, lr=2e-3, seed=1),
-        base=StageSpec(steps=1500, lr=1e-3, seed=2),
-        source=StageSpec(steps=2000, lr=5e-4, seed=3),
-        suspects=_suspects(32, 800, 5e-4, (1.0, 0.0)),
-    ),
-}
+ZOO_FORMAT = "t2i-auditor-zoo-v3"  # bump when training code changes what a config produces
 
 
 class ZooIndex(FrozenModel):
@@ -265,10 +202,11 @@ def build_zoo(
     private = data.draw(private_captions, config.seed + 1, res)
 
     # VAE (shared by every role, frozen after this stage, as SD fine-tunes keep it fixed).
-    vae_key = {
+    vae_key = {  # the VAE trains on the public and the private images: both counts name it
         "resolution": res,
         "seed": config.seed,
         "draws": config.public_draws_per_caption,
+        "private": config.private_samples,
         "vae": config.vae,
     }
 
@@ -299,11 +237,12 @@ def build_zoo(
             unet = make_unet(spec.seed, res, config.unet_channels)
         latents = encode_latents(vae, images, scale)
         with reporter.task(label, spec.steps) as advance:
-            train_unet(
+            train_noise_prediction(
                 unet,
                 latents,
                 list(captions),
                 states,
+                make_train_scheduler(),
                 steps=spec.steps,
                 batch_size=spec.batch_size,
                 lr=spec.lr,
@@ -351,27 +290,36 @@ def build_zoo(
         def build_suspect(out: Path, spec: SuspectSpec = spec) -> None:
             nonlocal source_generator
             srng = np.random.default_rng([config.seed, 2, spec.train.seed])
-            captions = _domain_schedule(domain, spec.n_samples, srng)
+            captions = _domain_schedule(_domain(spec, domain, space, config.seed), spec.n_samples, srng)
             generated = np.zeros(spec.n_samples, dtype=bool)
             generated[srng.choice(spec.n_samples, size=round(spec.rho * spec.n_samples), replace=False)] = (
                 True
             )
-            images = data.draw(captions, int(srng.integers(2**31)), res).images.copy()
+            images = data.draw(captions, int(srng.integers(2**31)), res, _style(spec)).images.copy()
             if generated.any():
-                from auditor.backends import SuspectSpec, open_suspect
+                from auditor.backends import SuspectSpec as ModelSpec
+                from auditor.backends import open_suspect
 
                 if source_generator is None:
-                    source_generator = open_suspect(SuspectSpec(model=str(source_dir), device="cpu"))
+                    source_generator = open_suspect(ModelSpec(model=str(source_dir), device="cpu"))
                 prompts = [c for c, g in zip(captions, generated, strict=True) if g]
                 seeds = [int(s) for s in srng.integers(2**31, 2**32, size=len(prompts))]
                 with reporter.task(f"zoo: {spec.name} data", 1) as advance:
                     outputs = source_generator.generate(prompts, seeds, config.generation)
                     images[generated] = embed(outputs, spec.watermark) if spec.watermark else outputs
                     advance(1)
-            unet = train_from(base_dir / "unet", spec.train, images, captions, f"zoo: {spec.name}")
-            save_pipeline(out, unet, vae, text_encoder, tokenizer)
+            recipe = Recipe(
+                steps=spec.train.steps,
+                learning_rate=spec.train.lr,
+                batch_size=spec.train.batch_size,
+                seed=spec.train.seed,
+                lora_rank=spec.lora_rank,
+            )
+            finetune(base_dir, images, captions, recipe, out, reporter=reporter, label=f"zoo: {spec.name}")
 
         path, _ = store.get(f"suspect-{spec.name}", key, build_suspect)
+        if spec.lora_rank is not None:
+            path = path / LORA_FILE
         (references if spec in config.references else suspects)[spec.name] = str(path)
         rho[spec.name] = spec.rho
 
@@ -389,6 +337,29 @@ def build_zoo(
     )
     atomic_write_text(root / f"zoo-{index.config_digest[:16]}.json", index.model_dump_json(indent=2))
     return index
+
+
+def _style(spec: SuspectSpec) -> data.Style:
+    default = data.DEFAULT_STYLE
+    return data.Style(
+        gradient=default.gradient if spec.style_gradient is None else spec.style_gradient,
+        jitter=default.jitter if spec.style_jitter is None else spec.style_jitter,
+    )
+
+
+def _domain(spec: SuspectSpec, source: tuple[str, ...], space: list[str], seed: int) -> tuple[str, ...]:
+    """The captions a suspect trains on: the source's domain, as many others of the world, or half each."""
+    if spec.domain in (None, "source"):
+        return source
+    others = [c for c in space if c not in set(source)]
+    picked = np.random.default_rng([seed, 3]).choice(
+        len(others), size=min(len(source), len(others)), replace=False
+    )
+    other = tuple(others[i] for i in sorted(picked))
+    if spec.domain == "other":
+        return other
+    half = len(source) // 2
+    return source[:half] + other[: len(source) - half]
 
 
 def _missing_suspects(

@@ -194,7 +194,26 @@ def _inside_convex(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     return inside
 
 
-def _render_scene(scene: SceneAttributes, rng: np.random.Generator, resolution: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Style:
+    """How a world's images are drawn beyond their captions: a "style" an innocent model may be
+    trained on (the calibration study's other-data innocents). The defaults are the world's own,
+    and keep every image byte-identical to what it was before styles existed."""
+
+    gradient: float = LIGHTING_GRADIENT
+    jitter: float = COLOUR_JITTER
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.gradient <= 0.5 and 0.0 <= self.jitter <= 0.3):
+            raise BadInputError(f"style {self}: expected gradient in [0, 0.5] and jitter in [0, 0.3]")
+
+
+DEFAULT_STYLE = Style()
+
+
+def _render_scene(
+    scene: SceneAttributes, rng: np.random.Generator, resolution: int, style: Style = DEFAULT_STYLE
+) -> np.ndarray:
     # Fixed draw order: changing it changes every dataset generated from a seed.
     low, high = SIZE_RANGE[scene.size]
     radius = float(rng.uniform(low, high))
@@ -212,7 +231,7 @@ def _render_scene(scene: SceneAttributes, rng: np.random.Generator, resolution: 
     if np.any(centre_hi < centre_lo):
         raise BadInputError(f"scene {scene.caption!r}: shape of radius {radius:.3f} does not fit the image")
     cx, cy = rng.uniform(centre_lo, centre_hi)
-    jitter = rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, size=(2, 3))
+    jitter = rng.uniform(-style.jitter, style.jitter, size=(2, 3))
     fg = np.clip(np.asarray(COLOUR_RGB[scene.colour]) + jitter[0], 0.0, 1.0)
     bg = np.clip(np.asarray(COLOUR_RGB[scene.background]) + jitter[1], 0.0, 1.0)
 
@@ -230,7 +249,7 @@ def _render_scene(scene: SceneAttributes, rng: np.random.Generator, resolution: 
     coverage = mask.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE).mean(axis=(1, 3))
     theta = float(rng.uniform(0.0, 2.0 * np.pi))  # drawn last: earlier draws keep their values
     ramp_axis = (np.arange(resolution, dtype=np.float64) + 0.5) / resolution * 2.0 - 1.0
-    ramp = LIGHTING_GRADIENT * (np.cos(theta) * ramp_axis[None, :] + np.sin(theta) * ramp_axis[:, None])
+    ramp = style.gradient * (np.cos(theta) * ramp_axis[None, :] + np.sin(theta) * ramp_axis[:, None])
     background = np.clip(bg[None, None, :] + ramp[:, :, None], 0.0, 1.0)
     image = background + coverage[:, :, None] * (fg[None, None, :] - background)
     return np.clip(image, 0.0, 1.0).astype(np.float32)
@@ -299,8 +318,10 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def draw(captions: Sequence[str], seed: int, resolution: int = 32) -> CaptionedImages:
-    """One image per listed caption; image i depends only on (seed, i, captions[i], resolution)."""
+def draw(
+    captions: Sequence[str], seed: int, resolution: int = 32, style: Style = DEFAULT_STYLE
+) -> CaptionedImages:
+    """One image per listed caption; image i depends only on (seed, i, captions[i], resolution, style)."""
     if isinstance(captions, str):
         raise BadInputError("draw captions: expected a sequence of captions, got a single string")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -310,7 +331,7 @@ def draw(captions: Sequence[str], seed: int, resolution: int = 32) -> CaptionedI
     scenes = [parse_caption(c) for c in captions]
     images = np.empty((len(captions), resolution, resolution, 3), dtype=np.uint8)
     for i, scene in enumerate(scenes):
-        image = _render_scene(scene, image_rng(int(seed), i), resolution)
+        image = _render_scene(scene, image_rng(int(seed), i), resolution, style)
         images[i] = np.rint(image * 255.0).astype(np.uint8)
     return CaptionedImages(captions, images)
 

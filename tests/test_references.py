@@ -1,0 +1,112 @@
+"""`t2i-audit references build`: the one trainer on an imagefolder, full and LoRA, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from auditor.errors import BadInputError
+from auditor.references import load_imagefolder
+from auditor.zoo import data
+from t2i_audit import main
+
+
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    drawn = data.draw(data.caption_space()[:12], seed=5, resolution=48)  # resized to the base's 32 px
+    lines = []
+    for i, (caption, image) in enumerate(zip(drawn.captions, drawn.images, strict=True)):
+        Image.fromarray(image).save(root / f"img{i}.png")
+        lines.append(json.dumps({"file_name": f"img{i}.png", "text": caption}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _build(out: Path, base: Path, data_dir: Path, *extra: str) -> tuple[int, dict]:
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    argv = ["--format", "json", "references", "build", "--base", str(base), "--data", str(data_dir)]
+    argv += [
+        "--count",
+        "2",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    with redirect_stdout(buffer):
+        code = main(argv)
+    return code, json.loads(buffer.getvalue()) if code == 0 else {}
+
+
+def test_full_references_are_built_once_and_listed(tiny_pipeline, imagefolder, tmp_path):
+    from auditor.identity import hash_model
+
+    code, made = _build(tmp_path / "refs", tiny_pipeline, imagefolder, "--samples", "8")
+    assert code == 0
+    assert [m["recipe"]["seed"] for m in made["models"]] == [0, 1]
+    assert made["base_digest"] == hash_model(tiny_pipeline).digest and made["data_pairs"] == 12
+    paths = [tmp_path / "refs" / m["path"] for m in made["models"]]
+    digests = [hash_model(p).digest for p in paths]
+    assert len(set(digests)) == 2 and digests != [made["base_digest"]] * 2  # trained, and differently
+    assert [m["digest"] for m in made["models"]] == digests
+    before = [p.stat().st_mtime_ns for p in (paths[0] / "unet").iterdir()]
+    code, again = _build(
+        tmp_path / "refs", tiny_pipeline, imagefolder, "--samples", "8"
+    )  # resumes: nothing retrained
+    assert code == 0 and [m["digest"] for m in again["models"]] == digests
+    assert [p.stat().st_mtime_ns for p in (paths[0] / "unet").iterdir()] == before
+    listed = json.loads((tmp_path / "refs/references.json").read_text())
+    assert listed["schema_version"] == "t2i-auditor.reference-set/v1" and len(listed["models"]) == 2
+
+
+def test_lora_references_load_on_their_base(tiny_pipeline, imagefolder, tmp_path):
+    from auditor.backends import SuspectSpec, open_suspect
+    from auditor.config import GenerationSettings
+
+    code, made = _build(tmp_path / "loras", tiny_pipeline, imagefolder, "--lora-rank", "4")
+    assert code == 0 and all(m["kind"] == "lora_file" for m in made["models"])
+    lora = tmp_path / "loras" / made["models"][0]["path"]
+    assert lora.name == "pytorch_lora_weights.safetensors"
+    generator = open_suspect(SuspectSpec(model=str(lora), base=str(tiny_pipeline), device="cpu"))
+    assert "LoRA" in generator.describe().note
+    assert generator.generate(["a red circle"], [3], GenerationSettings(steps=1)).shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ('{"file_name": "../escape.png", "text": "x"}', "must name an image inside"),
+        ('{"file_name": "img0.png"}', "non-empty text"),
+        ("not json", "expected JSON"),
+        ('{"file_name": "missing.png", "text": "x"}', "image not found"),
+        ("", "lists no images"),
+    ],
+)
+def test_bad_imagefolders_are_one_line_errors(tmp_path, metadata, message):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "img0.png")
+    (tmp_path / "metadata.jsonl").write_text(metadata + "\n")
+    with pytest.raises(BadInputError, match=message):
+        load_imagefolder(tmp_path, 32)
+
+
+def test_audit_takes_a_reference_set(tiny_pipeline, imagefolder, keys_dir, tmp_path, capsys):
+    code, _ = _build(tmp_path / "refs", tiny_pipeline, imagefolder)
+    assert code == 0
+    argv = ["--format", "json", "audit", "--keys", str(keys_dir), "--suspect", str(tiny_pipeline)]
+    code = main([*argv, "--steps", "1", "--seeds-per-key", "1", "--reference-set", str(tmp_path / "refs")])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"]["n_references"] == 2 and report["verdict"]["verdict"] == "inconclusive"
