@@ -11,6 +11,12 @@ the image is generic for its prompt and proves nothing.
               distance < delta0) and the base does not (min distance >= delta0);
 - random:     training pairs drawn at random (the paper's baseline 2).
 Eligible candidates are ranked by their margin (base distance minus source distance).
+
+A selection panel (innocent fine-tunes of the base, kept apart from the references the
+verdict is calibrated on) screens the eligible candidates: one that any panel model
+reproduces (min distance over the selection seeds < delta0) is what innocent fine-tuning
+alone can reach, and is dropped. The keyset records the panel's digests, so none of its
+models can later serve as a reference.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ def select_keys(
     train_images: np.ndarray | None = None,
     base: Generator | None = None,
     base_ref: ModelRef | None = None,
+    panel: Sequence[tuple[Generator, ModelRef]] = (),
     reporter: Reporter | None = None,
 ) -> tuple[KeySet, np.ndarray]:
     """Return the keyset and its images (uint8, in key order)."""
@@ -83,10 +90,13 @@ def select_keys(
     needs_train = config.strategy in ("detection", "random")
     if needs_train and (train_images is None or len(train_images) != len(prompts)):
         raise BadInputError(f"--train-data: the {config.strategy} strategy needs the source's training pairs")
+    if panel and config.strategy == "random":
+        raise BadInputError("--panel: the random strategy selects no candidates to screen; drop the panel")
     if config.strategy != "random" and base is None:
         raise BadInputError(f"--base: the {config.strategy} strategy needs the base model as its control")
 
     source_d = base_d = None
+    rejected = 0
     chosen_seed = np.full(len(prompts), config.seeds[0], dtype=np.int64)
     if config.strategy == "random":
         rng = np.random.default_rng(config.random_seed)
@@ -110,6 +120,10 @@ def select_keys(
         base_grid = _grid(base, prompts, config.seeds, settings, reporter, "keys: base")
         base_d = np.min([distance(base_grid[j], key_float) for j in range(len(config.seeds))], axis=0)
         ok = (source_d < config.delta0) & (base_d >= config.delta0)
+        if panel:
+            panel_d = _panel_distances(panel, prompts, ok, key_float, config, settings, distance, reporter)
+            rejected = int(np.sum(ok & (panel_d < config.delta0)))
+            ok &= panel_d >= config.delta0
         margin = base_d - source_d
         ranked = [i for i in np.argsort(-margin, kind="stable") if ok[i]]
         eligible = len(ranked)
@@ -153,7 +167,26 @@ def select_keys(
             requested=config.num_keys,
             candidates=len(prompts),
             eligible=eligible,
+            panel=tuple(ref for _, ref in panel),
+            panel_rejected=rejected,
         ),
         keys=tuple(keys),
     )
     return keyset, np.stack(images)
+
+
+def _panel_distances(
+    panel, prompts, candidates: np.ndarray, key_float: np.ndarray, config, settings, distance, reporter
+) -> np.ndarray:
+    """Per candidate, the min distance any panel model gets to its image over the selection seeds
+    (only eligible candidates are generated; the others get +inf)."""
+    out = np.full(len(prompts), np.inf)
+    chosen = np.flatnonzero(candidates)
+    if chosen.size == 0:
+        return out
+    subset = [prompts[i] for i in chosen]
+    for generator, ref in panel:
+        grid = _grid(generator, subset, config.seeds, settings, reporter, f"keys: panel {ref.name}")
+        d = np.min([distance(grid[j], key_float[chosen]) for j in range(len(config.seeds))], axis=0)
+        out[chosen] = np.minimum(out[chosen], d)
+    return out

@@ -162,6 +162,7 @@ class Audit:
     reference_cache: Path | None = None  # a folder: reference audits kept between runs
     reference_names: tuple[str, ...] = ()  # how reports name each reference (default: its file name)
     reference_labels: tuple[str, ...] = ()  # how errors name each reference (default: index and file)
+    panel: tuple[SuspectSpec, ...] = ()  # when given: the selection panel the keyset must record
     _references: dict[str, tuple[ReferenceResult, ...]] = field(default_factory=dict, repr=False)
     _discriminator_model: Any = field(default=None, repr=False)
     _checked: bool = field(default=False, repr=False)
@@ -190,7 +191,20 @@ class Audit:
                 self.discriminator, self.keys.keyset, self.config
             )
         self._check_references()
+        self._check_panel()
         self._checked = True
+
+    def _check_panel(self) -> None:
+        if not self.panel:
+            return
+        recorded = {m.digest for m in self.keys.keyset.selection.panel}
+        named = {identify(spec).digest for spec in self.panel}
+        if named != recorded:
+            listed = ", ".join(m.name for m in self.keys.keyset.selection.panel) or "no panel"
+            raise BadInputError(
+                f"--panel: the keyset was selected with {listed} ({len(recorded)} models), not with the "
+                f"{len(named)} panel models named; use the keyset those models screened"
+            )
 
     def _check_references(self) -> None:
         keyset = self.keys.keyset

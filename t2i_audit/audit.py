@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference-set", metavar="DIR", help="every reference `t2i-audit references build` made there"
     )
+    p.add_argument(
+        "--panel",
+        action="append",
+        metavar="MODEL",
+        help="check the keyset was screened by this panel (repeatable)",
+    )
     p.add_argument("--out", help="write the report JSON here")
     p.add_argument("--delta0", type=float, help="hit threshold (default 0.15)")
     p.add_argument("--distance", help="distance name (default l2)")
@@ -100,6 +106,7 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         alpha=args.alpha,
         references=tuple(suspect_spec(path, args) for path in _reference_paths(args)),
         discriminator=Path(args.discriminator) if args.discriminator else None,
+        panel=tuple(suspect_spec(path, args) for path in args.panel or ()),
         signing_key=Path(args.sign) if args.sign else None,
     )
     audit.check()  # a bad key or discriminator fails now, not after hours of generation

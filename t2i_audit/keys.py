@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--source", required=True, help="the owner's model (diffusers folder)")
     p.add_argument("--base", help="the public base model, the control (detection and generation strategies)")
+    p.add_argument(
+        "--panel",
+        action="append",
+        metavar="MODEL",
+        help="an innocent fine-tune that screens candidates (repeatable); never use it as a reference",
+    )
     p.add_argument("--strategy", choices=["detection", "generation", "random"], default="generation")
     p.add_argument("--prompts", help="candidate prompts, one per line (generation strategy)")
     p.add_argument("--train-data", help="the source's training pairs: a folder with captions.jsonl + PNGs")
@@ -96,15 +102,27 @@ def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
         identity = identify(spec)
         return ModelRef(name=identity.name, digest=identity.digest)
 
+    source_ref = ref(source_spec)
+    base_ref = ref(base_spec) if base_spec else None
+    panel = []
+    for path in args.panel or ():
+        spec = suspect_spec(path, args)
+        member = ref(spec)
+        if member.digest in (source_ref.digest, base_ref.digest if base_ref else None):
+            raise BadInputError(
+                f"--panel {path}: is the source or the base; the panel holds innocent fine-tunes"
+            )
+        panel.append((open_suspect(spec), member))
     keyset, images = select_keys(
         config,
         source=open_suspect(source_spec),
-        source_ref=ref(source_spec),
+        source_ref=source_ref,
         settings=generation,
         prompts=prompts,
         train_images=train_images,
         base=open_suspect(base_spec) if base_spec else None,
-        base_ref=ref(base_spec) if base_spec else None,
+        base_ref=base_ref,
+        panel=panel,
         reporter=ctx.reporter,
     )
     digest = save_keyset(keyset, images, out)

@@ -232,3 +232,23 @@ def test_references_audited_with_other_seeds_or_settings_are_refused(
     result = run_audit(open_suspect(specs[0]), keys.keyset, keys.images, other.config, settings)
     with pytest.raises(BadInputError, match="reference 'ref-11'|audited with other"):
         build_report(result=result, keyset=keys.keyset, suspect=None, references=refs)  # type: ignore[arg-type]
+
+
+def test_a_keyset_selected_with_another_panel_than_the_one_named_is_refused(
+    tiny_pipeline, reference_models, tmp_path, capsys
+):
+    keys = _keys_citing(tmp_path, source=reference_models[0], panel=(reference_models[1],))
+    argv = [
+        "audit",
+        "--keys",
+        str(keys),
+        "--suspect",
+        str(tiny_pipeline),
+        "--steps",
+        "1",
+        "--seeds-per-key",
+        "1",
+    ]
+    assert main([*argv, "--panel", str(reference_models[2])]) == 2
+    assert "the keyset was selected with" in capsys.readouterr().err
+    assert main(["--format", "json", *argv, "--panel", str(reference_models[1])]) == 0

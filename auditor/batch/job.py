@@ -79,6 +79,7 @@ class JobSpec(FrozenModel):
     source: SourceSpec | None = None
     keys: str = Field(min_length=1, description="keyset folder")
     references: tuple[str, ...] = Field((), description="innocent reference models (calibration)")
+    panel: tuple[str, ...] = Field((), description="when given: the selection panel the keyset must record")
     thresholds: AuditConfig = AuditConfig()
     generation: GenerationOverrides | None = None
     alpha: float = Field(0.01, gt=0.0, lt=1.0)

@@ -133,6 +133,7 @@ class BatchRunner:
                 discriminator=Path(self.job.resolve(spec.discriminator)) if spec.discriminator else None,
                 signing_key=Path(self.job.resolve(spec.signing_key)) if spec.signing_key else None,
                 reference_cache=self.out / "references",
+                panel=tuple(self.job.runtime_spec(path) for path in spec.panel),
             )
         return self._audits[token]
 
