@@ -2,7 +2,7 @@
 
 shadow build --scale S --family F --out SHADOWS.json   train a family's shadow models in the tiny zoo
 shadow fit --keys KEYS --shadows SHADOWS.json --out D  audit the shadows, fit and save the discriminator
-reproduce --scale tiny|smoke [--stage build|audit|report] --out DIR
+reproduce [--study paper|calibration] --scale tiny|smoke [--stage build|audit|report] --out DIR
                                                        the paper's evaluation (docs/reproduction.md)
 """
 
@@ -41,7 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device, default="cpu")
 
     p = add_command(
-        sub, "reproduce", "the paper's evaluation on the tiny zoo (Figures 6-7, Tables 1-2)", cmd_reproduce
+        sub,
+        "reproduce",
+        "the paper's evaluation (Figures 6-7, Tables 1-2) or the verdict's calibration study, on the tiny zoo",
+        cmd_reproduce,
+    )
+    p.add_argument(
+        "--study",
+        choices=["paper", "calibration"],
+        default="paper",
+        help="paper: the paper's figures; calibration: the verdict's false-positive rate and power",
     )
     p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
@@ -124,9 +133,26 @@ def cmd_shadow_fit(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
-    from auditor.reproduction.run import reproduce
+    from auditor.reproduction.run import reproduce, reproduce_calibration
     from auditor.reproduction.scales import get_scale
 
+    if args.study == "calibration":
+        from auditor.reproduction.calibration_study import STUDIES
+
+        options = {"stage": args.stage, "cache_dir": args.cache, "jobs": args.jobs, "reporter": ctx.reporter}
+        out = args.out / "calibration"
+        try:
+            summary = reproduce_calibration(STUDIES[args.scale](), out, **options)
+        except FileNotFoundError as exc:
+            raise BadInputError(str(exc).strip("'\"")) from None
+        if ctx.format == "json":
+            ctx.emit_json({"out": str(out), "summary": str(summary) if summary else None})
+        elif summary:
+            from rich.markdown import Markdown
+
+            ctx.console.print(Markdown(summary.read_text(encoding="utf-8").split("![", 1)[0]))
+            ctx.console.print(f"calibration study: {summary}")
+        return EXIT_OK
     try:
         scale = get_scale(args.scale)
     except ValueError as exc:

@@ -22,7 +22,7 @@ from pydantic import Field
 from auditor.backends import SuspectSpec, open_suspect
 from auditor.config import AuditConfig, FrozenModel
 from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_text
+from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.identity import hash_model
 from auditor.keys import KeySet, ModelRef, load_keyset, save_keyset
 from auditor.progress import Reporter
@@ -53,6 +53,7 @@ class ModelAudit(FrozenModel):
     watermark_bit_accuracy: tuple[float, ...] = Field(
         description="baseline 1, per regeneration of the first num_keys generation keys"
     )
+    audit_config: str = Field("", description="digest of the AuditConfig the distances were measured with")
     seconds: float
 
 
@@ -194,17 +195,24 @@ def _audit_model(
         keysets={s: k.digest for s, (k, _) in keysets.items()},
         distances=distances,
         watermark_bit_accuracy=accuracy,
+        audit_config=_config_token(config),
         seconds=time.perf_counter() - start,
     )
 
 
+def _config_token(config: AuditConfig) -> str:
+    return sha256_bytes(canonical_json(config.model_dump(mode="json")))
+
+
 def _cached(
-    path: Path, keysets: dict[str, tuple[KeySet, np.ndarray]], model: str, expected: dict
+    path: Path, keysets: dict[str, tuple[KeySet, np.ndarray]], model: str, expected: dict, config: AuditConfig
 ) -> ModelAudit | None:
-    """The model's record when it was made with these keys from this very model, else None."""
+    """The model's record when it was made with these keys and audit settings from this very model."""
     if not path.is_file():
         return None
     record = ModelAudit.model_validate_json(path.read_text())
+    if record.audit_config != _config_token(config):
+        return None
     same_keys = record.keysets == {s: k.digest for s, (k, _) in keysets.items()}
     same_role = {k: getattr(record, k) for k in expected} == expected
     return record if same_keys and same_role and record.digest == hash_model(model).digest else None
@@ -238,7 +246,8 @@ def audit_stage(
         with reporter.task(f"reproduce: audit {family.name}", len(models)) as advance:
             for done, (name, path, role, rho, fold) in enumerate(models, start=1):
                 target = out / "audits" / family.name / f"{name}.json"
-                audit = _cached(target, keysets, path, {"role": role, "rho": rho, "fold": fold})
+                expected = {"role": role, "rho": rho, "fold": fold}
+                audit = _cached(target, keysets, path, expected, AuditConfig(delta0=scale.delta0))
                 if audit is None:
                     audit = _audit_model(scale, family, name, path, role, rho, fold, keysets, reporter)
                     atomic_write_text(target, audit.model_dump_json(indent=2))

@@ -1,4 +1,8 @@
-"""`t2i-audit reproduce`: the three stages in order, each resumable, timed into the summary."""
+"""`t2i-audit reproduce`: the three stages in order, each resumable, timed into the summary.
+
+Two studies: `paper` (Figures 6-7 and Tables 1-2 of the paper) and `calibration` (the
+verdict's false-positive rate and power, `calibration_study`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 from auditor.fileio import atomic_write_text
 from auditor.progress import Reporter
+from auditor.reproduction.calibration_study import Study
 from auditor.reproduction.experiment import audit_stage, build_stage, load_audits
 from auditor.reproduction.report import report_stage
 from auditor.reproduction.scales import Scale
@@ -32,14 +37,14 @@ def _timings_path(out: Path) -> Path:
     return out / "timings.json"
 
 
-def _read_timings(out: Path) -> dict[str, float]:
+def read_timings(out: Path) -> dict[str, float]:
     path = _timings_path(out)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _record_timing(out: Path, stage: str, seconds: float) -> dict[str, float]:
+def record_timing(out: Path, stage: str, seconds: float) -> dict[str, float]:
     path = _timings_path(out)
-    timings = _read_timings(out)
+    timings = read_timings(out)
     # A rerun over cached work takes seconds; the longest run is the one that did the work.
     timings[stage] = max(round(seconds, 1), timings.get(stage, 0.0))
     atomic_write_text(path, json.dumps(timings, indent=2) + "\n")
@@ -68,8 +73,41 @@ def reproduce(
             audit_stage(scale, out, cache_dir, reporter)
         else:
             families, audits = load_audits(scale, out)
-            context = {"machine": machine(), "timings": _read_timings(out)}
+            context = {"machine": machine(), "timings": read_timings(out)}
             result = report_stage(scale, families, audits, out, context)
-        _record_timing(out, name, time.perf_counter() - start)
+        record_timing(out, name, time.perf_counter() - start)
         reporter.log(f"reproduce: stage {name} done in {time.perf_counter() - start:.0f} s")
+    return result
+
+
+def reproduce_calibration(
+    study: Study,
+    out: Path,
+    *,
+    stage: str = "all",
+    cache_dir: Path | None = None,
+    jobs: int = 2,
+    reporter: Reporter | None = None,
+) -> Path | None:
+    """The calibration study's stages (build, audit, report), each resumable and timed."""
+    from auditor.reproduction import calibration_study as cs
+    from auditor.reproduction.calibration_report import report_stage as calibration_report
+
+    reporter = reporter or Reporter()
+    stages = STAGES if stage == "all" else (stage,)
+    out.mkdir(parents=True, exist_ok=True)
+    result = None
+    for name in stages:
+        start = time.perf_counter()
+        if name == "build":
+            cs.build_stage(study, cache_dir, reporter, jobs)
+        elif name == "audit":
+            cs.audit_stage(study, out, cache_dir, reporter, jobs)
+        else:
+            records = cs.load_records(study, out)
+            result = calibration_report(
+                study, records, out, {"machine": machine(), "timings": read_timings(out)}
+            )
+        record_timing(out, name, time.perf_counter() - start)
+        reporter.log(f"calibration study: stage {name} done in {time.perf_counter() - start:.0f} s")
     return result

@@ -1,0 +1,179 @@
+"""The calibration study's report: error rates with Clopper-Pearson intervals, a CSV, a plot, markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from auditor.fileio import atomic_write_bytes, atomic_write_text
+from auditor.reproduction.calibration_study import ALPHAS, RHOS, Study, verdicts
+
+
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """Exact two-sided 95% interval for a proportion k / n."""
+    from scipy import stats
+
+    if n == 0:
+        return (0.0, 1.0)
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def _rate(rows: list[dict], key: str, value: str = "infringing") -> tuple[int, int]:
+    return sum(r[key] == value for r in rows), len(rows)
+
+
+def _binomial_flag(rows: list[dict], alpha: float, column: str) -> list[dict]:
+    return [{**r, "_old": "infringing" if r[column] <= alpha else "not_infringing"} for r in rows]
+
+
+def _cell(k: int, n: int) -> str:
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]" if n else "-"
+
+
+def tables(rows: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
+    """(false-positive table by innocent group, power table by rho) as rows of strings."""
+    innocents = [r for r in rows if r["role"] == "innocent"]
+    groups: dict[str, list[dict]] = {"reference recipe (the level's population)": []}
+    for r in innocents:
+        key = "reference recipe (the level's population)" if r["group"] == "reference recipe" else r["group"]
+        groups.setdefault(key, []).append(r)
+    shifted = [r for r in innocents if r["group"] != "reference recipe"]
+    ordered = [*groups.items(), ("all shifted recipes", shifted), ("all innocents", innocents)]
+    fpr = []
+    for name, members in ordered:
+        if not members:
+            continue
+        line = [name, str(len(members))]
+        for alpha in ALPHAS:
+            line.append(_cell(*_rate(members, f"verdict@{alpha:g}")))
+        for alpha in ALPHAS:
+            line.append(_cell(*_rate(_binomial_flag(members, alpha, "p_binomial"), "_old")))
+        line.append(_cell(*_rate(_binomial_flag(members, 0.01, "p_binomial_with_base"), "_old")))
+        line.append(f"{_rate(members, 'verdict@0.01', 'inconclusive')[0]}/{len(members)}")
+        fpr.append(line)
+    power = []
+    for rho in RHOS:
+        members = [r for r in rows if r["role"] == "infringing" and r["rho"] == rho]
+        if not members:
+            continue
+        line = [f"{rho:g}", str(len(members))]
+        for alpha in ALPHAS:
+            line.append(_cell(*_rate(members, f"verdict@{alpha:g}")))
+        line.append(_cell(*_rate(_binomial_flag(members, 0.01, "p_binomial"), "_old")))
+        line.append(f"{sum(r['hits'] for r in members) / len(members):.1f}")
+        power.append(line)
+    return fpr, power
+
+
+FPR_HEADER = [
+    "innocent group",
+    "n",
+    "test FPR @0.01",
+    "test FPR @0.05",
+    "binomial FPR @0.01",
+    "binomial FPR @0.05",
+    "binomial+base FPR @0.01",
+    "inconclusive @0.01",
+]
+POWER_HEADER = ["rho", "n", "test power @0.01", "test power @0.05", "binomial power @0.01", "mean hits"]
+
+
+def _markdown(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def plot_png(rows: list[dict]) -> bytes:
+    """False-positive rate per innocent group (test and binomial, alpha 0.05) and power per rho."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    innocents = [r for r in rows if r["role"] == "innocent"]
+    groups = sorted({r["group"] for r in innocents}, key=lambda g: (g != "reference recipe", g))
+    for offset, (label, column, colour) in enumerate(
+        (("model-level test", None, "#1f6f8b"), ("binomial (v1)", "p_binomial", "#c0392b"))
+    ):
+        xs, ys, errs = [], [], [[], []]
+        for i, group in enumerate(groups):
+            members = [r for r in innocents if r["group"] == group]
+            if column is None:
+                k = sum(r["verdict@0.05"] == "infringing" for r in members)
+            else:
+                k = sum(r[column] <= 0.05 for r in members)
+            n = len(members)
+            lo, hi = clopper_pearson(k, n)
+            xs.append(i + (offset - 0.5) * 0.35)
+            ys.append(k / n)
+            errs[0].append(k / n - lo)
+            errs[1].append(hi - k / n)
+        left.errorbar(xs, ys, yerr=errs, fmt="o", color=colour, capsize=3, label=label)
+    left.axhline(0.05, color="black", linestyle="--", linewidth=1, label="alpha 0.05")
+    left.set_xticks(range(len(groups)))
+    left.set_xticklabels(groups, rotation=40, ha="right", fontsize=7)
+    left.set_ylabel("false-positive rate (95% CI)")
+    left.set_title("innocent suspects, alpha = 0.05", fontsize=9)
+    left.legend(fontsize=7)
+    for alpha, colour in zip(ALPHAS, ("#1f6f8b", "#7fb3d5"), strict=True):
+        ys, errs = [], [[], []]
+        for rho in RHOS:
+            members = [r for r in rows if r["role"] == "infringing" and r["rho"] == rho]
+            k, n = sum(r[f"verdict@{alpha:g}"] == "infringing" for r in members), len(members)
+            lo, hi = clopper_pearson(k, n)
+            ys.append(k / max(n, 1))
+            errs[0].append(k / max(n, 1) - lo)
+            errs[1].append(hi - k / max(n, 1))
+        right.errorbar(RHOS, ys, yerr=errs, fmt="o-", color=colour, capsize=3, label=f"test, alpha {alpha:g}")
+    right.set_xlabel("rho (share of the source's generations)")
+    right.set_ylabel("power (95% CI)")
+    right.set_ylim(-0.05, 1.05)
+    right.set_title("infringing suspects", fontsize=9)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
+    rows = verdicts(study, records)
+    buffer = io.StringIO()
+    columns = sorted({k for r in rows for k in r})
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "calibration.csv", buffer.getvalue())
+    atomic_write_bytes(out / "calibration.png", plot_png(rows))
+    fpr, power = tables(rows)
+    timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in context["timings"].items())
+    references = sum(m.role == "reference" for m in study.members)
+    text = f"""# Calibration study ({study.name})
+
+Machine: {context["machine"]}. Stage times: {timings or "n/a"}.
+{len(study.members)} models: {references} references, {sum(m.role == "panel" for m in study.members)} panel,
+{sum(m.role == "innocent" for m in study.members)} innocent and {sum(m.role == "infringing" for m in study.members)}
+infringing suspects; M = {study.num_keys} keys, J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g}.
+Intervals are Clopper-Pearson 95%. "binomial" is the first version's rule (exact binomial on hit counts, null rate
+from the references); "binomial+base" the same with the base among the references, as the first demo ran it.
+
+## False positives (innocent suspects)
+
+{_markdown(FPR_HEADER, fpr)}
+
+## Power (infringing suspects)
+
+{_markdown(POWER_HEADER, power)}
+
+Hits are keys under delta0 out of M = {study.num_keys}.
+
+![calibration](calibration.png)
+"""
+    path = out / "calibration.md"
+    atomic_write_text(path, text)
+    return path

@@ -1,0 +1,332 @@
+"""The calibration study: the verdict's false-positive rate and power, measured on many models.
+
+    t2i-audit reproduce --study calibration [--scale tiny|smoke] [--stage build|audit|report|all]
+
+A verdict's error rates are measured, not assumed: a world cheap enough to train some
+150 models (the `test` preset's 16 px world with 64 private pairs, in which one 800-step
+fine-tune takes about 34 s on one CPU thread) holds
+
+- 8 innocent references (the reference recipe: 64 samples of the source's caption
+  domain, real images, 800 steps at lr 5e-4) and a separate selection panel of 4;
+- 50 innocent suspects trained like the references (other seeds and data draws): the
+  population the test's level is stated for;
+- 50 innocent suspects trained with recipes the references were not: other step
+  counts, learning rates and sample counts, other caption subsets (outside the source's
+  domain, or half outside), and other styles of the world (flatter or stronger lighting,
+  more colour jitter), so the innocent population has a real spread;
+- 10 infringing suspects at each rho in {0.1, 0.3, 0.5, 1.0} (the reference recipe with
+  a share rho of the source's generations among the training images).
+
+Every model is audited with generation keys screened by the panel (M = 30, J = 4
+seeds per key), and judged by the model-level test against the 8 references and by the
+first version's binomial rule (against the references, and with the base among them, as
+the first demo did). The report stage writes the tables (false-positive rates with
+Clopper-Pearson 95% intervals per recipe group, power per rho, inconclusive shares) and a
+plot. Nothing in the test is tuned on these models: its statistic and constants were
+fixed before the study (docs/method.md). Every stage is resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from auditor.config import AuditConfig, FrozenModel
+from auditor.fileio import atomic_write_text
+from auditor.progress import Reporter
+from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
+
+ALPHAS = (0.01, 0.05)
+RHOS = (0.1, 0.3, 0.5, 1.0)
+
+
+class Member(FrozenModel):
+    name: str
+    role: str = Field(description="reference, panel, innocent, infringing")
+    group: str = Field(description="reference recipe, or which recipe shift")
+    rho: float = 0.0
+
+
+class Study(FrozenModel):
+    name: str
+    zoo: ZooConfig
+    members: tuple[Member, ...]
+    num_keys: int = 30
+    delta0: float = 0.15
+    seeds_per_key: int = 4
+    min_references: int = 5
+
+
+def _spec(name: str, seed: int, *, steps: int, lr: float, n: int, rho: float = 0.0, **extra) -> SuspectSpec:
+    return SuspectSpec(
+        name=name,
+        rho=rho,
+        n_samples=n,
+        train=StageSpec(steps=steps, lr=lr, seed=seed, batch_size=16),
+        **extra,
+    )
+
+
+# recipe shifts of the innocent suspects the references do not cover: (group, count, changes)
+SHIFTS: tuple[tuple[str, int, dict], ...] = (
+    ("steps-500", 6, {"steps": 500}),
+    ("steps-1280", 4, {"steps": 1280}),
+    ("lr-2.5e-4", 5, {"lr": 2.5e-4}),
+    ("lr-1e-3", 5, {"lr": 1e-3}),
+    ("samples-32", 5, {"n": 32}),
+    ("samples-128", 5, {"n": 128}),
+    ("other-captions", 5, {"domain": "other"}),
+    ("half-captions", 5, {"domain": "half"}),
+    ("flat-lighting", 4, {"style_gradient": 0.05}),
+    ("strong-lighting", 3, {"style_gradient": 0.30}),
+    ("flat-lighting-jitter", 3, {"style_gradient": 0.05, "style_jitter": 0.12}),
+)
+
+
+def _study(
+    name: str,
+    world: ZooConfig,
+    recipe: dict,
+    *,
+    references: int,
+    panel: int,
+    same: int,
+    shifts: tuple[tuple[str, int, dict], ...],
+    infringing: int,
+    **fields,
+) -> Study:
+    specs: list[SuspectSpec] = []
+    members: list[Member] = []
+    seed = 3000
+
+    def add(member: Member, **changes) -> None:
+        nonlocal seed
+        seed += 1
+        values = {**recipe, **changes}
+        specs.append(_spec(member.name, seed, rho=member.rho, **values))
+        members.append(member)
+
+    for i in range(references):
+        add(Member(name=f"ref-{i:02d}", role="reference", group="reference recipe"))
+    for i in range(panel):
+        add(Member(name=f"panel-{i:02d}", role="panel", group="reference recipe"))
+    for i in range(same):
+        add(Member(name=f"innocent-same-{i:02d}", role="innocent", group="reference recipe"))
+    for group, count, changes in shifts:
+        for i in range(count):
+            add(Member(name=f"innocent-{group}-{i:02d}", role="innocent", group=group), **changes)
+    for rho in RHOS:
+        for i in range(infringing):
+            add(
+                Member(
+                    name=f"infringing-rho{rho:.1f}-{i:02d}",
+                    role="infringing",
+                    group="reference recipe",
+                    rho=rho,
+                )
+            )
+    return Study(
+        name=name, zoo=world.model_copy(update={"suspects": tuple(specs)}), members=tuple(members), **fields
+    )
+
+
+def tiny() -> Study:
+    """The study itself: ~152 models in the 16 px world (about 50 minutes on 2 CPU cores)."""
+    world = PRESETS["test"].model_copy(update={"private_samples": 64, "suspects": (), "references": ()})
+    recipe = {"steps": 800, "lr": 5e-4, "n": 64}
+    return _study("tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10)
+
+
+def smoke() -> Study:
+    """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
+    world = PRESETS["test"].model_copy(
+        update={
+            "private_samples": 16,
+            "suspects": (),
+            "references": (),
+            "vae": StageSpec(steps=150, batch_size=16, lr=2e-3, seed=1),
+            "base": StageSpec(steps=60, lr=1e-3, seed=2),
+            "source": StageSpec(steps=400, lr=1e-3, seed=3),
+        }
+    )
+    recipe = {"steps": 30, "lr": 5e-4, "n": 16}
+    shifts = (("steps-60", 1, {"steps": 60}), ("flat-lighting", 1, {"style_gradient": 0.05}))
+    return _study(
+        "smoke", world, recipe, references=5, panel=1, same=2, shifts=shifts, infringing=1,
+        num_keys=6, delta0=0.25, seeds_per_key=2,
+    )  # fmt: skip
+
+
+STUDIES = {"tiny": tiny, "smoke": smoke}
+
+
+# ---------------------------------------------------------------- stages
+
+
+def build_stage(study: Study, cache_dir: Path | None, reporter: Reporter, jobs: int):
+    from auditor.zoo.build import build_zoos
+
+    (index,) = build_zoos([study.zoo], cache_dir, reporter, jobs)
+    return index
+
+
+def _keys(study: Study, index, out: Path, reporter: Reporter):
+    """Generation keys of the source, the base as control, screened by the panel (cached)."""
+    from auditor.backends import SuspectSpec as ModelSpec
+    from auditor.backends import identify, open_suspect
+    from auditor.keys import ModelRef, load_keyset, save_keyset
+    from auditor.selection import SelectionConfig, select_keys
+    from auditor.zoo import data
+
+    folder = out / "keys"
+    if (folder / "keys.json").is_file():
+        keyset, _ = load_keyset(folder)
+        if keyset.source.digest == index.source_digest:
+            return folder
+        import shutil
+
+        shutil.rmtree(folder)
+
+    def ref(path: str) -> ModelRef:
+        identity = identify(ModelSpec(model=path))
+        return ModelRef(name=identity.name, digest=identity.digest)
+
+    train = data.load_dataset(index.source_train)
+    panel = [
+        (open_suspect(ModelSpec(model=index.suspects[m.name], device="cpu")), ref(index.suspects[m.name]))
+        for m in study.members
+        if m.role == "panel"
+    ]
+    keyset, images = select_keys(
+        SelectionConfig(strategy="generation", num_keys=study.num_keys, delta0=study.delta0),
+        source=open_suspect(ModelSpec(model=index.source, device="cpu")),
+        source_ref=ref(index.source),
+        settings=study.zoo.generation,
+        prompts=list(train.captions),
+        base=open_suspect(ModelSpec(model=index.base, device="cpu")),
+        base_ref=ref(index.base),
+        panel=panel,
+        reporter=reporter,
+    )
+    save_keyset(keyset, images, folder)
+    return folder
+
+
+def _config(study: Study) -> AuditConfig:
+    return AuditConfig(
+        delta0=study.delta0, seeds_per_key=study.seeds_per_key, min_references=study.min_references
+    )
+
+
+def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
+    """Worker: one model's audit (the workflow's), one torch thread."""
+    import torch
+
+    from auditor.backends import SuspectSpec as ModelSpec
+    from auditor.workflow import audit_model, load_keys, resolve_settings
+
+    torch.set_num_threads(1)
+    keys = load_keys(keys_dir)
+    config = AuditConfig.model_validate_json(config_json)
+    result, _ = audit_model(ModelSpec(model=path, device="cpu"), keys, config, resolve_settings(keys.keyset))
+    return {
+        "token": result.token,
+        "distances": [k.distance for k in result.keys],
+        "seed_distances": [list(k.distances) for k in result.keys],
+        "hits": result.hits,
+        "seconds": round(result.seconds, 2),
+    }
+
+
+def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Reporter, jobs: int) -> None:
+    from auditor.audit import audit_token, with_nonce
+    from auditor.identity import hash_model
+    from auditor.keys import load_keyset
+    from auditor.workflow import resolve_settings
+    from auditor.zoo.build import build_zoo
+
+    index = build_zoo(study.zoo, cache_dir, reporter, cached_only=True)  # trained by the build stage
+    keys_dir = _keys(study, index, out, reporter)
+    keyset, _ = load_keyset(keys_dir)
+    config = with_nonce(_config(study), keyset)
+    token = audit_token(keyset, config, resolve_settings(keyset))
+    models = {m.name: index.suspects[m.name] for m in study.members} | {"base": index.base}
+    todo = {}
+    for name, path in models.items():
+        target = out / "audits" / f"{name}.json"
+        digest = hash_model(path).digest
+        if target.is_file():
+            record = json.loads(target.read_text())
+            if record.get("token") == token and record.get("digest") == digest:
+                continue
+        todo[name] = (path, digest)
+    context = multiprocessing.get_context("spawn")
+    with (
+        reporter.task(f"calibration: audit {len(todo)} models, {jobs} processes", len(todo)) as advance,
+        ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
+    ):
+        futures = {
+            pool.submit(_audit_one, path, str(keys_dir), config.model_dump_json()): (name, digest)
+            for name, (path, digest) in todo.items()
+        }
+        for done, future in enumerate(as_completed(futures), start=1):
+            name, digest = futures[future]
+            record = {"name": name, "digest": digest, **future.result()}
+            atomic_write_text(out / "audits" / f"{name}.json", json.dumps(record, indent=2) + "\n")
+            advance(done)
+
+
+def load_records(study: Study, out: Path) -> dict[str, dict]:
+    records = {}
+    for name in ("base", *(m.name for m in study.members)):
+        path = out / "audits" / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: missing; run `t2i-audit reproduce --study calibration --stage audit`"
+            )
+        records[name] = json.loads(path.read_text())
+    tokens = {r["token"] for r in records.values()}
+    if len(tokens) != 1:
+        raise FileNotFoundError(f"{out / 'audits'}: records of different audits; rerun `--stage audit`")
+    return records
+
+
+def verdicts(study: Study, records: dict[str, dict]) -> list[dict]:
+    """Every suspect judged by the model-level test and by the first version's binomial rule."""
+    from auditor.calibration import binomial_figure, decide
+
+    references = [m.name for m in study.members if m.role == "reference"]
+    ref_d = [records[n]["distances"] for n in references]
+    ref_hits = [records[n]["hits"] for n in references]
+    with_base = [*ref_hits, records["base"]["hits"]]
+    rows = []
+    for member in study.members:
+        if member.role not in ("innocent", "infringing"):
+            continue
+        record = records[member.name]
+        row = {"name": member.name, "role": member.role, "group": member.group, "rho": member.rho}
+        row["hits"] = record["hits"]
+        row["mean_log_d"] = float(np.mean(np.log(np.maximum(record["distances"], 0.01))))
+        for alpha in ALPHAS:
+            decision = decide(
+                record["distances"],
+                ref_d,
+                alpha=alpha,
+                min_references=study.min_references,
+                delta0=study.delta0,
+            )
+            row[f"verdict@{alpha:g}"] = decision.verdict
+            if decision.test is not None:
+                row["p"] = decision.test.p_value
+                row["p_sparse"] = decision.test.p_values["sparse"]
+                row["p_global"] = decision.test.p_values["global"]
+        trials = len(record["distances"])
+        row["p_binomial"] = binomial_figure(record["hits"], trials, ref_hits).p_value
+        row["p_binomial_with_base"] = binomial_figure(record["hits"], trials, with_base).p_value
+        rows.append(row)
+    return rows
