@@ -351,7 +351,7 @@ def export_bundle(
             ),
         )
         if trt and manifest.parity_passed:
-            from auditor.backends.engines.trt import build_bundle_engines
+            from auditor.backends.engines.tensorrt_backend import build_bundle_engines
 
             engines = build_bundle_engines(staging, manifest, precision, reporter=reporter)
             manifest = manifest.model_copy(

@@ -219,31 +219,6 @@ def test_contract_helpers():
     assert not nan.passed and nan.max_abs_error is None
 
 
-def test_engine_cache_key_and_misses(bundle, tmp_path):
-    """Pure-Python parts of the TensorRT cache (the engines themselves need a GPU host)."""
-    from auditor.backends.engines.trt import EngineCache, engine_key
-
-    contract = read_manifest(bundle).components["unet"].contract
-    host = {"tensorrt": "10.9.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    key = engine_key("a" * 64, host, "fp16", contract)
-    assert len(key) == 64
-    others = [
-        engine_key("b" * 64, host, "fp16", contract),
-        engine_key("a" * 64, host | {"tensorrt": "10.10.0"}, "fp16", contract),
-        engine_key("a" * 64, host | {"gpu": "NVIDIA L4", "compute_capability": "8.9"}, "fp16", contract),
-        engine_key("a" * 64, host, "fp32", contract),
-        engine_key("a" * 64, host, "fp16", contract.model_copy(update={"profiles": contract.profiles[:1]})),
-    ]
-    assert len({key, *others}) == 6
-    cache = EngineCache(tmp_path / "engines")
-    assert cache.load("unet", key) is None
-    plan = cache.store("unet", key, b"engine bytes", {"component": "unet"})
-    assert cache.load("unet", key) == b"engine bytes"
-    assert cache.load("unet", others[0]) is None
-    plan.write_bytes(b"engine bytez")  # corrupt plan: a miss, rebuilt by the caller
-    assert cache.load("unet", key) is None
-
-
 # ---------------------------------------------------------------- refusals
 
 
