@@ -288,10 +288,18 @@ def export_bundle(
     external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES,
     seed: int = 0,
     reporter: Reporter | None = None,
+    parity_prompts: Sequence[str] | None = None,
+    parity_steps: int | None = None,
 ) -> BundleManifest:
-    """Export `model` (a diffusers Stable Diffusion folder) to a new bundle folder `out`."""
+    """Export `model` (a diffusers Stable Diffusion folder) to a new bundle folder `out`.
+
+    With `precision="fp16"`, the fp16 graphs also run the denoising loop on `parity_prompts`
+    (default: a few generic prompts) for `parity_steps` steps (0: skip) against the fp32
+    graphs (`export.loop_parity`)."""
     reporter = reporter or Reporter()
     check_options(precision, opset, trt)
+    if parity_steps is not None and not 0 <= parity_steps <= 1000:
+        raise BadInputError(f"--parity-steps {parity_steps}: expected 0 (skip the check) to 1000")
     model, out = Path(model), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out}: already exists and is not empty; choose another --out")
@@ -350,6 +358,20 @@ def export_bundle(
                 for record in components.values()
             ),
         )
+        if precision == "fp16" and parity_steps != 0 and manifest.parity_passed:
+            from auditor.backends.engines.bundle import Bundle
+            from export.loop_parity import DEFAULT_PROMPTS, DEFAULT_STEPS, fp16_loop_parity
+
+            with reporter.task("export: fp16 denoising-loop parity", 1) as advance:
+                loop = fp16_loop_parity(
+                    Bundle(staging, manifest),
+                    tuple(parity_prompts or DEFAULT_PROMPTS[:2]),
+                    steps=parity_steps or DEFAULT_STEPS,
+                )
+                advance(1)
+            manifest = manifest.model_copy(
+                update={"fp16_loop_parity": loop, "parity_passed": manifest.parity_passed and loop.passed}
+            )
         if trt and manifest.parity_passed:
             from auditor.backends.engines.tensorrt_backend import build_bundle_engines
 
@@ -456,6 +478,7 @@ def _export_half(
     return HalfGraphRecord(
         onnx=f"{comp_dir.name}/{dst.name}",
         external_data=external,
-        attention="fp32-upcast" if upcast_attention else "fp16",
+        attention="fp32-upcast" if upcast_attention else "fp32-softmax",
+        normalization="fp32",
         parity=parity,
     )

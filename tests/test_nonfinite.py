@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the engine loop runs ONNX Runtime here")
 
+from onnx_poison import poisoned  # noqa: E402
+
 from auditor.backends.engines import NonFiniteOutputError  # noqa: E402
 from auditor.config import GenerationSettings  # noqa: E402
 from auditor.errors import BadInputError  # noqa: E402
@@ -26,21 +28,6 @@ def bundle(tiny_pipeline, tmp_path_factory) -> Path:
     return exported_bundle(tiny_pipeline, tmp_path_factory.mktemp("nonfinite"))
 
 
-def _poisoned(graph: Path, out: Path, value: float) -> Path:
-    """`graph` with `value` (NaN or inf) added to its output: what an fp16 overflow hands the loop."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(graph))
-    output = model.graph.output[0].name
-    for node in model.graph.node:
-        node.output[:] = [f"{output}.clean" if o == output else o for o in node.output]
-    model.graph.initializer.append(helper.make_tensor("poison", TensorProto.FLOAT, [], [value]))
-    model.graph.node.append(helper.make_node("Add", [f"{output}.clean", "poison"], [output]))
-    onnx.save(model, str(out))
-    return out
-
-
 @pytest.mark.parametrize(
     ("component", "value", "where"), [("unet", np.nan, "step 1 of 4"), ("vae_decoder", np.inf, "")]
 )
@@ -53,8 +40,8 @@ def test_the_engine_loop_refuses_nonfinite_outputs(bundle, tmp_path, component, 
     clean = gen.generate(PROMPTS, [1, 2], SETTINGS)
     assert clean.std() > 0
     record = gen.bundle.manifest.components[component]
-    poisoned = _poisoned(bundle / record.onnx, tmp_path / "poisoned.onnx", value)
-    gen.loop.runners.sessions[component] = make_session(poisoned)
+    bad = poisoned(bundle / record.onnx, tmp_path / "poisoned.onnx", value)
+    gen.loop.runners.sessions[component] = make_session(bad)
     with pytest.raises(NonFiniteOutputError, match=f"the {component} output holds NaN or inf") as caught:
         gen.generate(PROMPTS, [1, 2], SETTINGS)
     message = str(caught.value)
