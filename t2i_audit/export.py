@@ -2,7 +2,8 @@
 
     t2i-audit export MODEL --out BUNDLE [--precision fp32|fp16] [--trt] [--opset 17]
                      [--batch-sizes 1,16] [--height H --width W]
-                     [--parity-prompts FILE] [--parity-steps 8]
+                     [--parity-prompts FILE] [--parity-steps 8] [--no-cpu-graphs]
+                     [--validate-on cpu|auto]
     t2i-audit bundle-verify BUNDLE [--model MODEL]
 
 Exit codes: 0 done; 2 bad input (not a pipeline, unsupported opset, --trt without
@@ -40,6 +41,8 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
         reporter=ctx.reporter,
         parity_prompts=prompts,
         parity_steps=args.parity_steps,
+        cpu_graphs=not args.no_cpu_graphs,
+        validate_on=args.validate_on,
     )
     if ctx.format == "json":
         ctx.emit_json({"bundle": str(args.out), **manifest.model_dump(mode="json")})
@@ -98,6 +101,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,16", help="image batch sizes to optimize for (default 1,16)")
     p.add_argument("--height", type=int, help="pixels (default: the model's)")
     p.add_argument("--width", type=int, help="pixels (default: the model's)")
+    p.add_argument(
+        "--no-cpu-graphs",
+        action="store_true",
+        help="skip ONNX Runtime's offline-optimized CPU graphs (a bundle for GPU hosts; saves minutes and GBs)",
+    )
+    p.add_argument(
+        "--validate-on",
+        choices=["cpu", "auto"],
+        default="cpu",
+        help="run the parity checks on the CPU, or (auto) on the CUDA provider when it works here",
+    )
     p.add_argument(
         "--parity-prompts",
         metavar="FILE",
