@@ -73,7 +73,9 @@ def test_wheel_metadata_carries_the_license(tmp_path):
     from importlib.metadata import version
 
     if int(version("setuptools").split(".")[0]) < 77:
-        pytest.skip(f"setuptools {version('setuptools')} here; `make setup` installs >= 77 (PEP 639 licences)")
+        pytest.skip(
+            f"setuptools {version('setuptools')} here; `make setup` installs >= 77 (PEP 639 licences)"
+        )
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
