@@ -2,21 +2,33 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
-# torch is pinned so that pip takes the CPU wheel on CPU hosts (see docs/design.md);
-# on a GPU host, install the matching CUDA build of torch 2.13.0 first.
+# torch is pinned (2.13.0). PyPI's default torch wheel for Linux is the CUDA build (GBs); on a
+# CPU host with PyPI, TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU wheel (this
+# project's machines get it from their package mirror, so the default adds no index). On a GPU
+# host, install a CUDA 12 build of torch 2.13.0 first and use EXTRAS=test,gpu (README).
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 EXTRAS ?= test,onnx,ray
+VERIFY_VENV ?= .cache/venv-verify
 
-.PHONY: setup demo reproduce test test-fast bench bench-gpu lint clean
+.PHONY: setup setup-verify demo reproduce test test-fast bench bench-gpu gpu-check lint clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77"
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# A venv that can only verify signed reports: the package without its dependencies, plus the
+# `verify` extra (no torch, diffusers, transformers, matplotlib or peft). README: "Verify-only install".
+setup-verify:
+	test -x $(VERIFY_VENV)/bin/python || python3 -m venv $(VERIFY_VENV)
+	$(VERIFY_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(VERIFY_VENV)/bin/python -c 'import importlib.metadata as m, re; print("\n".join(r.split(";")[0] for r in m.requires("t2i-auditor") if re.search(r"extra\s*==\s*.verify.", r)))' > $(VERIFY_VENV)/verify-requirements.txt
+	$(VERIFY_VENV)/bin/python -m pip install --quiet -r $(VERIFY_VENV)/verify-requirements.txt
 
 demo: setup
 	$(VENV)/bin/t2i-audit demo
@@ -42,9 +54,17 @@ bench-gpu: setup
 	$(PY) -c "from export.testing import build_sd15_pipeline; build_sd15_pipeline('$(GPU_BENCH)')"
 	$(PY) bench/generate.py --model $(GPU_BENCH)/model --dtype float16 --batch-size 8 --no-rss
 
+# On a CUDA host with TensorRT: GPU tests, SD 1.5-size engines and benches in order of value within
+# GPU_BUDGET seconds; writes $(GPU_OUT) even when stopped (bench/gpu_check.py). On a CPU host
+# it records the environment and says why each GPU step was skipped.
+GPU_BUDGET ?= 570
+GPU_OUT ?= .cache/gpu-check.json
+gpu-check: setup
+	$(PY) bench/gpu_check.py --out $(GPU_OUT) --workdir .cache/gpu-check --budget-s $(GPU_BUDGET)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf demo-out reproduction-out .pytest_cache .ruff_cache .cache/bench-gpu
+	rm -rf demo-out reproduction-out .pytest_cache .ruff_cache .cache/bench-gpu .cache/gpu-check .cache/gpu-check.json

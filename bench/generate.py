@@ -17,6 +17,12 @@ against torch float32 images of the same keys, and, last, the speedup lines:
 
     speedup tensorrt/torch: X.XX      (only where TensorRT runs)
     speedup onnx/torch: X.XX
+
+Sweep mode (`--json OUT`, what `make gpu-check` runs): every `--steps-list` x `--batch-sizes`
+configuration (one batch of that many keys each), backends torch eager, torch.compile
+(`compile`), onnx and tensorrt (`--backends`), each timed alternated and compared with torch
+float32 images of the same keys (PSNR, max pixel difference); the JSON is rewritten after each
+configuration, and `--deadline` (Unix time) skips configurations it would not start in time.
 """
 
 from __future__ import annotations
@@ -120,6 +126,105 @@ def _machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} logical CPUs, {gpu}, Python {platform.python_version()}"
 
 
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _sweep(args, model: Path, bundle: Path) -> int:
+    """Every (steps, batch size) configuration through every backend, against torch fp32 (module doc)."""
+    import numpy as np
+    import torch
+
+    from auditor.backends import SuspectSpec, open_suspect
+    from auditor.config import GenerationSettings
+    from auditor.errors import first_line
+    from auditor.fileio import atomic_write_text
+    from auditor.watermark import psnr
+
+    if torch.cuda.is_available():  # the fp32 reference without TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    batch_sizes, steps_list = _ints(args.batch_sizes), _ints(args.steps_list)
+    args.batch_size = max(batch_sizes)
+    wanted = args.backends.split(",") if args.backends else ["torch", "compile", "onnx", "tensorrt"]
+    gens, skipped = {}, {}
+    for name in wanted:
+        try:
+            if name == "compile":
+                gen = _load("torch", args, model, bundle)
+                gen.pipe.unet = torch.compile(gen.pipe.unet)
+            else:
+                gen = _load(name, args, model, bundle)
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot load is reported, not fatal
+            skipped[name] = first_line(exc)
+            continue
+        info = gen.describe()
+        if name in ("onnx", "tensorrt") and info.backend != name:
+            skipped[name] = info.note or f"fell back to {info.backend}"
+            continue
+        gens[name] = gen
+    reference = open_suspect(SuspectSpec(model=str(model), device=args.device, batch_size=args.batch_size))
+    document = {
+        "bench": "generate",
+        "machine": _machine(),
+        "dtype": args.dtype,
+        "guidance": args.guidance,
+        "backends": {n: g.describe().model_dump(mode="json") for n, g in gens.items()},
+        "skipped": skipped,
+        "results": [],
+    }
+
+    def write() -> None:
+        atomic_write_text(Path(args.json), json.dumps(document, indent=2) + "\n")
+
+    write()
+    for steps in steps_list:
+        for batch in batch_sizes:
+            entry: dict = {"steps": steps, "batch": batch}
+            document["results"].append(entry)
+            if args.deadline and time.time() > args.deadline:
+                entry["skipped"] = "deadline reached"
+                write()
+                continue
+            prompts, seeds = _keys(batch)
+            settings = GenerationSettings(steps=steps, guidance_scale=args.guidance)
+            truth = reference.generate(prompts, seeds, settings)
+            first = {}
+            images = {}
+            for name, gen in gens.items():  # warm-up (torch.compile compiles here)
+                start = time.perf_counter()
+                images[name] = gen.generate(prompts, seeds, settings)
+                first[name] = time.perf_counter() - start
+            times: dict[str, list[float]] = {name: [] for name in gens}
+            for _ in range(args.reps):
+                for name, gen in gens.items():
+                    start = time.perf_counter()
+                    gen.generate(prompts, seeds, settings)
+                    times[name].append(time.perf_counter() - start)
+            medians = {name: statistics.median(values) for name, values in times.items()}
+            entry["backends"] = {
+                name: {
+                    "median_s": medians[name],
+                    "images_per_s": batch / medians[name],
+                    "ms_per_guided_step": medians[name] / steps * 1e3,
+                    "first_call_s": first[name],
+                    "psnr_vs_torch_fp32_db": min(psnr(images[name], truth), 100.0),
+                    "max_pixel_diff_vs_torch_fp32": int(
+                        np.abs(images[name].astype(int) - truth.astype(int)).max()
+                    ),
+                    "speedup_vs_torch": medians["torch"] / medians[name] if "torch" in medians else None,
+                }
+                for name in gens
+            }
+            for name, row in entry["backends"].items():
+                print(
+                    f"steps {steps} batch {batch} {name:9s} {row['median_s']:.3f} s  {row['images_per_s']:.2f} images/s"
+                    f"  PSNR vs torch fp32 {row['psnr_vs_torch_fp32_db']:.1f} dB"
+                )
+            write()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="diffusers SD folder (default: a tiny random-weight zoo pipeline)")
@@ -134,10 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-backend RSS subprocesses")
     parser.add_argument("--rss-probe", choices=["torch", "onnx", "tensorrt"], help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="sweep mode: write every figure here (see the module doc)")
+    parser.add_argument("--batch-sizes", default="1,8,30", help="sweep mode: images per batch, in order")
+    parser.add_argument("--steps-list", default="20,50", help="sweep mode: denoising steps, in order")
+    parser.add_argument("--backends", help="sweep mode: torch,compile,onnx,tensorrt (default: all)")
+    parser.add_argument(
+        "--deadline", type=float, help="sweep mode: Unix time, start no configuration after it"
+    )
     args = parser.parse_args(argv)
     if args.rss_probe:
         return _rss_probe(args)
     _setup(args.threads)
+    if args.json:
+        if not args.model or not args.bundle:
+            parser.error("--json (sweep mode) needs --model and --bundle")
+        return _sweep(args, Path(args.model), Path(args.bundle))
 
     import numpy as np
 

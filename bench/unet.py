@@ -1,8 +1,9 @@
 """One guided denoising step: torch eager vs ONNX Runtime vs TensorRT, and the fraction of the GPU's limit.
 
-    python bench/unet.py [--arch sd15|tiny] [--height 512] [--images 1] [--dtype float16]
+    python bench/unet.py [--arch sd15|tiny] [--height 512] [--images 1[,8,30]] [--dtype float16]
+                         [--backends torch,compile,onnx,tensorrt] [--bundle BUNDLE]
                          [--reps 10] [--calls 10] [--device auto] [--threads 1]
-                         [--workdir DIR] [--peak-tflops X]
+                         [--workdir DIR] [--peak-tflops X] [--json OUT] [--deadline EPOCH]
 
 A guided step is one UNet call on 2 x images rows (unconditional and conditional
 halves), the audit's unit of work. The UNet is built from its architecture with random
@@ -10,9 +11,11 @@ weights (`--arch sd15`: Stable Diffusion 1.5's 860M-parameter UNet; `tiny`: the 
 exported through the project's own exporter (the fp32 graph, and the fp16 graph for
 `--dtype float16`) and run by each backend available here:
 
-- torch eager, in `--dtype` on `--device`;
+- torch eager, in `--dtype` on `--device`; `compile`: the same under `torch.compile`
+  (compile time reported apart; on a GPU only by default);
 - ONNX Runtime on the graph of that precision (CUDA provider with IO binding on a GPU,
-  so no host copies are timed; CPU provider otherwise);
+  as the audit's onnx backend now runs, so no host copies are timed; TF32 off for fp32;
+  CPU provider otherwise);
 - TensorRT (CUDA hosts with tensorrt) on an engine built from the same graph, strongly
   typed, cached in `--workdir`.
 
@@ -22,12 +25,18 @@ on the module (on the meta device: no compute), so the fraction of the physical 
 is achieved FLOP/s over the card's dense fp16 tensor peak (a table of known cards, or
 `--peak-tflops`). Each backend's output is compared with torch fp32 on the same inputs.
 The last lines read `speedup onnx/torch: X.XX` and, where TensorRT ran,
-`speedup tensorrt/torch: X.XX`.
+`speedup tensorrt/torch: X.XX` (of the first `--images` value).
+
+`--bundle BUNDLE` takes the UNet graphs, contract and engine cache of an exported bundle
+(the engine is then the one the tensorrt backend builds and caches for that bundle); `--json`
+writes every figure, rewritten after each batch size, so a run stopped midway keeps what it
+measured; `--deadline` (Unix time) skips the batch sizes it would not finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -84,11 +93,27 @@ def _flops(unet, rows: int, latent: int, text: int, width: int) -> float:
 
 
 def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
-    """The UNet's fp32 (and fp16) ONNX graphs through the project's exporter; reused from workdir."""
+    """The UNet's fp32 (and fp16) ONNX graphs through the project's exporter; reused from workdir.
+
+    Returns (contract, {precision: graph path}, graph digests for the engine key or None).
+    """
     from auditor.backends.engines import engine_precision
     from auditor.backends.engines.components import UNET, ExportShapes, build_contracts
     from export.exporter import EXTERNAL_DATA_MIN_BYTES, export_onnx
 
+    precisions = sorted({"fp32", engine_precision(args.dtype)})
+    if args.bundle:
+        from auditor.backends.engines.bundle import read_manifest
+        from auditor.backends.engines.engine_cache import graph_digest
+
+        manifest = read_manifest(args.bundle)
+        graphs = {p: manifest.graph_for("unet", p) for p in precisions}
+        digests = {p: graph_digest(manifest, "unet", g) for p, g in graphs.items()}
+        return (
+            manifest.components["unet"].contract,
+            {p: Path(args.bundle) / g for p, g in graphs.items()},
+            digests,
+        )
     scale = args.height // latent
     shapes = ExportShapes(
         height=args.height,
@@ -98,12 +123,12 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
         text_length=text,
         text_hidden_size=width,
         vocab_size=49408,
-        batch_sizes=(args.images,),
+        batch_sizes=(max(args.images),),
     )
     contract = build_contracts(shapes)["unet"]
     module = UNET.wrap(unet)
     graphs = {}
-    for precision in sorted({"fp32", engine_precision(args.dtype)}):
+    for precision in precisions:
         folder = workdir / f"unet-{args.arch}-{args.height}-{precision}"
         if not (folder / "model.onnx").is_file():  # written whole into a staging folder, then renamed
             start = time.perf_counter()
@@ -116,33 +141,43 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
             os.replace(staging, folder)
             print(f"export {precision} graph: {time.perf_counter() - start:.1f} s -> {folder}")
         graphs[precision] = folder / "model.onnx"
-    return contract, graphs
+    return contract, graphs, None
 
 
-def _torch_runner(unet, dtype, device):
+def _torch_runner(unet, dtype, device, compiled: bool = False):
     import torch
 
     model = unet.to(device=device, dtype=dtype)
+    call = torch.compile(model) if compiled else model
 
     def run(sample, timestep, hidden):
         with torch.inference_mode():
-            return model(sample.to(dtype), timestep, encoder_hidden_states=hidden.to(dtype)).sample.float()
+            return call(sample.to(dtype), timestep, encoder_hidden_states=hidden.to(dtype)).sample.float()
 
     return run
 
 
-def _ort_runner(path: Path, device, threads: int):
-    """ONNX Runtime session; on CUDA with IO binding over torch tensors (no host copies)."""
+def _ort_runner(path: Path, device, threads: int, precision: str):
+    """ONNX Runtime session; on CUDA with IO binding over torch tensors (no host copies), TF32 off for fp32."""
     import numpy as np
     import torch
 
     from auditor.backends.engines.components import UNET
-    from auditor.backends.engines.ort import CPU_PROVIDER, CUDA_PROVIDER, available_providers, make_session
+    from auditor.backends.engines.ort import (
+        CPU_PROVIDER,
+        CUDA_PROVIDER,
+        available_providers,
+        make_session,
+        provider_options,
+    )
 
     if device.type == "cuda":
         if CUDA_PROVIDER not in available_providers():
             return None, f"onnxruntime lacks {CUDA_PROVIDER} (install onnxruntime-gpu, not onnxruntime)"
-        session = make_session(path, [(CUDA_PROVIDER, {"device_id": device.index or 0}), CPU_PROVIDER])
+        cuda = provider_options(
+            CUDA_PROVIDER, device_index=device.index or 0, precision=precision, contract=None, cache_dir=None
+        )
+        session = make_session(path, [cuda, CPU_PROVIDER])
         if session.get_providers()[0] != CUDA_PROVIDER:
             return None, f"the session fell back to {session.get_providers()[0]}"
 
@@ -171,25 +206,19 @@ def _ort_runner(path: Path, device, threads: int):
     return run, None
 
 
-def _trt_runner(path: Path, contract, precision: str, device, workdir: Path):
-    """An engine from the project's engine cache (keyed by graph, TensorRT version, GPU), built on a miss."""
+def _trt_runner(path: Path, contract, precision: str, device, cache_root: Path, digest: str | None):
+    """An engine from the project's engine cache (the bundle's key with --bundle), built on a miss."""
     from auditor.backends.engines.components import UNET
-    from auditor.backends.engines.trt import (
-        EngineCache,
-        TrtEngine,
-        build_engine,
-        engine_key,
-        host_identity,
-        tensorrt_status,
-    )
+    from auditor.backends.engines.engine_cache import EngineCache, engine_key
+    from auditor.backends.engines.trt import TrtEngine, build_engine, host_identity, tensorrt_status
     from auditor.fileio import sha256_file
 
     reason = tensorrt_status()
     if reason:
         return None, reason
     host = host_identity(device.index or 0)
-    cache = EngineCache(workdir / "engines")
-    key = engine_key(sha256_file(path), host, precision, contract)
+    cache = EngineCache(cache_root)
+    key = engine_key(digest or sha256_file(path), host, precision, contract)
     data = cache.load("unet", key)
     if data is None:
         start = time.perf_counter()
@@ -211,18 +240,45 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _write_json(path: str | None, document: dict) -> None:
+    if path:
+        from auditor.fileio import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(document, indent=2, default=str) + "\n")
+
+
+def _images_list(text: str) -> list[int]:
+    values = [int(part) for part in str(text).split(",") if part.strip()]
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["sd15", "tiny"], default="sd15")
     parser.add_argument("--height", type=int, help="image side in pixels (default 512 for sd15, 32 for tiny)")
-    parser.add_argument("--images", type=int, default=1, help="images per guided step (rows = 2 x images)")
+    parser.add_argument(
+        "--images",
+        type=_images_list,
+        default=[1],
+        help="images per guided step, e.g. 1,8,30 (rows = 2 x images)",
+    )
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float16")
+    parser.add_argument(
+        "--backends", help="comma-separated: torch,compile,onnx,tensorrt (default: all that apply)"
+    )
+    parser.add_argument(
+        "--bundle", help="take the UNet graphs, contract and engine cache of this exported bundle"
+    )
     parser.add_argument("--reps", type=int, default=10, help="alternated rounds")
     parser.add_argument("--calls", type=int, default=10, help="timed calls per backend per round")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads on the CPU")
     parser.add_argument("--workdir", help="keep graphs and engines here between runs (default: a temp dir)")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense fp16 peak, if not in the table")
+    parser.add_argument("--json", help="write every figure here (rewritten after each batch size)")
+    parser.add_argument("--deadline", type=float, help="Unix time: start no batch size after it")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -239,95 +295,148 @@ def main(argv: list[str] | None = None) -> int:
     )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda":  # the fp32 reference and fp32 contenders: no TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     args.height = args.height or (512 if args.arch == "sd15" else 32)
     if args.dtype == "float16" and device.type == "cpu":
         print("note: float16 on the CPU measures nothing useful about a GPU (no fast fp16 kernels)")
+    wanted = (
+        args.backends.split(",")
+        if args.backends
+        else ["torch", "onnx", "tensorrt"] + (["compile"] if device.type == "cuda" else [])
+    )
 
     unet, scale, text, width = _unet(args.arch)
     if args.height % (scale * 8):
         parser.error(f"--height {args.height}: expected a multiple of {scale * 8}")
     latent = args.height // scale
-    rows = 2 * args.images
-    flops = _flops(unet, rows, latent, text, width)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak = args.peak_tflops or (peak_tflops(gpu) if gpu else None)
+    document: dict = {
+        "bench": "unet",
+        "device": gpu or "cpu",
+        "torch": torch.__version__,
+        "arch": args.arch,
+        "height": args.height,
+        "dtype": args.dtype,
+        "peak_fp16_tflops": peak,
+        "results": [],
+        "skipped": {},
+    }
 
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        contract, graphs = _export(unet, args, latent, text, width, workdir)
+        contract, graphs, digests = _export(unet, args, latent, text, width, workdir)
         precision = engine_precision(args.dtype)
+        import copy
 
-        generator = torch.Generator("cpu").manual_seed(0)
-        sample = torch.randn(rows, 4, latent, latent, generator=generator)
-        timestep = torch.full((rows,), 500.0)
-        hidden = torch.randn(rows, text, width, generator=generator)
-        with torch.inference_mode():
-            reference = unet(sample, timestep, encoder_hidden_states=hidden).sample.float().numpy()
-        inputs = tuple(t.to(device) for t in (sample, timestep, hidden))
-
-        runners, skipped = {"torch": _torch_runner(unet, getattr(torch, args.dtype), device)}, {}
-        ort, why = _ort_runner(graphs[precision], device, args.threads)
-        if ort:
-            runners["onnx"] = ort
-        else:
-            skipped["onnx"] = why
-        if device.type == "cuda":
-            trt, why = _trt_runner(graphs[precision], contract, precision, device, workdir)
-            if trt:
-                runners["tensorrt"] = trt
+        reference_model = copy.deepcopy(unet).to(device=device, dtype=torch.float32)
+        runners, skipped = {}, {}
+        if "torch" in wanted:
+            runners["torch"] = _torch_runner(copy.deepcopy(unet), getattr(torch, args.dtype), device)
+        if "compile" in wanted:
+            runners["compile"] = _torch_runner(
+                copy.deepcopy(unet), getattr(torch, args.dtype), device, compiled=True
+            )
+        if "onnx" in wanted:
+            ort, why = _ort_runner(graphs[precision], device, args.threads, precision)
+            if ort:
+                runners["onnx"] = ort
             else:
-                skipped["tensorrt"] = why
-        else:
-            skipped["tensorrt"] = "needs a CUDA device"
-
-        errors = {}
-        for name, run in runners.items():  # warm-up, and the error against torch fp32
-            out = run(*inputs)
-            _sync(device)
-            got = out.float().cpu().numpy()
-            errors[name] = float(np.max(np.abs(got - reference))) / float(np.max(np.abs(reference)))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        per_call: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(args.reps):
-            for name, run in runners.items():
-                _sync(device)
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    run(*inputs)
-                _sync(device)
-                per_call[name].append((time.perf_counter() - start) / args.calls)
-        medians = {name: statistics.median(values) for name, values in per_call.items()}
-
-        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-        peak = args.peak_tflops or (peak_tflops(gpu) if gpu else None)
+                skipped["onnx"] = why
+        if "tensorrt" in wanted:
+            if device.type != "cuda":
+                skipped["tensorrt"] = "needs a CUDA device"
+            else:
+                cache_root = Path(args.bundle) / ".engines" if args.bundle else workdir / "engines"
+                digest = digests[precision] if digests else None
+                trt, why = _trt_runner(graphs[precision], contract, precision, device, cache_root, digest)
+                if trt:
+                    runners["tensorrt"] = trt
+                else:
+                    skipped["tensorrt"] = why
+        document["skipped"] = skipped
         print(f"device: {gpu or 'cpu'}; torch {torch.__version__}")
-        print(
-            f"workload: {args.arch} UNet, {args.height}x{args.height} ({latent}x{latent} latents), {args.images} image(s)"
-            f" = {rows} rows per guided step, {args.dtype}; {args.reps} alternated rounds x {args.calls} calls"
-        )
-        print(
-            f"FLOPs per guided step (FlopCounterMode): {flops / 1e9:.4g} GFLOP ({flops / rows / 1e9:.4g} per row)"
-        )
         for name, why in skipped.items():
             print(f"{name:9s} skipped: {why}")
-        for name, seconds in medians.items():
-            achieved = flops / seconds / 1e12
-            if peak and args.dtype == "float16":
-                fraction = f"{achieved / peak:.1%} of {peak:.0f} TFLOP/s"
-            else:
-                fraction = "n/a (fp16 on a known GPU only)"
+        first_medians: dict[str, float] = {}
+        for images in args.images:
+            if args.deadline and time.time() > args.deadline:
+                document["results"].append({"images": images, "skipped": "deadline reached"})
+                print(f"images {images}: skipped, deadline reached")
+                continue
+            rows = 2 * images
+            flops = _flops(unet, rows, latent, text, width)
+            generator = torch.Generator("cpu").manual_seed(0)
+            sample = torch.randn(rows, 4, latent, latent, generator=generator)
+            timestep = torch.full((rows,), 500.0)
+            hidden = torch.randn(rows, text, width, generator=generator)
+            inputs = tuple(t.to(device) for t in (sample, timestep, hidden))
+            with torch.inference_mode():
+                reference = (
+                    reference_model(*inputs[:2], encoder_hidden_states=inputs[2]).sample.float().cpu().numpy()
+                )
+            errors, first_call = {}, {}
+            for name, run in runners.items():  # warm-up (compile happens here), and the error against fp32
+                start = time.perf_counter()
+                out = run(*inputs)
+                _sync(device)
+                first_call[name] = time.perf_counter() - start
+                got = out.float().cpu().numpy()
+                errors[name] = float(np.max(np.abs(got - reference))) / float(np.max(np.abs(reference)))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            per_call: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(args.reps):
+                for name, run in runners.items():
+                    _sync(device)
+                    start = time.perf_counter()
+                    for _ in range(args.calls):
+                        run(*inputs)
+                    _sync(device)
+                    per_call[name].append((time.perf_counter() - start) / args.calls)
+            medians = {name: statistics.median(values) for name, values in per_call.items()}
+            first_medians = first_medians or medians
             print(
-                f"{name:9s} {seconds * 1e3:9.2f} ms per guided step  {achieved:8.4g} TFLOP/s  {fraction}"
-                f"  max|out - torch fp32| / max|torch fp32| {errors[name]:.2e}"
+                f"workload: {args.arch} UNet, {args.height}x{args.height} ({latent}x{latent} latents), {images} image(s)"
+                f" = {rows} rows per guided step, {args.dtype}; {args.reps} alternated rounds x {args.calls} calls"
             )
-        if device.type == "cuda":
             print(
-                f"peak CUDA memory held by torch's allocator: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+                f"FLOPs per guided step (FlopCounterMode): {flops / 1e9:.4g} GFLOP ({flops / rows / 1e9:.4g} per row)"
             )
-        if "onnx" in medians:
-            print(f"speedup onnx/torch: {medians['torch'] / medians['onnx']:.2f}")
-        if "tensorrt" in medians:
-            print(f"speedup tensorrt/torch: {medians['torch'] / medians['tensorrt']:.2f}")
+            entry = {"images": images, "rows": rows, "gflop_per_step": flops / 1e9, "backends": {}}
+            for name, seconds in medians.items():
+                achieved = flops / seconds / 1e12
+                fraction = achieved / peak if peak and args.dtype == "float16" else None
+                shown = (
+                    f"{fraction:.1%} of {peak:.0f} TFLOP/s"
+                    if fraction is not None
+                    else "n/a (fp16 on a known GPU only)"
+                )
+                print(
+                    f"{name:9s} {seconds * 1e3:9.2f} ms per guided step  {achieved:8.4g} TFLOP/s  {shown}"
+                    f"  max|out - torch fp32| / max|torch fp32| {errors[name]:.2e}"
+                )
+                entry["backends"][name] = {
+                    "ms_per_step": seconds * 1e3,
+                    "tflops": achieved,
+                    "fraction_of_peak": fraction,
+                    "rel_error_vs_torch_fp32": errors[name],
+                    "first_call_s": first_call[name],
+                    "speedup_vs_torch": medians["torch"] / seconds if "torch" in medians else None,
+                }
+            if device.type == "cuda":
+                entry["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                print(f"peak CUDA memory held by torch's allocator: {entry['peak_cuda_gib']:.2f} GiB")
+            document["results"].append(entry)
+            _write_json(args.json, document)
+        _write_json(args.json, document)
+        if "torch" in first_medians:
+            for name in ("onnx", "tensorrt"):
+                if name in first_medians:
+                    print(f"speedup {name}/torch: {first_medians['torch'] / first_medians[name]:.2f}")
     return 0
 
 

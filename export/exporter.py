@@ -57,7 +57,6 @@ from auditor.backends.engines.components import (
     ComponentContract,
     ComponentSpec,
     ExportShapes,
-    ParityRecord,
     Tolerance,
     build_contracts,
     compare,
@@ -66,6 +65,7 @@ from auditor.errors import BadInputError
 from auditor.progress import Reporter
 from export.errors import ExportError, ParityError
 from export.source import SourcePipeline
+from export.validation import _provider_label, optimize_and_validate, run_onnx, validation_providers
 
 # protobuf refuses messages over 2 GiB; leave room for the graph itself
 EXTERNAL_DATA_MIN_BYTES = 1_800_000_000
@@ -151,52 +151,6 @@ def export_onnx(
     onnx.checker.check_model(str(dst))
     shutil.rmtree(work, ignore_errors=True)
     return external
-
-
-def run_onnx(path: Path, contract: ComponentContract, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from auditor.backends.engines.ort import make_session
-
-    session = make_session(path)
-    values = session.run(contract.output_names, {name: inputs[name] for name in contract.input_names})
-    return dict(zip(contract.output_names, values, strict=True))
-
-
-def optimize_and_validate(
-    comp_dir: Path,
-    contract: ComponentContract,
-    external: bool,
-    inputs: dict[str, np.ndarray],
-    references: dict[str, np.ndarray],
-    seed: int,
-) -> tuple[str, str, ParityRecord]:
-    """Offline ORT optimization, best level first; keep the first graph that validates."""
-    from auditor.backends.engines.ort import OFFLINE_LEVELS, optimize_offline
-
-    portable = comp_dir / "model.onnx"
-    parity: ParityRecord | None = None
-    for level in OFFLINE_LEVELS:
-        if level == "none":
-            candidate = portable
-        else:
-            candidate = comp_dir / "model.ort.onnx"
-            try:
-                optimize_offline(portable, candidate, level, external)
-            except Exception:  # an optimizer failure only rules this level out
-                _remove_graph(candidate)
-                continue
-        outputs = run_onnx(candidate, contract, inputs)
-        parity = compare(
-            outputs, references, contract.tolerance, f"onnxruntime CPUExecutionProvider ({level})", seed
-        )
-        if parity.passed or level == "none":
-            return candidate.name, level, parity
-        _remove_graph(candidate)
-    raise AssertionError("unreachable: the 'none' level always returns")
-
-
-def _remove_graph(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    Path(str(path) + ".data").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- bundle
@@ -288,10 +242,24 @@ def export_bundle(
     external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES,
     seed: int = 0,
     reporter: Reporter | None = None,
+    parity_prompts: Sequence[str] | None = None,
+    parity_steps: int | None = None,
+    cpu_graphs: bool = True,
+    validate_on: str = "cpu",
 ) -> BundleManifest:
-    """Export `model` (a diffusers Stable Diffusion folder) to a new bundle folder `out`."""
+    """Export `model` (a diffusers Stable Diffusion folder) to a new bundle folder `out`.
+
+    With `precision="fp16"`, the fp16 graphs also run the denoising loop on `parity_prompts`
+    (default: a few generic prompts) for `parity_steps` steps (0: skip) against the fp32
+    graphs (`export.loop_parity`). `cpu_graphs=False` skips ONNX Runtime's offline CPU graphs
+    (a bundle for GPU hosts); `validate_on="auto"` runs the checks on the CUDA provider when it
+    works here."""
     reporter = reporter or Reporter()
     check_options(precision, opset, trt)
+    if validate_on not in ("cpu", "auto"):
+        raise BadInputError(f"--validate-on {validate_on!r}: expected cpu or auto")
+    if parity_steps is not None and not 0 <= parity_steps <= 1000:
+        raise BadInputError(f"--parity-steps {parity_steps}: expected 0 (skip the check) to 1000")
     model, out = Path(model), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out}: already exists and is not empty; choose another --out")
@@ -322,6 +290,8 @@ def export_bundle(
                     external_data_min_bytes,
                     seed,
                     half=precision == "fp16",
+                    cpu_graphs=cpu_graphs,
+                    validate_on=validate_on,
                 )
                 advance(done + 1)
         pipeline = PipelineRecord(
@@ -350,8 +320,22 @@ def export_bundle(
                 for record in components.values()
             ),
         )
+        if precision == "fp16" and parity_steps != 0 and manifest.parity_passed:
+            from auditor.backends.engines.bundle import Bundle
+            from export.loop_parity import DEFAULT_PROMPTS, DEFAULT_STEPS, fp16_loop_parity
+
+            with reporter.task("export: fp16 denoising-loop parity", 1) as advance:
+                loop = fp16_loop_parity(
+                    Bundle(staging, manifest),
+                    tuple(parity_prompts or DEFAULT_PROMPTS[:2]),
+                    steps=parity_steps or DEFAULT_STEPS,
+                )
+                advance(1)
+            manifest = manifest.model_copy(
+                update={"fp16_loop_parity": loop, "parity_passed": manifest.parity_passed and loop.passed}
+            )
         if trt and manifest.parity_passed:
-            from auditor.backends.engines.trt import build_bundle_engines
+            from auditor.backends.engines.tensorrt_backend import build_bundle_engines
 
             engines = build_bundle_engines(staging, manifest, precision, reporter=reporter)
             manifest = manifest.model_copy(
@@ -387,6 +371,8 @@ def _export_one(
     seed: int,
     *,
     half: bool = False,
+    cpu_graphs: bool = True,
+    validate_on: str = "cpu",
 ) -> ComponentRecord:
     start = time.perf_counter()
     comp_dir = root / name
@@ -397,7 +383,16 @@ def _export_one(
     inputs = spec.sample_inputs(contract, shapes, VALIDATION_BATCH, seed, source.scaling_factor)
     references = torch_outputs(module, contract, inputs)
     save_validation(comp_dir / "validation.npz", inputs, references)
-    ort_name, level, parity = optimize_and_validate(comp_dir, contract, external, inputs, references, seed)
+    ort_name, level, parity = optimize_and_validate(
+        comp_dir,
+        contract,
+        external,
+        inputs,
+        references,
+        seed,
+        cpu_graphs=cpu_graphs,
+        providers=validation_providers(validate_on, "fp32"),
+    )
     fp16 = None
     if half:
         upcast = name == "unet" and source.upcast_attention
@@ -413,6 +408,7 @@ def _export_one(
             references,
             seed,
             upcast,
+            validation_providers(validate_on, "fp16"),
         )
     files = [
         file_record(root, f"{name}/{p.name}")
@@ -445,17 +441,18 @@ def _export_half(
     references: dict[str, np.ndarray],
     seed: int,
     upcast_attention: bool,
+    providers: list | None = None,
 ) -> HalfGraphRecord:
     """Trace the fp16 graph and hold it to the fp16 tolerance against torch's fp32 outputs."""
     dst = comp_dir / "model.fp16.onnx"
     external = export_onnx(module, contract, shapes, opset, dst, work, external_min)
-    outputs = run_onnx(dst, contract, inputs)
-    parity = compare(
-        outputs, references, DEFAULT_TOLERANCES["fp16"], "onnxruntime CPUExecutionProvider (fp16 graph)", seed
-    )
+    outputs = run_onnx(dst, contract, inputs, providers)
+    label = f"onnxruntime {_provider_label(providers)} (fp16 graph)"
+    parity = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], label, seed)
     return HalfGraphRecord(
         onnx=f"{comp_dir.name}/{dst.name}",
         external_data=external,
-        attention="fp32-upcast" if upcast_attention else "fp16",
+        attention="fp32-upcast" if upcast_attention else "fp32-softmax",
+        normalization="fp32",
         parity=parity,
     )

@@ -2,6 +2,8 @@
 
     t2i-audit export MODEL --out BUNDLE [--precision fp32|fp16] [--trt] [--opset 17]
                      [--batch-sizes 1,16] [--height H --width W]
+                     [--parity-prompts FILE] [--parity-steps 8] [--no-cpu-graphs]
+                     [--validate-on cpu|auto]
     t2i-audit bundle-verify BUNDLE [--model MODEL]
 
 Exit codes: 0 done; 2 bad input (not a pipeline, unsupported opset, --trt without
@@ -22,6 +24,11 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
 
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     check_options(args.precision, args.opset, args.trt)  # before loading anything
+    prompts = None
+    if args.parity_prompts:
+        from export.loop_parity import read_prompts
+
+        prompts = read_prompts(args.parity_prompts)
     manifest = export_bundle(
         args.model,
         args.out,
@@ -32,6 +39,10 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
         width=args.width,
         trt=args.trt,
         reporter=ctx.reporter,
+        parity_prompts=prompts,
+        parity_steps=args.parity_steps,
+        cpu_graphs=not args.no_cpu_graphs,
+        validate_on=args.validate_on,
     )
     if ctx.format == "json":
         ctx.emit_json({"bundle": str(args.out), **manifest.model_dump(mode="json")})
@@ -43,6 +54,8 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     )
     for name, record in manifest.components.items():
         ctx.plain(f"  {name:13s} {record.parity.summary()}")
+    if manifest.fp16_loop_parity is not None:
+        ctx.plain(f"  {'fp16 graphs':13s} {manifest.fp16_loop_parity.summary()}")
     for engine in manifest.engines:
         ctx.plain(f"  {engine.component:13s} {engine.parity.summary()} [{engine.gpu}]")
     return 0
@@ -88,6 +101,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,16", help="image batch sizes to optimize for (default 1,16)")
     p.add_argument("--height", type=int, help="pixels (default: the model's)")
     p.add_argument("--width", type=int, help="pixels (default: the model's)")
+    p.add_argument(
+        "--no-cpu-graphs",
+        action="store_true",
+        help="skip ONNX Runtime's offline-optimized CPU graphs (a bundle for GPU hosts; saves minutes and GBs)",
+    )
+    p.add_argument(
+        "--validate-on",
+        choices=["cpu", "auto"],
+        default="cpu",
+        help="run the parity checks on the CPU, or (auto) on the CUDA provider when it works here",
+    )
+    p.add_argument(
+        "--parity-prompts",
+        metavar="FILE",
+        help="--precision fp16: prompts (one a line; your key prompts are best) for the denoising-loop check",
+    )
+    p.add_argument(
+        "--parity-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--precision fp16: steps of the denoising-loop check (default 8; 0 skips it)",
+    )
 
     p = add_command(
         sub,

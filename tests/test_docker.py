@@ -58,13 +58,23 @@ def test_dockerfile_contract(dockerfile):
         "HF_HUB_OFFLINE=1",
         "TRANSFORMERS_OFFLINE=1",
         "T2I_AUDITOR_CACHE=/cache",
+        # every library cache on the volume, none in the (read-only in Kubernetes) image
+        "HF_HOME=/cache/huggingface",
+        "XDG_CACHE_HOME=/cache",
+        "MPLCONFIGDIR=/cache/matplotlib",
         "USER 10001",
+        "COPY pyproject.toml README.md LICENSE ./",
     ):
         assert needed in text, needed
     assert "HEALTHCHECK" not in text.replace("drop HEALTHCHECK", "")  # OCI images drop it
     if dockerfile == "Dockerfile":
-        assert "nvcr.io/nvidia/" in text and "[gpu]" in text
-        assert "pip install onnxruntime" not in text  # never the CPU build beside onnxruntime-gpu
+        assert "[gpu]" in text and "pip install onnxruntime" not in text  # never the CPU build beside -gpu
+        # one CUDA major for torch, onnxruntime-gpu (PyPI: CUDA 12) and tensorrt-cu12
+        assert "download.pytorch.org/whl/cu12" in text and "torch.version.cuda" in text
+        assert "TORCH_VERSION=2.13.0" in text
+        assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+        # no base image whose own ENTRYPOINT script ours would replace
+        assert "nvcr.io/nvidia/" not in text.split("ARG BASE_IMAGE=", 1)[1].splitlines()[0]
     else:
         assert "TORCH_VERSION=2.13.0" in text and "download.pytorch.org/whl/cpu" in text
 
@@ -72,6 +82,21 @@ def test_dockerfile_contract(dockerfile):
 def test_dockerignore_keeps_the_context_small():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert "**" in lines and "!auditor/**" in lines and "!pyproject.toml" in lines
+
+
+def test_compose_retries_nothing_by_itself_and_hands_the_key_to_the_container_user():
+    """`restart: on-failure` would retry exit 2 (bad input) and `run --rm` ignores it anyway; a file
+    secret keeps the host's 0600 owner, which uid 10001 cannot read, and Compose ignores uid/mode for it."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        assert str(service.get("restart", "no")) == "no", name
+        (secret,) = service["secrets"]
+        assert secret["source"] == "signing_key" and secret["uid"] == "10001" and secret["mode"] == 0o400
+    assert (
+        "environment" in compose["secrets"]["signing_key"] and "file" not in compose["secrets"]["signing_key"]
+    )
+    text = (DOCKER / "compose.yaml").read_text()
+    assert "[ $? -ne 75 ]" in text  # the documented retry loop reruns on 75 only
 
 
 def test_compose_runs_a_batch_with_the_volumes():
@@ -113,19 +138,51 @@ def test_k8s_indexed_job_matches_its_job_spec(tmp_path):
     assert pod["containers"][0]["args"][:2] == ["batch", "/jobs/job.yaml"]
 
 
+def _pods() -> dict[str, dict]:
+    out = {}
+    for name in ("k8s-indexed-job.yaml", "k8s-summary-job.yaml"):
+        for doc in yaml.safe_load_all((DOCKER / name).read_text()):
+            if doc and doc.get("kind") == "Job":
+                out[doc["metadata"]["name"]] = doc["spec"]["template"]["spec"]
+    return out
+
+
+def test_k8s_pods_are_burstable_restricted_and_tolerate_gpu_nodes():
+    pods = _pods()
+    assert set(pods) == {"t2i-audit", "t2i-audit-summary"}  # the summary Job ships as a file of its own
+    for name, pod in pods.items():
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["seccompProfile"]["type"] == "RuntimeDefault", name
+        mounts_tmp = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod["containers"]:
+            requests = container["resources"]["requests"]
+            assert requests["cpu"] and requests["memory"], name  # no requests: BestEffort, evicted first
+            assert container["resources"]["limits"]["memory"], name
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == [
+                "ALL"
+            ]
+            assert security["readOnlyRootFilesystem"] is True
+            tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert tmp and tmp[0]["name"] in mounts_tmp, name
+    audit = pods["t2i-audit"]
+    gpu = audit["containers"][0]["resources"]
+    assert gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in audit["tolerations"]
+
+
+def test_k8s_example_states_what_the_cluster_needs():
+    text = (DOCKER / "k8s-indexed-job.yaml").read_text()
+    assert "ReadWriteMany" in text and "1.29" in text
+    assert "k8s-summary-job.yaml" in text
+
+
 def _container_commands() -> list[list[str]]:
     """Every argument list the container files hand to the `t2i-audit` entry point."""
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     commands = [svc["command"] for svc in compose["services"].values() if "command" in svc]
-    text = (DOCKER / "k8s-indexed-job.yaml").read_text()
-    for doc in yaml.safe_load_all(text):
-        if doc and doc.get("kind") == "Job":
-            commands += [c["args"] for c in doc["spec"]["template"]["spec"]["containers"]]
-    # the summary Job is shipped commented out: parse its args too
-    commented = [
-        line.split("args:", 1)[1] for line in text.splitlines() if line.lstrip("# ").startswith("args:")
-    ]
-    commands += [yaml.safe_load(a) for a in commented]
+    for pod in _pods().values():
+        commands += [c["args"] for c in pod["containers"]]
     return commands
 
 
@@ -134,7 +191,7 @@ def test_the_container_files_args_parse_with_the_real_cli():
     from t2i_audit import build_parser
 
     commands = _container_commands()
-    assert len(commands) >= 3
+    assert len(commands) >= 5  # three compose services, the Indexed Job and the summary Job
     parser = build_parser()
     for args in commands:
         parsed = parser.parse_args([str(a) for a in args])
@@ -267,3 +324,23 @@ def test_buildah_builds_the_cpu_image_and_runs_it(tmp_path):
             subprocess.run([*BUILDAH, "rm", *sorted(leftovers)], capture_output=True, timeout=300)
         subprocess.run([*BUILDAH, "rmi", tag], capture_output=True, timeout=300)
     print(f"buildah timings (s): {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}")
+
+
+def test_the_k8s_pod_command_runs_through_the_real_cli(tmp_path, monkeypatch, capsys):
+    """Pod 0's exact args, run: past the parser to the job file's own checks (here: no /models volume),
+    one line on stderr and exit 2, which podFailurePolicy fails without retrying."""
+    from t2i_audit import main
+
+    docs = [d for d in yaml.safe_load_all((DOCKER / "k8s-indexed-job.yaml").read_text()) if d]
+    job_text = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["job.yaml"]
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.yaml").write_text(job_text)
+    args = list(_pods()["t2i-audit"]["containers"][0]["args"])
+    args = [
+        a.replace("/jobs/", f"{tmp_path}/jobs/").replace("/reports/", f"{tmp_path}/reports/") for a in args
+    ]
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "/models" in err

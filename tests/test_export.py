@@ -34,6 +34,8 @@ from export.testing import build_tiny_pipeline, exported_bundle  # noqa: E402
 from t2i_audit import main  # noqa: E402
 
 FAST = GenerationSettings(steps=8, guidance_scale=3.0)
+# normalization ops as the TorchScript exporter writes them at opset 17 (GroupNorm: InstanceNormalization)
+NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
 PROMPTS = [
     "a red circle on a blue background",
     "a green square on a white background",
@@ -149,16 +151,74 @@ def test_fp16_graphs_compute_in_fp16_behind_a_float32_boundary(bundle):
                 (v.name, v.type.tensor_type.elem_type) for v in theirs
             ], name
         types = _value_types(graph)
-        weights = [t for t in graph.graph.initializer if len(t.dims) >= 2]
-        assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights), name
         heavy = [n for n in graph.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
         assert heavy and all(types[n.input[0]] == TensorProto.FLOAT16 for n in heavy), name
-        assert record.fp16.attention == "fp16"
+        initializers = {t.name: t for t in graph.graph.initializer}
+        weights = [initializers[n.input[1]] for n in heavy if n.input[1] in initializers]
+        assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights), name
+        assert record.fp16.attention == "fp32-softmax" and record.fp16.normalization == "fp32"
+        # where fp16 overflows: every softmax and every normalization computes in fp32
+        softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
+        assert softmax and all(types[n.input[0]] == TensorProto.FLOAT for n in softmax), name
+        norms = [n for n in graph.graph.node if n.op_type in NORM_OPS]
+        assert norms and all(types[n.input[0]] == TensorProto.FLOAT for n in norms), name
+        assert all(types[n.input[1]] == TensorProto.FLOAT for n in norms), name  # fp32 scale too
         if name == "unet":
-            softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
-            assert softmax and all(types[n.input[0]] == TensorProto.FLOAT16 for n in softmax)
             timestep = next(n for n in graph.graph.node if "timestep" in n.input)
             assert types[timestep.output[0]] == TensorProto.FLOAT  # timesteps are embedded in fp32
+
+
+def test_fp16_denoising_loop_parity_is_recorded(bundle):
+    """--precision fp16 runs the real loop (tokenizer, scheduler, graphs) on prompts, fp16 against fp32."""
+    from export.loop_parity import DEFAULT_PROMPTS, MIN_PSNR_DB
+
+    loop = read_manifest(bundle).fp16_loop_parity
+    assert loop is not None and loop.passed and loop.finite
+    assert loop.prompts == DEFAULT_PROMPTS[:2] and loop.steps == 8 and loop.guidance_scale == 7.5
+    assert loop.psnr_db >= MIN_PSNR_DB and loop.max_pixel_diff <= 4
+    assert "CPUExecutionProvider" in loop.runtime
+
+
+def test_fp16_loop_parity_fails_a_graph_that_overflows(bundle, tmp_path):
+    """A NaN in one step of the fp16 UNet (what an overflow gives) fails the check and marks the bundle."""
+    from onnx_poison import poisoned
+
+    from auditor.backends.engines.bundle import Bundle
+    from export.loop_parity import fp16_loop_parity
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = read_manifest(copy)
+    graph = copy / manifest.components["unet"].fp16.onnx
+    poisoned(graph, graph, float("nan"))
+    loop = fp16_loop_parity(Bundle(copy, manifest), ("a red circle",), steps=3)
+    assert not loop.passed and not loop.finite and loop.psnr_db is None
+    assert "unet output holds NaN" in loop.detail
+    failed = manifest.model_copy(update={"fp16_loop_parity": loop}).failed_parity()
+    assert failed and failed[-1].startswith("fp16 graphs (denoising loop")
+
+
+def test_cli_parity_options(tiny_pipeline, tmp_path, capsys):
+    assert main(["export", str(tiny_pipeline), "--out", str(tmp_path / "b"), "--parity-steps", "-1"]) == 2
+    assert "--parity-steps" in _one_line(capsys.readouterr())
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    args = [
+        "export",
+        str(tiny_pipeline),
+        "--out",
+        str(tmp_path / "b"),
+        "--parity-prompts",
+        str(tmp_path / "empty.txt"),
+    ]
+    assert main(args) == 2
+    assert "one prompt per line" in _one_line(capsys.readouterr())
+    (tmp_path / "prompts.txt").write_text("a blue star on a red background\n\n")
+    args = [*args[:-1], str(tmp_path / "prompts.txt"), "--precision", "fp16", "--parity-steps", "2"]
+    args += ["--batch-sizes", "1", "--format", "json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fp16_loop_parity"]["prompts"] == ["a blue star on a red background"]
+    assert out["fp16_loop_parity"]["steps"] == 2 and out["fp16_loop_parity"]["passed"]
 
 
 def test_upcast_attention_keeps_the_unet_softmax_in_fp32(tiny_pipeline, tmp_path):
@@ -180,7 +240,7 @@ def test_upcast_attention_keeps_the_unet_softmax_in_fp32(tiny_pipeline, tmp_path
     types = _value_types(graph)
     softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
     assert softmax and all(types[n.input[0]] == TensorProto.FLOAT for n in softmax)
-    assert manifest.components["text_encoder"].fp16.attention == "fp16"
+    assert manifest.components["text_encoder"].fp16.attention == "fp32-softmax"
 
 
 def test_manifest_is_frozen_and_forbids_unknown_fields(bundle):
@@ -217,31 +277,6 @@ def test_contract_helpers():
     assert ok.passed and ok.max_abs_error == pytest.approx(1e-5, rel=1e-2)
     nan = compare({"noise_pred": ref["noise_pred"] * np.nan}, ref, Tolerance(atol=1, rtol=1), "x", 0)
     assert not nan.passed and nan.max_abs_error is None
-
-
-def test_engine_cache_key_and_misses(bundle, tmp_path):
-    """Pure-Python parts of the TensorRT cache (the engines themselves need a GPU host)."""
-    from auditor.backends.engines.trt import EngineCache, engine_key
-
-    contract = read_manifest(bundle).components["unet"].contract
-    host = {"tensorrt": "10.9.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    key = engine_key("a" * 64, host, "fp16", contract)
-    assert len(key) == 64
-    others = [
-        engine_key("b" * 64, host, "fp16", contract),
-        engine_key("a" * 64, host | {"tensorrt": "10.10.0"}, "fp16", contract),
-        engine_key("a" * 64, host | {"gpu": "NVIDIA L4", "compute_capability": "8.9"}, "fp16", contract),
-        engine_key("a" * 64, host, "fp32", contract),
-        engine_key("a" * 64, host, "fp16", contract.model_copy(update={"profiles": contract.profiles[:1]})),
-    ]
-    assert len({key, *others}) == 6
-    cache = EngineCache(tmp_path / "engines")
-    assert cache.load("unet", key) is None
-    plan = cache.store("unet", key, b"engine bytes", {"component": "unet"})
-    assert cache.load("unet", key) == b"engine bytes"
-    assert cache.load("unet", others[0]) is None
-    plan.write_bytes(b"engine bytez")  # corrupt plan: a miss, rebuilt by the caller
-    assert cache.load("unet", key) is None
 
 
 # ---------------------------------------------------------------- refusals

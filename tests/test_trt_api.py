@@ -20,6 +20,7 @@ import pytest
 from auditor.backends.engines.trt import TENSORRT_API
 
 TRT_SOURCE = Path(__file__).resolve().parents[1] / "auditor" / "backends" / "engines" / "trt.py"
+ENGINE_SOURCES = sorted(TRT_SOURCE.parent.glob("*.py"))
 
 # Removed in TensorRT 11 (Python API), from NVIDIA's migration guide; a subset that code
 # like ours could plausibly reach for.
@@ -99,3 +100,62 @@ def test_every_listed_name_resolves_on_the_installed_bindings():
         except AttributeError:
             missing.append(name)
     assert not missing, f"TensorRT {tensorrt.__version__} lacks {missing}"
+
+
+def test_only_trt_py_touches_tensorrt_names():
+    """The API list covers every TensorRT call: no other engine module names `trt.` anything."""
+    others = {p.name: _trt_chains(ast.parse(p.read_text(encoding="utf-8"))) for p in ENGINE_SOURCES}
+    others.pop("trt.py")
+    assert not any(others.values()), others
+
+
+def test_one_logger_and_it_never_writes_to_stdout():
+    """TensorRT's default Logger prints to stdout, which carries `--format json`: the module must not make one."""
+    tree = ast.parse(TRT_SOURCE.read_text(encoding="utf-8"))
+    assert "Logger" not in {chain.split(".")[0] for chain in _trt_chains(tree)}
+    callers = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and any(
+            isinstance(c, ast.Call) and getattr(c.func, "id", None) == "trt_logger" for c in ast.walk(node)
+        )
+    }
+    assert {"build_engine", "__init__"} <= callers  # the builder and TrtEngine's runtime share it
+
+
+class _FakeILogger:
+    """The shape of tensorrt.ILogger the bindings document: subclasses call ILogger.__init__ and override log."""
+
+    initialised = 0
+
+    def __init__(self):
+        _FakeILogger.initialised += 1
+
+
+def test_logger_routes_warnings_to_stderr_and_drops_info(monkeypatch, capsys):
+    import sys
+    import types
+
+    from auditor.backends.engines import trt
+
+    fake = types.ModuleType("tensorrt")
+    fake.ILogger = _FakeILogger
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt, "_LOGGER", None)
+    monkeypatch.delenv("T2I_AUDITOR_TRT_LOG", raising=False)
+    logger = trt.trt_logger()
+    assert trt.trt_logger() is logger and _FakeILogger.initialised == 1  # one per process
+    logger.log(2, "Using default stream in enqueueV3()")  # WARNING
+    logger.log(1, "engine failed")  # ERROR
+    logger.log(3, "[MemUsageChange] Init CUDA")  # INFO
+    logger.log(4, "verbose detail")
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == [
+        "tensorrt warning: Using default stream in enqueueV3()",
+        "tensorrt error: engine failed",
+    ]
+    monkeypatch.setenv("T2I_AUDITOR_TRT_LOG", "info")
+    logger.log(3, "now shown")
+    assert capsys.readouterr().err == "tensorrt info: now shown\n"

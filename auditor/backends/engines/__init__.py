@@ -14,7 +14,7 @@ or runs one lives here, so the audit never imports the exporter:
 from auditor.backends.engines._open import FallbackGenerator, open_bundle
 from auditor.backends.engines.bundle import BackendUnavailable, Bundle, BundleIntegrityError, load_bundle
 from auditor.backends.engines.components import COMPONENTS, SPECS, ComponentSpec
-from auditor.backends.engines.loop import engine_precision
+from auditor.backends.engines.loop import NonFiniteOutputError, engine_precision
 
 __all__ = [
     "COMPONENTS",
@@ -24,6 +24,7 @@ __all__ = [
     "BundleIntegrityError",
     "ComponentSpec",
     "FallbackGenerator",
+    "NonFiniteOutputError",
     "engine_precision",
     "load_bundle",
     "open_bundle",

@@ -103,7 +103,7 @@ def open_bundle(
                 validate=validate,
                 precision=precision,
             )
-        from auditor.backends.engines.trt import TensorRTGenerator
+        from auditor.backends.engines.tensorrt_backend import TensorRTGenerator
 
         return TensorRTGenerator(
             opened, device=device, dtype=dtype, batch_size=batch_size, engine_cache=engine_cache

@@ -79,13 +79,41 @@ class FileRecord(FrozenModel):
     size: int = Field(ge=0)
 
 
+class LoopParityRecord(FrozenModel):
+    """The fp16 graphs run through the denoising loop on real prompts, compared with the fp32 graphs' images."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance_scale: float
+    runtime: str
+    finite: bool  # every component output of every step was finite
+    psnr_db: float | None  # of the fp16 images against the fp32 images (None: not finite; inf: identical)
+    max_pixel_diff: int | None
+    min_psnr_db: float
+    passed: bool
+    detail: str = ""
+
+    def summary(self) -> str:
+        if not self.finite:
+            return f"denoising loop ({self.runtime}): {self.detail or 'non-finite output'}"
+        return (
+            f"denoising loop ({self.runtime}, {len(self.prompts)} prompts x {self.steps} steps):"
+            f" PSNR {self.psnr_db:.1f} dB against fp32 (minimum {self.min_psnr_db:.0f}),"
+            f" max pixel difference {self.max_pixel_diff}/255"
+        )
+
+
 class HalfGraphRecord(FrozenModel):
     """The component's fp16 graph: the precision lives in the graph (TensorRT 11 has no FP16 flag)."""
 
     onnx: InsidePath
     external_data: bool
-    # "fp32-upcast": QK^T and softmax in fp32, for UNets configured with upcast_attention (SD 2.x)
-    attention: Literal["fp16", "fp32-upcast"]
+    # "fp32-softmax": scores cast to fp32 for the softmax; "fp32-upcast": QK^T in fp32 too, for UNets
+    # configured with upcast_attention (SD 2.x); "fp16": bundles exported before the softmax rule
+    attention: Literal["fp16", "fp32-softmax", "fp32-upcast"]
+    # "fp32": GroupNorm and LayerNorm computed in fp32 behind casts; "fp16": older bundles
+    normalization: Literal["fp16", "fp32"] = "fp16"
     parity: ParityRecord
 
 
@@ -152,6 +180,8 @@ class BundleManifest(FrozenModel):
     tools: dict[str, str]
     parity_passed: bool
     engines: tuple[EngineRecord, ...] = ()
+    # --precision fp16: the fp16 graphs through the denoising loop on prompts, against the fp32 graphs
+    fp16_loop_parity: LoopParityRecord | None = None
 
     def hashed_files(self) -> list[FileRecord]:
         out = list(self.assets)
@@ -168,6 +198,8 @@ class BundleManifest(FrozenModel):
                 for parity in (record.parity, record.fp16.parity if record.fp16 else None)
                 if parity is not None and not parity.passed
             )
+        if self.fp16_loop_parity is not None and not self.fp16_loop_parity.passed:
+            failed.append(f"fp16 graphs ({self.fp16_loop_parity.summary()})")
         return failed
 
     def graph_for(self, component: str, precision: str) -> str:

@@ -262,8 +262,12 @@ class ComponentSpec:
     def half(self, module, upcast_attention: bool = False):
         """An fp16 copy of a wrapped module, float32 at the contract's boundary (Casts in the graph).
 
-        Mirrors StableDiffusionPipeline at torch_dtype=float16: weights and activations
-        fp16, `fp32_inputs` kept float32, token ids untouched. Subclasses add their rules.
+        Mirrors StableDiffusionPipeline at torch_dtype=float16 (weights and activations fp16,
+        `fp32_inputs` kept float32, token ids untouched) except where fp16 overflows: every
+        GroupNorm and LayerNorm computes in fp32 (`keep_norms_fp32`: their mean and variance
+        over thousands of fp16 activations are where SD's fp16 runs blow up), and every
+        softmax takes fp32 scores (the subclasses' `half_rules`). Convolutions and matrix
+        products, where the time goes, stay fp16.
         """
         import copy
 
@@ -280,6 +284,7 @@ class ComponentSpec:
                 return self.inner(*args).float()
 
         inner = copy.deepcopy(module).half().eval()
+        keep_norms_fp32(inner)
         self.half_rules(inner, upcast_attention)
         dtypes = dict(zip(self.input_names, self.input_dtypes(), strict=True))
         cast = tuple(dtypes[n] == "float32" and n not in self.fp32_inputs for n in self.input_names)
@@ -290,6 +295,69 @@ class ComponentSpec:
 
     def half_rules(self, inner, upcast_attention: bool) -> None:
         """Component-specific changes to the fp16 copy (attention implementation and the like)."""
+
+
+def keep_norms_fp32(module) -> int:
+    """Replace every GroupNorm and LayerNorm in `module` by an fp32 copy behind casts; return how many."""
+    import torch
+
+    class Fp32Norm(torch.nn.Module):
+        def __init__(self, norm) -> None:
+            super().__init__()
+            self.norm = norm.float()
+
+        def forward(self, x):
+            return self.norm(x.float()).to(x.dtype)
+
+    targets = [
+        (parent, attr)
+        for parent in module.modules()
+        for attr, child in parent.named_children()
+        if isinstance(child, torch.nn.GroupNorm | torch.nn.LayerNorm)
+    ]
+    for parent, attr in targets:
+        setattr(parent, attr, Fp32Norm(getattr(parent, attr)))
+    return len(targets)
+
+
+def softmax_in_fp32(module, upcast_attention: bool = False) -> int:
+    """Give every diffusers Attention in `module` the classic processor with fp32 softmax; return how many.
+
+    `AttnProcessor` computes scores with `Attention.get_attention_scores`, which upcasts the
+    scores before the softmax when `upcast_softmax` is set, and Q and K as well (QK^T in
+    fp32, for SD 2.x) when `upcast_attention` is; SDPA, traced, would run both in fp16.
+    """
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    layers = [m for m in module.modules() if isinstance(m, Attention)]
+    for layer in layers:
+        layer.upcast_softmax = True
+        layer.upcast_attention = bool(upcast_attention or layer.upcast_attention)
+        layer.set_processor(AttnProcessor())
+    return len(layers)
+
+
+FP32_SOFTMAX_ATTENTION = "t2i_auditor_fp32_softmax"
+
+
+def register_fp32_softmax_attention() -> str:
+    """transformers' eager attention with the softmax taken on fp32 scores, registered under a name."""
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+        output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+        return output, weights
+
+    AttentionInterface.register(FP32_SOFTMAX_ATTENTION, attention)
+    # and eager's additive causal mask: an unregistered name gets no mask at all (masking_utils)
+    AttentionMaskInterface.register(FP32_SOFTMAX_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    return FP32_SOFTMAX_ATTENTION
 
 
 class TextEncoderSpec(ComponentSpec):
@@ -331,10 +399,11 @@ class TextEncoderSpec(ComponentSpec):
         return rng.integers(0, shapes.vocab_size, size=shape).astype(spec.numpy_dtype)
 
     def half_rules(self, inner, upcast_attention):
-        # transformers' SDPA path traced in fp16 leaves a float32 tensor feeding an fp16
-        # LayerNormalization, a graph ONNX Runtime refuses to load (transformers 5.23, torch
-        # 2.13); eager attention traces clean.
-        inner.text_encoder.set_attn_implementation("eager")
+        # transformers' eager attention asks for softmax(..., dtype=float32), which the TorchScript
+        # exporter writes as an fp16 Softmax followed by a Cast; its SDPA path traced in fp16 left
+        # a float32 tensor feeding an fp16 LayerNormalization, a graph ONNX Runtime refuses to load
+        # (transformers 5.23, torch 2.13). So: eager attention with the scores cast up first.
+        inner.text_encoder.set_attn_implementation(register_fp32_softmax_attention())
 
 
 class UNetSpec(ComponentSpec):
@@ -383,13 +452,9 @@ class UNetSpec(ComponentSpec):
         return super().sample(spec, shape, rng, shapes, scaling)
 
     def half_rules(self, inner, upcast_attention):
-        # A UNet configured with upcast_attention (SD 2.x) gets diffusers' classic
-        # processor, which computes QK^T and the softmax in fp32; the SDPA decomposition
-        # would run them in fp16, and SD 2.x's attention overflows there.
-        if upcast_attention:
-            from diffusers.models.attention_processor import AttnProcessor
-
-            inner.unet.set_attn_processor(AttnProcessor())
+        # softmax on fp32 scores everywhere; a UNet configured with upcast_attention (SD 2.x)
+        # also gets QK^T in fp32, where SD 2.x's attention overflows in fp16
+        softmax_in_fp32(inner, upcast_attention)
 
 
 class VaeDecoderSpec(ComponentSpec):
@@ -422,6 +487,9 @@ class VaeDecoderSpec(ComponentSpec):
 
     def sample(self, spec, shape, rng, shapes, scaling):
         return (rng.standard_normal(shape) / scaling).astype(spec.numpy_dtype)
+
+    def half_rules(self, inner, upcast_attention):
+        softmax_in_fp32(inner)  # the mid block's self-attention
 
 
 TEXT_ENCODER, UNET, VAE_DECODER = TextEncoderSpec(), UNetSpec(), VaeDecoderSpec()

@@ -14,6 +14,15 @@ regenerated through an engine matches the torch backend to float rounding:
 - `latents / scaling_factor` decoded, `(image / 2 + 0.5).clamp(0, 1)`, NHWC float,
   quantized to uint8 with `auditor.images.quantize`.
 
+Non-finite outputs: every component output is checked for NaN/inf (a flag kept on the
+device, read once per batch, so no step waits on the GPU). One NaN raises
+`NonFiniteOutputError` (exit 2, not retried: it is deterministic), naming the
+component and step, instead of letting `clamp` and quantization turn it into a black
+image, which would read as "far from every key" and could clear an infringer. The
+loop does not fall back to torch by itself: a report names one backend and dtype for
+all its images, so switching midway would misdescribe it; the message says to rerun in
+float32 or with the torch backend.
+
 The backends differ only in the `ComponentRunners` they pass: three callables on
 torch tensors, on the runner's device.
 """
@@ -39,6 +48,37 @@ if TYPE_CHECKING:
     import torch
 
     from auditor.backends.engines.bundle import Bundle
+
+
+class NonFiniteOutputError(BadInputError):
+    """A component produced NaN or inf: the images would be black (fp16 overflow, broken weights)."""
+
+
+class FiniteWatch:
+    """Flags on the runner's device, one per component output; read once, at the end of a batch."""
+
+    def __init__(self) -> None:
+        self.flags: list[tuple[str, int, object]] = []
+
+    def check(self, name: str, step: int, tensor):
+        import torch
+
+        self.flags.append((name, step, torch.isfinite(tensor).all()))
+        return tensor
+
+    def raise_if_any(self, steps: int, where: str) -> None:
+        import torch
+
+        if not self.flags:
+            return
+        finite = torch.stack([flag.to("cpu") for _, _, flag in self.flags]).tolist()
+        for (name, step, _), ok in zip(self.flags, finite, strict=True):
+            if not ok:
+                at = "" if step < 0 else f" at step {step + 1} of {steps}"
+                raise NonFiniteOutputError(
+                    f"{where}: the {name} output holds NaN or inf{at}, so the images would be black"
+                    " (fp16 overflow or broken weights); rerun with --dtype float32 or --backend torch"
+                )
 
 
 class ComponentRunners(Protocol):
@@ -107,6 +147,7 @@ class DenoisingLoop:
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
+        self.where = "engine backend"  # named in errors; the generator sets e.g. "onnx backend (fp16 graphs)"
 
     def check_size(self, settings: GenerationSettings) -> None:
         height = settings.height or self.spec.height
@@ -155,11 +196,13 @@ class DenoisingLoop:
         device = self.runners.device
         spec = self.spec
         guided = settings.guidance_scale > 1.0
+        watch = FiniteWatch()
         with torch.inference_mode():
             ids = self._tokens(prompts)
             if guided:
                 ids = torch.cat([self._tokens([settings.negative_prompt] * len(prompts)), ids])
             text_states = self.runners.encode_text(ids).to(device=device, dtype=torch.float32)
+            watch.check("text_encoder", -1, text_states)
 
             scheduler.set_timesteps(settings.steps, device=device)
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -173,18 +216,20 @@ class DenoisingLoop:
             latents = latents * scheduler.init_noise_sigma
             step_kwargs = _step_kwargs(scheduler, generators, settings.eta)
 
-            for t in scheduler.timesteps:
+            for step, t in enumerate(scheduler.timesteps):
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 timestep = t.to(device=device, dtype=torch.float32).reshape(1).expand(model_input.shape[0])
                 noise = self.runners.predict_noise(model_input, timestep.contiguous(), text_states)
-                noise = noise.to(device=device, dtype=torch.float32)
+                noise = watch.check("unet", step, noise.to(device=device, dtype=torch.float32))
                 if guided:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + settings.guidance_scale * (cond - uncond)
                 latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
 
             image = self.runners.decode(latents / spec.scaling_factor).to(dtype=torch.float32)
+            watch.check("vae_decoder", -1, image)
+            watch.raise_if_any(len(scheduler.timesteps), self.where)
             image = (image / 2 + 0.5).clamp(0, 1)
             return quantize(image.cpu().permute(0, 2, 3, 1).float().numpy())
 
@@ -237,6 +282,8 @@ class EngineGenerator:
             scaling_factor=manifest.pipeline.scaling_factor,
         )
         self.loop = DenoisingLoop(runners, tokenizer, scheduler_config, spec)
+        precision = getattr(self, "precision", None) or engine_precision(getattr(self, "dtype", "float32"))
+        self.loop.where = f"{bundle.root}: {self.backend} backend ({precision} graphs)"
 
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings

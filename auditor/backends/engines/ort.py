@@ -7,6 +7,15 @@ Pitfalls this module exists for (shared/design.md section 3):
 - Offline-optimized graphs are specific to the provider that optimized them: the
   `model.ort.onnx` written at export was optimized for the CPU provider and is only
   loaded by it; GPU providers load the portable `model.onnx` and optimize online.
+- GPU providers get explicit options (`provider_options`): `device_id` from `cuda:N`
+  (without it every session runs on GPU 0); for fp32 graphs the CUDA provider's
+  `use_tf32=0` (TF32 is on by default from Ampere on and misses the fp32 tolerance, which
+  would drop the backend to torch); the TensorRT provider an engine cache, a timing
+  cache and one explicit shape profile covering the bundle's batch sizes (else it
+  rebuilds engines whenever a new batch shape appears, and again in every process).
+- On a GPU the runners bind torch CUDA tensors to the sessions (IO binding): latents
+  stay on the device for the whole loop, as in bench/unet.py, instead of a host round
+  trip per component call.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from auditor.backends._base import BackendInfo, library_versions
 from auditor.backends.engines.bundle import BackendUnavailable, Bundle, load_validation
 from auditor.backends.engines.components import (
     COMPONENTS,
+    ComponentContract,
     ComponentSpec,
     compare,
 )
@@ -106,7 +116,7 @@ def optimize_offline(
 
 
 class OrtRunners(SpecRunners):
-    """ComponentRunners over three ONNX Runtime sessions (numpy at the session boundary)."""
+    """ComponentRunners over three ONNX Runtime sessions (numpy at the session boundary: the CPU provider)."""
 
     def __init__(self, sessions: dict) -> None:
         import torch
@@ -123,6 +133,90 @@ class OrtRunners(SpecRunners):
             for name, value in zip(spec.input_names, tensors, strict=True)
         }
         return torch.from_numpy(self.sessions[spec.name].run([spec.output], feeds)[0])
+
+
+class BoundRunners(SpecRunners):
+    """ComponentRunners that bind torch tensors on `device` to the sessions (IO binding): no host copies.
+
+    Inputs are converted to the contract's dtypes on the device, the output is a torch tensor
+    allocated on the device and bound by address. On CUDA, torch's stream is synchronized
+    before each run (ORT reads what torch wrote) and ORT's run returns when its stream is done.
+    """
+
+    def __init__(self, sessions: dict, contracts: dict[str, ComponentContract], device) -> None:
+        self.sessions = sessions
+        self.contracts = contracts
+        self.device = device
+        self.max_images = None
+
+    def _run(self, spec: ComponentSpec, *tensors):
+        import torch
+
+        session = self.sessions[spec.name]
+        contract = self.contracts[spec.name]
+        kind, index = self.device.type, self.device.index or 0
+        binding = session.io_binding()
+        keep = []
+        for tensor_spec, value in zip(contract.inputs, tensors, strict=True):
+            dtype = getattr(torch, tensor_spec.dtype)
+            value = value.to(device=self.device, dtype=dtype).contiguous()
+            keep.append(value)
+            binding.bind_input(
+                tensor_spec.name, kind, index, tensor_spec.numpy_dtype, tuple(value.shape), value.data_ptr()
+            )
+        out_spec = contract.outputs[0]
+        out = torch.empty(
+            out_spec.concrete(int(tensors[0].shape[0])),
+            dtype=getattr(torch, out_spec.dtype),
+            device=self.device,
+        )
+        binding.bind_output(
+            out_spec.name, kind, index, out_spec.numpy_dtype, tuple(out.shape), out.data_ptr()
+        )
+        if kind == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        session.run_with_iobinding(binding)
+        return out
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+
+
+def provider_options(
+    provider: str,
+    *,
+    device_index: int,
+    precision: str,
+    contract: ComponentContract | None,
+    cache_dir: Path | None,
+) -> tuple[str, dict[str, str]] | str:
+    """`provider` with the options it needs here (see module doc); the CPU provider takes none."""
+    if provider == CUDA_PROVIDER:
+        options = {"device_id": str(device_index)}
+        if precision == "fp32":
+            options["use_tf32"] = "0"
+        return provider, options
+    if provider == TENSORRT_PROVIDER:
+        options = {"device_id": str(device_index), "trt_fp16_enable": "1" if precision == "fp16" else "0"}
+        if cache_dir is not None:
+            options |= {
+                "trt_engine_cache_enable": "1",
+                "trt_engine_cache_path": str(cache_dir),
+                "trt_timing_cache_enable": "1",
+            }
+        if contract is not None:  # one profile from 1 row to the largest batch size's rows
+            largest = max(contract.profiles, key=lambda p: p.image_batch)
+            for which, shapes in (
+                ("min", contract.profiles[0].min),
+                ("opt", largest.opt),
+                ("max", largest.max),
+            ):
+                options[f"trt_profile_{which}_shapes"] = ",".join(
+                    f"{name}:{'x'.join(str(d) for d in shapes[name])}" for name in contract.input_names
+                )
+        return provider, options
+    return provider
 
 
 def _requested_providers(device: str, providers: Sequence[str] | None) -> list[str]:
@@ -161,6 +255,7 @@ class OnnxGenerator(EngineGenerator):
         threads: int | None = None,
         validate: str = "auto",
         precision: str = "fp32",
+        io_binding: bool | None = None,
     ) -> None:
         try:
             import onnxruntime
@@ -170,6 +265,7 @@ class OnnxGenerator(EngineGenerator):
             raise BadInputError(f"validate {validate!r}: expected auto, always or never")
         self.note: str | None = None
         self.precision = precision
+        self.device_index = _device_index(device)
         graphs = {name: bundle.manifest.graph_for(name, precision) for name in COMPONENTS}
         requested = _requested_providers(device, providers)
         missing = [p for p in requested if p not in available_providers()]
@@ -203,18 +299,44 @@ class OnnxGenerator(EngineGenerator):
             for name in COMPONENTS:
                 record = bundle.manifest.components[name]
                 self._check_parity(bundle, name, sessions[name], record)
-        super().__init__(bundle, OrtRunners(sessions), batch_size)
+        on_gpu = self.providers[0] != CPU_PROVIDER
+        if io_binding if io_binding is not None else on_gpu:
+            import torch
 
-    @staticmethod
-    def _sessions(bundle: Bundle, providers: list[str], threads: int | None, graphs: dict[str, str]) -> dict:
+            contracts = {name: bundle.manifest.components[name].contract for name in COMPONENTS}
+            where = torch.device("cuda", self.device_index) if on_gpu else torch.device("cpu")
+            runners: SpecRunners = BoundRunners(sessions, contracts, where)
+        else:
+            runners = OrtRunners(sessions)
+        super().__init__(bundle, runners, batch_size)
+
+    def _sessions(
+        self, bundle: Bundle, providers: list[str], threads: int | None, graphs: dict[str, str]
+    ) -> dict:
         cpu_only = providers == [CPU_PROVIDER]
+        cache_dir = None
+        if TENSORRT_PROVIDER in providers:
+            from auditor.backends.engines.engine_cache import default_cache_root
+
+            cache_dir = default_cache_root(bundle.root) / "ort-tensorrt"
+            cache_dir.mkdir(parents=True, exist_ok=True)
         out = {}
         for name in COMPONENTS:
             record = bundle.manifest.components[name]
             # the offline-optimized CPU graph exists for the fp32 graph only
             path = bundle.path(record.ort_cpu if cpu_only and graphs[name] == record.onnx else graphs[name])
+            configured = [
+                provider_options(
+                    p,
+                    device_index=self.device_index,
+                    precision=self.precision,
+                    contract=record.contract,
+                    cache_dir=cache_dir,
+                )
+                for p in providers
+            ]
             try:
-                out[name] = make_session(path, providers, threads)
+                out[name] = make_session(path, configured, threads)
             except Exception as exc:  # onnxruntime raises its own exception types  # noqa: BLE001
                 raise BackendUnavailable(f"ONNX Runtime could not load {name} ({first_line(exc)})") from None
         return out
@@ -242,7 +364,8 @@ class OnnxGenerator(EngineGenerator):
         else:
             import torch
 
-            device = torch.cuda.get_device_name() if torch.cuda.is_available() else self.providers[0]
+            available = torch.cuda.is_available()
+            device = torch.cuda.get_device_name(self.device_index) if available else self.providers[0]
         return BackendInfo(
             backend="onnx",
             device=device,

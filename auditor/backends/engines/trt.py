@@ -1,59 +1,53 @@
 """TensorRT engines built from the bundle's portable ONNX graphs (TensorRT 10 and 11 Python API).
 
-An engine runs only on the TensorRT version and GPU architecture that built it, so
-engines are cached, never shipped as the bundle's identity: the cache key is the
-sha256 over (ONNX sha256, TensorRT version, GPU name, compute capability, precision,
-shape profiles), and a cached engine that fails to deserialize, or whose bytes no
-longer match their recorded sha256, is a miss and is rebuilt. The builder reuses a
-timing cache file per host, so rebuilding after an edit takes seconds, not minutes.
+An engine runs only on the TensorRT version and GPU architecture that built it. Where a
+plan comes from (the bundle's own plans checked against `bundle.json`, a cache keyed by
+graph and weights, TensorRT version, GPU, precision and profiles, or a build under a
+lock shared by parallel processes) is decided in `engine_cache.py`; this module builds,
+deserializes and runs them. The builder reuses a timing cache file per host, so
+rebuilding after an edit takes seconds, not minutes.
 
 Precision lives in the graph. Networks are strongly typed (TensorRT 11 allows nothing
 else and removed `BuilderFlag.FP16` and the precision-constraint flags; 10.x takes the
 STRONGLY_TYPED creation flag), so an fp16 engine is built from the bundle's fp16 graph
-(`--precision fp16` at export; see `ComponentSpec.half` in components.py for which
-parts stay fp32) and an fp32 engine from the fp32 graph, with TF32 turned off so that it meets the
-fp32 contract tolerance. The names this module uses are listed in `TENSORRT_API` and
-checked against the installed bindings by tests/test_trt_api.py.
+(`--precision fp16` at export; `ComponentSpec.half` in components.py says which parts
+stay fp32) and an fp32 engine from the fp32 graph, with TF32 turned off so that it meets
+the fp32 contract tolerance. The names this module uses are listed in `TENSORRT_API`
+and checked against the installed bindings by tests/test_trt_api.py.
 
-Nothing here is importable without `tensorrt`; every entry point checks
-`tensorrt_status()` first. This module is exercised only on a CUDA host.
+Running: each engine enqueues on a stream of its own (never torch's legacy default
+stream, on which TensorRT adds synchronizations), inside the engine's device context
+(`cuda:N` runs on GPU N), ordered after the caller's stream and before it again; output
+buffers are allocated once per engine and reused (static addresses, as CUDA graphs
+need). An output is valid until the same engine's next call. TensorRT's log goes to
+stderr through one logger (stdout carries `--format json`).
+
+Nothing here needs `tensorrt` at import; every entry point checks `tensorrt_status()`
+first. The TensorRT calls themselves run only on a CUDA host.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from auditor.backends._base import BackendInfo, library_versions, resolve_device
-from auditor.backends.engines.bundle import BackendUnavailable, load_validation
-from auditor.backends.engines.components import (
-    COMPONENTS,
-    DEFAULT_TOLERANCES,
-    ComponentContract,
-    ComponentSpec,
-    ParityRecord,
-    compare,
-)
-from auditor.backends.engines.loop import EngineGenerator, SpecRunners, engine_precision
-from auditor.errors import BadInputError
-from auditor.fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
-from auditor.progress import Reporter
+from auditor.backends.engines.bundle import load_validation
+from auditor.backends.engines.components import DEFAULT_TOLERANCES, ComponentContract, ParityRecord, compare
+from auditor.errors import BadInputError, TransientError
+from auditor.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
-
-    from auditor.backends.engines.bundle import Bundle, BundleManifest, EngineRecord
 
 # Every TensorRT name this module touches, as a path from the `tensorrt` module. Checked
 # against the installed bindings on a TensorRT host, and against the names TensorRT 11
 # removed everywhere (tests/test_trt_api.py).
 TENSORRT_API = (
-    "Logger.WARNING",
-    "Logger.ERROR",
+    "ILogger.__init__",
     "Builder.create_network",
     "Builder.create_builder_config",
     "Builder.create_optimization_profile",
@@ -94,9 +88,6 @@ TENSORRT_API = (
     "DataType.BOOL",
 )
 
-# hidden: `auditor.identity.hash_model` skips dot-names, so building engines for a new GPU
-# does not change the bundle's own digest (the one an audit report cites for it)
-ENGINE_DIR = ".engines"
 DEFAULT_WORKSPACE_BYTES = 8 << 30
 
 
@@ -122,6 +113,10 @@ class EngineBuildError(BadInputError):
     """TensorRT cannot parse a graph or build an engine from it (at export: exit 2; at audit: a fallback)."""
 
 
+class EngineRunError(TransientError):
+    """TensorRT failed to execute an engine that loaded (out of memory, a lost device): exit 75, retry."""
+
+
 def require_tensorrt() -> None:
     reason = tensorrt_status()
     if reason:
@@ -140,55 +135,44 @@ def host_identity(device_index: int = 0) -> dict[str, str]:
     }
 
 
-def engine_key(onnx_sha256: str, host: dict[str, str], precision: str, contract: ComponentContract) -> str:
-    document = {
-        "scheme": "t2i-auditor-trt-engine-v2",  # v2: strongly typed builds (v1 engines are misses)
-        "onnx_sha256": onnx_sha256,
-        "tensorrt": host["tensorrt"],
-        "gpu": host["gpu"],
-        "compute_capability": host["compute_capability"],
-        "precision": precision,
-        "profiles": [p.model_dump(mode="json") for p in contract.profiles],
-    }
-    return sha256_bytes(canonical_json(document))
+# ---------------------------------------------------------------- logging
+
+# TensorRT's Severity values: INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
+_SEVERITY_NAMES = ("internal error", "error", "warning", "info", "verbose")
+_LEVELS = {"error": 1, "warning": 2, "info": 3, "verbose": 4}
+_LOGGER = None
 
 
-class EngineCache:
-    """`<root>/<component>-<key[:16]>.plan` + `.json` (full key, sha256 of the plan)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def plan_path(self, component: str, key: str) -> Path:
-        return self.root / f"{component}-{key[:16]}.plan"
-
-    def load(self, component: str, key: str) -> bytes | None:
-        plan = self.plan_path(component, key)
-        meta = plan.with_suffix(".json")
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-            data = plan.read_bytes()
-        except (OSError, ValueError):
-            return None
-        if info.get("key") != key or info.get("sha256") != sha256_bytes(data):
-            return None
-        return data
-
-    def store(self, component: str, key: str, data: bytes, meta: dict) -> Path:
-        plan = self.plan_path(component, key)
-        atomic_write_bytes(plan, data, mode=0o644)
-        meta = meta | {"key": key, "sha256": sha256_bytes(data)}
-        atomic_write_text(plan.with_suffix(".json"), json.dumps(meta, indent=2), mode=0o644)
-        return plan
+def route_trt_message(severity, message: str, stream=None) -> None:
+    """One TensorRT message to stderr (never stdout), at or above $T2I_AUDITOR_TRT_LOG (default warning)."""
+    level = int(severity)
+    limit = _LEVELS.get(os.environ.get("T2I_AUDITOR_TRT_LOG", "warning").lower(), 2)
+    if level > limit:
+        return
+    name = _SEVERITY_NAMES[level] if 0 <= level < len(_SEVERITY_NAMES) else str(level)
+    out = stream or sys.stderr
+    out.write(f"tensorrt {name}: {message}\n")
+    out.flush()
 
 
-def default_cache_root(bundle_root: Path) -> Path:
-    """The bundle's own .engines/ folder when writable, else the user cache."""
-    target = bundle_root / ENGINE_DIR
-    if os.access(bundle_root, os.W_OK) and (not target.exists() or os.access(target, os.W_OK)):
-        return target
-    base = Path(os.environ.get("T2I_AUDITOR_CACHE") or Path.home() / ".cache" / "t2i-auditor")
-    return base / "engines"
+def trt_logger():
+    """The process's one TensorRT logger (TensorRT treats the logger as a singleton)."""
+    global _LOGGER
+    if _LOGGER is None:
+        import tensorrt as trt
+
+        class StderrLogger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)  # required by the bindings for a Python subclass
+
+            def log(self, severity, msg) -> None:
+                route_trt_message(severity, msg)
+
+        _LOGGER = StderrLogger()
+    return _LOGGER
+
+
+# ---------------------------------------------------------------- build
 
 
 def build_engine(
@@ -202,7 +186,7 @@ def build_engine(
     """Parse the ONNX graph into a strongly typed network, one optimization profile per batch size, build."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
     # 10.x: strong typing is opt-in; 11.x: always on, the flag accepted and ignored
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -232,12 +216,59 @@ def build_engine(
         raise EngineBuildError(
             f"{onnx_path}: TensorRT failed to build a {precision} engine (see the TensorRT log above)"
         )
-    atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())), mode=0o644)
+    try:
+        atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())), mode=0o644)
+    except OSError:
+        pass  # a read-only cache folder only costs the next build its head start
     return bytes(memoryview(serialized))
 
 
+# ---------------------------------------------------------------- run
+
+
+def choose_profile(profile_rows: list[int], rows: int) -> int:
+    """The smallest profile whose max rows hold `rows`; a typed error when none does."""
+    candidates = [k for k, limit in enumerate(profile_rows) if limit >= rows]
+    if not candidates:
+        raise EngineBuildError(
+            f"{rows} rows exceed the engine's largest profile ({max(profile_rows)}); callers split batches"
+        )
+    return min(candidates, key=lambda k: profile_rows[k])
+
+
+class OutputBuffers:
+    """One buffer per output, sized for the largest call so far and reused: views of it are returned."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> torch.Tensor:
+        import torch
+
+        buffer = self.buffers.get(name)
+        need = int(np.prod(shape)) if shape else 1
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < need:
+            buffer = torch.empty(need, dtype=dtype, device=self.device)
+            self.buffers[name] = buffer
+        return buffer[:need].view(shape)
+
+
+def run_in_chunks(engine, feeds: dict[str, torch.Tensor], max_rows: int) -> dict[str, torch.Tensor]:
+    """`engine(feeds)` in slices of at most `max_rows` rows, outputs concatenated (copied off the buffers)."""
+    import torch
+
+    rows = int(next(iter(feeds.values())).shape[0])
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, rows, max_rows):
+        piece = {name: value[start : start + max_rows] for name, value in feeds.items()}
+        for name, value in engine(piece).items():
+            parts.setdefault(name, []).append(value.clone())
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
 class TrtEngine:
-    """A deserialized engine with one execution context; tensors in and out are torch CUDA tensors."""
+    """A deserialized engine with one execution context and stream; torch CUDA tensors in and out."""
 
     def __init__(self, data: bytes, device: torch.device) -> None:
         import tensorrt as trt
@@ -245,13 +276,13 @@ class TrtEngine:
 
         self.trt = trt
         self.device = device
-        self.logger = trt.Logger(trt.Logger.ERROR)
-        self.runtime = trt.Runtime(self.logger)
+        self.runtime = trt.Runtime(trt_logger())
         with torch.cuda.device(device):
             self.engine = self.runtime.deserialize_cuda_engine(data)
             if self.engine is None:
                 raise ValueError("TensorRT could not deserialize the engine")
             self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device)  # not the legacy default stream
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -269,6 +300,7 @@ class TrtEngine:
             for k in range(self.engine.num_optimization_profiles)
         ]
         self.active_profile = -1
+        self.buffers = OutputBuffers(device)
 
     @property
     def max_rows(self) -> int:
@@ -278,198 +310,47 @@ class TrtEngine:
         import torch
 
         rows = int(next(iter(feeds.values())).shape[0])
-        candidates = [k for k, limit in enumerate(self.profile_rows) if limit >= rows]
-        if not candidates:
-            raise ValueError(f"{rows} rows exceed the engine's largest profile ({self.max_rows})")
-        profile = min(candidates, key=lambda k: self.profile_rows[k])
-        stream = torch.cuda.current_stream(self.device)
-        if profile != self.active_profile:
-            self.context.set_optimization_profile_async(profile, stream.cuda_stream)
-            self.active_profile = profile
-        keep = []
-        for name in self.inputs:
-            tensor = feeds[name].to(device=self.device, dtype=self.dtypes[name]).contiguous()
-            keep.append(tensor)
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        results = {}
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            results[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, results[name].data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        return results  # ordered on `stream`; later torch work on it sees the results
+        profile = choose_profile(self.profile_rows, rows)
+        with torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream(self.device)
+            keep = [feeds[n].to(device=self.device, dtype=self.dtypes[n]).contiguous() for n in self.inputs]
+            self.stream.wait_stream(caller)  # the inputs are written on the caller's stream
+            if profile != self.active_profile:
+                self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
+                self.active_profile = profile
+            for name, tensor in zip(self.inputs, keep, strict=True):
+                self.context.set_input_shape(name, tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            results = {}
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                results[name] = self.buffers.get(name, shape, self.dtypes[name])
+                self.context.set_tensor_address(name, results[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise EngineRunError("TensorRT failed to execute an engine (see the TensorRT log above)")
+            caller.wait_stream(self.stream)  # later work on the caller's stream sees the results
+        return results
+
+
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def engine_parity(
-    engine: TrtEngine, contract: ComponentContract, validation: Path, precision: str, seed: int
+    engine, contract: ComponentContract, validation: Path, precision: str, seed: int
 ) -> ParityRecord:
+    """The validation file's inputs through `engine`, in slices its profiles accept, against torch's outputs."""
     import torch
 
     inputs, references = load_validation(validation)
     feeds = {name: torch.from_numpy(inputs[name]) for name in contract.input_names}
-    outputs = engine(feeds)
-    torch.cuda.synchronize(engine.device)
+    outputs = run_in_chunks(engine, feeds, engine.max_rows)
+    _sync(engine.device)
     got = {name: outputs[name].float().cpu().numpy() for name in contract.output_names}
     tolerance = contract.tolerance if precision == "fp32" else DEFAULT_TOLERANCES["fp16"]
     return compare(
         got, {k: np.asarray(v) for k, v in references.items()}, tolerance, f"tensorrt {precision}", seed
     )
-
-
-def ensure_engine(
-    root: Path,
-    manifest: BundleManifest,
-    component: str,
-    precision: str,
-    cache: EngineCache,
-    device: torch.device,
-    reporter: Reporter | None = None,
-) -> tuple[TrtEngine, str, ParityRecord, bool]:
-    """Engine for `component` from the cache, else built; returns (engine, key, parity, built)."""
-    contract = manifest.components[component].contract
-    graph = manifest.graph_for(component, precision)  # BackendUnavailable: no fp16 graphs
-    host = host_identity(device.index or 0)
-    key = engine_key(manifest.sha256_of(component, graph), host, precision, contract)
-    data = cache.load(component, key)
-    engine = None
-    if data is not None:
-        try:
-            engine = TrtEngine(data, device)
-        except Exception:  # a failed deserialization is a cache miss  # noqa: BLE001
-            engine = None
-    built = engine is None
-    if built:
-        if reporter:
-            reporter.log(f"tensorrt: building {component} ({precision}) for {host['gpu']}")
-        timing = cache.root / f"timing-{sha256_bytes(canonical_json(host))[:16]}.cache"
-        data = build_engine(root / graph, contract, precision, timing)
-        cache.store(component, key, data, {"component": component, "precision": precision, **host})
-        engine = TrtEngine(data, device)
-    record = manifest.components[component]
-    parity = engine_parity(engine, contract, root / record.validation.path, precision, record.parity.seed)
-    return engine, key, parity, built
-
-
-def build_bundle_engines(
-    root: Path, manifest: BundleManifest, precision: str, reporter: Reporter | None = None
-) -> tuple[EngineRecord, ...]:
-    """At export (`--trt`): build, validate and record engines into the bundle's .engines/ folder."""
-    import torch
-
-    from auditor.backends.engines.bundle import EngineRecord
-
-    require_tensorrt()
-    device = torch.device("cuda", torch.cuda.current_device())
-    cache = EngineCache(root / ENGINE_DIR)
-    host = host_identity(device.index or 0)
-    records = []
-    for component in COMPONENTS:
-        _, key, parity, _ = ensure_engine(root, manifest, component, precision, cache, device, reporter)
-        plan = cache.plan_path(component, key)
-        records.append(
-            EngineRecord(
-                component=component,  # type: ignore[arg-type]
-                cache_key=key,
-                path=plan.relative_to(root).as_posix(),
-                sha256=sha256_bytes(plan.read_bytes()),
-                precision=precision,  # type: ignore[arg-type]
-                tensorrt=host["tensorrt"],
-                gpu=host["gpu"],
-                compute_capability=host["compute_capability"],
-                parity=parity,
-            )
-        )
-    return tuple(records)
-
-
-class TrtRunners(SpecRunners):
-    """ComponentRunners over three TensorRT engines; the loop keeps latents on the GPU."""
-
-    def __init__(
-        self, engines: dict[str, TrtEngine], contracts: dict[str, ComponentContract], device
-    ) -> None:
-        self.engines = engines
-        self.device = device
-        self.max_images = min(engines[name].max_rows // contracts[name].rows_per_image for name in COMPONENTS)
-
-    def _run(self, spec: ComponentSpec, *tensors):
-        return self.engines[spec.name](dict(zip(spec.input_names, tensors, strict=True)))[spec.output]
-
-
-def open_engines(
-    bundle: Bundle, precision: str, device, cache_root: Path | None = None, reporter: Reporter | None = None
-) -> tuple[TrtRunners, list[ParityRecord], list[str]]:
-    """Engines for every component (cached or built now); returns runners, parity, and what was built."""
-    cache = EngineCache(cache_root or default_cache_root(bundle.root))
-    engines, parities, built = {}, [], []
-    for component in COMPONENTS:
-        engine, _, parity, was_built = ensure_engine(
-            bundle.root, bundle.manifest, component, precision, cache, device, reporter
-        )
-        engines[component] = engine
-        parities.append(parity)
-        if was_built:
-            built.append(component)
-    contracts = {name: record.contract for name, record in bundle.manifest.components.items()}
-    return TrtRunners(engines, contracts, device), parities, built
-
-
-# ---------------------------------------------------------------- the tensorrt backend
-
-
-class TensorRTGenerator(EngineGenerator):
-    """The bundle's graphs as TensorRT engines (cached per TensorRT version and GPU, built on a miss)."""
-
-    backend = "tensorrt"
-
-    def __init__(
-        self,
-        bundle: Bundle,
-        *,
-        device: str = "auto",
-        dtype: str = "float16",
-        batch_size: int = 16,
-        engine_cache: str | os.PathLike[str] | None = None,
-        reporter=None,
-    ) -> None:
-        reason = tensorrt_status()
-        if reason:
-            raise BackendUnavailable(reason)
-        import tensorrt
-        import torch
-
-        precision = engine_precision(dtype)
-        if device == "cpu":
-            raise BackendUnavailable("TensorRT needs a CUDA device and --device cpu was given")
-        device = resolve_device(device)
-        self.device = torch.device(device)
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self.dtype = dtype
-        try:
-            runners, parities, built = open_engines(
-                bundle, precision, self.device, Path(engine_cache) if engine_cache else None, reporter
-            )
-        except EngineBuildError as exc:  # at audit time a failed build is a fallback, not a failure
-            raise BackendUnavailable(str(exc)) from None
-        failed = [p.summary() for p in parities if not p.passed]
-        if failed:
-            raise BackendUnavailable(f"TensorRT engines miss their tolerance: {'; '.join(failed)}")
-        self.note = f"engines built on this host for {', '.join(built)}" if built else None
-        self.tensorrt_version = str(tensorrt.__version__)
-        super().__init__(bundle, runners, batch_size)
-
-    def describe(self) -> BackendInfo:
-        import torch
-
-        return BackendInfo(
-            backend="tensorrt",
-            device=torch.cuda.get_device_name(self.device),
-            dtype=self.dtype,
-            versions=library_versions(
-                tensorrt=self.tensorrt_version, bundle_source=self.bundle.manifest.source.digest
-            ),
-            note=self.note,
-        )

@@ -1,0 +1,96 @@
+"""The export's checks on ONNX Runtime: which providers run them, and the offline CPU graphs.
+
+Every exported graph runs the seeded validation inputs and is held to its contract's
+tolerance against torch's outputs. On the CPU provider by default; `validate_on="auto"`
+uses the CUDA provider when it really runs here (TF32 off for fp32 graphs). ONNX
+Runtime's offline-optimized CPU graph (`model.ort.onnx`) is tried best level first, and
+the first level whose graph still validates is kept; a bundle meant for GPU hosts
+(`cpu_graphs=False`) keeps only the portable graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from auditor.backends.engines.components import ComponentContract, ParityRecord, compare
+
+
+def validation_providers(validate_on: str, precision: str = "fp32") -> list:
+    """ONNX Runtime providers for the export's checks: the CPU, or ("auto") the CUDA provider when it
+    really runs here (TF32 off for fp32), which on a GPU host takes seconds where the CPU takes minutes."""
+    from auditor.backends.engines.ort import (
+        CPU_PROVIDER,
+        CUDA_PROVIDER,
+        available_providers,
+        provider_options,
+    )
+
+    if validate_on == "cpu" or CUDA_PROVIDER not in available_providers():
+        return [CPU_PROVIDER]
+    cuda = provider_options(CUDA_PROVIDER, device_index=0, precision=precision, contract=None, cache_dir=None)
+    return [cuda, CPU_PROVIDER]
+
+
+def run_onnx(
+    path: Path, contract: ComponentContract, inputs: dict[str, np.ndarray], providers: list | None = None
+) -> dict[str, np.ndarray]:
+    from auditor.backends.engines.ort import make_session
+
+    session = make_session(path, providers) if providers else make_session(path)
+    values = session.run(contract.output_names, {name: inputs[name] for name in contract.input_names})
+    return dict(zip(contract.output_names, values, strict=True))
+
+
+def optimize_and_validate(
+    comp_dir: Path,
+    contract: ComponentContract,
+    external: bool,
+    inputs: dict[str, np.ndarray],
+    references: dict[str, np.ndarray],
+    seed: int,
+    *,
+    cpu_graphs: bool = True,
+    providers: list | None = None,
+) -> tuple[str, str, ParityRecord]:
+    """Offline ORT optimization, best level first; keep the first graph that validates.
+
+    Without `cpu_graphs` (a bundle for GPU hosts) only the portable graph is kept, validated on
+    `providers`."""
+    from auditor.backends.engines.ort import OFFLINE_LEVELS, optimize_offline
+
+    portable = comp_dir / "model.onnx"
+    parity: ParityRecord | None = None
+    if not cpu_graphs:
+        outputs = run_onnx(portable, contract, inputs, providers)
+        label = f"onnxruntime {_provider_label(providers)} (none)"
+        return portable.name, "none", compare(outputs, references, contract.tolerance, label, seed)
+    for level in OFFLINE_LEVELS:
+        if level == "none":
+            candidate = portable
+        else:
+            candidate = comp_dir / "model.ort.onnx"
+            try:
+                optimize_offline(portable, candidate, level, external)
+            except Exception:  # an optimizer failure only rules this level out
+                _remove_graph(candidate)
+                continue
+        outputs = run_onnx(candidate, contract, inputs)
+        parity = compare(
+            outputs, references, contract.tolerance, f"onnxruntime CPUExecutionProvider ({level})", seed
+        )
+        if parity.passed or level == "none":
+            return candidate.name, level, parity
+        _remove_graph(candidate)
+    raise AssertionError("unreachable: the 'none' level always returns")
+
+
+def _provider_label(providers: list | None) -> str:
+    first = (providers or ["CPUExecutionProvider"])[0]
+    return first[0] if isinstance(first, tuple) else first
+
+
+def _remove_graph(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    Path(str(path) + ".data").unlink(missing_ok=True)
