@@ -19,8 +19,22 @@ from auditor.fileio import atomic_write_bytes
 
 
 def quantize(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] -> uint8, rounding half to even like PIL's conversion."""
-    return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    """Float images in [0, 1] -> uint8, rounding half to even like PIL's conversion.
+
+    NaN or infinite pixels (fp16 overflow, broken weights) are refused: clipped, they would
+    become black images, and a black regeneration is far from every key, which reads as
+    "not infringing".
+    """
+    arr = np.asarray(images, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        count = len(arr) if arr.ndim else 1
+        bad = int((~finite).reshape(count, -1).any(axis=1).sum()) if arr.ndim else 1
+        raise BadInputError(
+            f"{bad} of {count} generated images hold NaN or inf (fp16 overflow or broken weights), which would"
+            " be saved as black images; rerun with --dtype float32 or check the model's weights"
+        )
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

@@ -16,8 +16,7 @@ from t2i_audit._common import Context, add_command, add_group, device, positive_
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from auditor.reproduction.run import STAGES
-    from auditor.reproduction.scales import SCALES
+    from auditor.reproduction.scales import SCALES, STAGES
 
     shadow_sub = add_group(sub, "shadow", "shadow models and the statistical-level discriminator")
     p = add_command(

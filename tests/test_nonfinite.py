@@ -1,5 +1,5 @@
 """A NaN from a model must never become a black image: the engine loop refuses it, through a real ONNX Runtime
-session on the CPU; the torch backend's guard is `auditor.images.quantize` (see the xfail below)."""
+session on the CPU; the torch backend's guard is `auditor.images.quantize` (the last test)."""
 
 from __future__ import annotations
 
@@ -69,10 +69,6 @@ def test_a_finite_run_reads_the_flags_once_per_batch(bundle, monkeypatch):
     assert reads == [1 + 4 + 1, 1 + 4 + 1]  # per batch: text encoder, 4 UNet steps, VAE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the torch backend's guard belongs in auditor/images.quantize (lead's file): see the issue 14 report",
-)
 def test_the_torch_backend_refuses_nan_images(tiny_pipeline, tmp_path):
     """A model whose weights hold a NaN: diffusers returns NaN images, quantize must not make them black."""
     import torch

@@ -156,11 +156,6 @@ print("loaded", *sorted(m for m in {BLOCKED!r} if m in sys.modules))
     assert done.stdout.strip().splitlines()[-1] == "loaded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`t2i-audit verify` builds the whole parser, and the zoo, demo and shadow/reproduce commands import"
-    " torch while registering (t2i_audit/zoo.py, demo.py, statistical.py: the lead's files; issue 14 report)",
-)
 def test_the_verify_command_needs_no_ml_library(signed):
     code = f"""
 from t2i_audit import main

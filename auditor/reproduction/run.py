@@ -17,9 +17,7 @@ from auditor.progress import Reporter
 from auditor.reproduction.calibration_study import Study
 from auditor.reproduction.experiment import audit_stage, build_stage, load_audits
 from auditor.reproduction.report import report_stage
-from auditor.reproduction.scales import Scale
-
-STAGES = ("build", "audit", "report")
+from auditor.reproduction.scales import STAGES, Scale
 
 
 def machine() -> str:

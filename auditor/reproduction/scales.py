@@ -23,6 +23,7 @@ from auditor.watermark import WatermarkSpec
 from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
 
 ScaleName = Literal["tiny", "smoke"]
+STAGES = ("build", "audit", "report")  # of both studies, each resumable
 RHOS = (0.3, 0.5, 0.7, 1.0)
 
 
