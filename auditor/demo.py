@@ -1,10 +1,11 @@
 """`t2i-audit demo`: the whole method on the built-in tiny zoo, in one command.
 
 Builds (or loads) the zoo, selects keys from the source with the base as control,
-audits the innocent references, then each suspect (infringing at rho = 1.0 and 0.3,
-one innocent), and writes one report per suspect under the output folder. Each report
-carries both verdicts a reader may want: the paper's fixed threshold on conf and the
-calibrated binomial test against the innocent references.
+audits five innocent references (fine-tunes of the base like the innocent suspect, never
+the base itself), then each suspect (infringing at rho = 1.0 and 0.3, one innocent), and
+writes one signed report and one evidence page per suspect under the output folder. The
+verdict is the model-level test against the references; the paper's figure (a fixed
+threshold on conf) is shown beside it.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def run_demo(
     config = AuditConfig()
     t = time.perf_counter()
     keys = LoadedKeys(out / "keys", keyset, images, commitment=None)
-    references = {"base": zoo.base, **zoo.references}
+    references = dict(zoo.references)  # innocent fine-tunes only: never the base (method.md)
     audit = Audit(
         keys=keys,
         config=config,
@@ -196,12 +197,10 @@ def print_demo(result: DemoResult, console: Console | None = None) -> None:
         "d<0.1",
         "d<0.15",
         "paper verdict",
-        "calibrated",
-        "p",
+        "verdict",
+        "p (model-level)",
     ):
-        table.add_column(
-            col, justify="left" if col in ("suspect", "paper verdict", "calibrated") else "right"
-        )
+        table.add_column(col, justify="left" if col in ("suspect", "paper verdict", "verdict") else "right")
     for s in result.suspects:
         under_010 = s.shares["[0, 0.1)"]
         under_015 = under_010 + s.shares["[0.1, 0.15)"]
@@ -220,7 +219,11 @@ def print_demo(result: DemoResult, console: Console | None = None) -> None:
         )
     console.print(table)
     refs = ", ".join(f"{k} conf {v:.2f}" for k, v in result.references.items())
-    console.print(f"innocent references: {refs}")
+    console.print(f"innocent references ({len(result.references)}, never the base): {refs}")
+    console.print(
+        "verdict: the model-level test against the references at alpha 0.01 (docs/method.md);"
+        " paper verdict: conf >= 0.5, a figure, not calibrated"
+    )
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     reports = Path(result.suspects[0].report).parent
     console.print(f"reports (JSON, signed .dsse.json, .html evidence pages): {reports}/")

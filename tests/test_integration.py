@@ -51,6 +51,19 @@ def test_infringing_model_inherits_the_keys_and_the_innocent_does_not(demo):
     assert infringing["mean_distance"] < innocent["mean_distance"]
 
 
+def test_the_model_level_verdict_accuses_the_infringer_and_clears_the_innocent(demo):
+    """Against five innocent references (never the base), at alpha = 0.01."""
+    by_name = {s["name"]: s for s in demo["suspects"]}
+    infringing, innocent = by_name["infringing-rho1.0"], by_name["innocent-1"]
+    assert infringing["verdict"] == "infringing" and infringing["p_value"] <= 0.01, infringing
+    assert innocent["verdict"] == "not_infringing" and innocent["p_value"] > 0.01, innocent
+    report = json.loads(Path(infringing["report"]).read_text())
+    assert report["verdict"]["n_references"] == 5 and report["verdict"]["rule"] == "model_level_test"
+    assert report["keyset"]["digest"] == demo["keyset_digest"]
+    base = json.loads((Path(demo["out"]) / "keys" / "keys.json").read_text())["base"]["digest"]
+    assert base not in {r["digest"] for r in report["references"]}
+
+
 def test_demo_json_and_reports_are_complete(demo):
     assert demo["num_keys"] >= 10
     assert set(demo["timings"]) >= {"zoo", "keys", "total"}

@@ -122,6 +122,7 @@ def smoke() -> Scale:
     zoo = PRESETS["test"].model_copy(
         update=dict(
             suspects=(),
+            references=(),
             vae=StageSpec(steps=150, batch_size=16, lr=2e-3, seed=1),
             # A barely trained base and a source pushed hard on 16 samples: the source departs
             # from its base within seconds, so every key strategy finds candidates.

@@ -77,11 +77,14 @@ def _suspects(
     return tuple(out)
 
 
+MIN_REFERENCES = 5  # the verdict's default (AuditConfig.min_references): the presets build that many
+
 PRESETS: dict[str, ZooConfig] = {
-    # `t2i-audit demo`: infringing at rho 1.0 and 0.3 and one innocent model.
+    # `t2i-audit demo`: infringing at rho 1.0 and 0.3 and one innocent model, judged against five
+    # innocent references trained exactly like the innocent suspect (other seeds and data draws).
     "demo": ZooConfig(
         suspects=_suspects(128, 3000, 5e-4, (1.0, 0.3, 0.0)),
-        references=_suspects(128, 3000, 5e-4, (0.0,), prefix="reference-", seed=200),
+        references=_suspects(128, 3000, 5e-4, (0.0,) * MIN_REFERENCES, prefix="reference-", seed=200),
     ),
     # The integration test: the same world, trained for a fraction of the steps.
     "test": ZooConfig(
@@ -92,5 +95,6 @@ PRESETS: dict[str, ZooConfig] = {
         base=StageSpec(steps=1500, lr=1e-3, seed=2),
         source=StageSpec(steps=2000, lr=5e-4, seed=3),
         suspects=_suspects(32, 800, 5e-4, (1.0, 0.0)),
+        references=_suspects(32, 800, 5e-4, (0.0,) * MIN_REFERENCES, prefix="reference-", seed=200),
     ),
 }
