@@ -138,8 +138,30 @@ def check_structure(value: Any, where: str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def parse_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any:
-    """Strict JSON (see the module docstring); every failure is one BadInputError line."""
+def count_values(data: bytes | str) -> int:
+    """An upper bound on the number of arrays, objects and their members in JSON text.
+
+    Counts `[`, `{` and `,` (inside strings too, so it may overcount, never undercount by
+    more than one per container): cheap on bytes, and enough to refuse a reply of
+    millions of tiny objects before the parser turns it into gigabytes of Python objects.
+    """
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") + data.count(",")
+    return data.count(b"[") + data.count(b"{") + data.count(b",")
+
+
+def parse_json(
+    data: bytes | str, where: str, max_depth: int = MAX_DEPTH, max_values: int | None = None
+) -> Any:
+    """Strict JSON (see the module docstring); every failure is one BadInputError line.
+
+    `max_values`: refuse text with more JSON values than this (see `count_values`) before
+    parsing it; for untrusted replies whose expected shape is small.
+    """
+    if max_values is not None and (found := count_values(data)) > max_values:
+        raise BadInputError(
+            f"{where}: expected JSON of at most {max_values} values, refused text with about {found}"
+        )
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         value = json.loads(
