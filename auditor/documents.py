@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -64,8 +65,15 @@ def read_bytes(path: str | os.PathLike[str], what: str, max_bytes: int = DEFAULT
     """A file's bytes, or one line saying why not (missing, a folder, unreadable, too large)."""
     p = Path(path)
     try:
-        with open(p, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: a FIFO or device in place of a file must not block the open itself
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            if S_ISDIR(stat.st_mode):
+                raise IsADirectoryError
+            if not S_ISREG(stat.st_mode):
+                raise BadInputError(f"{p}: not a regular file (a pipe, socket or device), expected a {what}")
+            size = stat.st_size
             if size > max_bytes:
                 raise BadInputError(f"{p}: {what} is {size} bytes, more than the {max_bytes} accepted")
             data = handle.read(max_bytes + 1)

@@ -66,6 +66,7 @@ from auditor.deadline import Watchdog
 from auditor.documents import parse_json
 from auditor.errors import BadInputError, TransientError, register_secret
 from auditor.fileio import canonical_json, sha256_bytes
+from auditor.images import png_size
 
 TRANSCRIPT_SCHEME = "t2i-auditor-http-transcript-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -466,6 +467,11 @@ class HttpGenerator:
     def _decode(png: bytes, height: int, width: int) -> np.ndarray:
         from PIL import Image
 
+        declared = png_size(png)  # from the header bytes, before PIL even opens it
+        if declared is not None and declared != (height, width):
+            raise _Retryable(
+                f"returned image is {declared[1]}x{declared[0]}, requested {width}x{height}", network=False
+            )
         try:
             with Image.open(io.BytesIO(png)) as img:
                 if img.format != "PNG":
