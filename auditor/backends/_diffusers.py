@@ -24,6 +24,7 @@ from auditor.backends._base import (
 )
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError, first_line
+from auditor.identity import check_folder_pickles, unpickling_reason
 from auditor.images import quantize
 
 _SCHEDULERS = {
@@ -78,6 +79,7 @@ class TorchGenerator:
         validate_pipeline_folder(path)
         check_dtype(dtype)
         device = resolve_device(device)
+        check_folder_pickles(path)  # pickled weights (any name): torch's weights_only check, one line
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 path,
@@ -87,9 +89,10 @@ class TorchGenerator:
                 requires_safety_checker=False,
                 local_files_only=True,
             )
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except Exception as exc:  # diffusers, transformers and torch raise many types on a bad folder
+            reason = unpickling_reason(exc) if "weights_only" in str(exc) else first_line(exc)
             raise BadInputError(
-                f"{path}: could not load the diffusers pipeline ({first_line(exc)})"
+                f"{path}: could not load the diffusers pipeline ({type(exc).__name__}: {reason})"
             ) from None
         self._setup(pipe, path=path, device=device, dtype=dtype, batch_size=batch_size, note=None)
 
