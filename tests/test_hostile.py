@@ -226,3 +226,244 @@ def test_secret_scrubbing_covers_escaped_spellings():
     register_secret("p4ss'w\\rd")
     assert "p4ss" not in scrub("header b'p4ss\\'w\\\\rd' and \"p4ss'w\\\\rd\"")
     assert "p4ss" not in str(Bad("value p4ss'w\\rd refused"))
+
+
+# ---------------------------------------------------------------- serve against hostile clients
+
+
+class _SlowModel:
+    """A stand-in model: `step_s` per denoising step, stops when asked, 32x32 natively."""
+
+    def __init__(self, step_s: float = 0.02) -> None:
+        import threading
+
+        self.step_s = step_s
+        self.steps_run = 0
+        self.stopped = 0
+        self.lock = threading.Lock()
+
+    def native_size(self):
+        return 32, 32
+
+    def describe(self):  # pragma: no cover - not used by serve
+        raise NotImplementedError
+
+    def generate(self, prompts, seeds, settings, *, stop=None):
+        import numpy as np
+
+        from auditor.backends._diffusers import GenerationStopped
+
+        for _ in range(settings.steps):
+            if stop is not None and stop():
+                with self.lock:
+                    self.stopped += 1
+                raise GenerationStopped("stopped")
+            time.sleep(self.step_s)
+            with self.lock:
+                self.steps_run += 1
+        size = (settings.height or 32, settings.width or 32)
+        return np.zeros((len(prompts), *size, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def serving():
+    """start(model, **limits) -> a served model on loopback; every server stopped afterwards."""
+    from auditor.serve import ServeLimits, start_server, stop_server
+
+    started = []
+
+    def start(model=None, **limits):
+        server, thread = start_server(model or _SlowModel(), limits=ServeLimits(**limits))
+        started.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in started:
+        stop_server(server, thread)
+
+
+def _raw(server, data: bytes, timeout: float = 10.0) -> tuple[int | None, object]:
+    """Send raw bytes, read the answer to the end: (status, parsed JSON body) or (None, reason)."""
+    import json
+    import socket
+
+    with socket.create_connection(server.server_address[:2], timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except OSError as exc:
+            return None, type(exc).__name__
+    if not reply:
+        return None, "no answer"
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body[:100]
+
+
+def _post(server, body: bytes | str, path: str = "/sdapi/v1/txt2img", headers: str = "", **kw):
+    data = body.encode() if isinstance(body, str) else body
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if "Content-Length" not in headers:
+        head += f"Content-Length: {len(data)}\r\n"
+    return _raw(server, (head + headers + "\r\n").encode() + data, **kw)
+
+
+_GOOD = '{"prompt": "a red circle", "seed": 3, "steps": 2, "width": 32, "height": 32}'
+MALFORMED: dict[str, tuple[bytes | str, str]] = {
+    "deep": ("[" * 5000 + "]" * 5000, ""),
+    "5000 digits": ('{"prompt": "a", "seed": ' + "9" * 5000 + "}", ""),
+    "float overflow": ('{"prompt": "a", "cfg_scale": 1e999}', ""),
+    "NaN": ('{"prompt": "a", "cfg_scale": NaN}', ""),
+    "duplicate keys": ('{"prompt": "a", "prompt": "b"}', ""),
+    "not an object": ("[1, 2]", ""),
+    "not UTF-8": (b'{"prompt": "\xff\xfe"}', ""),
+    "not JSON": ("prompt=a", ""),
+    "prompt not a string": ('{"prompt": 7}', ""),
+    "empty prompt": ('{"prompt": "  "}', ""),
+    "huge prompt": ('{"prompt": "' + "a" * 20_000 + '"}', ""),
+    "seed a string": ('{"prompt": "a", "seed": "x"}', ""),
+    "seed 2**63": ('{"prompt": "a", "seed": 9223372036854775808}', ""),
+    "steps a string": ('{"prompt": "a", "steps": "x"}', ""),
+    "steps 0": ('{"prompt": "a", "steps": 0}', ""),
+    "steps over budget": ('{"prompt": "a", "steps": 151}', ""),
+    "width not a multiple of 8": ('{"prompt": "a", "width": 33, "height": 32}', ""),
+    "4096 x 4096": ('{"prompt": "a", "width": 4096, "height": 4096}', ""),
+    "64 x 64 over budget": ('{"prompt": "a", "width": 64, "height": 64}', ""),
+    "unknown sampler": ('{"prompt": "a", "sampler_name": "Nope"}', ""),
+    "batch_size 2": ('{"prompt": "a", "batch_size": 2}', ""),
+    "no Content-Length": (_GOOD, "Transfer-Encoding: chunked\r\nContent-Length: \r\n"),
+    "Content-Length of 5000 digits": (_GOOD, "Content-Length: " + "9" * 5000 + "\r\n"),
+    "negative Content-Length": (_GOOD, "Content-Length: -5\r\n"),
+    "Content-Length over 1 MiB": (_GOOD, "Content-Length: 2000000\r\n"),
+}
+
+
+def test_serve_answers_every_malformed_body_with_a_json_error(serving):
+    server = serving()
+    statuses = {}
+    for name, (body, headers) in MALFORMED.items():
+        status, answer = _post(server, body, headers=headers)
+        statuses[name] = status
+        assert status in (400, 411, 413), (name, status, answer)
+        assert isinstance(answer, dict) and isinstance(answer.get("error"), str), (name, answer)
+    status, answer = _raw(server, b"GARBAGE\r\n\r\n")
+    assert status == 400 and "error" in answer
+    status, answer = _raw(server, b"DELETE /sdapi/v1/txt2img HTTP/1.1\r\n\r\n")
+    assert status == 501 and "error" in answer
+    print(f"\nserve: {len(MALFORMED) + 2} malformed requests, all answered with a JSON error")
+    # the server is unharmed, and real clients' extra fields are still accepted (A1111 compatibility)
+    extra = (
+        '{"prompt": "a", "seed": -1, "steps": 2, "width": 32, "height": 32, "styles": [], "subseed": -1, '
+        '"enable_hr": false, "override_settings": {"CLIP_stop_at_last_layers": 1}, "send_images": true, '
+        '"alwayson_scripts": {}, "sampler_name": "Euler a", "restore_faces": false}'
+    )
+    status, answer = _post(server, extra)
+    assert status == 200 and len(answer["images"]) == 1, answer
+
+
+def test_serve_budget_defaults_to_the_models_resolution(serving, tiny_pipeline):
+    from auditor.backends import TorchGenerator
+
+    model = TorchGenerator(tiny_pipeline, device="cpu", batch_size=1)
+    server = serving(model, max_steps=1000)
+    assert server.max_pixels == 32 * 32 == model.native_size()[0] * model.native_size()[1]
+    status, answer = _post(server, '{"prompt": "a", "width": 4096, "height": 4096}')
+    assert status == 400 and "budget" in answer["error"]
+    # the model's scheduler is asked too: 1000 DDIM steps cannot run on it
+    start = time.monotonic()
+    status, answer = _post(server, '{"prompt": "a", "steps": 1000, "sampler_name": "DDIM"}')
+    assert status == 400 and "steps 1000 with the ddim scheduler" in answer["error"]
+    assert time.monotonic() - start < 5
+    assert model.pipe is not None and server.served == 0
+
+
+def test_serve_queue_full_answers_503_at_once(serving):
+    import threading
+
+    model = _SlowModel(step_s=0.05)
+    server = serving(model, queue=1)
+    slow = '{"prompt": "a", "steps": 30}'  # 1.5 s each
+    answers: list = []
+    threads = [threading.Thread(target=lambda: answers.append(_post(server, slow))) for _ in range(2)]
+    for thread in threads:  # one running, one waiting
+        thread.start()
+        time.sleep(0.2)
+    start = time.monotonic()
+    status, answer = _post(server, slow)
+    assert status == 503 and "busy" in answer["error"]
+    assert time.monotonic() - start < 1.0  # refused at once, not after the queue
+    for thread in threads:
+        thread.join(10)
+    assert sorted(status for status, _ in answers) == [200, 200]
+
+
+def test_serve_stops_a_request_at_its_time_limit(serving):
+    model = _SlowModel(step_s=0.05)
+    server = serving(model, request_timeout_s=0.5)
+    start = time.monotonic()
+    status, answer = _post(server, '{"prompt": "a", "steps": 150}')  # 7.5 s of steps
+    assert status == 503 and "limit of 0.5 s" in answer["error"]
+    assert time.monotonic() - start < 0.5 + 0.5
+    deadline = time.monotonic() + 2
+    while model.stopped == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert model.stopped == 1 and model.steps_run < 30  # stopped between two steps, not finished
+    status, _ = _post(server, '{"prompt": "a", "steps": 2}')
+    assert status == 200  # the worker is free again
+
+
+def test_serve_stops_a_torch_generation_between_steps(serving, tiny_pipeline):
+    from auditor.backends import TorchGenerator
+
+    model = TorchGenerator(tiny_pipeline, device="cpu", batch_size=1)
+    steps = []
+    model.pipe.unet.register_forward_hook(lambda *_: steps.append(1))
+    server = serving(model, request_timeout_s=0.5, max_steps=1000)
+    status, answer = _post(server, '{"prompt": "a", "steps": 1000, "sampler_name": "Euler"}')  # ~7 s here
+    assert status == 503 and "limit of 0.5 s" in answer["error"]
+    time.sleep(0.3)
+    ran = len(steps)
+    time.sleep(0.5)
+    assert len(steps) == ran < 1000  # stopped between two steps, long before its end
+    status, answer = _post(server, '{"prompt": "a", "steps": 2, "sampler_name": "Euler"}')
+    assert status == 200, answer  # and the model is free for the next request
+
+
+def test_serve_slow_clients_cannot_hold_threads(serving):
+    import socket
+
+    server = serving(read_timeout_s=0.5, max_connections=2)
+    drips = [socket.create_connection(server.server_address[:2], timeout=5) for _ in range(2)]
+    try:
+        for sock in drips:
+            sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\n")  # and never the rest
+        time.sleep(0.1)
+        start = time.monotonic()
+        status, answer = _raw(server, b"GET /health HTTP/1.1\r\n\r\n")  # no connection slot left
+        assert status == 503 and "too many connections" in answer["error"]
+        assert time.monotonic() - start < 0.5
+        for sock in drips:  # each dripper is cut off at read_timeout_s, whatever it sends
+            start = time.monotonic()
+            while True:
+                try:
+                    sock.sendall(b"X-Drip: 1\r\n")
+                    if not sock.recv(1, socket.MSG_DONTWAIT):
+                        break
+                except BlockingIOError:
+                    time.sleep(0.05)
+                    continue
+                except OSError:
+                    break
+                if time.monotonic() - start > 3:
+                    pytest.fail("a dripping client held its connection past read_timeout_s")
+    finally:
+        for sock in drips:
+            sock.close()
+    time.sleep(0.2)
+    status, answer = _raw(server, b"GET /health HTTP/1.1\r\n\r\n")
+    assert status == 200 and answer == {"status": "ok"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from auditor.backends._base import (
     resolve_device,
 )
 from auditor.config import GenerationSettings
-from auditor.errors import BadInputError, first_line
+from auditor.errors import BadInputError, TransientError, first_line
 from auditor.identity import check_folder_pickles, unpickling_reason
 from auditor.images import quantize
 
@@ -139,6 +139,10 @@ def check_spec_settings(spec, settings: GenerationSettings) -> None:
     check_folder_settings(folder, settings, f"{Path(spec.model).name}: generation settings")
 
 
+class GenerationStopped(TransientError):
+    """A generation ended early because its caller asked (`stop`): nothing wrong with the input."""
+
+
 def validate_pipeline_folder(path: Path) -> None:
     if not path.exists():
         raise BadInputError(f"{path}: model not found")
@@ -227,16 +231,38 @@ class TorchGenerator:
             settings, self._base_scheduler_config, f"{self.path.name}: generation settings"
         )
 
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) the model generates when none is asked for: its UNet's sample size in pixels."""
+        sample = self.pipe.unet.config.sample_size
+        height, width = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        scale = int(getattr(self.pipe, "vae_scale_factor", 8))
+        return int(height) * scale, int(width) * scale
+
     def generate(
-        self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        settings: GenerationSettings,
+        *,
+        stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
+        """uint8 images; `stop` (checked after every denoising step) ends the generation early
+        with GenerationStopped, e.g. when `serve` gives up on a request."""
         import torch
 
         check_pairs(prompts, seeds)
         self.check_settings(settings)  # before any work: a late IndexError deep in the scheduler is no answer
         self.pipe.scheduler = make_scheduler(settings.scheduler, self._base_scheduler_config)
+
+        def on_step_end(pipe, step, timestep, tensors):
+            if stop is not None and stop():
+                raise GenerationStopped(f"generation stopped after {step + 1} of {settings.steps} steps")
+            return tensors
+
         out = []
         for part in chunks(len(prompts), self.batch_size):
+            if stop is not None and stop():
+                raise GenerationStopped("generation stopped before it started")
             batch_prompts = list(prompts[part])
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[part]]
             with torch.inference_mode():
@@ -252,6 +278,7 @@ class TorchGenerator:
                     eta=settings.eta,
                     generator=generators,
                     output_type="np",
+                    callback_on_step_end=on_step_end if stop is not None else None,
                 )
             out.append(quantize(result.images))
         if not out:
