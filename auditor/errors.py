@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_VERIFICATION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: the caller may retry
+MAX_MESSAGE_CHARS = 2000
 
 
 class AuditorError(Exception):
@@ -22,8 +23,12 @@ class AuditorError(Exception):
     exit_code: int = EXIT_BAD_INPUT
 
     def __init__(self, message: str) -> None:
-        # Keep messages to one line: they are printed as the single stderr line; never a secret.
-        super().__init__(scrub(" ".join(scrub(str(message)).split())))
+        # One line, never a secret, never a novel: a hostile file's value quoted in a message
+        # (a 1 MB schema_version) must not become a 1 MB stderr line or error record.
+        text = scrub(" ".join(scrub(str(message)).split()))
+        if len(text) > MAX_MESSAGE_CHARS:
+            text = text[: MAX_MESSAGE_CHARS - 25] + " ... (message shortened)"
+        super().__init__(text)
 
 
 class BadInputError(AuditorError):
