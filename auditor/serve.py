@@ -394,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer_failure(self, job: _Job) -> None:
         exc = job.error
-        if exc is None:  # never started: it waited past its deadline
+        if exc is None or job.cancel.is_set() or time.monotonic() >= job.deadline:  # out of time
             self._busy(
                 f"request took longer than this server's limit of {self.server.limits.request_timeout_s:g} s"
             )

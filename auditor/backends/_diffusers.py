@@ -73,6 +73,7 @@ def check_scheduler_settings(
     if token in _checked:
         return
     name, steps = settings.scheduler, settings.steps
+    quiet_hf_libraries()  # diffusers logs unknown config fields on stderr: one-line errors only
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
