@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -64,8 +65,15 @@ def read_bytes(path: str | os.PathLike[str], what: str, max_bytes: int = DEFAULT
     """A file's bytes, or one line saying why not (missing, a folder, unreadable, too large)."""
     p = Path(path)
     try:
-        with open(p, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: a FIFO or device in place of a file must not block the open itself
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            if S_ISDIR(stat.st_mode):
+                raise IsADirectoryError
+            if not S_ISREG(stat.st_mode):
+                raise BadInputError(f"{p}: not a regular file (a pipe, socket or device), expected a {what}")
+            size = stat.st_size
             if size > max_bytes:
                 raise BadInputError(f"{p}: {what} is {size} bytes, more than the {max_bytes} accepted")
             data = handle.read(max_bytes + 1)
@@ -138,8 +146,30 @@ def check_structure(value: Any, where: str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def parse_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any:
-    """Strict JSON (see the module docstring); every failure is one BadInputError line."""
+def count_values(data: bytes | str) -> int:
+    """An upper bound on the number of arrays, objects and their members in JSON text.
+
+    Counts `[`, `{` and `,` (inside strings too, so it may overcount, never undercount by
+    more than one per container): cheap on bytes, and enough to refuse a reply of
+    millions of tiny objects before the parser turns it into gigabytes of Python objects.
+    """
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") + data.count(",")
+    return data.count(b"[") + data.count(b"{") + data.count(b",")
+
+
+def parse_json(
+    data: bytes | str, where: str, max_depth: int = MAX_DEPTH, max_values: int | None = None
+) -> Any:
+    """Strict JSON (see the module docstring); every failure is one BadInputError line.
+
+    `max_values`: refuse text with more JSON values than this (see `count_values`) before
+    parsing it; for untrusted replies whose expected shape is small.
+    """
+    if max_values is not None and (found := count_values(data)) > max_values:
+        raise BadInputError(
+            f"{where}: expected JSON of at most {max_values} values, refused text with about {found}"
+        )
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         value = json.loads(
@@ -162,11 +192,39 @@ def parse_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any
     return check_structure(value, where, max_depth)
 
 
+def _strict_yaml_loader():
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the keys written here; merged ones (<<) may be overridden
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {str(key)[:80]!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return StrictLoader
+
+
 def parse_yaml(text: str, where: str) -> Any:
     import yaml
 
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

@@ -175,10 +175,9 @@ def _same_verdict(a, b) -> bool:
 def check_keyset(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> list[str]:
     """Check a keyset folder against the report; return the names of the checks that passed."""
     from auditor.commitment import load_commitment, verify_commitment
-    from auditor.keys import load_keyset
 
     root = Path(keys_dir)
-    keyset, _ = load_keyset(root)  # re-hashes every image: an edited keyset is refused here
+    keyset = _load_keyset_verified(root)
     if keyset.digest != report.keyset.digest:
         raise VerificationError(
             f"{root}: keyset digest {keyset.digest} differs from the report's keyset digest {report.keyset.digest}"
@@ -266,12 +265,22 @@ def read_report_or_envelope(path: str | os.PathLike[str]) -> LoadedReport:
     return LoadedReport(parse_report(data, str(p)), signed=False)
 
 
+def _load_keyset_verified(root: Path):
+    """The keyset at `root`, every image re-hashed; an image changed since selection is a failed
+    verification (exit 1), like a changed prompt, not unreadable input."""
+    from auditor.keys import KeyImageMismatch, load_keyset
+
+    try:
+        keyset, _ = load_keyset(root)
+    except KeyImageMismatch as exc:
+        raise VerificationError(str(exc)) from None
+    return keyset
+
+
 def key_pngs(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> dict[str, bytes]:
     """key_id -> the key image's PNG bytes, from a keyset folder that must be the report's keyset."""
-    from auditor.keys import load_keyset
-
     root = Path(keys_dir)
-    keyset, _ = load_keyset(root)
+    keyset = _load_keyset_verified(root)
     if keyset.digest != report.keyset.digest:
         raise VerificationError(
             f"{root}: keyset digest {keyset.digest} differs from the report's keyset digest {report.keyset.digest}"

@@ -7,16 +7,20 @@ manifest. The digest does not depend on where the model lies on disk, on the fol
 name, or on the order files were written, but any changed byte, renamed, added or
 removed file changes it.
 
-Hashing never deserializes anything. Single pickled checkpoints are the exception
-that is checked here: the auditor will have to load them, and unpickling runs
-arbitrary code, so they are only accepted when torch's restricted `weights_only`
-unpickler can read them.
+Hashing never deserializes anything. Pickled weights are the exception that is
+checked here: the auditor will have to load them, and unpickling runs arbitrary code,
+so they are only accepted when torch's restricted `weights_only` unpickler can read
+them. A pickle is recognized by its content (`sniff_weights`: the pickle protocol
+opcode, or the zip archive torch.save writes), never by its suffix, so a pickle named
+`.safetensors`, `.weights` or anything else is checked or refused all the same; and no
+refusal repeats torch's advice to load the file with `weights_only=False`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,7 +180,16 @@ def _hash_single_file(file: Path, name: str, kind: str | None) -> ModelIdentity:
     if kind == "diffusers_folder":
         raise BadInputError(f"{file}: model kind 'diffusers_folder' expects a folder, got a file")
     suffix = file.suffix.lower()
-    if suffix == SAFETENSORS_SUFFIX or kind in ("safetensors_file", "lora_file"):
+    pickled = sniff_weights(file) in ("pickle", "zip")
+    if pickled and (suffix == SAFETENSORS_SUFFIX or kind == "lora_file"):
+        raise BadInputError(
+            f"{file}: named or declared a safetensors file, but its content is a pickle; refused "
+            "(unpickling can run arbitrary code)"
+        )
+    if pickled:
+        check_pickle_weights_only(file)
+        kind = kind or "file"
+    elif suffix == SAFETENSORS_SUFFIX or kind in ("safetensors_file", "lora_file"):
         tensor_names = read_safetensors_header(file).keys()
         if kind is None:
             kind = "lora_file" if any("lora" in key.lower() for key in tensor_names) else "safetensors_file"
@@ -243,6 +256,60 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
     return header
 
 
+def sniff_weights(file: Path) -> str:
+    """What a weights file holds, from its first bytes: "pickle" (protocol 2 or later, which
+    torch's legacy format and every pickle of this century use), "zip" (torch.save's archive,
+    a pickle inside), "safetensors" or "other"."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise BadInputError(f"{file}: cannot read model file ({exc.strerror})") from None
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "other"
+
+
+def check_folder_pickles(folder: Path) -> int:
+    """Check every pickled file in the component folders of a pipeline (unet/, text_encoder/, ...);
+    return how many there were. Top-level files are not loaded by a pipeline and are left alone."""
+    count = 0
+    for component in sorted(folder.iterdir()):
+        if not component.is_dir() or _is_skipped(component.name):
+            continue
+        for path in sorted(component.rglob("*")):
+            if path.is_file() and sniff_weights(path) in ("pickle", "zip"):
+                check_pickle_weights_only(path)
+                count += 1
+    return count
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """Why torch's `weights_only` unpickler refused a file, without its advice to load it unsafely.
+
+    torch's message is advice ("Re-running `torch.load` with `weights_only` set to `False`
+    will likely succeed") around one line of reason ("Unsupported global: GLOBAL exec ...");
+    only that line is kept, its first sentence.
+    """
+    inner = exc.__cause__ or exc.__context__ or exc
+    for candidate in (inner, exc):
+        for raw in re.sub(r"\x1b\[[0-9;]*m", "", str(candidate)).splitlines():
+            line = " ".join(raw.split())
+            if (
+                not line
+                or "weights_only" in line
+                or line.startswith(("Weights only load failed", "Check the"))
+            ):
+                continue
+            line = line.removeprefix("WeightsUnpickler error: ")
+            return line.split(". ")[0].rstrip(".")[:160]
+    return type(inner).__name__
+
+
 def check_pickle_weights_only(file: Path) -> None:
     """Refuse a pickled checkpoint unless torch's `weights_only` unpickler accepts it.
 
@@ -258,10 +325,7 @@ def check_pickle_weights_only(file: Path) -> None:
     except Exception as exc:  # corrupt archives and refused globals raise many types
         # torch wraps the unpickler's reason in advice on how to load the file unsafely;
         # only the reason itself (e.g. "Unsupported global: GLOBAL exec ...") is kept.
-        inner = exc.__cause__ or exc.__context__ or exc
-        text = " ".join(str(inner).split())
-        reason = text.split(". ")[0][:160] if text else type(inner).__name__
         raise BadInputError(
-            f"{file}: pickled checkpoint refused by torch.load(weights_only=True): {reason};"
+            f"{file}: pickled checkpoint refused by torch.load(weights_only=True): {unpickling_reason(exc)};"
             " a pickle can run arbitrary code when loaded, convert it to .safetensors where it is trusted"
-        ) from exc
+        ) from None

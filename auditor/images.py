@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from auditor.errors import BadInputError
+from auditor.documents import read_bytes
+from auditor.errors import BadInputError, first_line
 from auditor.fileio import atomic_write_bytes
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 64 << 20  # a 4096x4096 RGB PNG stored uncompressed is 48 MiB
 
 
 def quantize(images: np.ndarray) -> np.ndarray:
@@ -50,14 +56,50 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_png(data: bytes, where: str) -> np.ndarray:
-    """PNG bytes -> uint8 (H, W, 3); any decoding failure names `where`."""
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, or None when `data` does not start like a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+def decode_png(data: bytes, where: str, expected: tuple[int, int] | None = None) -> np.ndarray:
+    """PNG bytes -> uint8 (H, W, 3); any failure is one line naming `where`.
+
+    `expected` (height, width) is checked against the PNG's header before any pixel is
+    decoded, so an image declaring 20000x20000 is refused without allocating it; without
+    it, PIL's decompression-bomb limit (also as a warning, which is made an error) holds.
+    """
+    declared = png_size(data)
+    if expected is not None and declared is not None and declared != tuple(expected):
+        raise BadInputError(
+            f"{where}: expected {expected[0]}x{expected[1]} pixels, got {declared[0]}x{declared[1]} "
+            "(read from the PNG header, nothing decoded)"
+        )
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise BadInputError(f"{where}: expected a PNG image, could not decode it ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format != "PNG":
+                    raise BadInputError(
+                        f"{where}: expected a PNG image, found {img.format or 'another format'}"
+                    )
+                if expected is not None and (img.height, img.width) != tuple(expected):
+                    raise BadInputError(
+                        f"{where}: expected {expected[0]}x{expected[1]} pixels, got {img.height}x{img.width} "
+                        "(read from the PNG header, nothing decoded)"
+                    )
+                img.load()
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except BadInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadInputError(f"{where}: refused as a decompression bomb ({first_line(exc, 160)})") from None
+    except Exception as exc:  # PIL raises many types on corrupt data
+        raise BadInputError(
+            f"{where}: expected a PNG image, could not decode it ({type(exc).__name__}: {first_line(exc, 160)})"
+        ) from None
 
 
 def save_png(path: str | os.PathLike[str], image: np.ndarray) -> bytes:
@@ -66,10 +108,10 @@ def save_png(path: str | os.PathLike[str], image: np.ndarray) -> bytes:
     return data
 
 
-def read_png(path: str | os.PathLike[str]) -> tuple[np.ndarray, bytes]:
+def read_png(
+    path: str | os.PathLike[str], expected: tuple[int, int] | None = None, max_bytes: int = MAX_PNG_BYTES
+) -> tuple[np.ndarray, bytes]:
+    """(pixels, file bytes) of a PNG file; missing, a folder, too large or undecodable: one line."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise BadInputError(f"{p}: image file not found") from None
-    return decode_png(data, str(p)), data
+    data = read_bytes(p, "PNG image", max_bytes)
+    return decode_png(data, str(p), expected), data

@@ -18,10 +18,10 @@ import numpy as np
 from pydantic import Field
 
 from auditor.config import FrozenModel, GenerationSettings
-from auditor.documents import load_document
+from auditor.documents import load_document, read_bytes
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
-from auditor.images import read_png, save_png
+from auditor.images import MAX_PNG_BYTES, decode_png, save_png
 
 KEYSET_SCHEMA = "t2i-auditor.keyset/v1"
 KEYS_FILE = "keys.json"
@@ -42,13 +42,15 @@ class Key(FrozenModel):
     selection_seeds: tuple[int, ...] = Field(description="every seed selection used; audits must avoid them")
     image: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.png$")
     image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    score: float | None = Field(None, description="selection margin: base distance minus source distance")
-    source_distance: float | None = None
-    base_distance: float | None = None
+    score: float | None = Field(
+        None, allow_inf_nan=False, description="selection margin: base distance minus source distance"
+    )
+    source_distance: float | None = Field(None, allow_inf_nan=False)
+    base_distance: float | None = Field(None, allow_inf_nan=False)
 
 
 class SelectionRecord(FrozenModel):
-    delta0: float
+    delta0: float = Field(allow_inf_nan=False)
     distance: str
     requested: int
     candidates: int
@@ -111,8 +113,16 @@ def save_keyset(keyset: KeySet, images: np.ndarray, directory: str | os.PathLike
     return keyset.digest
 
 
+class KeyImageMismatch(BadInputError):
+    """A key image whose bytes do not hash to keys.json: the keyset was changed after selection.
+
+    Bad input to an audit (exit 2); `verify --keys` turns it into a VerificationError (exit 1),
+    a digest that did not verify.
+    """
+
+
 def load_keyset(directory: str | os.PathLike[str]) -> tuple[KeySet, np.ndarray]:
-    """Parse keys.json and every image, verifying each image's sha256 and size."""
+    """Parse keys.json and every image, verifying each image's sha256 (before decoding it) and size."""
     root = Path(directory)
     path = root / KEYS_FILE
     if not path.is_file():
@@ -120,16 +130,12 @@ def load_keyset(directory: str | os.PathLike[str]) -> tuple[KeySet, np.ndarray]:
     keyset = load_document(path, KeySet, what="keyset file", version=KEYSET_SCHEMA)
     images = []
     for key in keyset.keys:
-        image, data = read_png(root / key.image)
-        if sha256_bytes(data) != key.image_sha256:
-            raise BadInputError(
-                f"{root / key.image}: sha256 does not match keys.json (expected {key.image_sha256[:16]}..., "
+        where = root / key.image
+        data = read_bytes(where, "key image", MAX_PNG_BYTES)
+        if sha256_bytes(data) != key.image_sha256:  # hashed before a single pixel is decoded
+            raise KeyImageMismatch(
+                f"{where}: sha256 does not match keys.json (expected {key.image_sha256[:16]}..., "
                 f"got {sha256_bytes(data)[:16]}...); the keyset was modified after selection"
             )
-        if image.shape[:2] != (keyset.height, keyset.width):
-            raise BadInputError(
-                f"{root / key.image}: expected {keyset.height}x{keyset.width} pixels, got "
-                f"{image.shape[0]}x{image.shape[1]}"
-            )
-        images.append(image)
+        images.append(decode_png(data, str(where), expected=(keyset.height, keyset.width)))
     return keyset, np.stack(images)

@@ -114,3 +114,35 @@ def test_validation_errors_name_the_field(tmp_path):
         BadInputError, match=r"bad.json: field 'n': Input should be greater than or equal to 0"
     ):
         load_document(bad, Doc, what="doc", version="t2i-auditor.doc/v1")
+
+
+def test_yaml_duplicate_keys_are_refused_like_jsons(tmp_path):
+    """Two readers must never see two documents: PyYAML alone keeps the last of two keys."""
+    from auditor.documents import parse_yaml
+
+    with pytest.raises(BadInputError, match=r"line 2 \(duplicate key 'alpha'\)"):
+        parse_yaml("alpha: 0.5\nalpha: 0.01\n", "job.yaml")
+    with pytest.raises(BadInputError, match="duplicate key 'b'"):
+        parse_yaml("a: {b: 1, b: 2}\n", "job.yaml")
+    # a key merged in with << may still be overridden: that is YAML, not a duplicate
+    assert parse_yaml("x: &x {b: 1, c: 3}\ny:\n  <<: *x\n  b: 2\n", "job.yaml")["y"] == {"b": 2, "c": 3}
+
+
+def test_a_hostile_value_quoted_in_an_error_is_shortened(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": "v" * 1_000_000}))
+    with pytest.raises(BadInputError) as info:
+        load_document(bad, Doc, what="doc", version="t2i-auditor.doc/v1")
+    assert len(str(info.value)) <= 2000 and str(info.value).endswith("(message shortened)")
+
+
+def test_pipes_devices_and_folders_are_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.json")  # a plain open() would wait for a writer for ever
+    with pytest.raises(BadInputError, match="not a regular file"):
+        read_bytes(tmp_path / "fifo.json", "doc")
+    with pytest.raises(BadInputError, match="not a regular file"):
+        read_bytes("/dev/zero", "doc")
+    with pytest.raises(BadInputError, match="is a folder"):
+        read_bytes(tmp_path, "doc")

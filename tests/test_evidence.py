@@ -363,13 +363,23 @@ def test_commit_then_verify_with_keyset(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 2 and "already exists" in err
     assert (w.keys_dir / "commitment.json").read_bytes() == before
 
-    # a key image edited after the report: refused when the keyset is loaded
+    # a key image edited after the report: a failed verification (exit 1), like a changed prompt
     image = w.keys_dir / w.keyset.keys[2].image
     pixels = np.array(load_keyset(w.keys_dir)[1][2])
     pixels[0, 0, 0] ^= 0xFF
     image.write_bytes(encode_png(pixels))
     code, _, err = run(capsys, "verify", w.envelope, "--key", w.public, "--keys", w.keys_dir)
-    assert code == 2 and "sha256 does not match" in err
+    assert code == 1 and "sha256 does not match" in err
+    # ... and so is one replaced by a bomb (hashed before it is decoded), or by a folder
+    from hostile_server import png_bomb_header
+
+    image.write_bytes(png_bomb_header())
+    code, _, err = run(capsys, "verify", w.envelope, "--key", w.public, "--keys", w.keys_dir)
+    assert code == 1 and "sha256 does not match" in err
+    image.unlink()
+    image.mkdir()
+    code, _, err = run(capsys, "verify", w.envelope, "--key", w.public, "--keys", w.keys_dir)
+    assert code == 2 and "is a folder" in err  # unreadable: nothing to verify
 
 
 def test_keys_commit_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

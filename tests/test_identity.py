@@ -218,3 +218,69 @@ def test_identity_round_trips_and_forbids_absolute_names(tmp_path: Path) -> None
     data["name"] = "/home/someone/m"
     with pytest.raises(ValueError):
         ModelIdentity.model_validate(data)
+
+
+# ---------------------------------------------------------------- pickles by content, not by name
+
+
+def _no_unsafe_advice(text: str) -> None:
+    assert "weights_only=False" not in text and "set to `False`" not in text and "\n" not in text
+
+
+@pytest.mark.parametrize("name", ["evil.weights", "evil.model", "evil"])
+def test_a_pickle_under_any_name_is_checked(tmp_path: Path, name: str) -> None:
+    from auditor.backends import SuspectSpec, identify
+
+    marker = tmp_path / "marker"
+    checkpoint = tmp_path / name
+    torch.save({"w": torch.zeros(2), "x": _Payload(marker)}, checkpoint)
+    for kind in ("safetensors_file", "auto"):
+        with pytest.raises(BadInputError) as info:
+            identify(SuspectSpec(model=str(checkpoint), kind=kind))
+        _no_unsafe_advice(str(info.value))
+    with pytest.raises(BadInputError, match="GLOBAL exec") as info:
+        hash_model(checkpoint)
+    _no_unsafe_advice(str(info.value))
+    assert not marker.exists()
+
+
+def test_a_pickle_named_safetensors_is_refused_as_a_pickle(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "innocent.safetensors"
+    torch.save({"w": torch.zeros(2)}, checkpoint)  # even a harmless one: the name lies
+    for kind in (None, "lora_file"):
+        with pytest.raises(BadInputError, match="its content is a pickle"):
+            hash_model(checkpoint, kind)
+    legacy = tmp_path / "legacy.safetensors"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)  # a bare pickle
+    with pytest.raises(BadInputError, match="its content is a pickle"):
+        hash_model(legacy)
+
+
+def test_sniff_weights_reads_content_only(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from auditor.identity import sniff_weights
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "a.safetensors")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "b.txt", _use_new_zipfile_serialization=False)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "c.ckpt"))
+    (tmp_path / "d.bin").write_bytes(b"")
+    kinds = [sniff_weights(tmp_path / n) for n in ("a.safetensors", "b.txt", "c.ckpt", "d.bin")]
+    assert kinds == ["zip", "pickle", "safetensors", "other"]
+
+
+def test_the_refusal_keeps_torchs_reason_and_drops_its_advice() -> None:
+    from auditor.identity import unpickling_reason
+
+    message = (
+        "Weights only load failed. This file can still be loaded, to do so you have two options, "
+        "\x1b[1mdo those steps only if you trust the source of the checkpoint.\x1b[0m\n"
+        "\t(1) Re-running `torch.load` with `weights_only` set to `False` will likely succeed.\n"
+        "\t(2) Alternatively, to load with `weights_only=True` please check the steps below.\n"
+        "\tWeightsUnpickler error: Unsupported global: GLOBAL exec was not an allowed global by default. "
+        "Please use `torch.serialization.add_safe_globals([exec])`.\n\n"
+        "Check the documentation of torch.load to learn more about types accepted by default with weights_only"
+    )
+    reason = unpickling_reason(RuntimeError(message))
+    assert reason == "Unsupported global: GLOBAL exec was not an allowed global by default"
+    assert unpickling_reason(RuntimeError("Weights only load failed. weights_only")) == "RuntimeError"

@@ -64,7 +64,7 @@ def test_missing_image_and_missing_folder(tmp_path):
     keyset, images = make_keyset()
     save_keyset(keyset, images, tmp_path / "ks")
     (tmp_path / "ks" / "k002.png").unlink()
-    with pytest.raises(BadInputError, match="k002.png: image file not found"):
+    with pytest.raises(BadInputError, match="k002.png: key image not found"):
         load_keyset(tmp_path / "ks")
     with pytest.raises(BadInputError, match="keys.json, none found"):
         load_keyset(tmp_path / "nowhere")
@@ -140,3 +140,115 @@ def test_a_panel_drops_the_candidates_it_reproduces(tiny_pipeline, reference_mod
             base_ref=ref,
             panel=[(source, ModelRef(name="panel-0", digest="e" * 64))],
         )
+
+
+# ---------------------------------------------------------------- hostile keysets
+
+
+def _saved(tmp_path):
+    keyset, images = make_keyset(n=3)
+    save_keyset(keyset, images, tmp_path / "ks")
+    return tmp_path / "ks", json.loads((tmp_path / "ks" / "keys.json").read_text())
+
+
+def _one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+def test_a_key_image_is_hashed_before_it_is_decoded(tmp_path, monkeypatch):
+    from hostile_server import png_bomb_header
+
+    import auditor.keys as keys_module
+
+    root, _ = _saved(tmp_path)
+    (root / "k001.png").write_bytes(png_bomb_header())  # declares 20000x20000
+    decoded = []
+    monkeypatch.setattr(keys_module, "decode_png", lambda *a, **k: decoded.append(a) or np.zeros((32, 32, 3)))
+    with pytest.raises(keys_module.KeyImageMismatch) as info:
+        load_keyset(root)
+    assert "k001.png: sha256 does not match" in _one_line(info)
+    assert len(decoded) == 1  # k000 only: k001 was refused on its hash, undecoded
+
+
+def test_a_bomb_with_a_matching_hash_is_one_line(tmp_path):
+    from hostile_server import png_bomb_header
+
+    from auditor.fileio import sha256_bytes
+
+    root, raw = _saved(tmp_path)
+    bomb = png_bomb_header()
+    (root / "k001.png").write_bytes(bomb)
+    raw["keys"][1]["image_sha256"] = sha256_bytes(bomb)  # the owner's own keyset holds the bomb
+    (root / "keys.json").write_text(json.dumps(raw))
+    with pytest.raises(BadInputError) as info:
+        load_keyset(root)
+    assert "k001.png: expected 32x32 pixels, got 20000x20000" in _one_line(info)
+    # and without an expected size, PIL's bomb limit is a one-line refusal too
+    from auditor.images import decode_png
+
+    with pytest.raises(BadInputError, match="decompression bomb"):
+        decode_png(bomb, "bomb.png")
+
+
+def test_a_folder_or_a_fifo_in_place_of_a_key_image(tmp_path):
+    import os
+    import threading
+    import time
+
+    root, _ = _saved(tmp_path)
+    (root / "k001.png").unlink()
+    (root / "k001.png").mkdir()
+    with pytest.raises(BadInputError) as info:
+        load_keyset(root)
+    assert "k001.png: is a folder" in _one_line(info)
+    (root / "k001.png").rmdir()
+    os.mkfifo(root / "k001.png")  # would block a plain open() until a writer comes
+
+    def unblock() -> None:  # so that a reader that did block fails this test instead of hanging it
+        time.sleep(3)
+        try:
+            os.close(os.open(root / "k001.png", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # no reader waiting: the loader never blocked
+
+    threading.Thread(target=unblock, daemon=True).start()
+    with pytest.raises(BadInputError) as info:
+        load_keyset(root)
+    assert "not a regular file" in _one_line(info)
+
+
+def test_a_jpeg_in_place_of_a_key_png(tmp_path):
+    from hostile_server import jpeg_for
+
+    from auditor.fileio import sha256_bytes
+
+    root, raw = _saved(tmp_path)
+    jpeg = jpeg_for(32, 32)
+    (root / "k000.png").write_bytes(jpeg)
+    raw["keys"][0]["image_sha256"] = sha256_bytes(jpeg)
+    (root / "keys.json").write_text(json.dumps(raw))
+    with pytest.raises(BadInputError, match="expected a PNG image, found JPEG"):
+        load_keyset(root)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_scores_are_refused(tmp_path, value):
+    root, raw = _saved(tmp_path)
+    text = json.dumps(raw).replace('"score": 0.1', f'"score": {value}', 1)
+    (root / "keys.json").write_text(text)
+    with pytest.raises(BadInputError) as info:
+        load_keyset(root)
+    assert "keys.json" in _one_line(info)
+
+
+def test_a_non_finite_score_cannot_enter_a_keyset():
+    from pydantic import ValidationError
+
+    keyset, _ = make_keyset(n=1)
+    for field in ("score", "source_distance", "base_distance"):
+        with pytest.raises(ValidationError):
+            type(keyset.keys[0]).model_validate({**keyset.keys[0].model_dump(), field: float("nan")})
+    with pytest.raises(ValidationError):
+        type(keyset.selection).model_validate({**keyset.selection.model_dump(), "delta0": float("inf")})

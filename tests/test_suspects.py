@@ -240,3 +240,40 @@ def test_lora_applied_to_its_base(tiny_pipeline, tmp_path, folder_images):
     assert images.shape == folder_images.shape and not np.array_equal(images, folder_images)
     note = active.describe().note
     assert "LoRA lora.safetensors (16 layers) on base model (digest " in note
+
+
+# ---------------------------------------------------------------- pickles inside a folder
+
+
+def _pickled_text_encoder(tiny_pipeline: Path, target: Path, extra=None) -> Path:
+    """A copy of the tiny pipeline whose text encoder is a pickled pytorch_model.bin."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(tiny_pipeline, target)
+    weights = next((target / "text_encoder").glob("*.safetensors"))
+    state = load_file(str(weights))
+    weights.unlink()
+    if extra is not None:
+        state["x"] = extra
+    torch.save(state, target / "text_encoder" / "pytorch_model.bin")
+    return target
+
+
+def test_a_malicious_pickle_inside_a_folder_is_refused_in_one_line(tiny_pipeline, tmp_path):
+    from test_identity import _Payload
+
+    marker = tmp_path / "marker"
+    folder = _pickled_text_encoder(tiny_pipeline, tmp_path / "evil", extra=_Payload(marker))
+    with pytest.raises(BadInputError, match=r"pytorch_model.bin: pickled checkpoint refused") as info:
+        open_suspect(str(folder), device="cpu")
+    text = str(info.value)
+    assert "\n" not in text and "weights_only=False" not in text and "set to `False`" not in text
+    assert not marker.exists()
+
+
+def test_a_harmless_pickle_inside_a_folder_still_loads(tiny_pipeline, tmp_path, folder_images):
+    folder = _pickled_text_encoder(tiny_pipeline, tmp_path / "plain")
+    images = open_suspect(str(folder), device="cpu").generate(PROMPTS, SEEDS, SETTINGS)
+    np.testing.assert_array_equal(images, folder_images)

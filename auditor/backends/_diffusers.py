@@ -7,8 +7,9 @@ here too, as a pipeline assembled elsewhere (`TorchGenerator.from_pipeline`).
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from auditor.backends._base import (
     resolve_device,
 )
 from auditor.config import GenerationSettings
-from auditor.errors import BadInputError, first_line
+from auditor.errors import BadInputError, TransientError, first_line
+from auditor.identity import check_folder_pickles, unpickling_reason
 from auditor.images import quantize
 
 _SCHEDULERS = {
@@ -43,6 +45,103 @@ def make_scheduler(name: str, base_config: dict):
 
     class_name, overrides = _SCHEDULERS[name]
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
+
+
+_INDEXED_BY_TIMESTEP = ("ddim", "ddpm", "pndm")
+_checked: dict[str, None] = {}  # settings and scheduler configs already dry-run in this process
+
+
+def check_scheduler_settings(
+    settings: GenerationSettings, scheduler_config: dict, where: str = "generation settings"
+) -> None:
+    """Refuse settings the model's scheduler cannot run, before any generation.
+
+    Some fail only deep inside a generation: DDIM and DDPM with `steps_offset` 1 index past
+    their training timesteps at `steps=1000` (IndexError), PNDM cannot run 1 to 3 steps. The
+    scheduler alone is cheap, so it is run dry: `set_timesteps`, every timestep inside
+    [0, num_train_timesteps) for the schedulers that index by it, and each `step` on a 1x1
+    latent. Cached per process.
+    """
+    import json
+    import warnings
+
+    import torch
+
+    token = json.dumps(
+        [settings.scheduler, settings.steps, settings.eta, scheduler_config], sort_keys=True, default=str
+    )
+    if token in _checked:
+        return
+    name, steps = settings.scheduler, settings.steps
+    quiet_hf_libraries()  # diffusers logs unknown config fields on stderr: one-line errors only
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler = make_scheduler(name, scheduler_config)
+            scheduler.set_timesteps(steps)
+            train = int(scheduler.config.num_train_timesteps)
+            timesteps = scheduler.timesteps
+            indexed = (
+                name in _INDEXED_BY_TIMESTEP
+            )  # these index alphas_cumprod[t]; sigma schedulers interpolate
+            if indexed and len(timesteps) and (float(timesteps.max()) >= train or float(timesteps.min()) < 0):
+                raise BadInputError(
+                    f"{where}: steps {steps} with the {name} scheduler reach timestep {int(timesteps.max())}, "
+                    f"outside this model's {train} training timesteps (steps_offset "
+                    f"{scheduler.config.get('steps_offset', 0)}); use fewer steps"
+                )
+            params = set(inspect.signature(scheduler.step).parameters)
+            extra = {"eta": settings.eta} if "eta" in params else {}
+            if "generator" in params:
+                extra["generator"] = torch.Generator("cpu").manual_seed(0)
+            latent = torch.zeros(1, 1, 1, 1) * scheduler.init_noise_sigma
+            for t in timesteps:
+                model_input = scheduler.scale_model_input(latent, t)
+                latent = scheduler.step(torch.zeros_like(model_input), t, latent, return_dict=False, **extra)[
+                    0
+                ]
+    except BadInputError:
+        raise
+    except Exception as exc:  # the scheduler's own refusal, or the crash a generation would meet
+        raise BadInputError(
+            f"{where}: steps {steps} with the {name} scheduler cannot run on this model's scheduler "
+            f"({type(exc).__name__}: {first_line(exc, 120)}); try other steps or another scheduler"
+        ) from None
+    _checked[token] = None
+
+
+def check_folder_settings(
+    folder: str | os.PathLike[str], settings: GenerationSettings, where: str = ""
+) -> None:
+    """`check_scheduler_settings` against the scheduler config of a pipeline folder or engine bundle
+    (FOLDER/scheduler/scheduler_config.json), without loading any weights."""
+    from auditor.documents import parse_json, read_bytes
+
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    config = parse_json(read_bytes(path, "scheduler config", 1 << 20), str(path))
+    if not isinstance(config, dict):
+        raise BadInputError(f"{path}: expected a JSON object (a diffusers scheduler config)")
+    check_scheduler_settings(settings, config, where or f"{Path(folder).name}: generation settings")
+
+
+def check_spec_settings(spec, settings: GenerationSettings) -> None:
+    """Refuse `settings` a suspect's scheduler cannot run, before anything is loaded or generated.
+
+    For the workflow to call on every suspect and reference before any generation: the
+    folder whose scheduler a SuspectSpec will run is the model itself (a diffusers folder or
+    an engine bundle), its `config` (a single-file checkpoint) or its `base` (a LoRA); an
+    HTTP endpoint's scheduler is the server's business.
+    """
+    kind = spec.resolved_kind()
+    folder = {"diffusers_folder": spec.model, "engine_bundle": spec.model}.get(kind)
+    folder = folder or {"safetensors_file": spec.config, "lora_file": spec.base}.get(kind)
+    if folder is None or not (Path(folder) / "scheduler" / "scheduler_config.json").is_file():
+        return  # an HTTP suspect, or a folder that fails to open with its own message later
+    check_folder_settings(folder, settings, f"{Path(spec.model).name}: generation settings")
+
+
+class GenerationStopped(TransientError):
+    """A generation ended early because its caller asked (`stop`): nothing wrong with the input."""
 
 
 def validate_pipeline_folder(path: Path) -> None:
@@ -78,6 +177,7 @@ class TorchGenerator:
         validate_pipeline_folder(path)
         check_dtype(dtype)
         device = resolve_device(device)
+        check_folder_pickles(path)  # pickled weights (any name): torch's weights_only check, one line
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 path,
@@ -87,9 +187,10 @@ class TorchGenerator:
                 requires_safety_checker=False,
                 local_files_only=True,
             )
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except Exception as exc:  # diffusers, transformers and torch raise many types on a bad folder
+            reason = unpickling_reason(exc) if "weights_only" in str(exc) else first_line(exc)
             raise BadInputError(
-                f"{path}: could not load the diffusers pipeline ({first_line(exc)})"
+                f"{path}: could not load the diffusers pipeline ({type(exc).__name__}: {reason})"
             ) from None
         self._setup(pipe, path=path, device=device, dtype=dtype, batch_size=batch_size, note=None)
 
@@ -125,15 +226,44 @@ class TorchGenerator:
             note=self.note,
         )
 
+    def check_settings(self, settings: GenerationSettings) -> None:
+        """Refuse settings this model's scheduler cannot run (`check_scheduler_settings`)."""
+        check_scheduler_settings(
+            settings, self._base_scheduler_config, f"{self.path.name}: generation settings"
+        )
+
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) the model generates when none is asked for: its UNet's sample size in pixels."""
+        sample = self.pipe.unet.config.sample_size
+        height, width = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        scale = int(getattr(self.pipe, "vae_scale_factor", 8))
+        return int(height) * scale, int(width) * scale
+
     def generate(
-        self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        settings: GenerationSettings,
+        *,
+        stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
+        """uint8 images; `stop` (checked after every denoising step) ends the generation early
+        with GenerationStopped, e.g. when `serve` gives up on a request."""
         import torch
 
         check_pairs(prompts, seeds)
+        self.check_settings(settings)  # before any work: a late IndexError deep in the scheduler is no answer
         self.pipe.scheduler = make_scheduler(settings.scheduler, self._base_scheduler_config)
+
+        def on_step_end(pipe, step, timestep, tensors):
+            if stop is not None and stop():
+                raise GenerationStopped(f"generation stopped after {step + 1} of {settings.steps} steps")
+            return tensors
+
         out = []
         for part in chunks(len(prompts), self.batch_size):
+            if stop is not None and stop():
+                raise GenerationStopped("generation stopped before it started")
             batch_prompts = list(prompts[part])
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[part]]
             with torch.inference_mode():
@@ -149,6 +279,7 @@ class TorchGenerator:
                     eta=settings.eta,
                     generator=generators,
                     output_type="np",
+                    callback_on_step_end=on_step_end if stop is not None else None,
                 )
             out.append(quantize(result.images))
         if not out:

@@ -3,7 +3,10 @@
 The auditor can only send prompts and read back PNGs, so this is where everything a hostile
 or flaky endpoint can do is bounded:
 
-- **time**: one deadline per request (connect, send, wait and read together), `timeout_s`;
+- **time**: one wall-clock deadline per request, `timeout_s`, covering name resolution,
+  connect, TLS, sending, the status line, the headers and the body together: a watchdog
+  shuts the socket down when it passes (`auditor.deadline`), so no reply pattern (a hang,
+  a drip of one byte a second) can hold a request longer; it fails as a timeout;
 - **retries**: connection errors, timeouts, HTTP 5xx and 429 and malformed answers are
   retried up to `retries` times with exponential backoff; any other 4xx is not (the request
   itself is wrong, so repeating it cannot help);
@@ -12,17 +15,27 @@ or flaky endpoint can do is bounded:
   cannot fit is refused before its first request, and running out midway is a
   `BadInputError` (exit 2): a rerun would spend the same budget the same way, so raise the
   budget instead of retrying the job;
-- **size**: a body over `max_response_bytes` is refused without reading it whole, and a
-  PNG whose header declares any size other than the requested one is refused before its
-  pixels are decoded (no decompression bombs).
+- **size**: a body over `max_response_bytes` is refused without reading it whole, a body of
+  more than `MAX_REPLY_VALUES` JSON values is refused before it is parsed (a reply of
+  millions of tiny objects would take gigabytes as Python objects), and a PNG whose header
+  declares any size other than the requested one is refused before its pixels are decoded
+  (no decompression bombs);
+- **classification**: every failure of an attempt is either *network* (refused, reset,
+  timed out, truncated before its Content-Length: a later run may not see it, so running
+  out of retries is a TransientError, exit 75) or *malformed* (not HTTP, not JSON, too deep,
+  numbers too long, wrong types, not a PNG, wrong size: a BadInputError, exit 2); nothing a
+  server sends escapes as another exception.
 
 Stealth: the key prompts of each `generate` call are sent interleaved with decoy prompts
 (from a decoy list, or words of the key prompts recombined) in a seeded random order, with
 the same seeds the keys use, so the endpoint cannot tell which queries are keys. Decoys are
 not scored; `describe()` reports the query count.
 
-The auth header's value comes from an environment variable named in the options and is
-never written into a report, a log or an error message. Every returned PNG's sha256 is kept
+The auth header's value comes from an environment variable named in the options, must be
+printable ASCII (a control character, such as the trailing newline of a Kubernetes Secret
+made from a file, is refused with a line that does not show the value), and is registered
+with `auditor.errors.register_secret`, so it is scrubbed from every error message and
+record. Every returned PNG's sha256 is kept
 in a transcript (`transcript()`), whose digest pins the endpoint's answers in a report.
 """
 
@@ -49,12 +62,17 @@ from pydantic import Field
 import auditor.backends._a1111 as a1111
 from auditor.backends._base import BackendInfo, check_pairs
 from auditor.config import FrozenModel, GenerationSettings
+from auditor.deadline import Watchdog
 from auditor.documents import parse_json
-from auditor.errors import BadInputError, TransientError
+from auditor.errors import BadInputError, TransientError, register_secret
 from auditor.fileio import canonical_json, sha256_bytes
+from auditor.images import png_size
 
 TRANSCRIPT_SCHEME = "t2i-auditor-http-transcript-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# An A1111 reply is {"images": [...], "parameters": {...}, "info": "..."}: a few hundred
+# values. Far more is not an answer but an attempt to exhaust memory.
+MAX_REPLY_VALUES = 100_000
 
 
 class HttpOptions(FrozenModel):
@@ -112,12 +130,42 @@ class _Retryable(Exception):
 
 def redact_url(url: str) -> str:
     """scheme://host:port only: no credentials, path or query string (they may hold tokens)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port: int | str = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # an unparsable URL: name none of it
+        return "(an invalid URL)"
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{host}:{port}"
+
+
+def check_secret(value: str, variable: str) -> str:
+    """`value` if it can be an HTTP header value (printable ASCII), else one line that never shows it."""
+    bad = next((i for i, char in enumerate(value) if not " " <= char <= "~"), None)
+    if bad is None:
+        return value
+    char = value[bad]
+    if bad >= len(value.rstrip("\r\n")):
+        what = "ends in a newline (a Kubernetes Secret or file read with its line end?); strip it"
+    elif ord(char) < 32 or ord(char) == 127:
+        what = f"holds a control character (code {ord(char)}) at position {bad + 1}"
+    else:
+        what = f"holds a non-ASCII character at position {bad + 1}"
+    raise BadInputError(
+        f"http.auth_env: environment variable {variable} {what}; an HTTP header value must be printable "
+        "ASCII (the value is not shown)"
+    )
+
+
+def _check_url(url: str) -> None:
+    """Refuse what http.client would refuse mid-request (spaces, control or non-ASCII characters)."""
+    bad = next((char for char in url if not "!" <= char <= "~"), None)
+    if bad is not None:
+        raise BadInputError(
+            f"{redact_url(url)}: the URL holds a space, control or non-ASCII character; percent-encode it"
+        )
 
 
 class HttpGenerator:
@@ -125,9 +173,14 @@ class HttpGenerator:
 
     def __init__(self, url: str, options: HttpOptions | None = None, name: str | None = None) -> None:
         self.options = options or HttpOptions()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadInputError(f"{url!r}: expected an http:// or https:// URL with a host")
+        _check_url(url)
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:
+            raise BadInputError(f"{redact_url(url)}: not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise BadInputError(f"{redact_url(url)}: expected an http:// or https:// URL with a host")
         if parts.username or parts.password:
             raise BadInputError(
                 f"{redact_url(url)}: credentials in the URL are not accepted (they would end up in logs); "
@@ -138,7 +191,7 @@ class HttpGenerator:
         except ValueError:
             raise BadInputError(f"{redact_url(url)}: invalid port in the URL") from None
         self.scheme = parts.scheme
-        self.host = parts.hostname
+        self.host = hostname
         default_path = a1111.A1111_PATH if self.options.api == "a1111" else a1111.GENERIC_PATH
         path = parts.path if parts.path not in ("", "/") else default_path
         self.path = path + (f"?{parts.query}" if parts.query else "")
@@ -152,7 +205,8 @@ class HttpGenerator:
                     f"http.auth_env: environment variable {self.options.auth_env} is not set or empty "
                     "(expected the value of the auth header)"
                 )
-            self._auth = (self.options.auth_header, value)
+            register_secret(value)  # before the check: whatever happens next never shows it
+            self._auth = (self.options.auth_header, check_secret(value, self.options.auth_env))
         seed = self.options.stealth_seed if self.options.stealth_seed is not None else secrets.randbits(63)
         self.stealth_seed = seed
         self._rng = random.Random(seed)  # decoys and order only: the plan depends on the seed alone
@@ -278,6 +332,11 @@ class HttpGenerator:
                 status, data = self._post(body)
                 if status == 429 or 500 <= status <= 599:
                     raise _Retryable(f"HTTP {status}", network=True)
+                if 300 <= status <= 399:
+                    raise BadInputError(
+                        f"{self.endpoint} answered HTTP {status}, a redirect (not followed: give the "
+                        "final URL of the API)"
+                    )
                 if status != 200:
                     raise BadInputError(
                         f"{self.endpoint} answered HTTP {status} (not retried: the request was "
@@ -311,65 +370,77 @@ class HttpGenerator:
         self._last_start = now
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
+        """One request under one wall-clock deadline (see the module docstring); (status, body)."""
         opts = self.options
-        deadline = time.monotonic() + opts.timeout_s
-
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Retryable(f"timed out after {opts.timeout_s:g} s", network=True)
-            return left
-
+        timed_out = _Retryable(f"timed out after {opts.timeout_s:g} s", network=True)
         headers = {"Content-Type": "application/json", "Accept": "application/json", "Connection": "close"}
         if self._auth:
             headers[self._auth[0]] = self._auth[1]
+        with Watchdog(time.monotonic() + opts.timeout_s) as watchdog:
+
+            def left() -> float:
+                if watchdog.expired():
+                    raise timed_out
+                return watchdog.remaining()
+
+            conn = self._connection(watchdog)
+            try:
+                conn.request("POST", self.path, body=body, headers=headers)
+                if conn.sock is not None:
+                    conn.sock.settimeout(left())
+                response = conn.getresponse()
+                length = (response.getheader("Content-Length") or "").strip()
+                if length.isdigit() and (len(length) > 15 or int(length) > opts.max_response_bytes):
+                    raise _Retryable(
+                        f"response of {length[:20]} bytes exceeds http.max_response_bytes = "
+                        f"{opts.max_response_bytes}",
+                        network=False,
+                    )
+                data = bytearray()
+                while True:
+                    if conn.sock is not None:
+                        conn.sock.settimeout(left())
+                    chunk = response.read(min(1 << 16, opts.max_response_bytes + 1 - len(data)))
+                    if not chunk:
+                        break
+                    data += chunk
+                    if len(data) > opts.max_response_bytes:
+                        raise _Retryable(
+                            f"response exceeds http.max_response_bytes = {opts.max_response_bytes}",
+                            network=False,
+                        )
+                if watchdog.expired():  # the watchdog's shutdown reads as an early end of data
+                    raise timed_out
+                if response.length:  # http.client returns what came when the peer closes early
+                    raise _Retryable(
+                        f"reply truncated: {len(data)} bytes, {response.length} fewer than its Content-Length",
+                        network=True,
+                    )
+                return response.status, bytes(data)
+            except _Retryable:
+                raise
+            except Exception as exc:  # whatever a hostile peer makes http.client or ssl raise
+                if watchdog.expired():
+                    raise timed_out from None
+                raise _classify(exc) from None
+            finally:
+                conn.close()
+
+    def _connection(self, watchdog: Watchdog) -> http.client.HTTPConnection:
+        """An HTTP(S) connection whose sockets the watchdog shuts down at the deadline."""
         if self.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=opts.timeout_s, context=ssl.create_default_context()
+                self.host, self.port, timeout=self.options.timeout_s, context=ssl.create_default_context()
             )
         else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=opts.timeout_s)
-        try:
-            conn.request("POST", self.path, body=body, headers=headers)
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining())
-            response = conn.getresponse()
-            length = response.getheader("Content-Length")
-            if length is not None and length.strip().isdigit() and int(length) > opts.max_response_bytes:
-                raise _Retryable(
-                    f"response of {int(length)} bytes exceeds http.max_response_bytes = {opts.max_response_bytes}",
-                    network=False,
-                )
-            chunks, size = [], 0
-            while True:
-                if conn.sock is not None:
-                    conn.sock.settimeout(remaining())
-                chunk = response.read(min(1 << 16, opts.max_response_bytes + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > opts.max_response_bytes:
-                    raise _Retryable(
-                        f"response exceeds http.max_response_bytes = {opts.max_response_bytes}", network=False
-                    )
-            return response.status, b"".join(chunks)
-        except _Retryable:
-            raise
-        except TimeoutError:
-            raise _Retryable(f"timed out after {opts.timeout_s:g} s", network=True) from None
-        except ConnectionRefusedError:
-            raise _Retryable("connection refused", network=True) from None
-        except (OSError, http.client.HTTPException) as exc:
-            reason = type(exc).__name__ + (f": {exc.strerror}" if getattr(exc, "strerror", None) else "")
-            raise _Retryable(f"connection failed ({reason})", network=True) from None
-        finally:
-            conn.close()
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.options.timeout_s)
+        conn._create_connection = watchdog.create_connection  # type: ignore[attr-defined]
+        return conn
 
     def _extract_png(self, data: bytes) -> bytes:
         try:
-            obj = parse_json(data, "response")
-        except BadInputError as exc:  # syntax, depth, number size, NaN, duplicate keys
+            obj = parse_json(data, "response", max_values=MAX_REPLY_VALUES)
+        except BadInputError as exc:  # syntax, depth, number size, NaN, duplicate keys, too many values
             raise _Retryable(f"malformed JSON in the {exc}", network=False) from None
         if not isinstance(obj, dict):
             raise _Retryable("response is not a JSON object", network=False)
@@ -396,6 +467,11 @@ class HttpGenerator:
     def _decode(png: bytes, height: int, width: int) -> np.ndarray:
         from PIL import Image
 
+        declared = png_size(png)  # from the header bytes, before PIL even opens it
+        if declared is not None and declared != (height, width):
+            raise _Retryable(
+                f"returned image is {declared[1]}x{declared[0]}, requested {width}x{height}", network=False
+            )
         try:
             with Image.open(io.BytesIO(png)) as img:
                 if img.format != "PNG":
@@ -411,3 +487,22 @@ class HttpGenerator:
             raise
         except Exception as exc:  # PIL raises many types on corrupt data, DecompressionBombError included
             raise _Retryable(f"undecodable PNG ({type(exc).__name__})", network=False) from None
+
+
+def _classify(exc: BaseException) -> _Retryable:
+    """A failed attempt as network (a later run may not see it) or malformed (the peer's answer)."""
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return _Retryable("timed out", network=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return _Retryable("connection refused", network=True)
+    if isinstance(exc, http.client.IncompleteRead):
+        return _Retryable("reply truncated before its end", network=True)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _Retryable("TLS certificate not trusted", network=False)
+    if isinstance(exc, OSError):  # resets, unreachable hosts, TLS failures; RemoteDisconnected too
+        reason = name + (f": {exc.strerror}" if exc.strerror else "")
+        return _Retryable(f"connection failed ({reason})", network=True)
+    if isinstance(exc, http.client.HTTPException):  # not HTTP: bad status line, header flood
+        return _Retryable(f"malformed HTTP reply ({name})", network=False)
+    return _Retryable(f"unreadable reply ({name})", network=False)

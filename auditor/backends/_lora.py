@@ -12,7 +12,7 @@ from pathlib import Path
 
 from auditor.backends._diffusers import TorchGenerator
 from auditor.errors import BadInputError, first_line
-from auditor.identity import SAFETENSORS_SUFFIX, read_safetensors_header
+from auditor.identity import SAFETENSORS_SUFFIX, read_safetensors_header, sniff_weights
 
 _LORA_SUFFIXES = (
     ".lora_A.weight",
@@ -80,8 +80,8 @@ def load_lora(
         raise BadInputError(
             f"{path}: a LoRA file needs `base`, the diffusers folder of the model it was trained on"
         )
-    if path.suffix.lower() != SAFETENSORS_SUFFIX:
-        raise BadInputError(f"{path}: expected a LoRA in .safetensors format")
+    if path.suffix.lower() != SAFETENSORS_SUFFIX or sniff_weights(path) in ("pickle", "zip"):
+        raise BadInputError(f"{path}: expected a LoRA in safetensors format (a pickle is refused)")
     base_path = Path(base)
     base_gen = TorchGenerator(base_path, device=device, dtype=dtype, batch_size=batch_size)
     pipe = base_gen.pipe

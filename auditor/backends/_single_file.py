@@ -15,10 +15,11 @@ from auditor.backends._base import check_dtype, quiet_hf_libraries, resolve_devi
 from auditor.backends._diffusers import TorchGenerator, validate_pipeline_folder
 from auditor.errors import BadInputError, first_line
 from auditor.identity import (
-    PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
     check_pickle_weights_only,
     read_safetensors_header,
+    sniff_weights,
+    unpickling_reason,
 )
 
 
@@ -38,9 +39,12 @@ def load_single_file(
         validate_pipeline_folder(config_dir)
     except BadInputError as exc:
         raise BadInputError(f"config for {path.name}: {exc}") from None
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    # by content, not suffix: a pickle under any name is checked, anything else must be safetensors
+    if sniff_weights(path) in ("pickle", "zip"):
+        if path.suffix.lower() == SAFETENSORS_SUFFIX:
+            raise BadInputError(f"{path}: named .safetensors, but its content is a pickle; refused")
         check_pickle_weights_only(path)
-    elif path.suffix.lower() == SAFETENSORS_SUFFIX:
+    else:
         read_safetensors_header(path)  # a truncated or malformed file fails here, with its name
     check_dtype(dtype)
     quiet_hf_libraries()
@@ -56,9 +60,10 @@ def load_single_file(
             requires_safety_checker=False,
         )
     except Exception as exc:  # diffusers raises many types while converting a checkpoint
+        reason = unpickling_reason(exc) if "weights_only" in str(exc) else first_line(exc)
         raise BadInputError(
             f"{path.name}: could not load it as a single-file Stable Diffusion checkpoint with the configs of "
-            f"{config_dir.name} ({type(exc).__name__}: {first_line(exc)})"
+            f"{config_dir.name} ({type(exc).__name__}: {reason})"
         ) from None
     return TorchGenerator.from_pipeline(
         pipe,

@@ -167,14 +167,28 @@ class BatchRunner:
         return report
 
     def record_error(self, name: str, exc: BaseException) -> Outcome:
+        """Write errors/NAME.json and log one line; every configured secret scrubbed from both.
+
+        The job's auth header values (`http.auth_env` of every suspect) are scrubbed as well as
+        those registered by the generators of this process: an exception's text or traceback
+        may quote a header value (http.client's "Invalid header value b'...'" does).
+        """
+        from auditor.errors import scrub
+
+        job_secrets = tuple(
+            os.environ.get(entry.http.auth_env) or ""
+            for entry in self.job.entries
+            if isinstance(entry, SuspectEntry) and entry.http is not None and entry.http.auth_env
+        )
         if isinstance(exc, AuditorError):
             message, code, trace = str(exc), exc.exit_code, None
         else:
-            first = " ".join(str(exc).split())[:300]
+            first = " ".join(scrub(str(exc), job_secrets).split())[:300]
             message = (
                 f"unexpected {type(exc).__name__}: {first} (a bug or an exhausted resource; see traceback)"
             )
-            code, trace = EXIT_TRANSIENT, "".join(traceback.format_exception(exc))
+            code, trace = EXIT_TRANSIENT, scrub("".join(traceback.format_exception(exc)), job_secrets)
+        message = scrub(message, job_secrets)
         if not message.startswith(f"suspect {name!r}"):
             message = f"suspect {name!r}: {message}"
         record = ErrorRecord(
