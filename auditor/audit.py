@@ -100,14 +100,14 @@ def audit_seeds(
     return out
 
 
-def audit_token(keyset: KeySet, config: AuditConfig, settings: GenerationSettings) -> str:
+def audit_token(keyset: KeySet | str, config: AuditConfig, settings: GenerationSettings) -> str:
     """sha256 over what decides every regenerated image and distance: keyset, audit config (nonce,
     J, distance, delta0, key count) and generation settings. References are comparable with a
     suspect only when their tokens are equal."""
     relevant = config.model_dump(mode="json", exclude={"batch_size", "conf_threshold", "min_references"})
     document = {
         "scheme": "t2i-auditor-audit-token-v1",
-        "keyset": keyset.digest,
+        "keyset": keyset if isinstance(keyset, str) else keyset.digest,
         "config": relevant,
         "settings": settings.model_dump(mode="json"),
     }

@@ -10,10 +10,13 @@ among models (docs/method.md derives each step):
    mean for that key and scaled by their pooled spread: z_i = (x_i - mean_r x_ri) / s.
    Easy and hard keys then weigh alike; z_i < 0 is "closer than innocent models get".
 2. **Two model-level statistics.** global = -median_i z_i (the whole model closer to
-   the keys, what a rho = 1 copy does); sparse = -mean of the lowest quarter of
-   (z_i - median z) (a few keys copied closely while the rest look innocent, what a low
-   share of copied training data does; centering on the model's own median takes out
-   a model-wide shift, the way innocent models differ most).
+   the keys, what a rho = 1 copy does); sparse = log((median - mean of the lowest
+   quarter + e) / (mean of the highest quarter - median + e)), the asymmetry of the
+   model's own z's (a few keys copied closely while the rest look innocent, what a low
+   share of copied training data does). It is free of the model's own location and
+   scale: a model-wide shift, or a noisier model whose keys spread more on both sides,
+   leaves it where an innocent model's is; and it counts only when the low tail is
+   below the references (mean of the lowest quarter of z < 0).
 3. **Their null from the references themselves.** Each reference is scored against the
    others (leave-one-out), giving n draws of each statistic from the innocent
    population. The suspect is one more draw under the null, so each statistic gets a
@@ -23,8 +26,10 @@ among models (docs/method.md derives each step):
 
 `inconclusive`, with the reason, when there are fewer than `min_references` references,
 when even an extreme suspect could not reach alpha (`min_p_value`), when the references
-do not vary, or when one reference looks unlike the others (a two-sided outlier check,
-Bonferroni over references and statistics at SANITY_ALPHA).
+do not vary or vary less than one model's own seed noise allows independent models to
+(the same model listed several times under other files), or when one reference looks
+unlike the others (a two-sided outlier check, Bonferroni over references and statistics
+at SANITY_ALPHA).
 
 The paper's figures stay beside it: conf (the share of keys under delta0) and an exact
 binomial on hit counts, labelled with the assumption it makes (keys independent, a null
@@ -47,9 +52,13 @@ from auditor.config import FrozenModel
 
 VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
 
+METHOD = "t2i-auditor.model-test/v1"  # a report records it; verify refuses a method it does not know
 FLOOR = 0.01  # distances below this are one reproduction, however faithful (about 2.5/255 RMS)
-SPARSE_FRACTION = 0.25  # the sparse statistic averages the lowest quarter of the keys
+SPARSE_FRACTION = 0.25  # the sparse statistic compares the lowest and the highest quarter of the keys
+TAIL_EPS = 0.1  # z units: keeps the asymmetry finite when a tail is flat (ties at the floor)
+DUPLICATE_RATIO = 0.2  # references spread less than this share of one model's seed noise: duplicates
 SANITY_ALPHA = 0.01
+P_SHOWN_BELOW = 1e-6  # smaller p-values are shown as "< 1e-6": the normal model says nothing that far out
 TEST_NAME = "model-level prediction t-test (global and sparse statistics, Bonferroni)"
 BINOMIAL_ASSUMPTION = (
     "keys as independent trials with a known null hit rate (the pooled references'); "
@@ -89,10 +98,19 @@ def sparse_keys(num_keys: int) -> int:
 
 
 def model_statistics(z: np.ndarray) -> tuple[float, float]:
-    """(global, sparse): -median z, and -mean of the lowest quarter of z - median z."""
+    """(global, sparse): -median z, and the log ratio of the low tail's to the high tail's reach
+    from the median (lowest and highest quarters), each widened by TAIL_EPS."""
     center = float(np.median(z))
-    lowest = np.sort(z - center)[: sparse_keys(len(z))]
-    return -center, -float(lowest.mean())
+    ordered = np.sort(z)
+    k = sparse_keys(len(z))
+    low = center - float(ordered[:k].mean())
+    high = float(ordered[-k:].mean()) - center
+    return -center, math.log((low + TAIL_EPS) / (high + TAIL_EPS))
+
+
+def low_tail_is_closer(z: np.ndarray) -> bool:
+    """The sparse statistic speaks of copying only when the low tail is closer than innocent models."""
+    return float(np.sort(z)[: sparse_keys(len(z))].mean()) < 0.0
 
 
 def leave_one_out(references: np.ndarray) -> np.ndarray:
@@ -112,7 +130,7 @@ def prediction_pvalue(value: float, null: np.ndarray) -> tuple[float, float]:
     n = len(null)
     sd = float(np.std(null, ddof=1))
     if sd <= 0:
-        raise ValueError("the null draws do not vary")
+        return math.inf if value > float(np.mean(null)) else 0.0, 1.0  # no spread to measure against
     t = (value - float(np.mean(null))) / (sd * math.sqrt(1.0 + 1.0 / n))
     return t, float(stats.t.sf(t, n - 1))
 
@@ -124,6 +142,7 @@ class ModelTest(FrozenModel):
     """Every number of the model-level test; `auditor.calibration` recomputes them all from the
     distances in the report."""
 
+    method: str = Field(METHOD, description="which version of the test computed these numbers")
     test: str = TEST_NAME
     floor: float
     sparse_keys: int = Field(description="how many keys the sparse statistic averages")
@@ -137,7 +156,10 @@ class ModelTest(FrozenModel):
     df: int
     p_values: dict[str, float]
     p_value: float = Field(description="min(1, 2 min(p_global, p_sparse))")
-    min_p_value: float = Field(description="the smallest p-value these references let any suspect reach")
+    min_p_value: float = Field(
+        description="the p-value of an extreme suspect (every key, or the hardest quarter, at the floor):"
+        " the audit's power gate, not a bound"
+    )
     sanity_p_value: float = Field(
         description="the smallest outlier p-value among the references (Bonferroni-adjusted, two-sided)"
     )
@@ -180,6 +202,8 @@ def model_test(suspect: Sequence[float], references: Sequence[Sequence[float]]) 
     t, p = {}, {}
     for i, name in enumerate(names):
         t[name], p[name] = prediction_pvalue(values[i], null[:, i])
+    if not low_tail_is_closer(z):
+        p["sparse"] = 1.0  # a lopsided model whose low tail is no closer than innocent models: no copy
     # An extreme suspect: every key at the floor (global), or the keys hardest for innocent
     # models at the floor and the rest at the references' mean (sparse).
     floor = math.log(FLOOR)
@@ -237,6 +261,21 @@ def binomial_figure(hits: int, trials: int, reference_hits: Sequence[int]) -> Bi
     return BinomialFigure(hits=hits, trials=trials, p0=p0, p_value=p_value)
 
 
+def show_p(p: float) -> str:
+    """A p-value as a report states it: three digits, or "< 1e-06" far out in the tail."""
+    return f"< {P_SHOWN_BELOW:g}" if p < P_SHOWN_BELOW else f"= {p:.3g}"
+
+
+def seed_noise(seed_distances: Sequence[Sequence[Sequence[float]]]) -> float | None:
+    """One model's own spread over its audit seeds (log distances), pooled over models and keys;
+    None with one seed per key."""
+    per_model = [np.asarray(m, dtype=np.float64) for m in seed_distances]
+    if not per_model or any(m.ndim != 2 or m.shape[1] < 2 for m in per_model):
+        return None
+    logs = [np.log(np.maximum(m, FLOOR)) for m in per_model]
+    return float(np.sqrt(np.mean([np.var(x, axis=1, ddof=1).mean() for x in logs])))
+
+
 def decide(
     suspect: Sequence[float],
     references: Sequence[Sequence[float]],
@@ -245,8 +284,14 @@ def decide(
     min_references: int,
     delta0: float,
     reference_names: Sequence[str] = (),
+    reference_seed_distances: Sequence[Sequence[Sequence[float]]] = (),
 ) -> Decision:
-    """The verdict of the suspect's per-key distances against the references' (module docstring)."""
+    """The verdict of the suspect's per-key distances against the references' (module docstring).
+
+    `reference_seed_distances` (per reference, per key, per seed) lets the references be
+    compared with one model's own seed noise: references far closer to each other than that
+    are one model several times, whatever their files.
+    """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
     n = len(references)
@@ -266,10 +311,18 @@ def decide(
     if test is None:
         reason = "the references' distances do not vary (the same model listed twice?): no null spread to test against"
         return Decision(verdict="inconclusive", reason=reason, test=None, binomial=binomial)
+    noise = seed_noise(reference_seed_distances)
+    if noise is not None and test.scale < DUPLICATE_RATIO * noise:
+        reason = (
+            f"the references differ from each other by {test.scale:.3g} (log distance), less than"
+            f" {DUPLICATE_RATIO:g} of one model's own seed noise ({noise:.3g}): they are one model several"
+            " times, not independent innocent models; use independently trained references"
+        )
+        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
     if test.min_p_value > alpha:
         reason = (
-            f"audit without power: with these {n} references even an extreme suspect reaches at best"
-            f" p = {test.min_p_value:.3g} > alpha = {alpha:g}; audit more references or more keys"
+            f"audit without power: with these {n} references an extreme suspect reaches"
+            f" p {show_p(test.min_p_value)} > alpha = {alpha:g}; audit more references or more keys"
         )
         return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
     if test.sanity_p_value < SANITY_ALPHA:
@@ -284,20 +337,20 @@ def decide(
         )
         return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
     parts = (
-        f"sparse p = {test.p_values['sparse']:.3g}, global p = {test.p_values['global']:.3g}"
+        f"sparse p {show_p(test.p_values['sparse'])}, global p {show_p(test.p_values['global'])}"
         f" against {n} innocent references (t with {test.df} df)"
     )
     if test.p_value <= alpha:
         return Decision(
             verdict="infringing",
-            reason=f"{parts}: p = {test.p_value:.3g} <= alpha = {alpha:g}; the suspect is closer to the keys"
+            reason=f"{parts}: p {show_p(test.p_value)} <= alpha = {alpha:g}; the suspect is closer to the keys"
             " than innocent models are",
             test=test,
             binomial=binomial,
         )
     return Decision(
         verdict="not_infringing",
-        reason=f"{parts}: p = {test.p_value:.3g} > alpha = {alpha:g}; no significant evidence of training"
+        reason=f"{parts}: p {show_p(test.p_value)} > alpha = {alpha:g}; no significant evidence of training"
         " on the keyset",
         test=test,
         binomial=binomial,
@@ -305,8 +358,9 @@ def decide(
 
 
 def _varies(references: Sequence[Sequence[float]]) -> bool:
+    """At least one statistic's leave-one-out values spread (a test needs some null spread)."""
     refs = np.stack([log_distances(r) for r in references])
     if pooled_scale(refs) <= 0:
         return False
     null = leave_one_out(refs)
-    return bool(np.all(np.std(null, axis=0, ddof=1) > 0))
+    return bool(np.any(np.std(null, axis=0, ddof=1) > 0))

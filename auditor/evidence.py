@@ -136,8 +136,11 @@ def _check_subject(statement: dict[str, Any], report: AttributionReport, source:
 def _check_verdict(report: AttributionReport, source: str) -> None:
     """The signed verdict must follow from the signed numbers: a report re-signed with a verdict its
     own distances do not support (by mistake or on purpose) is not evidence of anything."""
-    from auditor.report import recompute_verdict
+    from auditor.report import inconsistencies, recompute_verdict
 
+    problems = inconsistencies(report)
+    if problems:
+        raise VerificationError(f"{source}: the signed report contradicts itself: {'; '.join(problems)}")
     try:
         again = recompute_verdict(report)
     except ValueError as exc:
@@ -151,8 +154,8 @@ def _check_verdict(report: AttributionReport, source: str) -> None:
 
 
 def _same_verdict(a, b) -> bool:
-    """Equal labels and counts; numbers equal to 1e-9 relative (another machine's floating point
-    may differ in the last digits; a changed verdict or p-value differs far more)."""
+    """Equal labels, counts and reasons; numbers equal to 1e-9 relative (another machine's floating
+    point may differ in the last digits; a changed verdict or p-value differs far more)."""
     import math
 
     def close(x, y) -> bool:
@@ -168,8 +171,7 @@ def _same_verdict(a, b) -> bool:
             )
         return x == y
 
-    ignore = {"reason"}  # prose around the numbers
-    return close(a.model_dump(exclude=ignore), b.model_dump(exclude=ignore))
+    return close(a.model_dump(), b.model_dump())
 
 
 def check_keyset(report: AttributionReport, keys_dir: str | os.PathLike[str]) -> list[str]:

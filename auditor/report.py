@@ -25,9 +25,9 @@ from typing import Literal
 from pydantic import Field
 
 import auditor
-from auditor.audit import AuditResult, KeyResult, fixed_threshold_verdict
+from auditor.audit import AuditResult, KeyResult, audit_token, fixed_threshold_verdict
 from auditor.backends import BackendInfo
-from auditor.calibration import BinomialFigure, ModelTest, VerdictName, decide
+from auditor.calibration import METHOD, BinomialFigure, ModelTest, VerdictName, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.documents import check_version, load_document, validate
 from auditor.errors import BadInputError
@@ -146,6 +146,7 @@ def make_verdict(
         min_references=config.min_references,
         delta0=config.delta0,
         reference_names=[r.name for r in references],
+        reference_seed_distances=[r.seed_distances for r in references],
     )
     return Verdict(
         verdict=decision.verdict,
@@ -186,6 +187,52 @@ def recompute_verdict(report: AttributionReport) -> Verdict:
     return make_verdict(
         tuple(k.distance for k in report.results), report.references, report.audit, report.verdict.alpha
     )
+
+
+def inconsistencies(report: AttributionReport) -> list[str]:
+    """Every way the report's numbers disagree with each other (empty for a report as written).
+
+    A signed report is evidence only of what follows from its own distances: each key's
+    distance is the min of its per-seed distances and a hit is a distance under delta0; the
+    summary counts them; the audit token is the one its keyset, audit config and settings
+    give, and every reference carries it; the verdict is the test's on those numbers, made by
+    a method this version knows.
+    """
+    problems = []
+    delta0 = report.audit.delta0
+    for key in report.results:
+        if not key.distances or key.distance != min(key.distances) or key.hit != (key.distance < delta0):
+            problems.append(f"key {key.key_id}: distance or hit does not follow from its per-seed distances")
+    for ref in report.references:
+        if tuple(min(d) for d in ref.seed_distances) != ref.distances or ref.hits != sum(
+            d < delta0 for d in ref.distances
+        ):
+            problems.append(
+                f"reference {ref.name}: distances or hits do not follow from its per-seed distances"
+            )
+    s = report.summary
+    distances = [k.distance for k in report.results]
+    hits = sum(k.hit for k in report.results)
+    expected = (
+        len(distances),
+        hits,
+        hits / len(distances),
+        min(distances),
+        fixed_threshold_verdict(hits / len(distances), report.audit.conf_threshold),
+    )
+    if (s.num_keys, s.hits, s.conf, s.best_distance, s.paper_verdict) != expected or abs(
+        s.mean_distance - sum(distances) / len(distances)
+    ) > 1e-12:
+        problems.append("summary: does not count the per-key results")
+    token = audit_token(report.keyset.digest, report.audit, report.generation)
+    if report.audit_token != token:
+        problems.append("audit_token: not the one the keyset digest, audit config and settings give")
+    if any(ref.audit_token != token for ref in report.references):
+        problems.append("references: audited with other keys, seeds or settings than the suspect")
+    test = report.verdict.test
+    if test is not None and test.method != METHOD:
+        problems.append(f"verdict: made by test method {test.method!r}; this version knows {METHOD!r}")
+    return problems
 
 
 def build_report(

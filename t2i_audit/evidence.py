@@ -76,6 +76,8 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
                 "verdict": report.verdict.verdict,
                 "rule": report.verdict.rule,
                 "p_value": test.p_value if test else None,
+                "alpha": report.verdict.alpha,
+                "n_references": report.verdict.n_references,
                 "suspect": {"name": report.suspect.name, "digest": report.suspect.digest},
                 "source": {"name": report.source.name, "digest": report.source.digest},
                 "keyset_digest": report.keyset.digest,
@@ -89,11 +91,16 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
         extra = "keyset checked" if "keyset" in verified.checks else "keyset not checked (pass --keys DIR)"
         if "commitment" in verified.checks:
             extra += ", commitment opened"
+        v = report.verdict
         ctx.plain(
-            f"valid: {report.verdict.verdict} ({report.verdict.rule}) for suspect {report.suspect.name} "
-            f"sha256 {report.suspect.digest}, keyset {report.keyset.digest[:16]}..., signed by keyid "
-            f"{verified.keyid[:16]}...; {extra}",
+            f"valid: {v.verdict} ({v.rule} at alpha {v.alpha:g}, {v.n_references} innocent references) for suspect"
+            f" {report.suspect.name} sha256 {report.suspect.digest}, keyset {report.keyset.digest[:16]}..., signed by"
+            f" keyid {verified.keyid[:16]}...; {extra}",
         )
+        if v.alpha > 0.05:
+            ctx.plain(
+                f"caution: the report was decided at alpha {v.alpha:g}, above the usual 0.05 (default 0.01)"
+            )
     return 0
 
 

@@ -25,16 +25,18 @@ from auditor.calibration import (
 M = 30
 
 
-def innocent(rng, keys: np.ndarray, model_effect: float = 0.0) -> np.ndarray:
+def innocent(rng, keys: np.ndarray, model_effect: float = 0.0, noise_sd: float = 0.18) -> np.ndarray:
     """One innocent model's per-key distances: key difficulty, a model-wide shift, noise, min of 4 seeds."""
-    noise = rng.normal(0, 0.18, size=(len(keys), 4))
+    noise = rng.normal(0, noise_sd, size=(len(keys), 4))
     return np.exp(keys[:, None] + model_effect + noise).min(axis=1)
 
 
-def world(seed: int, n: int, tau: float = 0.0):
+def world(seed: int, n: int, tau: float = 0.0, spread: float = 0.0):
+    """Keys, and n innocent references differing by a model-wide shift (sd tau) and by how noisy
+    each model is (its seed noise scaled by exp(N(0, spread)))."""
     rng = np.random.default_rng(seed)
     keys = rng.normal(math.log(0.25), 0.3, M)
-    refs = [innocent(rng, keys, rng.normal(0, tau)) for _ in range(n)]
+    refs = [innocent(rng, keys, rng.normal(0, tau), 0.18 * math.exp(rng.normal(0, spread))) for _ in range(n)]
     return rng, keys, refs
 
 
@@ -58,13 +60,50 @@ def test_normalization_centers_each_key_and_pools_the_spread():
     np.testing.assert_allclose(normalize(x, refs), (x - mu) / s)
 
 
-def test_statistics_are_the_median_and_the_lowest_quarter():
+def test_statistics_are_the_median_and_the_tail_asymmetry():
     z = np.array([-6.0, -5.0, 0.0, 0.1, 0.2, 0.3, -0.1, 0.05])
     global_, sparse = model_statistics(z)
     median = float(np.median(z))
     assert global_ == pytest.approx(-median)
     assert sparse_keys(8) == 2
-    assert sparse == pytest.approx(-np.mean(np.sort(z - median)[:2]))
+    ordered = np.sort(z)
+    low, high = median - ordered[:2].mean(), ordered[-2:].mean() - median
+    assert sparse == pytest.approx(math.log((low + 0.1) / (high + 0.1)))
+    # free of the model's own location and scale
+    assert model_statistics(3 * z + 2)[1] == pytest.approx(math.log((3 * low + 0.1) / (3 * high + 0.1)))
+
+
+def test_a_noisier_suspect_farther_on_every_key_is_not_called_closer():
+    """A suspect whose keys spread more on both sides (another sampler, fp16), and which is farther
+    than every reference on every key, must not be read as a sparse copy (a reviewer's case)."""
+    rng, keys, refs = world(20, 8)
+    noisy = np.exp(keys + 0.35 + rng.normal(0, 0.6, M))  # farther and noisier
+    decision = decide(noisy, refs, alpha=0.01, min_references=5, delta0=0.15)
+    assert decision.verdict == "not_infringing", decision.reason
+    assert decision.test.p_values["sparse"] > 0.01
+
+
+def test_references_that_are_one_model_several_times_are_inconclusive():
+    rng, keys, refs = world(21, 1)
+    seeds = np.exp(keys[:, None] + rng.normal(0, 0.18, size=(M, 4)))
+    copies = [seeds * (1 + 1e-4 * rng.normal(size=seeds.shape)) for _ in range(5)]
+    suspect = innocent(rng, keys)
+    decision = decide(
+        suspect,
+        [c.min(axis=1) for c in copies],
+        alpha=0.01,
+        min_references=5,
+        delta0=0.15,
+        reference_seed_distances=[c.tolist() for c in copies],
+    )
+    assert decision.verdict == "inconclusive" and "one model several times" in decision.reason
+
+
+def test_tiny_p_values_are_shown_as_a_bound():
+    rng, keys, refs = world(22, 8)
+    copier = rng.uniform(0.03, 0.05, M)
+    decision = decide(copier, refs, alpha=0.01, min_references=5, delta0=0.15)
+    assert decision.verdict == "infringing" and "p < 1e-06" in decision.reason
 
 
 def test_scaling_every_distance_changes_nothing_and_a_suspect_wide_shift_moves_only_the_global_statistic():
@@ -148,15 +187,15 @@ def test_a_reference_that_looks_infringing_is_caught():
     assert "reference r8 looks unlike the other references" in decision.reason
 
 
-@pytest.mark.parametrize("tau", [0.0, 0.25])
-def test_the_false_positive_rate_is_at_most_alpha_when_innocent_models_differ(tau):
+@pytest.mark.parametrize(("tau", "spread"), [(0.0, 0.0), (0.25, 0.0), (0.1, 0.5)])
+def test_the_false_positive_rate_is_at_most_alpha_when_innocent_models_differ(tau, spread):
     """400 simulated innocent suspects against 8 references drawn from the same population, with
-    (tau > 0) and without a model-wide random effect: the share called infringing at alpha = 0.05
-    stays within the binomial noise of 0.05 (upper 99% bound 0.074)."""
+    and without a model-wide random effect (tau) and models of unequal noise (spread): the share
+    called infringing at alpha = 0.05 stays within the binomial noise of 0.05 (upper 99% bound 0.074)."""
     flagged = 0
     trials = 400
     for seed in range(trials):
-        rng, keys, refs = world(100 + seed, 8, tau)
-        suspect = innocent(rng, keys, rng.normal(0, tau))
+        rng, keys, refs = world(100 + seed, 8, tau, spread)
+        suspect = innocent(rng, keys, rng.normal(0, tau), 0.18 * math.exp(rng.normal(0, spread)))
         flagged += decide(suspect, refs, alpha=0.05, min_references=5, delta0=0.15).verdict == "infringing"
     assert flagged / trials <= 0.074, flagged

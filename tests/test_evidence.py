@@ -577,3 +577,40 @@ def test_envelope_bytes_are_deterministic(world: World, tmp_path: Path) -> None:
     again = write_signed_report(world.report, world.private, tmp_path / "again.dsse.json")
     assert again.read_bytes() == world.envelope.read_bytes()
     assert world.envelope.read_bytes() == serialize_envelope(json.loads(world.envelope.read_bytes()))
+
+
+def _doctor(report: AttributionReport, change: str) -> AttributionReport:
+    data = report.model_dump(mode="json")
+    if change == "reason":
+        data["verdict"]["reason"] = "the suspect copied every key"
+    elif change == "summary":
+        data["summary"]["conf"] = 0.9
+        data["summary"]["hits"] = 5
+    elif change == "key-distance":
+        data["results"][3]["distance"] = 0.01
+    elif change == "reference-token":
+        data["references"][0]["audit_token"] = "f" * 64
+    elif change == "audit-token":
+        data["audit_token"] = "f" * 64
+    elif change == "verdict":
+        data["verdict"]["verdict"] = (
+            "infringing" if report.verdict.verdict != "infringing" else "not_infringing"
+        )
+    elif change == "p-value":
+        data["verdict"]["test"]["p_value"] = 1e-9
+    elif change == "method":
+        data["verdict"]["test"]["method"] = "t2i-auditor.model-test/v0"
+    return AttributionReport.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["reason", "summary", "key-distance", "reference-token", "audit-token", "verdict", "p-value", "method"],
+)
+def test_a_re_signed_report_whose_numbers_contradict_each_other_fails(world, capsys, tmp_path, change):
+    """Signed with the owner's own key, yet not evidence: verify recomputes and cross-checks it (exit 1)."""
+    doctored = _doctor(world.report, change)
+    envelope = write_signed_report(doctored, world.private, tmp_path / f"{change}.dsse.json")
+    code, _, err = run(capsys, "verify", envelope, "--key", world.public)
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err
