@@ -207,7 +207,10 @@ class DiscriminatorRecord(FrozenModel):
     @classmethod
     def _names_match_keys(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         num_keys = info.data.get("num_keys")
-        if num_keys is not None and list(value) != feature_names(num_keys):
+        # lengths first: a file claiming 10**30 keys must not make us build 10**30 names
+        if num_keys is not None and (
+            len(value) != num_keys + len(SUMMARY_FEATURES) or list(value) != feature_names(num_keys)
+        ):
             raise ValueError(
                 f"expected the {num_keys + len(SUMMARY_FEATURES)} feature names for {num_keys} keys"
             )

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_VERIFICATION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: the caller may retry
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug (the CLI prints one scrubbed line, never a traceback)
 MAX_MESSAGE_CHARS = 2000
 
 

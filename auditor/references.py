@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,6 +35,9 @@ from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.finetune import LORA_FILE, Recipe, finetune
 from auditor.progress import Reporter
+
+if TYPE_CHECKING:
+    from auditor.backends import SuspectSpec
 
 REFERENCE_SET_SCHEMA = "t2i-auditor.reference-set/v1"
 INDEX_FILE = "references.json"
@@ -56,6 +59,7 @@ class ReferenceSet(FrozenModel):
     schema_version: Literal["t2i-auditor.reference-set/v1"] = REFERENCE_SET_SCHEMA
     base: str = Field(description="the base's name")
     base_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    base_path: str = Field(description="the base folder, relative to the reference-set file where it can be")
     data_digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 over the imagefolder's pairs")
     data_pairs: int
     models: tuple[ReferenceModel, ...]
@@ -78,7 +82,11 @@ def load_imagefolder(folder: str | os.PathLike[str], resolution: int) -> tuple[n
         raise BadInputError(f"{root}: expected an imagefolder (images plus {METADATA_FILE}), found no folder")
     text = read_bytes(meta, f"{METADATA_FILE} (one JSON object per line: file_name, text)", 64 << 20)
     rows, images, captions = [], [], []
-    for number, line in enumerate(text.decode("utf-8", errors="strict").splitlines(), start=1):
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise BadInputError(f"{meta}: expected UTF-8 text, one JSON object per line") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{meta}:{number}"
@@ -96,7 +104,9 @@ def load_imagefolder(folder: str | os.PathLike[str], resolution: int) -> tuple[n
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise BadInputError(f"{path}: {img.width}x{img.height} pixels, more than accepted")
-                images.append(_square(img.convert("RGB"), resolution))
+                from PIL import ImageOps
+
+                images.append(_square(ImageOps.exif_transpose(img).convert("RGB"), resolution))
         except BadInputError:
             raise
         except Exception as exc:  # PIL raises many types on corrupt files
@@ -156,11 +166,14 @@ def build_references(
     images, captions, data_digest = load_imagefolder(data, _resolution(base_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     models = []
+    for stale in out_dir.glob(".reference-*.tmp-*"):  # left by a killed build
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     with reporter.task("references", count) as advance:
         for i in range(count):
-            member = recipe.model_copy(update={"seed": recipe.seed + i})
+            member = Recipe.model_validate({**recipe.model_dump(), "seed": recipe.seed + i})
             key = reference_key(base_identity.digest, data_digest, member)
-            name = f"reference-{i:03d}-{key[:12]}"
+            name = f"reference-{key[:16]}"  # named by what made it: a seed built before is found again
             final = out_dir / name
             start = time.perf_counter()
             if not final.is_dir():
@@ -177,7 +190,12 @@ def build_references(
                         reporter=reporter,
                         label=name,
                     )
-                    os.replace(staging, final)
+                    try:
+                        os.replace(staging, final)
+                    except OSError:
+                        if not final.is_dir():
+                            raise
+                        shutil.rmtree(staging, ignore_errors=True)  # a concurrent build finished first
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
@@ -199,6 +217,7 @@ def build_references(
     reference_set = ReferenceSet(
         base=base_identity.name,
         base_digest=base_identity.digest,
+        base_path=os.path.relpath(base_dir.resolve(), out_dir.resolve()),
         data_digest=data_digest,
         data_pairs=len(captions),
         models=tuple(models),
@@ -207,6 +226,16 @@ def build_references(
         out_dir / INDEX_FILE, json.dumps(reference_set.model_dump(mode="json"), indent=2) + "\n"
     )
     return reference_set
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _resolution(base: Path) -> int:
@@ -231,3 +260,26 @@ def load_reference_set(directory: str | os.PathLike[str]) -> tuple[ReferenceSet,
     path = path / INDEX_FILE if path.is_dir() else path
     reference_set = load_document(path, ReferenceSet, what="reference-set file", version=REFERENCE_SET_SCHEMA)
     return reference_set, path.parent
+
+
+def reference_set_specs(
+    directory: str | os.PathLike[str], keyset_base_digest: str | None, **runtime
+) -> list[SuspectSpec]:
+    """The set's models as SuspectSpecs (a LoRA on the set's own base), after checking the set
+    was trained from the base the keys were selected against."""
+    from auditor.backends import SuspectSpec
+
+    reference_set, root = load_reference_set(directory)
+    where = f"{root / INDEX_FILE}"
+    if keyset_base_digest is not None and reference_set.base_digest != keyset_base_digest:
+        raise BadInputError(
+            f"{where}: these references were fine-tuned from base {reference_set.base}"
+            f" ({reference_set.base_digest[:16]}...), not from the base the keys were selected against"
+            f" ({keyset_base_digest[:16]}...); build references from that base"
+        )
+    base = root / reference_set.base_path
+    specs = []
+    for model in reference_set.models:
+        extra = {"base": str(base), "kind": "lora_file"} if model.kind == "lora_file" else {}
+        specs.append(SuspectSpec(model=str(root / model.path), **runtime, **extra))
+    return specs

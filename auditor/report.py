@@ -66,6 +66,7 @@ class ReferenceResult(FrozenModel):
     distances: tuple[float, ...] = Field(description="per key: the min over its audit seeds")
     seed_distances: tuple[tuple[float, ...], ...] = Field(description="per key, per audit seed")
     audit_token: str = Field(description="equal to the suspect's: same keys, nonce, seeds, settings")
+    backend: BackendInfo = Field(description="what regenerated its images (compare with the suspect's)")
 
 
 class Summary(FrozenModel):
@@ -169,6 +170,7 @@ def reference_result(name: str, digest: str | None, result: AuditResult) -> Refe
         distances=tuple(k.distance for k in result.keys),
         seed_distances=tuple(k.distances for k in result.keys),
         audit_token=result.token,
+        backend=result.backend,
     )
 
 

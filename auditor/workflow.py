@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+import auditor
 from auditor.audit import AuditResult, audit_token, run_audit, with_nonce
 from auditor.backends import Generator, HttpGenerator, SuspectSpec, identify, open_suspect
+from auditor.backends._diffusers import check_spec_settings
 from auditor.commitment import COMMITMENT_FILE
 from auditor.config import AuditConfig, GenerationSettings
 from auditor.documents import parse_json, read_bytes, validate
@@ -108,10 +110,12 @@ def audit_model(
     *,
     name: str | None = None,
     images_out: list[np.ndarray] | None = None,
+    generator: Generator | None = None,
 ) -> tuple[AuditResult, Generator]:
-    """Open `spec` and regenerate every key with it; the generator is returned for its transcript."""
+    """Open `spec` (unless `generator` is it, already open) and regenerate every key with it; the
+    generator is returned for its transcript."""
     reporter = reporter or Reporter()
-    generator = open_suspect(spec, name=name)
+    generator = generator if generator is not None else open_suspect(spec, name=name)
     if isinstance(generator, HttpGenerator):  # queries are slow: a bar per query, keys and decoys alike
         n_keys = len(keys.keyset.keys[: config.max_keys] if config.max_keys else keys.keyset.keys)
         total = n_keys * (1 + generator.options.decoys_per_key) * config.seeds_per_key
@@ -163,6 +167,7 @@ class Audit:
     reference_names: tuple[str, ...] = ()  # how reports name each reference (default: its file name)
     reference_labels: tuple[str, ...] = ()  # how errors name each reference (default: index and file)
     panel: tuple[SuspectSpec, ...] = ()  # when given: the selection panel the keyset must record
+    allow_inconclusive: bool = False  # audit with fewer than min_references (the verdict: inconclusive)
     _references: dict[str, tuple[ReferenceResult, ...]] = field(default_factory=dict, repr=False)
     _discriminator_model: Any = field(default=None, repr=False)
     _checked: bool = field(default=False, repr=False)
@@ -192,6 +197,8 @@ class Audit:
             )
         self._check_references()
         self._check_panel()
+        for spec in self.references:
+            check_spec_settings(spec, self.settings)
         self._checked = True
 
     def _check_panel(self) -> None:
@@ -217,20 +224,31 @@ class Audit:
         for i, spec in enumerate(self.references):
             label = self._label(i, spec)
             try:
+                if spec.resolved_kind() == "http":
+                    raise BadInputError(
+                        "an HTTP endpoint cannot be a reference (its weights cannot be pinned by a digest,"
+                        " nor refused if it were the base or the source); use a model folder or file"
+                    )
                 digest = identify(spec).digest
             except AuditorError as exc:
                 raise type(exc)(f"{label}: {exc}") from None
-            if digest is not None and digest in excluded:
+            if digest in excluded:
                 raise BadInputError(
                     f"{label}: is {excluded[digest]}, never an innocent reference; references are fine-tunes "
                     "of the base on other data (t2i-audit references build)"
                 )
-            if digest is not None and digest in seen:
+            if digest in seen:
                 raise BadInputError(
                     f"{label}: the same model as reference {seen[digest]}; list each model once"
                 )
-            if digest is not None:
-                seen[digest] = i
+            seen[str(digest)] = i
+        n, needed = len(self.references), self.config.min_references
+        if n < needed and not self.allow_inconclusive:
+            raise BadInputError(
+                f"references: {n} innocent reference model{'s' if n != 1 else ''} given, the verdict needs at"
+                f" least {needed} (min_references); add references (t2i-audit references build) or accept an"
+                " inconclusive report (--allow-inconclusive)"
+            )
 
     def _label(self, i: int, spec: SuspectSpec) -> str:
         if i < len(self.reference_labels):
@@ -259,22 +277,19 @@ class Audit:
         key = sha256_bytes(
             canonical_json(
                 {
+                    "scheme": "t2i-auditor-reference-cache-v2",
+                    "tool": auditor.__version__,
                     "reference": identity.digest,
-                    "keyset": self.keys.keyset.digest,
-                    "config": self.config.model_dump(mode="json"),
-                    "settings": self.settings.model_dump(mode="json"),
+                    "token": self.token,
                     "runtime": {"backend": spec.backend, "device": spec.device, "dtype": spec.dtype},
                 }
             )
         )
         cache = self.reference_cache / f"{name}-{key[:16]}.json" if self.reference_cache else None
         if cache is not None and cache.is_file():
-            try:
-                cached = parse_json(read_bytes(cache, "reference cache"), str(cache))
-                if isinstance(cached, dict) and cached.get("key") == key:
-                    return validate(ReferenceResult, cached.get("result"), str(cache))
-            except BadInputError:
-                pass  # not a finished cache entry: audit again
+            cached = self._cached_reference(cache, key, identity.digest)
+            if cached is not None:
+                return cached
         with reporter.task(f"reference {name}", 1) as advance:
             result, _ = audit_model(spec, self.keys, self.config, self.settings, reporter)
             advance(1)
@@ -283,6 +298,25 @@ class Audit:
             document = {"key": key, "result": ref.model_dump(mode="json")}
             atomic_write_text(cache, json.dumps(document, indent=2) + "\n")
         return ref
+
+    def _cached_reference(self, cache: Path, key: str, digest: str | None) -> ReferenceResult | None:
+        """A cache entry, only when it is this model's audit under this audit's token, every number
+        consistent with its per-seed distances; else None (audited again, the entry replaced)."""
+        try:
+            cached = parse_json(read_bytes(cache, "reference cache"), str(cache))
+            if not isinstance(cached, dict) or cached.get("key") != key:
+                return None
+            ref = validate(ReferenceResult, cached.get("result"), str(cache))
+        except BadInputError:
+            return None
+        consistent = (
+            ref.digest == digest
+            and ref.audit_token == self.token
+            and len(ref.distances) == ref.num_keys == len(ref.seed_distances)
+            and ref.distances == tuple(min(d) for d in ref.seed_distances)
+            and ref.hits == sum(d < self.config.delta0 for d in ref.distances)
+        )
+        return ref if consistent else None
 
     def run(
         self,
@@ -296,9 +330,19 @@ class Audit:
         reporter = reporter or Reporter()
         self.check()
         identity = identify(spec)  # a missing or unreadable model fails here, before any generation
+        check_spec_settings(spec, self.settings)
+        # a suspect that cannot load fails now, before the references are generated
+        generator = open_suspect(spec, name=name)
         references = self.reference_results(reporter)
         result, generator = audit_model(
-            spec, self.keys, self.config, self.settings, reporter, name=name, images_out=images_out
+            spec,
+            self.keys,
+            self.config,
+            self.settings,
+            reporter,
+            name=name,
+            images_out=images_out,
+            generator=generator,
         )
         digest, transcript = identity.digest, None
         if isinstance(generator, HttpGenerator):
@@ -348,9 +392,12 @@ def save_outcome(
     signing_key: Path | None = None,
     transcript_path: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """The transcript, the envelope, then the report (so a report on disk has its signature)."""
+    """The transcript, the report, then its envelope: an envelope on disk always has its report (a kill
+    between the two leaves a report without a signature, which a rerun signs; never a signed verdict
+    for a suspect whose report is missing)."""
     if outcome.transcript is not None and transcript_path is not None:
         atomic_write_text(transcript_path, json.dumps(outcome.transcript, indent=2) + "\n")
+    written = save_report(outcome.report, report_path)
     if signing_key is not None:
         sign_report(outcome.report, report_path, signing_key)
-    return save_report(outcome.report, report_path)
+    return written

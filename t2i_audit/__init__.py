@@ -4,7 +4,7 @@
 
 The CLI sits on top of both libraries (`auditor`, `export`); neither imports it.
 Exit codes are the contract with batch schedulers: 0 done, 1 verification failed,
-2 bad input (do not retry), 75 transient (retry). Every non-zero exit prints exactly
+2 bad input (do not retry), 75 transient (retry), 70 internal error (a bug). Every non-zero exit prints exactly
 one line on stderr; tracebacks are for bugs, never for foreseen bad input.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from auditor import __version__
-from auditor.errors import EXIT_BAD_INPUT, AuditorError
+from auditor.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, AuditorError
 from t2i_audit._common import Context, Parser, global_options
 
 __all__ = ["build_parser", "main", "main_entry"]
@@ -56,6 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("t2i-audit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one scrubbed line (secrets never printed), the traceback on request
+        import os
+
+        from auditor.errors import first_line
+
+        if os.environ.get("T2I_AUDITOR_TRACEBACK") == "1":
+            raise
+        print(
+            f"t2i-audit: internal error: {type(exc).__name__}: {first_line(exc)} (a bug; rerun with"
+            " T2I_AUDITOR_TRACEBACK=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def main_entry() -> None:

@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reference-set", metavar="DIR", help="every reference `t2i-audit references build` made there"
     )
     p.add_argument(
+        "--allow-inconclusive",
+        action="store_true",
+        help="audit with fewer than --min-references references: a report whose verdict is inconclusive",
+    )
+    p.add_argument(
         "--panel",
         action="append",
         metavar="MODEL",
@@ -104,9 +109,10 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
         config=audit_config(args),
         settings=settings(args, keys.keyset),
         alpha=args.alpha,
-        references=tuple(suspect_spec(path, args) for path in _reference_paths(args)),
+        references=_reference_specs(args, keys.keyset),
         discriminator=Path(args.discriminator) if args.discriminator else None,
         panel=tuple(suspect_spec(path, args) for path in args.panel or ()),
+        allow_inconclusive=args.allow_inconclusive,
         signing_key=Path(args.sign) if args.sign else None,
     )
     audit.check()  # a bad key or discriminator fails now, not after hours of generation
@@ -128,14 +134,21 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _reference_paths(args: argparse.Namespace) -> list[str]:
-    paths = list(args.reference or ())
+def _reference_specs(args: argparse.Namespace, keyset) -> tuple:
+    """--reference models, then every model of --reference-set (checked against the keys' base)."""
+    specs = [suspect_spec(path, args) for path in args.reference or ()]
     if args.reference_set:
-        from auditor.references import load_reference_set
+        from auditor.references import reference_set_specs
 
-        reference_set, root = load_reference_set(args.reference_set)
-        paths += [str(root / model.path) for model in reference_set.models]
-    return paths
+        runtime = {
+            "backend": args.backend,
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch_size": args.batch_size,
+        }
+        base = keyset.base.digest if keyset.base is not None else None
+        specs += reference_set_specs(args.reference_set, base, **runtime)
+    return tuple(specs)
 
 
 def _save_regenerations(directory: Path, batches: list) -> None:

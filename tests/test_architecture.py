@@ -171,3 +171,37 @@ def test_every_package_declares_its_public_api():
             if isinstance(t, ast.Name)
         ]
         assert "__all__" in names, f"{init.relative_to(ROOT)} has no __all__"
+
+
+# The layers of auditor/ (docs/architecture.md): a module imports its own layer or lower ones.
+LAYERS = {
+    1: ("errors", "config", "fileio", "documents", "deadline", "progress", "images", "distance"),
+    2: ("keys", "identity", "commitment", "signing"),
+    3: ("calibration", "multitest", "metrics", "discriminator", "watermark"),
+    4: ("backends",),
+    5: ("finetune", "references"),
+    6: ("selection", "audit", "report", "evidence", "figures", "views"),
+    7: ("workflow", "batch", "serve", "shadow", "demo", "zoo", "reproduction"),
+}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "auditor" or len(parts) < 2:
+        return None
+    return next((n for n, names in LAYERS.items() if parts[1] in names), None)
+
+
+def test_every_auditor_module_has_a_layer():
+    assert [m for m in GRAPH if m.startswith("auditor.") and _layer(m) is None] == []
+
+
+def test_modules_import_only_their_layer_or_lower_ones():
+    wrong = sorted(
+        (m, t)
+        for m, targets in GRAPH.items()
+        if (layer := _layer(m)) is not None
+        for t in targets
+        if (other := _layer(t)) is not None and other > layer
+    )
+    assert wrong == []

@@ -23,7 +23,9 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def _job(path: Path, body: str, keys: Path, head: str = "") -> Path:
-    path.write_text(f"keys: {keys}\ngeneration: {{steps: 2}}\n{head}suspects:\n{body}")
+    path.write_text(
+        f"keys: {keys}\ngeneration: {{steps: 2}}\nallow_inconclusive: true\n{head}suspects:\n{body}"
+    )
     return path
 
 
@@ -337,3 +339,28 @@ def test_ray_executor_gives_the_local_reports(tiny_pipeline, keys_dir, tmp_path,
     import ray
 
     assert not ray.is_initialized()  # the batch stopped the instance it started
+
+
+def test_a_rerun_never_signs_an_edited_report_and_drops_orphan_envelopes(
+    tiny_pipeline, keys_dir, tmp_path, capsys
+):
+    from auditor.evidence import verify_signed_report
+
+    body = f"  - {{name: a, model: {tiny_pipeline}}}\n  - {{name: b, model: {tiny_pipeline}}}\n"
+    job = _job(
+        tmp_path / "job.yaml", body, keys_dir, head=f"signing_key: {GOLDEN / 'test-signing-key.pem'}\n"
+    )
+    out = tmp_path / "out"
+    assert _batch(str(job), "--out", str(out)) == 0
+    capsys.readouterr()
+    report = json.loads((out / "reports/a.json").read_text())
+    report["summary"]["conf"] = 1.0  # an edit, not what the audit measured
+    (out / "reports/a.json").write_text(json.dumps(report))
+    (out / "reports/a.dsse.json").unlink()  # as if killed between report and envelope
+    (out / "reports/b.json").unlink()  # as if killed after... an envelope without its report
+    assert _batch(str(job), "--out", str(out)) == 0
+    capsys.readouterr()
+    for name in ("a", "b"):
+        envelope = (out / f"reports/{name}.dsse.json").read_bytes()
+        verified = verify_signed_report(envelope, GOLDEN / "test-signing-key.pub", keys_dir)
+        assert verified.summary.conf != 1.0

@@ -38,13 +38,23 @@ def test_version(capsys):
 
 
 def test_unknown_option_is_bad_input(capsys):
-    code, _, err = run(capsys, "audit", "--keys", "k", "--suspect", "s", "--frobnicate")
+    code, _, err = run(
+        capsys, "audit", "--allow-inconclusive", "--keys", "k", "--suspect", "s", "--frobnicate"
+    )
     assert code == 2
     assert "unrecognized arguments: --frobnicate" in one_line_error(err)
 
 
 def test_missing_model_folder(capsys, keyset_dir, tmp_path):
-    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tmp_path / "none"))
+    code, _, err = run(
+        capsys,
+        "audit",
+        "--allow-inconclusive",
+        "--keys",
+        str(keyset_dir),
+        "--suspect",
+        str(tmp_path / "none"),
+    )
     assert code == 2
     assert "none: model not found" in one_line_error(err)
 
@@ -53,20 +63,26 @@ def test_malformed_model_folder(capsys, keyset_dir, tiny_pipeline, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_pipeline, broken)
     shutil.rmtree(broken / "unet")
-    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(broken))
+    code, _, err = run(
+        capsys, "audit", "--allow-inconclusive", "--keys", str(keyset_dir), "--suspect", str(broken)
+    )
     assert code == 2
     assert "'unet/' is missing" in one_line_error(err)
 
     (broken / "unet").mkdir()
     (broken / "unet" / "config.json").write_text("{ not json")
-    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(broken))
+    code, _, err = run(
+        capsys, "audit", "--allow-inconclusive", "--keys", str(keyset_dir), "--suspect", str(broken)
+    )
     assert code == 2
     assert "could not load the diffusers pipeline" in one_line_error(err)
 
 
 def test_tampered_keyset(capsys, keyset_dir, tiny_pipeline):
     (keyset_dir / "k000.png").write_bytes((keyset_dir / "k001.png").read_bytes())
-    code, _, err = run(capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline))
+    code, _, err = run(
+        capsys, "audit", "--allow-inconclusive", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline)
+    )
     assert code == 2
     assert "k000.png: sha256 does not match" in one_line_error(err)
 
@@ -76,7 +92,16 @@ def test_generation_follows_the_keys_size_unless_told_otherwise(capsys, tmp_path
     a size given on the command line that differs from the keys' is refused as a mismatch."""
     keyset, images = make_keyset(n=2, size=16)
     save_keyset(keyset, images, tmp_path / "k16")
-    argv = ["audit", "--keys", str(tmp_path / "k16"), "--suspect", str(tiny_pipeline), "--steps", "2"]
+    argv = [
+        "audit",
+        "--allow-inconclusive",
+        "--keys",
+        str(tmp_path / "k16"),
+        "--suspect",
+        str(tiny_pipeline),
+        "--steps",
+        "2",
+    ]
     code, out, _ = run(capsys, *argv)
     assert code == 0
     assert json.loads(out)["generation"]["height"] == 16 and json.loads(out)["generation"]["width"] == 16
@@ -89,6 +114,7 @@ def test_audit_writes_a_complete_report(capsys, keyset_dir, tiny_pipeline, tmp_p
     out = tmp_path / "report.json"
     argv = [
         "audit",
+        "--allow-inconclusive",
         "--keys",
         str(keyset_dir),
         "--suspect",
@@ -127,7 +153,16 @@ def test_audit_seeds_follow_the_nonce_and_avoid_the_sources_seeds(capsys, keyset
     from auditor.keys import load_keyset
 
     keyset, _ = load_keyset(keyset_dir)
-    argv = ["audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "1"]
+    argv = [
+        "audit",
+        "--allow-inconclusive",
+        "--keys",
+        str(keyset_dir),
+        "--suspect",
+        str(tiny_pipeline),
+        "--steps",
+        "1",
+    ]
     code, out, _ = run(capsys, *argv, "--audit-nonce", "0" * 32, "--seeds-per-key", "2")
     assert code == 0
     seeds = {k["key_id"]: tuple(k["seeds"]) for k in json.loads(out)["results"]}
@@ -213,7 +248,7 @@ def test_audit_adds_the_discriminator_score(capsys, keyset_dir, tiny_pipeline, t
     keyset, _ = load_keyset(keyset_dir)
     disc = _discriminator(tmp_path / "disc.json", 3, keyset.digest)
     code, stdout, err = run(
-        capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "2",
+        capsys, "audit", "--allow-inconclusive", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "2",
         "--discriminator", str(disc),
     )  # fmt: skip
     assert code == 0, err
@@ -243,7 +278,7 @@ def test_audit_refuses_a_bad_discriminator(capsys, keyset_dir, tiny_pipeline, tm
         record["coef"] = record["coef"][:-1]
         disc.write_text(json.dumps(record))
     code, _, err = run(
-        capsys, "audit", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "2",
+        capsys, "audit", "--allow-inconclusive", "--keys", str(keyset_dir), "--suspect", str(tiny_pipeline), "--steps", "2",
         "--discriminator", str(disc),
     )  # fmt: skip
     line = one_line_error(err)
@@ -265,3 +300,19 @@ def test_shadow_fit_refuses_a_one_class_shadow_set(capsys, keyset_dir, tiny_pipe
         capsys, "shadow", "fit", "--keys", str(keyset_dir), "--shadows", str(shadows), "--out", str(tmp_path / "d")
     )  # fmt: skip
     assert code == 2 and "shadows.json" in one_line_error(err)
+
+
+def test_a_bug_is_one_line_with_exit_70_and_no_secret(monkeypatch, capsys, keyset_dir):
+    import t2i_audit.keys as keys_cli
+    from auditor.errors import register_secret
+
+    register_secret("hunter2-token")
+
+    def broken(args, ctx):
+        raise RuntimeError("boom with hunter2-token in it\nand a second line")
+
+    monkeypatch.setattr(keys_cli, "cmd_keys_digest", broken)
+    assert main(["keys", "digest", str(keyset_dir)]) == 70
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error: RuntimeError" in err
+    assert "hunter2-token" not in err

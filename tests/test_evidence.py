@@ -126,6 +126,7 @@ def make_report(
                 ),
                 seed_distances=tuple((d,) for d in dists),
                 audit_token=token,
+                backend=result.backend,
             )
             for j in range(5)
         )

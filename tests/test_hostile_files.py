@@ -388,20 +388,10 @@ def _safetensors_broken(valid: bytes) -> Iterator[tuple[str, bytes]]:
     yield "a pickle", b"\x80\x04K\x01."
 
 
-# Known defects outside this suite's modules, each pinned by a strict xfail test below.
-LEFT_FOR_THE_LEAD = {("discriminator", "num_keys=100000000000")}  # the label of num_keys 10**30
-
-
 class _WouldHang(Exception):
     """Raised instead of building a list of 10**30 names (which would never end)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=_WouldHang,
-    reason="auditor/discriminator.py DiscriminatorRecord._names_match_keys builds feature_names(num_keys) "
-    "before comparing lengths, so num_keys 10**30 in a discriminator file hangs the loader",
-)
 def test_a_discriminator_claiming_huge_num_keys_is_refused_at_once(tmp_path, monkeypatch):
     from test_discriminator import shadow_distances
 
@@ -439,8 +429,6 @@ def test_bad_files_of_every_format_give_one_line_never_a_traceback(tmp_path, key
             cases += list(_toml_extras()) if syntax == "toml" else []
         started = time.monotonic()
         for label, data in cases:
-            if (name, label) in LEFT_FOR_THE_LEAD:
-                continue  # would hang: see test_a_discriminator_claiming_huge_num_keys_is_refused_at_once
             path.write_bytes(data)
             start = time.monotonic()
             outcome, value = _classify(load)

@@ -86,6 +86,7 @@ def test_served_suspect_audits_like_the_folder(served, tiny_pipeline, keys_dir, 
         tmp_path / "job.yaml",
         f"""
 keys: {keys_dir}
+allow_inconclusive: true
 thresholds: {{batch_size: 1, seeds_per_key: 1}}
 generation: {{steps: 2}}
 suspects:
@@ -325,7 +326,7 @@ def test_flaky_server_never_yields_a_report_from_a_bad_image(flaky, keys_dir, tm
     suspects += f"  - name: refused\n    model: http://127.0.0.1:{_closed_port()}\n    http: {http}\n"
     job = _write_job(
         tmp_path / "job.yaml",
-        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nthresholds: {{seeds_per_key: 1}}\nsuspects:\n{suspects}",
+        f"keys: {keys_dir}\nallow_inconclusive: true\ngeneration: {{steps: 2}}\nthresholds: {{seeds_per_key: 1}}\nsuspects:\n{suspects}",
     )
     start = time.monotonic()
     rc, summary = _run_batch(job, tmp_path / "out", capsys=capsys)
@@ -361,6 +362,7 @@ def test_auth_header_from_env_is_sent_but_never_written(flaky, keys_dir, tmp_pat
         tmp_path / "job.yaml",
         f"""
 keys: {keys_dir}
+allow_inconclusive: true
 generation: {{steps: 2}}
 thresholds: {{seeds_per_key: 1}}
 suspects:

@@ -102,11 +102,36 @@ def test_bad_imagefolders_are_one_line_errors(tmp_path, metadata, message):
         load_imagefolder(tmp_path, 32)
 
 
-def test_audit_takes_a_reference_set(tiny_pipeline, imagefolder, keys_dir, tmp_path, capsys):
+def _keys_with_base(tmp_path: Path, base: Path) -> Path:
+    from keyset_factory import make_keyset
+
+    from auditor.identity import hash_model
+    from auditor.keys import ModelRef, save_keyset
+
+    keyset, images = make_keyset(n=3)
+    keyset = keyset.model_copy(update={"base": ModelRef(name="base", digest=hash_model(base).digest)})
+    save_keyset(keyset, images, tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+def test_audit_takes_a_reference_set_of_the_keys_base(tiny_pipeline, imagefolder, keys_dir, tmp_path, capsys):
     code, _ = _build(tmp_path / "refs", tiny_pipeline, imagefolder)
     assert code == 0
-    argv = ["--format", "json", "audit", "--keys", str(keys_dir), "--suspect", str(tiny_pipeline)]
-    code = main([*argv, "--steps", "1", "--seeds-per-key", "1", "--reference-set", str(tmp_path / "refs")])
-    assert code == 0
+    keys = _keys_with_base(tmp_path, tiny_pipeline)
+    argv = ["--format", "json", "audit", "--allow-inconclusive", "--suspect", str(tiny_pipeline)]
+    argv += ["--steps", "1", "--seeds-per-key", "1", "--reference-set", str(tmp_path / "refs")]
+    assert main([*argv, "--keys", str(keys)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["verdict"]["n_references"] == 2 and report["verdict"]["verdict"] == "inconclusive"
+    # references of another base than the one the keys were selected against: refused before generating
+    assert main([*argv, "--keys", str(keys_dir)]) == 2
+    assert "not from the base the keys were selected against" in capsys.readouterr().err
+
+
+def test_lora_references_of_a_set_run_on_the_sets_base(tiny_pipeline, imagefolder, tmp_path, capsys):
+    from auditor.references import reference_set_specs
+
+    code, _ = _build(tmp_path / "loras", tiny_pipeline, imagefolder, "--lora-rank", "2")
+    assert code == 0
+    specs = reference_set_specs(tmp_path / "loras", None, device="cpu")
+    assert all(Path(s.base).resolve() == tiny_pipeline.resolve() and s.kind == "lora_file" for s in specs)

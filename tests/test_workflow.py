@@ -32,7 +32,7 @@ def _json_main(*argv: str) -> tuple[int, dict | None]:
 def _batch_report(tmp_path: Path, keys_dir: Path, model: Path, extra: str = "") -> dict:
     job = tmp_path / "job.yaml"
     job.write_text(
-        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nruntime: {{backend: onnx, device: cpu}}\n{extra}"
+        f"keys: {keys_dir}\nallow_inconclusive: true\ngeneration: {{steps: 2}}\nruntime: {{backend: onnx, device: cpu}}\n{extra}"
         f"suspects:\n  - name: s\n    model: {model}\n"
     )
     code, summary = _json_main("batch", str(job), "--out", str(tmp_path / "out"))
@@ -46,7 +46,7 @@ def test_a_bundle_is_cited_by_its_source_digest_in_audit_and_batch(tiny_pipeline
 
     bundle = exported_bundle(tiny_pipeline, tmp_path / "export")
     code, report = _json_main(
-        "audit", "--keys", str(keys_dir), "--suspect", str(bundle), "--backend", "onnx", "--device", "cpu",
+        "audit", "--allow-inconclusive", "--keys", str(keys_dir), "--suspect", str(bundle), "--backend", "onnx", "--device", "cpu",
         "--steps", "2",
     )  # fmt: skip
     assert code == 0
@@ -74,7 +74,7 @@ def test_an_http_suspect_audited_with_sign_is_signed_by_its_transcript(served, k
     out = tmp_path / "web.json"
     code = main(
         [
-            "--format", "json", "audit", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "2",
+            "--format", "json", "audit", "--allow-inconclusive", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "2",
             "--out", str(out), "--sign", str(GOLDEN / "test-signing-key.pem"),
         ]
     )  # fmt: skip
@@ -93,7 +93,7 @@ def test_an_audit_that_cannot_be_signed_fails_before_any_generation(served, keys
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("not a key")
     code = main(
-        ["audit", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "2", "--out",
+        ["audit", "--allow-inconclusive", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "2", "--out",
          str(tmp_path / "r.json"), "--sign", str(bad_key)]
     )  # fmt: skip
     assert code == 2 and "not a PEM private key" in capsys.readouterr().err
@@ -112,7 +112,7 @@ def test_batch_jobs_take_a_discriminator(tiny_pipeline, keys_dir, tmp_path):
     disc.save(tmp_path / "disc.json", keyset_digest=load_keyset(keys_dir)[0].digest)
     job = tmp_path / "job.yaml"
     job.write_text(
-        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\ndiscriminator: {tmp_path / 'disc.json'}\n"
+        f"keys: {keys_dir}\nallow_inconclusive: true\ngeneration: {{steps: 2}}\ndiscriminator: {tmp_path / 'disc.json'}\n"
         f"suspects:\n  - name: s\n    model: {tiny_pipeline}\n"
     )
     code, _ = _json_main("batch", str(job), "--out", str(tmp_path / "out"))
@@ -133,7 +133,7 @@ def test_a_batch_refuses_a_discriminator_for_other_keys_before_generating(
     )
     job = tmp_path / "job.yaml"
     job.write_text(
-        f"keys: {keys_dir}\ndiscriminator: {tmp_path / 'd.json'}\nsuspects:\n  - name: s\n    model: {tiny_pipeline}\n"
+        f"keys: {keys_dir}\nallow_inconclusive: true\ndiscriminator: {tmp_path / 'd.json'}\nsuspects:\n  - name: s\n    model: {tiny_pipeline}\n"
     )
     assert main(["batch", str(job), "--out", str(tmp_path / "out")]) == 2
     assert "fit for keyset cccccccccccccccc" in capsys.readouterr().err
@@ -194,7 +194,16 @@ def test_references_that_are_not_innocent_fine_tunes_are_refused_before_generati
     keys = _keys_citing(tmp_path, source=source, base=base, panel=(panel,))
     bad = {"source": source, "base": base, "panel": panel, "twice": reference_models[3]}[role]
     refs = [bad, *reference_models[3:]]
-    argv = ["audit", "--keys", str(keys), "--suspect", str(tiny_pipeline), "--steps", "1"]
+    argv = [
+        "audit",
+        "--allow-inconclusive",
+        "--keys",
+        str(keys),
+        "--suspect",
+        str(tiny_pipeline),
+        "--steps",
+        "1",
+    ]
     for ref in refs:
         argv += ["--reference", str(ref)]
     assert main(argv) == 2
@@ -240,6 +249,7 @@ def test_a_keyset_selected_with_another_panel_than_the_one_named_is_refused(
     keys = _keys_citing(tmp_path, source=reference_models[0], panel=(reference_models[1],))
     argv = [
         "audit",
+        "--allow-inconclusive",
         "--keys",
         str(keys),
         "--suspect",
@@ -252,3 +262,69 @@ def test_a_keyset_selected_with_another_panel_than_the_one_named_is_refused(
     assert main([*argv, "--panel", str(reference_models[2])]) == 2
     assert "the keyset was selected with" in capsys.readouterr().err
     assert main(["--format", "json", *argv, "--panel", str(reference_models[1])]) == 0
+
+
+def test_too_few_references_are_refused_before_generating_unless_allowed(
+    served, keys_dir, reference_models, capsys
+):
+    served.served = 0
+    argv = ["audit", "--keys", str(keys_dir), "--suspect", served.url, "--steps", "1", "--seeds-per-key", "1"]
+    for ref in reference_models[:3]:
+        argv += ["--reference", str(ref)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "3 innocent reference models given, the verdict needs at least 5" in err
+        and "--allow-inconclusive" in err
+    )
+    assert served.served == 0
+    assert main(["--format", "json", *argv, "--allow-inconclusive"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"]["verdict"] == "inconclusive" and "at least 5" in report["verdict"]["reason"]
+
+
+def test_an_http_endpoint_is_never_a_reference(served, keys_dir, reference_models, tiny_pipeline, capsys):
+    argv = ["audit", "--keys", str(keys_dir), "--suspect", str(tiny_pipeline), "--reference", served.url]
+    for ref in reference_models[:4]:
+        argv += ["--reference", str(ref)]
+    assert main(argv) == 2
+    assert "an HTTP endpoint cannot be a reference" in capsys.readouterr().err
+
+
+def test_an_edited_reference_cache_entry_is_audited_again(reference_models, keys_dir, tmp_path):
+    from auditor.backends import SuspectSpec
+    from auditor.config import AuditConfig
+    from auditor.workflow import Audit, load_keys, resolve_settings
+
+    keys = load_keys(keys_dir)
+    specs = tuple(SuspectSpec(model=str(m), device="cpu") for m in reference_models)
+
+    def audit() -> Audit:
+        return Audit(
+            keys=keys,
+            config=AuditConfig(seeds_per_key=1),
+            settings=resolve_settings(keys.keyset, {"steps": 1}),
+            references=specs,
+            reference_cache=tmp_path / "refs",
+        )
+
+    first = audit().reference_results()
+    entry = sorted((tmp_path / "refs").glob("*.json"))[0]
+    document = json.loads(entry.read_text())
+    document["result"]["distances"] = [0.01] * len(document["result"]["distances"])  # a doctored null
+    entry.write_text(json.dumps(document))
+    again = audit().reference_results()
+    assert again == first  # the edited entry did not enter the audit: it was redone
+    assert json.loads(entry.read_text())["result"]["distances"] != [0.01] * len(first[0].distances)
+
+
+def test_the_report_is_written_before_its_envelope(monkeypatch, tmp_path):
+    """A kill between the two writes must leave a report without a signature (a rerun signs it),
+    never a signature without its report."""
+    from auditor import workflow
+
+    order = []
+    monkeypatch.setattr(workflow, "save_report", lambda report, path: order.append("report") or Path(path))
+    monkeypatch.setattr(workflow, "sign_report", lambda report, path, key: order.append("envelope"))
+    workflow.save_outcome(workflow.Outcome(report=None), tmp_path / "r.json", signing_key=tmp_path / "k")  # type: ignore[arg-type]
+    assert order == ["report", "envelope"]

@@ -72,6 +72,12 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInputError(f"device {device!r}: no CUDA device is available on this host (use --device cpu)")
+    if device.startswith("cuda:"):
+        index, count = int(device.split(":", 1)[1]), torch.cuda.device_count()
+        if index >= count:
+            raise BadInputError(
+                f"device {device!r}: this host has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
     return device
 
 

@@ -80,6 +80,9 @@ class JobSpec(FrozenModel):
     keys: str = Field(min_length=1, description="keyset folder")
     references: tuple[str, ...] = Field((), description="innocent reference models (calibration)")
     panel: tuple[str, ...] = Field((), description="when given: the selection panel the keyset must record")
+    allow_inconclusive: bool = Field(
+        False, description="audit with fewer than min_references references (every verdict inconclusive)"
+    )
     thresholds: AuditConfig = AuditConfig()
     generation: GenerationOverrides | None = None
     alpha: float = Field(0.01, gt=0.0, lt=1.0)

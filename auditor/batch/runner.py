@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from auditor.backends import identify
 from auditor.batch.job import InvalidSuspect, Job, SuspectEntry
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.errors import EXIT_OK, EXIT_TRANSIENT, AuditorError, BadInputError
-from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
+from auditor.fileio import atomic_write_text, canonical_json, remove_dead_temp_files, sha256_bytes
 from auditor.progress import Reporter
 from auditor.workflow import Audit, LoadedKeys, envelope_path, load_keys, resolve_settings, save_outcome
 
@@ -99,6 +100,9 @@ class BatchRunner:
             )
         for sub in ("reports", "errors"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("reports", "errors", "transcripts", "references"):
+            if (self.out / sub).is_dir():
+                remove_dead_temp_files(self.out / sub)  # left by writers killed mid-write
 
     @property
     def keys(self) -> LoadedKeys:
@@ -134,6 +138,7 @@ class BatchRunner:
                 signing_key=Path(self.job.resolve(spec.signing_key)) if spec.signing_key else None,
                 reference_cache=self.out / "references",
                 panel=tuple(self.job.runtime_spec(path) for path in spec.panel),
+                allow_inconclusive=spec.allow_inconclusive,
             )
         return self._audits[token]
 
@@ -148,9 +153,12 @@ class BatchRunner:
 
     # -------------------------------------------------------- per suspect
 
-    def existing_report(self, name: str):
-        """The suspect's finished report, or None when there is none (or it does not parse)."""
-        from auditor.report import load_report
+    def existing_report(self, name: str, entry: SuspectEntry | None = None):
+        """The suspect's finished report, or None when there is none, it does not parse, or (given
+        its entry) it is not what this job would write now: its numbers contradict each other, or it
+        was made with other settings, seeds, alpha or references than the job's. Such a report is
+        audited again, never signed as it stands."""
+        from auditor.report import inconsistencies, load_report
 
         path = self.report_path(name)
         if not path.is_file():
@@ -164,7 +172,26 @@ class BatchRunner:
                 f"{path}: holds a report for keyset {report.keyset.digest[:16]}..., not this job's keyset "
                 f"{self.keyset.digest[:16]}...; use a fresh --out folder"
             )
+        if entry is not None and not self._is_current(report, entry):
+            self.reporter.log(
+                f"{name}: the report on disk is not this job's (stale or edited); auditing again"
+            )
+            return None
+        if inconsistencies(report):
+            return None
         return report
+
+    def _is_current(self, report, entry: SuspectEntry) -> bool:
+        try:
+            audit = self.audit_for(self.settings_for(entry))
+        except AuditorError:
+            return False
+        references = {i.digest for i in (identify(spec) for spec in audit.references)}
+        return (
+            report.audit_token == audit.token
+            and report.verdict.alpha == audit.alpha
+            and {r.digest for r in report.references} == references
+        )
 
     def record_error(self, name: str, exc: BaseException) -> Outcome:
         """Write errors/NAME.json and log one line; every configured secret scrubbed from both.
@@ -201,7 +228,8 @@ class BatchRunner:
         return Outcome(name, "failed", code, message)
 
     def _ensure_envelope(self, name: str) -> None:
-        """A report signed before a crash always has its envelope (written first); repair by hand edits."""
+        """A report whose run was killed before its envelope was written (the report goes first) is
+        signed now; it was checked to be this job's report (`existing_report`) first."""
         from auditor.report import load_report
         from auditor.workflow import sign_report
 
@@ -216,9 +244,10 @@ class BatchRunner:
         name = entry.name
         if isinstance(entry, InvalidSuspect):
             return self.record_error(name, BadInputError(entry.message))
-        if self.existing_report(name) is not None:
+        if self.existing_report(name, entry) is not None:
             self._ensure_envelope(name)
             return Outcome(name, "skipped", EXIT_OK, "report already exists")
+        envelope_path(self.report_path(name)).unlink(missing_ok=True)  # an orphan of a killed run
         start = time.perf_counter()
         try:
             settings = settings or self.settings_for(entry)
@@ -243,10 +272,11 @@ class BatchRunner:
             if isinstance(entry, InvalidSuspect):
                 known.append(self.record_error(entry.name, BadInputError(entry.message)))
                 continue
-            if self.existing_report(entry.name) is not None:
+            if self.existing_report(entry.name, entry) is not None:
                 self._ensure_envelope(entry.name)
                 known.append(Outcome(entry.name, "skipped", EXIT_OK, "report already exists"))
                 continue
+            envelope_path(self.report_path(entry.name)).unlink(missing_ok=True)  # an orphan of a killed run
             try:
                 settings = self.settings_for(entry)
             except AuditorError as exc:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from auditor.backends._base import check_pairs, chunks, quiet_hf_libraries
-from auditor.backends._diffusers import make_scheduler
+from auditor.backends._diffusers import check_scheduler_settings, make_scheduler
 from auditor.backends.engines.components import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
 from auditor.config import GenerationSettings
 from auditor.documents import parse_json, read_bytes
@@ -174,6 +174,7 @@ class DenoisingLoop:
         self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings, batch_size: int
     ) -> np.ndarray:
         self.check_size(settings)
+        check_scheduler_settings(settings, self.scheduler_config)  # before any engine runs
         if batch_size < 1:
             raise BadInputError(f"batch size {batch_size}: expected at least 1")
         if self.runners.max_images is not None:
