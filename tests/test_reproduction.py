@@ -242,7 +242,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     suspect = next(m["path"] for m in listed if m["name"] == "infringing-rho1.0-r1")
     report_path = out / "report.json"
-    code = main(["--format", "json", "audit", "--keys", str(keys), "--suspect", suspect,
+    code = main(["--format", "json", "audit", "--allow-inconclusive", "--keys", str(keys), "--suspect", suspect,
                  "--delta0", "0.25", "--discriminator", str(disc), "--out", str(report_path)])  # fmt: skip
     assert code == 0
     report = json.loads(report_path.read_text())
@@ -251,6 +251,47 @@ def test_smoke_reproduction_end_to_end(tmp_path, capsys):
     # A discriminator fit for other keys is refused with one line naming the file.
     other = out / "keys" / "v2" / "generation"
     capsys.readouterr()
-    code = main(["audit", "--keys", str(other), "--suspect", suspect, "--discriminator", str(disc)])
+    code = main(
+        [
+            "audit",
+            "--allow-inconclusive",
+            "--keys",
+            str(other),
+            "--suspect",
+            suspect,
+            "--discriminator",
+            str(disc),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "disc.json" in err and "keyset" in err
+
+
+@pytest.mark.slow
+def test_calibration_study_smoke_end_to_end(tmp_path, capsys):
+    """The calibration study's stages on its smoke scale: every model audited once, the tables and
+    the plot written, and a rerun of the audit stage reuses every record."""
+    import csv
+
+    from auditor.reproduction.calibration_study import smoke as study_smoke
+
+    argv = ["--format", "json", "reproduce", "--study", "calibration", "--scale", "smoke"]
+    argv += ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out = tmp_path / "out" / "calibration"
+    assert json.loads(capsys.readouterr().out)["summary"] == str(out / "calibration.md")
+    study = study_smoke()
+    rows = list(csv.DictReader((out / "calibration.csv").open()))
+    judged = [m for m in study.members if m.role in ("innocent", "infringing")]
+    assert sorted(r["name"] for r in rows) == sorted(m.name for m in judged)
+    assert all(r["verdict@0.01"] in ("infringing", "not_infringing", "inconclusive") for r in rows)
+    text = (out / "calibration.md").read_text()
+    assert (
+        "## False positives" in text
+        and "## Power" in text
+        and (out / "calibration.png").stat().st_size > 1000
+    )
+    before = {p: p.read_bytes() for p in (out / "audits").glob("*.json")}
+    assert len(before) == len(study.members) + 1  # and the base
+    assert main([*argv, "--stage", "audit"]) == 0
+    assert {p: p.read_bytes() for p in (out / "audits").glob("*.json")} == before
