@@ -173,7 +173,7 @@ def _batch_with_token(tmp_path, keys_dir, url: str, capsys) -> tuple[int, str]:
 
     job = tmp_path / "job.yaml"
     job.write_text(
-        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nsuspects:\n"
+        f"keys: {keys_dir}\nallow_inconclusive: true\ngeneration: {{steps: 2}}\nsuspects:\n"
         f"  - name: web\n    model: {url}\n"
         "    http: {auth_env: T2I_HOSTILE_TOKEN, decoys_per_key: 0, retries: 0}\n"
     )

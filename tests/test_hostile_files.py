@@ -173,7 +173,7 @@ def test_kill_9_at_random_moments_loses_no_report(tmp_path, keys_dir):
         )
         job = tmp_path / "job.yaml"
         job.write_text(
-            f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nsigning_key: {PRIVATE}\nsuspects:\n{body}"
+            f"keys: {keys_dir}\nallow_inconclusive: true\ngeneration: {{steps: 2}}\nsigning_key: {PRIVATE}\nsuspects:\n{body}"
         )
         out = tmp_path / "out"
         command = [sys.executable, "-c", _RUN_BATCH, str(job), str(out)]

@@ -73,7 +73,7 @@ def test_a_batch_suspect_with_impossible_steps_is_bad_input_not_a_crash(
 ):
     job = tmp_path / "job.yaml"
     job.write_text(
-        f"keys: {keys_dir}\ngeneration: {{steps: 2}}\nsuspects:\n"
+        f"keys: {keys_dir}\nallow_inconclusive: true\ngeneration: {{steps: 2}}\nsuspects:\n"
         f"  - {{name: many, model: {tiny_pipeline}, generation: {{steps: 1000}}}}\n"
     )
     assert main(["--format", "json", "batch", str(job), "--out", str(tmp_path / "out")]) == 2
