@@ -7,11 +7,13 @@ that a rerun uses exactly the same settings.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 SchedulerName = Literal["ddim", "pndm", "euler", "euler_a", "dpm++", "ddpm", "lms"]
+Size = tuple[Annotated[int, Field(ge=1, le=16384)], Annotated[int, Field(ge=1, le=16384)]]
+Crop = tuple[Annotated[int, Field(ge=0, le=16384)], Annotated[int, Field(ge=0, le=16384)]]
 
 
 class FrozenModel(BaseModel):
@@ -28,6 +30,16 @@ class GenerationSettings(FrozenModel):
     width: int | None = Field(None, ge=8, le=4096, description="pixels; None = the model's default")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0 = deterministic sampler)")
     negative_prompt: str = ""
+    # SDXL's size conditioning (add_time_ids); SD 1.x/2.x pipelines have none and ignore these.
+    original_size: Size | None = Field(
+        None, description="SDXL: original_size (height, width) conditioning; None = (height, width)"
+    )
+    crops_coords_top_left: Crop | None = Field(
+        None, description="SDXL: crops_coords_top_left (top, left) conditioning; None = (0, 0)"
+    )
+    target_size: Size | None = Field(
+        None, description="SDXL: target_size (height, width) conditioning; None = (height, width)"
+    )
 
     @model_validator(mode="after")
     def _multiple_of_8(self) -> GenerationSettings:
@@ -36,6 +48,27 @@ class GenerationSettings(FrozenModel):
             if value is not None and value % 8:
                 raise ValueError(f"{name} must be a multiple of 8, got {value}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler):
+        """Fields added after v1 are left out while None, in every dump: keysets, audit tokens, reference
+        caches and reports written before them keep their digests (auditor.keys.keyset_document)."""
+        data = handler(self)
+        for name in ADDED_GENERATION_FIELDS:
+            if isinstance(data, dict) and data.get(name, 0) is None:
+                del data[name]
+        return data
+
+    def size_conditioning(self, height: int, width: int) -> tuple[Size, Crop, Size]:
+        """SDXL's (original_size, crops_coords_top_left, target_size) at an image of height x width."""
+        return (
+            self.original_size or (height, width),
+            self.crops_coords_top_left or (0, 0),
+            self.target_size or (height, width),
+        )
+
+
+ADDED_GENERATION_FIELDS = ("original_size", "crops_coords_top_left", "target_size")
 
 
 class AuditConfig(FrozenModel):

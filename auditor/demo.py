@@ -5,7 +5,9 @@ audits five innocent references (fine-tunes of the base like the innocent suspec
 the base itself), then each suspect (infringing at rho = 1.0 and 0.3, one innocent), and
 writes one signed report and one evidence page per suspect under the output folder. The
 verdict is the model-level test against the references; the paper's figure (a fixed
-threshold on conf) is shown beside it.
+threshold on conf) is shown beside it. `family="sdxl"` runs the same world with
+SDXL-architecture models (StableDiffusionXLPipeline folders); its keys record SDXL's size
+conditioning.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from auditor.backends import SuspectSpec, open_suspect
+from auditor.backends import SuspectSpec, conditioned_settings, inspect_model, open_suspect
 from auditor.config import AuditConfig, FrozenModel
 from auditor.fileio import atomic_write_text, sha256_bytes
 from auditor.identity import hash_model
@@ -30,7 +32,7 @@ from auditor.signing import generate_keypair
 from auditor.views import VERDICT_STYLE, distance_shares, render_report_html
 from auditor.workflow import Audit, LoadedKeys, resolve_settings, save_outcome
 from auditor.zoo.build import build_zoo
-from auditor.zoo.config import PRESETS
+from auditor.zoo.config import preset as zoo_preset
 from auditor.zoo.data import load_dataset
 
 
@@ -51,6 +53,7 @@ class DemoSuspect(FrozenModel):
 
 
 class DemoResult(FrozenModel):
+    family: str = "sd"
     zoo: str
     keyset_digest: str
     strategy: str
@@ -70,6 +73,7 @@ def _ref(path: str | Path) -> ModelRef:
 
 def run_demo(
     *,
+    family: str = "sd",
     preset: str = "demo",
     out: Path = Path("demo-out"),
     cache_dir: Path | None = None,
@@ -80,14 +84,18 @@ def run_demo(
     reporter = reporter or Reporter()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    zoo = build_zoo(PRESETS[preset], cache_dir=cache_dir, reporter=reporter, jobs=jobs)
+    config = zoo_preset(family, preset)
+    zoo = build_zoo(config, cache_dir=cache_dir, reporter=reporter, jobs=jobs)
     timings["zoo"] = time.perf_counter() - start
 
     t = time.perf_counter()
     train = load_dataset(zoo.source_train)
-    source = open_suspect(SuspectSpec(model=zoo.source, device="cpu"))
+    source_spec = SuspectSpec(model=zoo.source, device="cpu")
+    source = open_suspect(source_spec)
     base = open_suspect(SuspectSpec(model=zoo.base, device="cpu"))
-    settings = PRESETS[preset].generation
+    settings = conditioned_settings(
+        config.generation, inspect_model(source_spec)
+    )  # SDXL: its size conditioning
     keyset, images = select_keys(
         SelectionConfig(strategy=strategy),
         source=source,
@@ -165,6 +173,7 @@ def run_demo(
         timings[f"audit {name}"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     result = DemoResult(
+        family=family,
         zoo=zoo.config_digest,
         keyset_digest=keyset.digest,
         strategy=strategy,
@@ -187,7 +196,10 @@ def _demo_signing_key(out: Path) -> Path:
 
 def print_demo(result: DemoResult, console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"t2i-auditor demo: {result.num_keys} {result.strategy} keys, delta0 0.15")
+    models = "SDXL" if result.family == "sdxl" else "SD"
+    table = Table(
+        title=f"t2i-auditor demo ({models} models): {result.num_keys} {result.strategy} keys, delta0 0.15"
+    )
     for col in (
         "suspect",
         "rho",

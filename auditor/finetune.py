@@ -1,4 +1,4 @@
-"""The one trainer: fine-tune a diffusers Stable Diffusion folder on captioned images, full or LoRA.
+"""The one trainer: fine-tune a diffusers Stable Diffusion or SDXL folder on captioned images, full or LoRA.
 
 It builds the innocent references an owner calibrates against (`t2i-audit references
 build`, on their own real images), and the zoo's references, suspects and shadow models,
@@ -7,6 +7,14 @@ the recipe Stable Diffusion fine-tuning uses: the text encoder and VAE frozen, t
 (or LoRA adapters on its attention projections) trained to predict the noise the DDPM
 forward process added (or the velocity, for v-prediction models), with caption dropout
 so classifier-free guidance keeps its unconditional branch, AdamW at a constant rate.
+
+SDXL (a StableDiffusionXLPipeline base) is trained on what its pipeline feeds the UNet: both
+text encoders' penultimate hidden states concatenated, the second encoder's pooled
+embedding (`text_embeds`) and the size conditioning (`time_ids`: original size, crop
+top-left, target size; here (H, W, 0, 0, H, W), the images' own size uncropped, which is
+what generation uses by default), with the caption dropout applied to the pooled
+embedding too. The UNet's added-conditioning layers (`add_embedding`) train with the rest
+of it.
 
 Every random draw takes its seed from the recipe, so the same base, data and recipe give
 the same weights on the same machine. Works on the CPU (the tiny zoo) and on CUDA (a
@@ -84,6 +92,44 @@ def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device="cp
     return {caption: states[i] for i, caption in enumerate(unique)}
 
 
+def encode_xl_captions(tokenizers, text_encoders, captions: Sequence[str], device="cpu") -> tuple[dict, dict]:
+    """SDXL's (states, pooled) per caption exactly as StableDiffusionXLPipeline.encode_prompt computes them:
+    each encoder's penultimate hidden states (max-length padding), concatenated; the last one's text_embeds."""
+    import torch
+
+    unique = sorted(set(captions) | {""})
+    parts, pooled = [], None
+    with torch.no_grad():
+        for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
+            ids = tokenizer(
+                unique,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            out = encoder(ids, output_hidden_states=True)
+            if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds, the pooled embedding
+                pooled = out[0].float()
+            parts.append(out.hidden_states[-2].float())
+    if pooled is None:
+        raise ValueError(
+            "SDXL's last text encoder must return pooled text_embeds (CLIPTextModelWithProjection)"
+        )
+    states = torch.cat(parts, dim=-1)
+    return (
+        {caption: states[i] for i, caption in enumerate(unique)},
+        {caption: pooled[i] for i, caption in enumerate(unique)},
+    )
+
+
+def xl_time_ids(height: int, width: int, device="cpu"):
+    """SDXL's add_time_ids for uncropped images of their own size: (H, W, 0, 0, H, W)."""
+    import torch
+
+    return torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32, device=device)
+
+
 def train_noise_prediction(
     unet,
     latents,
@@ -98,8 +144,14 @@ def train_noise_prediction(
     caption_dropout: float = 0.1,
     parameters=None,
     progress: Progress | None = None,
+    pooled: dict | None = None,
+    time_ids=None,
 ) -> float:
-    """Noise-prediction training at a constant learning rate; returns the mean loss of the last 10%."""
+    """Noise-prediction training at a constant learning rate; returns the mean loss of the last 10%.
+
+    SDXL: `pooled` (caption -> text_embeds) and `time_ids` (6,) are the UNet's added conditioning;
+    a dropped caption drops its pooled embedding too. No random draw depends on them, so an SD
+    run draws exactly what it drew before they existed."""
     import torch
 
     if len(latents) != len(captions):
@@ -108,6 +160,9 @@ def train_noise_prediction(
     generator = torch.Generator().manual_seed(seed)
     cond = torch.stack([caption_states[c] for c in captions])
     uncond = caption_states[""]
+    if (pooled is None) != (time_ids is None):
+        raise ValueError("SDXL's added conditioning needs both pooled embeddings and time_ids")
+    cond_pooled = torch.stack([pooled[c] for c in captions]) if pooled is not None else None
     unet.train()
     params = [p for p in (parameters if parameters is not None else unet.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -125,7 +180,15 @@ def train_noise_prediction(
         )
         noisy = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t) if velocity else noise
-        pred = unet(noisy.to(unet.dtype), t, states.to(unet.dtype)).sample.float()
+        added = None
+        if cond_pooled is not None:
+            text_embeds = cond_pooled[idx].clone()
+            text_embeds[drop.to(device)] = pooled[""]  # type: ignore[index]
+            added = {
+                "text_embeds": text_embeds.to(unet.dtype),
+                "time_ids": time_ids.to(device).expand(batch_size, -1).to(unet.dtype),
+            }
+        pred = unet(noisy.to(unet.dtype), t, states.to(unet.dtype), added_cond_kwargs=added).sample.float()
         loss = torch.nn.functional.mse_loss(pred, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,20 +229,26 @@ def finetune(
     import transformers
 
     from auditor.backends._base import quiet_hf_libraries, resolve_device
-    from auditor.backends._diffusers import validate_pipeline_folder
+    from auditor.backends._pipelines import validate_pipeline_folder
 
     quiet_hf_libraries()
     reporter = reporter or Reporter()
     base_dir, out_dir = Path(base), Path(out)
-    validate_pipeline_folder(base_dir)
+    info = validate_pipeline_folder(base_dir)
     if len(images) != len(captions) or len(images) == 0:
         raise BadInputError(
             f"{label}: expected as many captions as images, and some, got {len(images)} and {len(captions)}"
         )
     device = resolve_device(device)
     try:
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(base_dir / "tokenizer")
-        text_encoder = transformers.CLIPTextModel.from_pretrained(base_dir / "text_encoder").to(device).eval()
+        tokenizers = [transformers.CLIPTokenizer.from_pretrained(base_dir / "tokenizer")]
+        text_encoders = [
+            transformers.CLIPTextModel.from_pretrained(base_dir / "text_encoder").to(device).eval()
+        ]
+        if info.is_xl:
+            tokenizers.append(transformers.CLIPTokenizer.from_pretrained(base_dir / "tokenizer_2"))
+            encoder_2 = transformers.CLIPTextModelWithProjection.from_pretrained(base_dir / "text_encoder_2")
+            text_encoders.append(encoder_2.to(device).eval())
         vae = diffusers.AutoencoderKL.from_pretrained(base_dir / "vae").to(device).eval()
         unet = diffusers.UNet2DConditionModel.from_pretrained(base_dir / "unet").to(device)
         scheduler = diffusers.DDPMScheduler.from_pretrained(base_dir / "scheduler")
@@ -196,7 +265,12 @@ def finetune(
     images, captions = draw(images, captions, recipe)
     torch.manual_seed(recipe.seed)
     latents = encode_latents(vae, images, float(vae.config.scaling_factor), device=device)
-    states = encode_captions(tokenizer, text_encoder, captions, device)
+    pooled = time_ids = None
+    if info.is_xl:
+        states, pooled = encode_xl_captions(tokenizers, text_encoders, captions, device)
+        time_ids = xl_time_ids(size, size, device)
+    else:
+        states = encode_captions(tokenizers[0], text_encoders[0], captions, device)
     parameters = None
     if recipe.lora_rank is not None:
         parameters = _add_lora(unet, recipe.lora_rank)
@@ -216,6 +290,8 @@ def finetune(
             caption_dropout=recipe.caption_dropout,
             parameters=parameters,
             progress=advance,
+            pooled=pooled,
+            time_ids=time_ids,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     if recipe.lora_rank is not None:

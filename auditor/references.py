@@ -154,7 +154,7 @@ def build_references(
     reporter: Reporter | None = None,
 ) -> ReferenceSet:
     """Fine-tune `count` references (seeds recipe.seed + i) and write OUT/references.json."""
-    from auditor.backends._diffusers import validate_pipeline_folder
+    from auditor.backends._pipelines import validate_pipeline_folder
     from auditor.identity import hash_model
 
     reporter = reporter or Reporter()

@@ -17,13 +17,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from auditor.backends import SuspectSpec
+from auditor.backends import SuspectSpec, inspect_model
 from auditor.config import AuditConfig, FrozenModel
 from auditor.documents import load_document
 from auditor.errors import BadInputError
 from auditor.identity import hash_model
 from auditor.progress import Reporter
-from auditor.workflow import LoadedKeys, audit_model, resolve_settings
+from auditor.workflow import LoadedKeys, audit_model, check_keys_fit, resolve_settings
 
 SHADOW_SCHEMA = "t2i-auditor.shadow-set/v1"
 # files written before the version field had its one name
@@ -61,17 +61,26 @@ def shadow_distances(
     reporter: Reporter,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Audit every shadow with the keys (the workflow's audit): (n_shadows, M) distances and labels."""
+    """Audit every shadow with the keys (the workflow's audit): (n_shadows, M) distances and labels.
+    Every shadow is checked (found, its digest, a pipeline this tool runs with these keys) before any
+    is audited."""
     rows, labels = [], []
     settings = resolve_settings(keys.keyset)
+    specs = []
+    for model in shadows.models:
+        path = Path(model.path) if Path(model.path).is_absolute() else root / model.path
+        if not path.exists():
+            raise BadInputError(f"shadow {model.name}: {path} not found")
+        if model.digest and hash_model(path).digest != model.digest:
+            raise BadInputError(f"shadow {model.name}: {path} does not match its recorded digest")
+        spec = SuspectSpec(model=str(path), device=device, batch_size=config.batch_size)
+        try:
+            check_keys_fit(inspect_model(spec), keys)
+        except BadInputError as exc:
+            raise BadInputError(f"shadow {model.name}: {exc}") from None
+        specs.append(spec)
     with reporter.task("shadow: audit shadow models", len(shadows.models)) as advance:
-        for i, model in enumerate(shadows.models, start=1):
-            path = Path(model.path) if Path(model.path).is_absolute() else root / model.path
-            if not path.exists():
-                raise BadInputError(f"shadow {model.name}: {path} not found")
-            if model.digest and hash_model(path).digest != model.digest:
-                raise BadInputError(f"shadow {model.name}: {path} does not match its recorded digest")
-            spec = SuspectSpec(model=str(path), device=device, batch_size=config.batch_size)
+        for i, (model, spec) in enumerate(zip(shadows.models, specs, strict=True), start=1):
             result, _ = audit_model(spec, keys, config, settings, reporter)
             rows.append(result.distances())
             labels.append(model.label)

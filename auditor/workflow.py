@@ -11,6 +11,10 @@ reported and signed the same way whichever door it came in by:
     outcome = audit.run(SuspectSpec(model="suspect/"), reporter=reporter)
     save_outcome(outcome, Path("report.json"), audit.signing_key)   # report.json, report.dsse.json
 
+- every model is inspected before any generation (`auditor.backends.inspect_model`: an
+  unsupported pipeline, a LoRA or checkpoint of the other family than its base or config
+  folder, an SDXL model given an SD keyset of another resolution: `check_keys_fit`), so a
+  bad suspect is refused before the references are regenerated;
 - identity (`auditor.backends.identify`): a folder's or file's manifest digest, an engine
   bundle's source-model digest, an HTTP endpoint's transcript digest once it answered;
 - references are audited once per (model digest, keyset, audit config, settings,
@@ -32,7 +36,15 @@ import numpy as np
 
 import auditor
 from auditor.audit import AuditResult, audit_token, run_audit, with_nonce
-from auditor.backends import Generator, HttpGenerator, SuspectSpec, identify, open_suspect
+from auditor.backends import (
+    Generator,
+    HttpGenerator,
+    PipelineInfo,
+    SuspectSpec,
+    identify,
+    inspect_model,
+    open_suspect,
+)
 from auditor.backends._diffusers import check_spec_settings
 from auditor.commitment import COMMITMENT_FILE
 from auditor.config import AuditConfig, GenerationSettings
@@ -99,6 +111,25 @@ def resolve_settings(
 
 
 # ---------------------------------------------------------------- one model
+
+
+def check_keys_fit(info: PipelineInfo | None, keys: LoadedKeys) -> None:
+    """Refuse an SDXL model audited with an SD keyset (one selected without SDXL's size conditioning)
+    of another resolution than the model's: it would be made to generate at a size it was not trained
+    for, and the distances would measure that, not the model."""
+    keyset = keys.keyset
+    conditioned = any(
+        getattr(keyset.generation, f) is not None
+        for f in ("original_size", "crops_coords_top_left", "target_size")
+    )
+    if info is None or not info.is_xl or conditioned:
+        return
+    if (keyset.height, keyset.width) != (info.height, info.width):
+        raise BadInputError(
+            f"{keys.path / 'keys.json'}: SD keys of {keyset.height}x{keyset.width} pixels (no SDXL size "
+            f"conditioning), but {info.index} names an SDXL pipeline made for {info.height}x{info.width}; "
+            f"expected keys of {info.height}x{info.width}, or keys selected from an SDXL source"
+        )
 
 
 def audit_model(
@@ -230,6 +261,7 @@ class Audit:
                         " nor refused if it were the base or the source); use a model folder or file"
                     )
                 digest = identify(spec).digest
+                check_keys_fit(inspect_model(spec), self.keys)
             except AuditorError as exc:
                 raise type(exc)(f"{label}: {exc}") from None
             if digest in excluded:
@@ -330,6 +362,7 @@ class Audit:
         reporter = reporter or Reporter()
         self.check()
         identity = identify(spec)  # a missing or unreadable model fails here, before any generation
+        check_keys_fit(inspect_model(spec), self.keys)  # one this tool cannot run, or not with these keys
         check_spec_settings(spec, self.settings)
         # a suspect that cannot load fails now, before the references are generated
         generator = open_suspect(spec, name=name)

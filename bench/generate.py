@@ -1,11 +1,12 @@
 """Key-regeneration throughput: torch eager vs ONNX Runtime (vs TensorRT on a GPU host).
 
-    python bench/generate.py [--model PATH] [--bundle PATH] [--keys 30] [--steps 20]
+    python bench/generate.py [--model PATH] [--bundle PATH] [--family sd|sdxl] [--keys 30] [--steps 20]
                              [--guidance 3] [--reps 5] [--threads 1] [--device auto]
                              [--dtype float32|float16]
 
 Regenerates the same keys (prompt, seed) with each backend on the same model (default:
-an untrained zoo-architecture pipeline built in a temp dir and exported there),
+an untrained zoo-architecture pipeline built in a temp dir and exported there; `--family
+sdxl`: the SDXL one, a StableDiffusionXLPipeline with its four exported graphs),
 alternating the contenders rep by rep (torch, onnx, torch, onnx, ...) so drift from
 other processes on a shared machine hits both alike; intra-op threads pinned (1 by
 default) for torch and ONNX Runtime. Every backend runs `--dtype` (float16: torch in
@@ -228,6 +229,9 @@ def _sweep(args, model: Path, bundle: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="diffusers SD folder (default: a tiny random-weight zoo pipeline)")
+    parser.add_argument(
+        "--family", choices=["sd", "sdxl"], default="sd", help="the default model's architecture (default sd)"
+    )
     parser.add_argument("--bundle", help="an exported bundle of --model (default: exported into a temp dir)")
     parser.add_argument("--keys", type=int, default=30)
     parser.add_argument("--steps", type=int, default=20)
@@ -262,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         model = Path(args.model) if args.model else None
         if model is None:
-            from export.testing import build_tiny_pipeline
+            from export.testing import build_tiny_pipeline, build_tiny_xl_pipeline
 
-            model = build_tiny_pipeline(tmp)
+            model = (build_tiny_xl_pipeline if args.family == "sdxl" else build_tiny_pipeline)(tmp)
         bundle = Path(args.bundle) if args.bundle else None
         if bundle is None:
             from auditor.backends.engines import engine_precision
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(values) for name, values in times.items()}
 
-        print(f"machine: {_machine()}")
+        print(f"machine: {_machine()}; model: {args.family if not args.model else model}")
         print(
             f"workload: {args.keys} keys x {args.steps} steps, guidance {args.guidance}, batch {args.batch_size},"
             f" {args.threads} thread(s), {args.reps} alternated reps, medians"

@@ -16,7 +16,11 @@ about 15 minutes in all, start-up included, and a run must finish within 10):
    ONNX Runtime CUDA with IO binding, TensorRT; FLOP/s and the fraction of the fp16 peak;
 6. `generate-fp16`: bench/generate.py, end to end at batch 8, 1, 30 and 20 then 50 steps, each
    backend's speed and PSNR against torch fp32 images of the same keys;
-7. `unet-fp32`: fp32 engines last (TF32 off), the most expensive build for the least news.
+7. `sdxl-unet-fp16`: bench/unet.py --arch sdxl, SDXL base's 2.6B-parameter UNet with random weights
+   at 1024x1024 (text_embeds and time_ids inputs), one guided step at batch 1 and 4 on torch eager
+   and torch.compile: FLOP/s and the fraction of the fp16 peak (no ONNX export: its fp32 graph is
+   10 GB; `bench/unet.py --arch sdxl --backends onnx,tensorrt` on a longer lease);
+8. `unet-fp32`: fp32 engines last (TF32 off), the most expensive build for the least news.
 
 A step starts only when at least its minimum time is left, and runs under a timeout of what is
 left; a step that cannot start is recorded as skipped with the reason. The JSON (`--out`) is
@@ -366,6 +370,33 @@ def default_steps() -> list[Step]:
                 _deadline_arg(ctx, 330),
             ),  # fmt: skip
             result=lambda ctx: read_json(ctx.path("generate-fp16.json")),
+        ),
+        Step(
+            "sdxl-unet-fp16",
+            "SDXL base UNet (2.6B, random weights) at 1024x1024, one guided step, batch 1/4: eager, compile",
+            min_s=90,
+            cap_s=240,
+            argv=lambda ctx: _bench(
+                ctx,
+                "unet.py",
+                "--arch",
+                "sdxl",
+                "--dtype",
+                "float16",
+                "--images",
+                "1,4",
+                "--backends",
+                "torch,compile",
+                "--reps",
+                "3",
+                "--calls",
+                "3",
+                "--json",
+                str(ctx.path("sdxl-unet-fp16.json")),
+                "--deadline",
+                _deadline_arg(ctx, 240),
+            ),  # fmt: skip
+            result=lambda ctx: read_json(ctx.path("sdxl-unet-fp16.json")),
         ),
         Step(
             "unet-fp32",

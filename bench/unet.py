@@ -1,13 +1,15 @@
 """One guided denoising step: torch eager vs ONNX Runtime vs TensorRT, and the fraction of the GPU's limit.
 
-    python bench/unet.py [--arch sd15|tiny] [--height 512] [--images 1[,8,30]] [--dtype float16]
+    python bench/unet.py [--arch sd15|sdxl|tiny|tiny-sdxl] [--height 512] [--images 1[,8,30]] [--dtype float16]
                          [--backends torch,compile,onnx,tensorrt] [--bundle BUNDLE]
                          [--reps 10] [--calls 10] [--device auto] [--threads 1]
                          [--workdir DIR] [--peak-tflops X] [--json OUT] [--deadline EPOCH]
 
 A guided step is one UNet call on 2 x images rows (unconditional and conditional
 halves), the audit's unit of work. The UNet is built from its architecture with random
-weights (`--arch sd15`: Stable Diffusion 1.5's 860M-parameter UNet; `tiny`: the zoo's),
+weights (`--arch sd15`: Stable Diffusion 1.5's 860M-parameter UNet; `sdxl`: SDXL base's
+2.6B-parameter UNet at 1024x1024, with its pooled text embeddings and size-conditioning
+time_ids as inputs; `tiny`, `tiny-sdxl`: the zoo's),
 exported through the project's own exporter (the fp32 graph, and the fp16 graph for
 `--dtype float16`) and run by each backend available here:
 
@@ -64,42 +66,89 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def _unet(arch: str):
+ARCHS = ("sd15", "sdxl", "tiny", "tiny-sdxl")
+DEFAULT_HEIGHT = {"sd15": 512, "sdxl": 1024, "tiny": 32, "tiny-sdxl": 32}
+
+
+def _unet(arch: str, device="cpu"):
+    """(UNet, VAE scale, text length, text width, pooled width or None: SDXL's added conditioning).
+    SDXL's 2.6B parameters are initialized on `device` (10 GB in fp32: seconds on a GPU)."""
     if arch == "sd15":
         from export.testing import sd15_unet
 
-        return sd15_unet(0), 8, 77, 768
-    from auditor.zoo.models import TOKENIZER_MAX_LENGTH, make_unet
+        return sd15_unet(0), 8, 77, 768, None
+    if arch == "sdxl":
+        from export.testing import SDXL_POOLED_DIM, SDXL_TEXT_LENGTH, SDXL_TEXT_WIDTH, sdxl_unet
 
-    return make_unet(0).eval(), 4, TOKENIZER_MAX_LENGTH, 32
+        return sdxl_unet(0, str(device)), 8, SDXL_TEXT_LENGTH, SDXL_TEXT_WIDTH, SDXL_POOLED_DIM
+    from auditor.zoo.models import (
+        TOKENIZER_MAX_LENGTH,
+        XL_CROSS_ATTENTION_DIM,
+        XL_POOLED_DIM,
+        make_unet,
+        make_xl_unet,
+    )
+
+    if arch == "tiny-sdxl":
+        return make_xl_unet(0).eval(), 4, TOKENIZER_MAX_LENGTH, XL_CROSS_ATTENTION_DIM, XL_POOLED_DIM
+    return make_unet(0).eval(), 4, TOKENIZER_MAX_LENGTH, 32, None
 
 
-def _flops(unet, rows: int, latent: int, text: int, width: int) -> float:
+def _spec(pooled: int | None):
+    """The UNet's ComponentSpec: SD's (3 inputs) or SDXL's (text_embeds and time_ids too)."""
+    from auditor.backends.engines.components import UNET
+    from auditor.backends.engines.components_xl import XL_UNET
+
+    return UNET if pooled is None else XL_UNET
+
+
+def _inputs(rows: int, latent: int, text: int, width: int, pooled: int | None, height: int, device="cpu"):
+    """One guided step's inputs in the spec's order: seeded noise, t = 500, SDXL's default conditioning."""
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(0)
+    if device == "meta":
+        empty = lambda *shape: torch.empty(*shape, device="meta")  # noqa: E731
+        tensors = [empty(rows, 4, latent, latent), empty(rows), empty(rows, text, width)]
+        return tuple(tensors + ([empty(rows, pooled), empty(rows, 6)] if pooled else []))
+    tensors = [
+        torch.randn(rows, 4, latent, latent, generator=generator),
+        torch.full((rows,), 500.0),
+        torch.randn(rows, text, width, generator=generator),
+    ]
+    if pooled:
+        tensors.append(torch.randn(rows, pooled, generator=generator))
+        tensors.append(
+            torch.tensor([[height, height, 0, 0, height, height]], dtype=torch.float32).repeat(rows, 1)
+        )
+    return tuple(t.to(device) for t in tensors)
+
+
+def _flops(unet, rows: int, latent: int, text: int, width: int, pooled: int | None = None) -> float:
     """FLOPs of one call, counted on a meta-device copy (shapes only, nothing computed)."""
     import copy
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = copy.deepcopy(unet).to("meta")
-    args = (
-        torch.empty(rows, 4, latent, latent, device="meta"),
-        torch.empty(rows, device="meta"),
-        torch.empty(rows, text, width, device="meta"),
-    )
+    meta = _spec(pooled).wrap(copy.deepcopy(unet).to("meta"))
+    args = _inputs(rows, latent, text, width, pooled, latent * 8, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(args[0], args[1], encoder_hidden_states=args[2])
+        meta(*args)
     return float(counter.get_total_flops())
 
 
-def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
+def _export(unet, args, latent: int, text: int, width: int, workdir: Path, pooled: int | None = None):
     """The UNet's fp32 (and fp16) ONNX graphs through the project's exporter; reused from workdir.
 
     Returns (contract, {precision: graph path}, graph digests for the engine key or None).
     """
     from auditor.backends.engines import engine_precision
-    from auditor.backends.engines.components import UNET, ExportShapes, build_contracts
+    from auditor.backends.engines.components import ExportShapes, build_contracts
+    from auditor.backends.engines.components_xl import pipeline_specs
     from export.exporter import EXTERNAL_DATA_MIN_BYTES, export_onnx
+
+    spec = _spec(pooled)
 
     precisions = sorted({"fp32", engine_precision(args.dtype)})
     if args.bundle:
@@ -115,18 +164,22 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
             digests,
         )
     scale = args.height // latent
+    first = width if pooled is None else width - pooled  # SDXL: both encoders' widths add up to `width`
     shapes = ExportShapes(
         height=args.height,
         width=args.height,
         vae_scale_factor=scale,
         latent_channels=4,
         text_length=text,
-        text_hidden_size=width,
+        text_hidden_size=first,
         vocab_size=49408,
         batch_sizes=(max(args.images),),
+        text_hidden_size_2=None if pooled is None else pooled,
+        pooled_size=pooled,
     )
-    contract = build_contracts(shapes)["unet"]
-    module = UNET.wrap(unet)
+    pipeline = "StableDiffusionPipeline" if pooled is None else "StableDiffusionXLPipeline"
+    contract = build_contracts(shapes, specs=pipeline_specs(pipeline))["unet"]
+    module = spec.wrap(unet)
     graphs = {}
     for precision in precisions:
         folder = workdir / f"unet-{args.arch}-{args.height}-{precision}"
@@ -134,9 +187,16 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
             start = time.perf_counter()
             staging = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)
-            graph = module if precision == "fp32" else UNET.half(module)
+            graph = module if precision == "fp32" else spec.half(module)
             export_onnx(
-                graph, contract, shapes, 17, staging / "model.onnx", staging / "work", EXTERNAL_DATA_MIN_BYTES
+                graph,
+                contract,
+                shapes,
+                17,
+                staging / "model.onnx",
+                staging / "work",
+                EXTERNAL_DATA_MIN_BYTES,
+                spec,
             )
             os.replace(staging, folder)
             print(f"export {precision} graph: {time.perf_counter() - start:.1f} s -> {folder}")
@@ -144,20 +204,25 @@ def _export(unet, args, latent: int, text: int, width: int, workdir: Path):
     return contract, graphs, None
 
 
-def _torch_runner(unet, dtype, device, compiled: bool = False):
+def _torch_runner(unet, dtype, device, compiled: bool = False, spec=None):
+    """The UNet in `dtype` behind its spec's wrapper (float inputs cast as a pipeline in `dtype` would)."""
     import torch
 
-    model = unet.to(device=device, dtype=dtype)
-    call = torch.compile(model) if compiled else model
+    from auditor.backends.engines.components import UNET
 
-    def run(sample, timestep, hidden):
+    spec = spec or UNET
+    model = spec.wrap(unet.to(device=device, dtype=dtype))
+    call = torch.compile(model) if compiled else model
+    cast = [name not in ("timestep", "time_ids") for name in spec.input_names]
+
+    def run(*inputs):
         with torch.inference_mode():
-            return call(sample.to(dtype), timestep, encoder_hidden_states=hidden.to(dtype)).sample.float()
+            return call(*(t.to(dtype) if c else t for t, c in zip(inputs, cast, strict=True))).float()
 
     return run
 
 
-def _ort_runner(path: Path, device, threads: int, precision: str):
+def _ort_runner(path: Path, device, threads: int, precision: str, spec=None):
     """ONNX Runtime session; on CUDA with IO binding over torch tensors (no host copies), TF32 off for fp32."""
     import numpy as np
     import torch
@@ -171,6 +236,7 @@ def _ort_runner(path: Path, device, threads: int, precision: str):
         provider_options,
     )
 
+    spec = spec or UNET
     if device.type == "cuda":
         if CUDA_PROVIDER not in available_providers():
             return None, f"onnxruntime lacks {CUDA_PROVIDER} (install onnxruntime-gpu, not onnxruntime)"
@@ -181,16 +247,16 @@ def _ort_runner(path: Path, device, threads: int, precision: str):
         if session.get_providers()[0] != CUDA_PROVIDER:
             return None, f"the session fell back to {session.get_providers()[0]}"
 
-        def run(sample, timestep, hidden):
+        def run(*inputs):
             binding = session.io_binding()
-            out = torch.empty_like(sample)
-            for name, tensor in zip(UNET.input_names, (sample, timestep, hidden), strict=True):
+            out = torch.empty_like(inputs[0])
+            for name, tensor in zip(spec.input_names, inputs, strict=True):
                 tensor = tensor.contiguous()
                 binding.bind_input(
                     name, "cuda", device.index or 0, np.float32, tuple(tensor.shape), tensor.data_ptr()
                 )
             binding.bind_output(
-                UNET.output, "cuda", device.index or 0, np.float32, tuple(out.shape), out.data_ptr()
+                spec.output, "cuda", device.index or 0, np.float32, tuple(out.shape), out.data_ptr()
             )
             torch.cuda.synchronize(device)  # inputs written by torch's stream before ORT's reads them
             session.run_with_iobinding(binding)
@@ -199,14 +265,16 @@ def _ort_runner(path: Path, device, threads: int, precision: str):
         return run, None
     session = make_session(path, [CPU_PROVIDER], threads)
 
-    def run(sample, timestep, hidden):
-        feeds = {n: t.numpy() for n, t in zip(UNET.input_names, (sample, timestep, hidden), strict=True)}
-        return torch.from_numpy(session.run([UNET.output], feeds)[0])
+    def run(*inputs):
+        feeds = {n: t.numpy() for n, t in zip(spec.input_names, inputs, strict=True)}
+        return torch.from_numpy(session.run([spec.output], feeds)[0])
 
     return run, None
 
 
-def _trt_runner(path: Path, contract, precision: str, device, cache_root: Path, digest: str | None):
+def _trt_runner(
+    path: Path, contract, precision: str, device, cache_root: Path, digest: str | None, spec=None
+):
     """An engine from the project's engine cache (the bundle's key with --bundle), built on a miss."""
     from auditor.backends.engines.components import UNET
     from auditor.backends.engines.engine_cache import EngineCache, engine_key
@@ -226,9 +294,10 @@ def _trt_runner(path: Path, contract, precision: str, device, cache_root: Path, 
         cache.store("unet", key, data, {"component": "unet", "precision": precision, **host})
         print(f"build TensorRT {precision} engine: {time.perf_counter() - start:.1f} s")
     engine = TrtEngine(data, device)
+    spec = spec or UNET
 
-    def run(sample, timestep, hidden):
-        return engine(dict(zip(UNET.input_names, (sample, timestep, hidden), strict=True)))[UNET.output]
+    def run(*inputs):
+        return engine(dict(zip(spec.input_names, inputs, strict=True)))[spec.output]
 
     return run, None
 
@@ -256,8 +325,10 @@ def _images_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=["sd15", "tiny"], default="sd15")
-    parser.add_argument("--height", type=int, help="image side in pixels (default 512 for sd15, 32 for tiny)")
+    parser.add_argument("--arch", choices=ARCHS, default="sd15")
+    parser.add_argument(
+        "--height", type=int, help="image side in pixels (default 512 for sd15, 1024 for sdxl, 32 for tiny)"
+    )
     parser.add_argument(
         "--images",
         type=_images_list,
@@ -298,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":  # the fp32 reference and fp32 contenders: no TF32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    args.height = args.height or (512 if args.arch == "sd15" else 32)
+    args.height = args.height or DEFAULT_HEIGHT[args.arch]
     if args.dtype == "float16" and device.type == "cpu":
         print("note: float16 on the CPU measures nothing useful about a GPU (no fast fp16 kernels)")
     wanted = (
@@ -307,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         else ["torch", "onnx", "tensorrt"] + (["compile"] if device.type == "cuda" else [])
     )
 
-    unet, scale, text, width = _unet(args.arch)
+    unet, scale, text, width, pooled = _unet(args.arch, device)
+    spec = _spec(pooled)
     if args.height % (scale * 8):
         parser.error(f"--height {args.height}: expected a multiple of {scale * 8}")
     latent = args.height // scale
@@ -328,20 +400,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-unet-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        contract, graphs, digests = _export(unet, args, latent, text, width, workdir)
+        contract, graphs, digests = None, {}, None
+        if {"onnx", "tensorrt"} & set(wanted):  # torch alone needs no graphs (SDXL's fp32 one is 10 GB)
+            contract, graphs, digests = _export(unet, args, latent, text, width, workdir, pooled)
         precision = engine_precision(args.dtype)
         import copy
 
-        reference_model = copy.deepcopy(unet).to(device=device, dtype=torch.float32)
+        reference_model = spec.wrap(copy.deepcopy(unet).to(device=device, dtype=torch.float32))
         runners, skipped = {}, {}
         if "torch" in wanted:
-            runners["torch"] = _torch_runner(copy.deepcopy(unet), getattr(torch, args.dtype), device)
+            runners["torch"] = _torch_runner(
+                copy.deepcopy(unet), getattr(torch, args.dtype), device, spec=spec
+            )
         if "compile" in wanted:
             runners["compile"] = _torch_runner(
-                copy.deepcopy(unet), getattr(torch, args.dtype), device, compiled=True
+                copy.deepcopy(unet), getattr(torch, args.dtype), device, compiled=True, spec=spec
             )
         if "onnx" in wanted:
-            ort, why = _ort_runner(graphs[precision], device, args.threads, precision)
+            ort, why = _ort_runner(graphs[precision], device, args.threads, precision, spec)
             if ort:
                 runners["onnx"] = ort
             else:
@@ -352,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cache_root = Path(args.bundle) / ".engines" if args.bundle else workdir / "engines"
                 digest = digests[precision] if digests else None
-                trt, why = _trt_runner(graphs[precision], contract, precision, device, cache_root, digest)
+                trt, why = _trt_runner(
+                    graphs[precision], contract, precision, device, cache_root, digest, spec
+                )
                 if trt:
                     runners["tensorrt"] = trt
                 else:
@@ -368,16 +446,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"images {images}: skipped, deadline reached")
                 continue
             rows = 2 * images
-            flops = _flops(unet, rows, latent, text, width)
-            generator = torch.Generator("cpu").manual_seed(0)
-            sample = torch.randn(rows, 4, latent, latent, generator=generator)
-            timestep = torch.full((rows,), 500.0)
-            hidden = torch.randn(rows, text, width, generator=generator)
-            inputs = tuple(t.to(device) for t in (sample, timestep, hidden))
+            flops = _flops(unet, rows, latent, text, width, pooled)
+            inputs = _inputs(rows, latent, text, width, pooled, args.height, device)
             with torch.inference_mode():
-                reference = (
-                    reference_model(*inputs[:2], encoder_hidden_states=inputs[2]).sample.float().cpu().numpy()
-                )
+                reference = reference_model(*inputs).float().cpu().numpy()
             errors, first_call = {}, {}
             for name, run in runners.items():  # warm-up (compile happens here), and the error against fp32
                 start = time.perf_counter()

@@ -1,8 +1,13 @@
-"""Export a diffusers Stable Diffusion folder into an engine bundle.
+"""Export a diffusers Stable Diffusion or SDXL folder into an engine bundle.
 
     text encoder (input_ids -> last_hidden_state)
     UNet         (sample, timestep, encoder_hidden_states -> noise_pred)
     VAE decoder  (latents / scaling_factor -> image in [-1, 1])
+
+SDXL (components_xl.py): both text encoders (input_ids -> penultimate hidden states, and
+the second's pooled text_embeds), the UNet with its text_embeds and time_ids inputs, and
+the VAE decoder, which stays fp32 in an fp16 bundle (its fp16 record points at the fp32
+graph: SDXL's VAE overflows in fp16).
 
 Each component is exported with the TorchScript exporter (`torch.onnx.export(...,
 dynamo=False)`: the dynamo exporter needs onnxscript and was 7-13x slower here), the
@@ -49,7 +54,6 @@ from auditor.backends.engines.bundle import (
     save_validation,
 )
 from auditor.backends.engines.components import (
-    COMPONENTS,
     DEFAULT_OPSET,
     DEFAULT_TOLERANCES,
     SPECS,
@@ -107,14 +111,15 @@ def export_onnx(
     dst: Path,
     work: Path,
     external_min: int,
+    spec: ComponentSpec | None = None,
 ) -> bool:
-    """Trace `module` to `dst` (ONNX, opset `opset`); return whether weights went to external data."""
+    """Trace `module` to `dst` (ONNX, opset `opset`); return whether weights went to external data.
+    `spec`: the component's spec (default: the StableDiffusionPipeline component of that name)."""
     import onnx
     import torch
 
-    inputs = SPECS[contract.component].sample_inputs(
-        contract, shapes, TRACE_BATCH, seed=12345, scaling_factor=1.0
-    )
+    spec = spec or SPECS[contract.component]
+    inputs = spec.sample_inputs(contract, shapes, TRACE_BATCH, seed=12345, scaling_factor=1.0)
     args = tuple(torch.from_numpy(inputs[name]) for name in contract.input_names)
     work.mkdir(parents=True, exist_ok=True)
     traced = work / "model.onnx"
@@ -183,7 +188,7 @@ def _tool_versions(trt: bool) -> dict[str, str]:
 
 def _copy_assets(model: Path, root: Path) -> list[FileRecord]:
     records = []
-    for part in ("tokenizer", "scheduler"):
+    for part in ("tokenizer", "tokenizer_2", "scheduler"):
         for src in sorted((model / part).rglob("*")):
             rel = src.relative_to(model)
             if src.is_file() and not any(p.startswith(".") for p in rel.parts):
@@ -247,7 +252,7 @@ def export_bundle(
     cpu_graphs: bool = True,
     validate_on: str = "cpu",
 ) -> BundleManifest:
-    """Export `model` (a diffusers Stable Diffusion folder) to a new bundle folder `out`.
+    """Export `model` (a diffusers Stable Diffusion or SDXL folder) to a new bundle folder `out`.
 
     With `precision="fp16"`, the fp16 graphs also run the denoising loop on `parity_prompts`
     (default: a few generic prompts) for `parity_steps` steps (0: skip) against the fp32
@@ -265,7 +270,8 @@ def export_bundle(
         raise BadInputError(f"{out}: already exists and is not empty; choose another --out")
     source = SourcePipeline(model)
     shapes = source.shapes(height, width, batch_sizes)
-    contracts = build_contracts(shapes, "fp32", tolerances)
+    specs = source.specs()
+    contracts = build_contracts(shapes, "fp32", tolerances, specs)
 
     from auditor.identity import hash_model
 
@@ -277,10 +283,10 @@ def export_bundle(
     try:
         components: dict[str, ComponentRecord] = {}
         graphs = source.graphs()
-        with reporter.task("export: ONNX", len(COMPONENTS)) as advance:
-            for done, name in enumerate(COMPONENTS):
+        with reporter.task("export: ONNX", len(specs)) as advance:
+            for done, name in enumerate(specs):
                 components[name] = _export_one(
-                    name,
+                    specs[name],
                     graphs[name],
                     contracts[name],
                     shapes,
@@ -300,6 +306,8 @@ def export_bundle(
             scheduler_class=str(source.scheduler_config.get("_class_name", "DDIMScheduler")),
             upcast_attention=source.upcast_attention,
             vae_force_upcast=bool(getattr(source.vae.config, "force_upcast", False)),
+            pipeline_class=source.pipeline,
+            tokenizer_2_class=source.tokenizer_2_class,
         )
         manifest = BundleManifest(
             created_by=f"t2i-auditor {_tool_versions(False)['t2i-auditor']}",
@@ -360,7 +368,7 @@ def export_bundle(
 
 
 def _export_one(
-    name: str,
+    spec: ComponentSpec,
     module,
     contract: ComponentContract,
     shapes: ExportShapes,
@@ -375,11 +383,11 @@ def _export_one(
     validate_on: str = "cpu",
 ) -> ComponentRecord:
     start = time.perf_counter()
+    name = spec.name
     comp_dir = root / name
     external = export_onnx(
-        module, contract, shapes, opset, comp_dir / "model.onnx", root / f".work-{name}", external_min
+        module, contract, shapes, opset, comp_dir / "model.onnx", root / f".work-{name}", external_min, spec
     )
-    spec: ComponentSpec = SPECS[name]
     inputs = spec.sample_inputs(contract, shapes, VALIDATION_BATCH, seed, source.scaling_factor)
     references = torch_outputs(module, contract, inputs)
     save_validation(comp_dir / "validation.npz", inputs, references)
@@ -394,9 +402,21 @@ def _export_one(
         providers=validation_providers(validate_on, "fp32"),
     )
     fp16 = None
-    if half:
+    if half and spec.keep_fp32_in_half:  # the fp16 set runs the fp32 graph, held to the fp16 bound
+        outputs = run_onnx(comp_dir / "model.onnx", contract, inputs)
+        kept = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], "onnxruntime (fp32 graph kept)", seed)
+        fp16 = HalfGraphRecord(
+            onnx=f"{name}/model.onnx",
+            external_data=external,
+            attention="fp32-upcast",
+            normalization="fp32",
+            parity=kept,
+            precision="fp32",
+        )
+    elif half:
         upcast = name == "unet" and source.upcast_attention
         fp16 = _export_half(
+            spec,
             spec.half(module, upcast),
             contract,
             shapes,
@@ -430,6 +450,7 @@ def _export_one(
 
 
 def _export_half(
+    spec: ComponentSpec,
     module,
     contract: ComponentContract,
     shapes: ExportShapes,
@@ -445,7 +466,7 @@ def _export_half(
 ) -> HalfGraphRecord:
     """Trace the fp16 graph and hold it to the fp16 tolerance against torch's fp32 outputs."""
     dst = comp_dir / "model.fp16.onnx"
-    external = export_onnx(module, contract, shapes, opset, dst, work, external_min)
+    external = export_onnx(module, contract, shapes, opset, dst, work, external_min, spec)
     outputs = run_onnx(dst, contract, inputs, providers)
     label = f"onnxruntime {_provider_label(providers)} (fp16 graph)"
     parity = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], label, seed)

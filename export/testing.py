@@ -5,10 +5,15 @@ weights: every code path of a real SD 1.x checkpoint (CLIP text encoder and toke
 UNet2DConditionModel, AutoencoderKL, DDIM with SD's schedule) at a size that exports
 and runs in seconds.
 
+`build_tiny_xl_pipeline`: the same for SDXL's architecture (two text encoders, pooled text
+embeddings, size conditioning), as a StableDiffusionXLPipeline folder.
+
 `build_sd15_pipeline`: the full Stable Diffusion 1.5 architecture (860M-parameter UNet,
 CLIP ViT-L/14 text encoder, the f=8 VAE; 4.3 GB of fp32 weights) from its published
 configs, with random weights: what the GPU benchmarks time, since no weights can be
 downloaded here. Compute per step is the real model's; the images are noise.
+`sdxl_unet`: SDXL base's 2.6B-parameter UNet from its published config, random weights (for
+`bench/unet.py --arch sdxl` on a GPU).
 """
 
 from __future__ import annotations
@@ -20,14 +25,41 @@ from pathlib import Path
 def build_tiny_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Path:
     """Save an untrained zoo-architecture pipeline to `directory/model`; return that folder."""
     from auditor.backends._base import quiet_hf_libraries
-    from auditor.zoo.build import save_pipeline
     from auditor.zoo.models import TOKENIZER_MAX_LENGTH, make_text_encoder, make_unet, make_vae
+    from auditor.zoo.pipelines import save_pipeline
     from auditor.zoo.tokenizer import build_clip_tokenizer
 
     quiet_hf_libraries()
     root = Path(directory)
     tokenizer = build_clip_tokenizer(root / "tokenizer-build", model_max_length=TOKENIZER_MAX_LENGTH)
     save_pipeline(root / "model", make_unet(seed), make_vae(seed), make_text_encoder(seed), tokenizer)
+    return root / "model"
+
+
+def build_tiny_xl_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Save an untrained SDXL zoo-architecture pipeline to `directory/model`; return that folder."""
+    from auditor.backends._base import quiet_hf_libraries
+    from auditor.zoo.models import (
+        TOKENIZER_MAX_LENGTH,
+        make_text_encoder,
+        make_text_encoder_2,
+        make_vae,
+        make_xl_unet,
+    )
+    from auditor.zoo.pipelines import save_xl_pipeline
+    from auditor.zoo.tokenizer import build_clip_tokenizer
+
+    quiet_hf_libraries()
+    root = Path(directory)
+    tokenizer = build_clip_tokenizer(root / "tokenizer-build", model_max_length=TOKENIZER_MAX_LENGTH)
+    save_xl_pipeline(
+        root / "model",
+        make_xl_unet(seed),
+        make_vae(seed),
+        make_text_encoder(seed),
+        make_text_encoder_2(seed + 1),
+        tokenizer,
+    )
     return root / "model"
 
 
@@ -110,7 +142,7 @@ def build_sd15_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Pat
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from auditor.backends._base import quiet_hf_libraries
-    from auditor.zoo.build import save_pipeline
+    from auditor.zoo.pipelines import save_pipeline
     from auditor.zoo.tokenizer import build_clip_tokenizer
 
     root = Path(directory)
@@ -128,3 +160,34 @@ def build_sd15_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Pat
     save_pipeline(staging, unet, vae, text_encoder, tokenizer)
     os.replace(staging, model)
     return model
+
+
+# SDXL base 1.0's UNet config (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json: the values
+# that differ from diffusers' defaults)
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "cross_attention_dim": 2048,
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+SDXL_TEXT_WIDTH, SDXL_POOLED_DIM, SDXL_TEXT_LENGTH = 2048, 1280, 77
+
+
+def sdxl_unet(seed: int = 0, device: str = "cpu"):
+    """SDXL base's UNet2DConditionModel (2.6B parameters) with random weights (seeded)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return UNet2DConditionModel(**SDXL_UNET).eval()

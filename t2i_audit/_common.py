@@ -76,6 +76,18 @@ def probability(text: str) -> float:
     return value
 
 
+def pair(text: str) -> tuple[int, int]:
+    """'HxW' (or 'H,W'): SDXL's size conditioning on the command line."""
+    parts = re.split(r"[x,]", text.strip().lower())
+    try:
+        first, second = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two integers as HxW (e.g. 1024x1024), got {text!r}"
+        ) from None
+    return first, second
+
+
 def device(text: str) -> str:
     if not _DEVICE.match(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
@@ -113,6 +125,11 @@ def generation_options(
     g.add_argument("--scheduler", help="ddim, pndm, euler, euler_a, dpm++, ddpm, lms")
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
+    g.add_argument("--original-size", type=pair, metavar="HxW", help="SDXL size conditioning (default HxW)")
+    g.add_argument(
+        "--crop-top-left", type=pair, metavar="TOPxLEFT", help="SDXL crop conditioning (default 0x0)"
+    )
+    g.add_argument("--target-size", type=pair, metavar="HxW", help="SDXL size conditioning (default HxW)")
     return p
 
 
@@ -168,6 +185,9 @@ def generation_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "scheduler": args.scheduler,
         "height": args.height,
         "width": args.width,
+        "original_size": args.original_size,
+        "crops_coords_top_left": args.crop_top_left,
+        "target_size": args.target_size,
     }
 
 

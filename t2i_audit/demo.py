@@ -9,10 +9,16 @@ from t2i_audit._common import Context, add_command, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from auditor.zoo.config import PRESETS
+    from auditor.zoo.config import FAMILIES, PRESETS
 
     p = add_command(sub, "demo", "zoo -> keys -> audits of infringing and innocent models", cmd_demo)
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="sd",
+        help="sd: StableDiffusionPipeline models; sdxl: StableDiffusionXLPipeline models (default sd)",
+    )
     p.add_argument("--out", default="demo-out", help="output folder (default ./demo-out)")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
     p.add_argument(
@@ -25,6 +31,7 @@ def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.demo import print_demo, run_demo
 
     result = run_demo(
+        family=args.family,
         preset=args.preset,
         out=Path(args.out),
         cache_dir=args.cache,

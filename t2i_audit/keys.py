@@ -64,7 +64,7 @@ def _parse_seeds(text: str) -> list[int]:
 def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
     import numpy as np
 
-    from auditor.backends import identify, open_suspect
+    from auditor.backends import conditioned_settings, identify, inspect_model, open_suspect
     from auditor.documents import validate
     from auditor.keys import ModelRef, save_keyset
     from auditor.selection import SelectionConfig, select_keys
@@ -94,8 +94,9 @@ def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
         prompts = read_prompts(args.prompts)
     else:
         raise BadInputError("keys select: expected --prompts FILE or --train-data DIR")
-    generation = settings(args)
     source_spec = suspect_spec(args.source, args)
+    # an SDXL source: the keyset records the size conditioning its images were generated with
+    generation = conditioned_settings(settings(args), inspect_model(source_spec))
     base_spec = suspect_spec(args.base, args) if args.base else None
 
     def ref(spec) -> ModelRef:

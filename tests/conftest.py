@@ -21,14 +21,22 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> Path:
     """An untrained SD-architecture pipeline folder (random weights), built in seconds."""
-    from auditor.zoo.build import save_pipeline
     from auditor.zoo.models import TOKENIZER_MAX_LENGTH, make_text_encoder, make_unet, make_vae
+    from auditor.zoo.pipelines import save_pipeline
     from auditor.zoo.tokenizer import build_clip_tokenizer
 
     root = tmp_path_factory.mktemp("tiny-pipeline")
     tokenizer = build_clip_tokenizer(root / "tok", model_max_length=TOKENIZER_MAX_LENGTH)
     save_pipeline(root / "model", make_unet(0), make_vae(0), make_text_encoder(0), tokenizer)
     return root / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_pipeline(tmp_path_factory) -> Path:
+    """An untrained SDXL-architecture pipeline folder (StableDiffusionXLPipeline, random weights)."""
+    from export.testing import build_tiny_xl_pipeline
+
+    return build_tiny_xl_pipeline(tmp_path_factory.mktemp("tiny-xl-pipeline"))
 
 
 @pytest.fixture(scope="module")

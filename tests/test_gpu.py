@@ -156,3 +156,44 @@ def test_onnx_runtime_cuda_with_io_binding_matches_the_cpu(bundle, precision):
     a = gpu.generate(PROMPTS, [1, 2, 3], SETTINGS)
     b = cpu.generate(PROMPTS, [1, 2, 3], SETTINGS)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= (2 if precision == "fp32" else 6)
+
+
+@pytest.fixture(scope="module")
+def xl_bundle(tiny_xl_pipeline, tmp_path_factory) -> Path:
+    if _cuda_ort_reason() and _tensorrt_reason():
+        pytest.skip("no GPU path here")
+    from export.testing import exported_bundle
+
+    return exported_bundle(tiny_xl_pipeline, tmp_path_factory.mktemp("gpu-xl"))
+
+
+@TRT
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_sdxl_engines_match_torch(xl_bundle, tiny_xl_pipeline, dtype):
+    """Issue 15: four engines (text_encoder_2 with two outputs; the VAE's built from its fp32 graph in
+    both precisions) through the shared loop, against the torch SDXL pipeline, size conditioning included."""
+    from auditor.backends import TorchGenerator
+    from auditor.backends.engines import open_bundle
+
+    gen = open_bundle(xl_bundle, backend="tensorrt", device="cuda:0", dtype=dtype, batch_size=16)
+    info = gen.describe()
+    assert info.backend == "tensorrt", info.note
+    for name in ("text_encoder", "text_encoder_2", "unet", "vae_decoder"):
+        assert info.versions[f"engine.{name}"].startswith("key ")
+    settings = SETTINGS.model_copy(update={"height": 32, "width": 32, "crops_coords_top_left": (8, 0)})
+    images = gen.generate(PROMPTS, [5, 6, 7], settings)
+    reference = TorchGenerator(tiny_xl_pipeline, device="cpu").generate(PROMPTS, [5, 6, 7], settings)
+    assert np.abs(images.astype(int) - reference.astype(int)).max() <= (2 if dtype == "float32" else 8)
+
+
+@ORT_CUDA
+def test_onnx_runtime_cuda_runs_sdxl_bundles(xl_bundle):
+    from auditor.backends.engines.bundle import load_bundle
+    from auditor.backends.engines.ort import BoundRunners, OnnxGenerator
+
+    gpu = OnnxGenerator(load_bundle(xl_bundle), device="cuda:0", precision="fp16", validate="always")
+    assert isinstance(gpu.loop.runners, BoundRunners) and gpu.providers[0] == "CUDAExecutionProvider"
+    cpu = OnnxGenerator(load_bundle(xl_bundle), device="cpu", precision="fp16")
+    settings = SETTINGS.model_copy(update={"height": 32, "width": 32})
+    a, b = gpu.generate(PROMPTS, [1, 2, 3], settings), cpu.generate(PROMPTS, [1, 2, 3], settings)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 6

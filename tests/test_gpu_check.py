@@ -60,7 +60,8 @@ def test_decide_skips_without_cuda_or_time_and_caps_the_timeout():
 def test_default_plan_runs_in_order_of_value_with_fp32_engines_last():
     names = [s.name for s in gc.default_steps()]
     assert names == [
-        "env", "gpu-tests", "sd15-pipeline", "sd15-export-fp16", "unet-fp16", "generate-fp16", "unet-fp32",
+        "env", "gpu-tests", "sd15-pipeline", "sd15-export-fp16", "unet-fp16", "generate-fp16",
+        "sdxl-unet-fp16", "unet-fp32",
     ]  # fmt: skip
     steps = {s.name: s for s in gc.default_steps()}
     assert not steps["env"].needs_cuda and all(s.needs_cuda for n, s in steps.items() if n != "env")
@@ -72,6 +73,9 @@ def test_default_plan_runs_in_order_of_value_with_fp32_engines_last():
     assert gen[gen.index("--batch-sizes") + 1] == "8,1,30" and gen[gen.index("--steps-list") + 1] == "20,50"
     export = steps["sd15-export-fp16"].argv(ctx)
     assert {"--no-cpu-graphs", "--precision", "fp16"} <= set(export)
+    sdxl = steps["sdxl-unet-fp16"].argv(ctx)
+    assert sdxl[sdxl.index("--arch") + 1] == "sdxl" and sdxl[sdxl.index("--dtype") + 1] == "float16"
+    assert sdxl[sdxl.index("--backends") + 1] == "torch,compile"
 
 
 def test_arguments_are_checked(capsys):
@@ -187,6 +191,13 @@ def test_on_a_cpu_host_it_records_the_environment_and_skips_the_gpu_steps(tmp_pa
     assert doc["cuda_with_tensorrt"] is False
     env = doc["steps"]["env"]
     assert env["status"] == "passed" and env["result"]["cuda_available"] is False and env["result"]["torch"]
-    for name in ("gpu-tests", "sd15-export-fp16", "unet-fp16", "generate-fp16", "unet-fp32"):
+    for name in (
+        "gpu-tests",
+        "sd15-export-fp16",
+        "unet-fp16",
+        "generate-fp16",
+        "sdxl-unet-fp16",
+        "unet-fp32",
+    ):
         assert doc["steps"][name]["status"] == "skipped", name
         assert "no CUDA device" in doc["steps"][name]["reason"]

@@ -252,3 +252,24 @@ def test_a_non_finite_score_cannot_enter_a_keyset():
             type(keyset.keys[0]).model_validate({**keyset.keys[0].model_dump(), field: float("nan")})
     with pytest.raises(ValidationError):
         type(keyset.selection).model_validate({**keyset.selection.model_dump(), "delta0": float("inf")})
+
+
+def test_keysets_with_sdxl_size_conditioning_record_it_and_sd_keysets_do_not(tmp_path):
+    keyset, images = make_keyset()
+    save_keyset(keyset, images, tmp_path / "sd")
+    written = json.loads((tmp_path / "sd/keys.json").read_text())
+    assert not {"original_size", "crops_coords_top_left", "target_size"} & set(written["generation"])
+    from auditor.config import GenerationSettings
+
+    xl = keyset.model_copy(
+        update={
+            "generation": GenerationSettings(
+                original_size=(32, 32), crops_coords_top_left=(0, 0), target_size=(32, 32)
+            )
+        }
+    )
+    save_keyset(xl, images, tmp_path / "xl")
+    written = json.loads((tmp_path / "xl/keys.json").read_text())
+    assert written["generation"]["original_size"] == [32, 32]
+    assert xl.digest != keyset.digest
+    assert load_keyset(tmp_path / "xl")[0] == xl

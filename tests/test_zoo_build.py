@@ -47,3 +47,58 @@ def test_presets_have_distinct_digests_and_paper_roles():
     demo = PRESETS["demo"]
     assert {s.rho for s in demo.suspects} == {1.0, 0.3, 0.0}
     assert all(r.rho == 0 for r in demo.references)
+
+
+def test_the_sd_presets_hash_as_before_sdxl():
+    """The SD world's presets (and so the caches named after them) are unchanged by the SDXL family."""
+    assert (
+        config_digest(PRESETS["demo"]) == "cacd334e538000454bb2139440bbb40eaed1a9b80122061d35151bfbfb9183e9"
+    )
+    assert (
+        config_digest(PRESETS["test"]) == "f57462ca05dbdeb9931aa64031ff721b5db07d7f4d3ce95f59d2d59799f696d4"
+    )
+
+
+def test_sdxl_presets_are_the_sd_roles_with_sdxl_models():
+    from auditor.zoo.config import MIN_REFERENCES, SDXL_PRESETS, preset
+
+    for name, config in SDXL_PRESETS.items():
+        assert preset("sdxl", name) is config and config.family == "sdxl"
+        assert config.model_copy(update={"family": "sd"}) == PRESETS[name]
+        assert config_digest(config) != config_digest(PRESETS[name])
+        assert len(config.references) >= MIN_REFERENCES and all(r.rho == 0 for r in config.references)
+    assert SDXL_PRESETS["test"].resolution < SDXL_PRESETS["demo"].resolution
+    with pytest.raises(KeyError):
+        preset("sd3", "demo")
+
+
+def test_a_micro_sdxl_zoo_saves_sdxl_pipelines(tmp_path):
+    """Every stage of the SDXL family, a few steps each: base and source trained with the added
+    conditioning, a suspect fine-tuned by the one trainer on the source's generations."""
+    import json
+
+    from auditor.zoo.build import build_zoo
+    from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
+
+    stage = StageSpec(steps=2, batch_size=2, lr=1e-3)
+    config = ZooConfig(
+        family="sdxl",
+        resolution=16,
+        public_draws_per_caption=1,
+        private_samples=4,
+        vae=stage,
+        base=stage,
+        source=stage,
+        suspects=(SuspectSpec(name="copy", rho=1.0, n_samples=4, train=stage),),
+        generation=PRESETS["test"].generation.model_copy(update={"steps": 2}),
+    )
+    index = build_zoo(config, cache_dir=tmp_path)
+    for folder in (index.base, index.source, index.suspects["copy"]):
+        assert (
+            json.loads(open(f"{folder}/model_index.json").read())["_class_name"]
+            == "StableDiffusionXLPipeline"
+        )
+    sd_index = build_zoo(config.model_copy(update={"family": "sd", "suspects": ()}), cache_dir=tmp_path)
+    assert sd_index.base != index.base  # the families never share a base (the VAE they do share)
+    vaes = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if p.name.startswith("vae-"))
+    assert len(vaes) == 1

@@ -4,6 +4,12 @@ One mapping, so the client and the server can never disagree on a field: our set
 -> {prompt, negative_prompt, seed, steps, cfg_scale, width, height, sampler_name,
 batch_size: 1, n_iter: 1}, and back, tolerating the extra fields real A1111 clients
 send (hires, styles, subseeds: ignored).
+
+SDXL: AUTOMATIC1111 conditions an SDXL model on original_size = target_size = (height, width)
+and on the crop in its options `sdxl_crop_top` / `sdxl_crop_left` (default 0), which a
+request sets through `override_settings`. So a crop other than (0, 0) travels there, and
+settings whose original or target size differ from the image size cannot be sent at all
+(`check_expressible`: refused before the first query). `serve` reads the same fields back.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor.config import GenerationSettings
+from auditor.errors import BadInputError
 
 A1111_PATH = "/sdapi/v1/txt2img"
 GENERIC_PATH = "/generate"
@@ -37,9 +44,26 @@ class PayloadError(ValueError):
     """A request field the server cannot honour; the message names the field."""
 
 
+CROP_OPTIONS = ("sdxl_crop_top", "sdxl_crop_left")  # A1111's options for SDXL's crop conditioning
+
+
+def check_expressible(settings: GenerationSettings, where: str) -> None:
+    """Refuse SDXL size conditioning an A1111 request cannot carry (see module doc)."""
+    size = (settings.height, settings.width)
+    for name in ("original_size", "target_size"):
+        value = getattr(settings, name)
+        if value is not None and tuple(value) != size:
+            raise BadInputError(
+                f"{where}: the A1111 txt2img API conditions SDXL on {name} = (height, width) = "
+                f"{size[0]}x{size[1]}; these settings ask {value[0]}x{value[1]}, which no request can carry"
+            )
+
+
 def payload(prompt: str, seed: int, settings: GenerationSettings, sampler_name: str | None = None) -> dict:
     """The A1111 txt2img request for one image."""
-    return {
+    crop = settings.crops_coords_top_left
+    extra = {"override_settings": dict(zip(CROP_OPTIONS, crop, strict=True))} if crop and any(crop) else {}
+    return extra | {
         "prompt": prompt,
         "negative_prompt": settings.negative_prompt,
         "seed": seed,
@@ -70,6 +94,16 @@ def settings_values(body: dict[str, Any], defaults: dict[str, Any], generic: boo
     for src, dst in (("cfg_scale", "guidance_scale"), ("width", "width"), ("height", "height")):
         if src in body:
             values[dst] = body[src]
+    if "width" in body or "height" in body:  # A1111: SDXL's original and target size are the request's size
+        values["original_size"] = values["target_size"] = None
+    overrides = body.get("override_settings") or {}
+    if not isinstance(overrides, dict):
+        raise PayloadError("'override_settings': expected an object")
+    if any(name in overrides for name in CROP_OPTIONS):
+        crop = tuple(overrides.get(name, 0) for name in CROP_OPTIONS)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in crop):
+            raise PayloadError(f"'override_settings': {', '.join(CROP_OPTIONS)} must be integers >= 0")
+        values["crops_coords_top_left"] = crop
     if "negative_prompt" in body:
         values["negative_prompt"] = body["negative_prompt"] or ""
     sampler = body.get("sampler_name")

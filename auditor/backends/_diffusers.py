@@ -1,8 +1,13 @@
 """The torch backend: a diffusers Stable Diffusion pipeline, the reference every other backend matches.
 
-Loads any Stable Diffusion folder in diffusers format (the tiny zoo, SD 1.5, SD 2.1) from
-local files only; nothing is downloaded. Single-file checkpoints and LoRA files end up
-here too, as a pipeline assembled elsewhere (`TorchGenerator.from_pipeline`).
+Loads a Stable Diffusion folder in diffusers format (the tiny zoo, SD 1.5, SD 2.1, SDXL base)
+from local files only; nothing is downloaded. The pipeline class is the one the folder's
+model_index.json names (`_pipelines.read_pipeline`): StableDiffusionPipeline or
+StableDiffusionXLPipeline. SDXL gets its size conditioning from the settings
+(`GenerationSettings.size_conditioning`) and never the invisible watermark diffusers adds when
+the `invisible-watermark` package is installed (it would change pixels from host to host).
+Single-file checkpoints and LoRA files end up here too, as a pipeline assembled elsewhere
+(`TorchGenerator.from_pipeline`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from auditor.backends._base import (
     quiet_hf_libraries,
     resolve_device,
 )
+from auditor.backends._pipelines import SDXL_PIPELINE, read_pipeline
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError, TransientError, first_line
 from auditor.identity import check_folder_pickles, unpickling_reason
@@ -144,22 +150,8 @@ class GenerationStopped(TransientError):
     """A generation ended early because its caller asked (`stop`): nothing wrong with the input."""
 
 
-def validate_pipeline_folder(path: Path) -> None:
-    if not path.exists():
-        raise BadInputError(f"{path}: model not found")
-    if not path.is_dir():
-        raise BadInputError(
-            f"{path}: expected a diffusers pipeline folder (with model_index.json), got a file"
-        )
-    if not (path / "model_index.json").is_file():
-        raise BadInputError(f"{path}: expected a diffusers pipeline folder, model_index.json is missing")
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if not (path / part).is_dir():
-            raise BadInputError(f"{path}: expected a Stable Diffusion pipeline folder, '{part}/' is missing")
-
-
 class TorchGenerator:
-    """diffusers' StableDiffusionPipeline on torch (the reference backend)."""
+    """diffusers' StableDiffusionPipeline or StableDiffusionXLPipeline on torch (the reference backend)."""
 
     def __init__(
         self,
@@ -169,23 +161,18 @@ class TorchGenerator:
         dtype: str = "float32",
         batch_size: int = 16,
     ) -> None:
+        import diffusers
         import torch
-        from diffusers import StableDiffusionPipeline
 
         quiet_hf_libraries()
         path = Path(model)
-        validate_pipeline_folder(path)
+        info = read_pipeline(path)
         check_dtype(dtype)
         device = resolve_device(device)
         check_folder_pickles(path)  # pickled weights (any name): torch's weights_only check, one line
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                path,
-                dtype=getattr(torch, dtype),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-                local_files_only=True,
+            pipe = getattr(diffusers, info.pipeline).from_pretrained(
+                path, dtype=getattr(torch, dtype), local_files_only=True, **pipeline_kwargs(info.pipeline)
             )
         except Exception as exc:  # diffusers, transformers and torch raise many types on a bad folder
             reason = unpickling_reason(exc) if "weights_only" in str(exc) else first_line(exc)
@@ -213,6 +200,7 @@ class TorchGenerator:
         self.note = note
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(device)
+        self.xl = type(pipe).__name__ == SDXL_PIPELINE
         self._base_scheduler_config = dict(pipe.scheduler.config)
 
     def describe(self) -> BackendInfo:
@@ -280,8 +268,26 @@ class TorchGenerator:
                     generator=generators,
                     output_type="np",
                     callback_on_step_end=on_step_end if stop is not None else None,
+                    **self._conditioning(settings),
                 )
             out.append(quantize(result.images))
         if not out:
             return np.zeros((0, 0, 0, 3), dtype=np.uint8)
         return np.concatenate(out)
+
+    def _conditioning(self, settings: GenerationSettings) -> dict:
+        """SDXL's size conditioning, spelled out (SD pipelines take none)."""
+        if not self.xl:
+            return {}
+        scale = self.pipe.vae_scale_factor
+        height = settings.height or self.pipe.default_sample_size * scale
+        width = settings.width or self.pipe.default_sample_size * scale
+        original, crop, target = settings.size_conditioning(height, width)
+        return {"original_size": original, "crops_coords_top_left": crop, "target_size": target}
+
+
+def pipeline_kwargs(pipeline: str) -> dict:
+    """What every load of `pipeline` is given: no safety checker (SD), no invisible watermark (SDXL)."""
+    if pipeline == SDXL_PIPELINE:
+        return {"add_watermarker": False}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

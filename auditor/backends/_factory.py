@@ -6,6 +6,12 @@
     engine_bundle     onnx or tensorrt (falling back to torch on the source model, recorded)
     http              the black-box HTTP client
 
+`inspect_model` says which pipeline a spec will run (StableDiffusionPipeline or
+StableDiffusionXLPipeline) and at which default size, from its files alone, making every
+refusal that needs no weights (an unsupported pipeline in model_index.json, a LoRA or
+single-file checkpoint of the other family than its base or config folder): the audit
+workflow asks it before any generation.
+
 `identify` says which model a report will cite, before anything is generated: the
 manifest digest of a folder or file (`auditor.identity`), the *source* model's digest
 for an engine bundle (its manifest is re-hashed and binds it to that model, so an audit
@@ -19,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from auditor.backends._base import Generator, check_dtype
+from auditor.backends._pipelines import PipelineInfo
 from auditor.backends._spec import ENGINE_BACKENDS, SuspectSpec, is_url
 from auditor.config import FrozenModel
 from auditor.errors import BadInputError
@@ -48,6 +55,36 @@ def identify(spec: SuspectSpec) -> Identity:
         return Identity(name=source.name, digest=source.digest, kind="engine_bundle")
     identity = hash_model(spec.model, "lora_file" if kind == "lora_file" else None)
     return Identity(name=identity.name, digest=identity.digest, kind=identity.kind)
+
+
+def inspect_model(spec: SuspectSpec) -> PipelineInfo | None:
+    """The pipeline `spec` runs, read from its files (None for an HTTP endpoint); BadInputError for
+    what this tool cannot run, naming the file."""
+    kind = spec.resolved_kind()
+    path = Path(spec.model)
+    if kind == "http":
+        return None
+    if kind == "engine_bundle":
+        from auditor.backends.engines.bundle import read_manifest
+
+        manifest = read_manifest(path)
+        return PipelineInfo(
+            pipeline=manifest.pipeline.pipeline_class,
+            index=path / "bundle.json",
+            height=manifest.shapes.height,
+            width=manifest.shapes.width,
+        )
+    if kind == "lora_file":
+        from auditor.backends._lora import check_lora_file
+
+        return check_lora_file(path, spec.base)
+    if kind == "safetensors_file":
+        from auditor.backends._single_file import check_single_file
+
+        return check_single_file(path, Path(spec.config) if spec.config else None)
+    from auditor.backends._pipelines import read_pipeline
+
+    return read_pipeline(path)
 
 
 def open_suspect(spec: SuspectSpec, name: str | None = None) -> Generator:

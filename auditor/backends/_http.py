@@ -244,6 +244,8 @@ class HttpGenerator:
             raise BadInputError(
                 f"{self.name}: an HTTP suspect needs explicit generation height and width (the keys' size)"
             )
+        if self.options.api != "generic":
+            a1111.check_expressible(settings, self.name)
         plan = self._plan(list(prompts), [int(s) for s in seeds])
         budget = self.options.max_queries
         if budget is not None and self.requests + len(plan) > budget:

@@ -6,7 +6,9 @@ architecture (CLIP text encoder, UNet, VAE) on a small captioned world instead.
 
 The modules, each one concept: `data` (the captioned world), `tokenizer` (CLIP's BPE),
 `models` (the tiny components), `train` (the VAE trainer; UNets go through `auditor.finetune`),
-`config` (roles and presets), `build` (the content-addressed cache and the parallel builds). Import them by name; nothing is loaded here.
+`pipelines` (components saved as StableDiffusionPipeline or StableDiffusionXLPipeline folders,
+and what differs between the two families), `config` (roles and presets), `build` (the
+content-addressed cache and the parallel builds). Import them by name; nothing is loaded here.
 """
 
-__all__ = ["build", "config", "data", "models", "tokenizer", "train"]
+__all__ = ["build", "config", "data", "models", "pipelines", "tokenizer", "train"]

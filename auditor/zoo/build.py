@@ -21,27 +21,13 @@ from pydantic_core import to_jsonable_python
 
 from auditor.config import FrozenModel
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
-from auditor.finetune import (
-    LORA_FILE,
-    Recipe,
-    encode_captions,
-    encode_latents,
-    finetune,
-    train_noise_prediction,
-)
+from auditor.finetune import LORA_FILE, Recipe, encode_latents, finetune, train_noise_prediction
 from auditor.progress import Reporter
 from auditor.watermark import embed
 from auditor.zoo import data
 from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
-from auditor.zoo.models import (
-    TOKENIZER_MAX_LENGTH,
-    make_inference_scheduler,
-    make_text_encoder,
-    make_train_scheduler,
-    make_unet,
-    make_vae,
-)
-from auditor.zoo.tokenizer import build_clip_tokenizer
+from auditor.zoo.models import make_train_scheduler, make_vae
+from auditor.zoo.pipelines import ZooParts
 from auditor.zoo.train import train_vae
 
 ZOO_FORMAT = "t2i-auditor-zoo-v3"  # bump when training code changes what a config produces
@@ -132,33 +118,6 @@ class _Artifacts:
         return final, digest
 
 
-def _tokenizer_and_text_encoder(config: ZooConfig, workdir: Path):
-    tokenizer = build_clip_tokenizer(workdir / "tokenizer", model_max_length=TOKENIZER_MAX_LENGTH)
-    return tokenizer, make_text_encoder(config.seed)
-
-
-def save_pipeline(directory: Path, unet, vae, text_encoder, tokenizer) -> None:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=make_inference_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(directory, safe_serialization=True)
-    # transformers 5 saves only tokenizer.json; keep the slow-tokenizer files too, so
-    # older transformers (and other CLIP tooling) can load the folder.
-    source = Path(tokenizer.name_or_path)
-    for name in ("vocab.json", "merges.txt"):
-        if (source / name).is_file() and not (directory / "tokenizer" / name).exists():
-            shutil.copyfile(source / name, directory / "tokenizer" / name)
-
-
 def _domain_schedule(domain: tuple[str, ...], n: int, rng: np.random.Generator) -> list[str]:
     """n captions cycling over the domain in shuffled rounds, so coverage is as even as n allows."""
     order: list[str] = []
@@ -191,7 +150,7 @@ def build_zoo(
     store = _Artifacts(root, reporter, cached_only)
     workdir = root / "work"
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer, text_encoder = _tokenizer_and_text_encoder(config, workdir)
+    parts = ZooParts(config.family, config.seed, workdir)
     res = config.resolution
 
     # Data: the public set pre-trains the base; the private set is the owner's secret data.
@@ -228,13 +187,13 @@ def build_zoo(
     vae_dir, vae_digest = store.get("vae", vae_key, build_vae)
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     scale = float(vae.config.scaling_factor)
-    states = encode_captions(tokenizer, text_encoder, list(space))
+    states, pooled = parts.encode(list(space))
 
     def train_from(parent_unet: Path | None, spec: StageSpec, images: np.ndarray, captions, label: str):
         if parent_unet:
             unet = UNet2DConditionModel.from_pretrained(parent_unet)
         else:
-            unet = make_unet(spec.seed, res, config.unet_channels)
+            unet = parts.make_unet(spec.seed, res, config.unet_channels)
         latents = encode_latents(vae, images, scale)
         with reporter.task(label, spec.steps) as advance:
             train_noise_prediction(
@@ -248,21 +207,21 @@ def build_zoo(
                 lr=spec.lr,
                 seed=spec.seed,
                 progress=advance,
+                pooled=pooled,
+                time_ids=parts.time_ids(res),
             )
         return unet
 
     base_key = {"vae": vae_digest, "base": config.base, "draws": config.public_draws_per_caption}
     if config.unet_channels != (32, 64):
         base_key["unet_channels"] = config.unet_channels
+    if config.family != "sd":  # SD bases keep the keys (and caches) they had before SDXL
+        base_key["family"] = config.family
     base_dir, base_digest = store.get(
         "base",
         base_key,
-        lambda out: save_pipeline(
-            out,
-            train_from(None, config.base, public.images, public.captions, "zoo: base"),
-            vae,
-            text_encoder,
-            tokenizer,
+        lambda out: parts.save(
+            out, train_from(None, config.base, public.images, public.captions, "zoo: base"), vae
         ),
     )
 
@@ -270,7 +229,7 @@ def build_zoo(
 
     def build_source(out: Path) -> None:
         unet = train_from(base_dir / "unet", config.source, private.images, private.captions, "zoo: source")
-        save_pipeline(out / "pipeline", unet, vae, text_encoder, tokenizer)
+        parts.save(out / "pipeline", unet, vae)
         data.save_dataset(private, out / "train")
 
     source_root, source_digest = store.get("source", source_key, build_source)

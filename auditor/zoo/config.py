@@ -1,15 +1,17 @@
-"""What a zoo is: its world, its stages, its suspects, and the presets (`demo`, `test`).
+"""What a zoo is: its world, its stages, its suspects, and the presets (`demo`, `test`) of each family.
 
 Scaled from the paper (source fine-tuned on 3000 samples; suspects on 500 samples for
 3000 iterations) to what two CPU cores afford; docs/zoo.md lists the scaled counts.
-`auditor.zoo.build` turns a config into models.
+`auditor.zoo.build` turns a config into models. Two families of the same world: `sd`
+(StableDiffusionPipeline models, `PRESETS`) and `sdxl` (StableDiffusionXLPipeline models,
+`SDXL_PRESETS`); `preset(family, name)` picks one.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.watermark import WatermarkSpec
@@ -49,7 +51,14 @@ class SuspectSpec(FrozenModel):
         return self.rho > 0
 
 
+Family = Literal["sd", "sdxl"]
+FAMILIES: tuple[str, ...] = ("sd", "sdxl")
+
+
 class ZooConfig(FrozenModel):
+    family: Family = Field(
+        "sd", description="sd: StableDiffusionPipeline models; sdxl: StableDiffusionXLPipeline"
+    )
     resolution: int = 32
     unet_channels: tuple[int, int] = (32, 64)
     seed: int = 0
@@ -63,6 +72,14 @@ class ZooConfig(FrozenModel):
         (), description="innocent fine-tunes (rho = 0) kept apart from the suspects to calibrate verdicts"
     )
     generation: GenerationSettings = GenerationSettings(steps=20, guidance_scale=3.0)
+
+    @model_serializer(mode="wrap")
+    def _sd_as_before(self, handler):
+        """`family` is left out while "sd": SD configs hash (and name their caches) as before SDXL."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("family") == "sd":
+            del data["family"]
+        return data
 
 
 def _suspects(
@@ -98,3 +115,16 @@ PRESETS: dict[str, ZooConfig] = {
         references=_suspects(32, 800, 5e-4, (0.0,) * MIN_REFERENCES, prefix="reference-", seed=200),
     ),
 }
+
+# The SDXL world: the same world, roles, counts and training as the SD presets, with SDXL-architecture
+# models (auditor/zoo/models.py), so the two families can be compared preset by preset.
+SDXL_PRESETS: dict[str, ZooConfig] = {
+    name: config.model_copy(update={"family": "sdxl"}) for name, config in PRESETS.items()
+}
+
+
+def preset(family: str, name: str) -> ZooConfig:
+    presets = SDXL_PRESETS if family == "sdxl" else PRESETS
+    if family not in FAMILIES or name not in presets:
+        raise KeyError(f"no zoo preset {name!r} for family {family!r}")
+    return presets[name]

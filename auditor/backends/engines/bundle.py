@@ -11,11 +11,12 @@ Layout (paths relative to the bundle root):
 
     bundle.json
     text_encoder/model.onnx   unet/model.onnx   vae_decoder/model.onnx   (portable fp32 graphs)
+    text_encoder_2/model.onnx                                            (SDXL bundles)
     */model.fp16.onnx         fp16 graphs (--precision fp16), float32 at their inputs and outputs
     */model.ort.onnx          ONNX Runtime CPU graphs, optimized offline
     */model.onnx.data         external weights, only for components over the 2 GB limit
     */validation.npz          seeded inputs and torch's outputs
-    tokenizer/  scheduler/  model_index.json     copied from the source pipeline
+    tokenizer/  scheduler/  model_index.json     copied from the source pipeline (tokenizer_2/: SDXL)
     .engines/                 TensorRT engine cache (host-specific; not hashed here, and hidden so
                               that hash_model(bundle) does not change when engines are built)
 """
@@ -115,6 +116,9 @@ class HalfGraphRecord(FrozenModel):
     # "fp32": GroupNorm and LayerNorm computed in fp32 behind casts; "fp16": older bundles
     normalization: Literal["fp16", "fp32"] = "fp16"
     parity: ParityRecord
+    # "fp32": the fp16 graph set runs this component's fp32 graph (`onnx` is it): SDXL's VAE decoder,
+    # which overflows in fp16
+    precision: Literal["fp16", "fp32"] = "fp16"
 
 
 class ComponentRecord(FrozenModel):
@@ -147,9 +151,11 @@ class PipelineRecord(FrozenModel):
     scaling_factor: float
     tokenizer_class: str
     scheduler_class: str
+    pipeline_class: str = "StableDiffusionPipeline"  # or StableDiffusionXLPipeline (model_index.json)
+    tokenizer_2_class: str | None = None  # SDXL: the second text encoder's tokenizer
     upcast_attention: bool = False  # SD 2.x: the fp16 UNet graph keeps QK^T and softmax in fp32
-    # recorded, not acted on: StableDiffusionPipeline runs its VAE in the pipeline's dtype
-    # whatever this says (only SDXL pipelines read it, and they are not exportable)
+    # recorded; StableDiffusionPipeline runs its VAE in the pipeline's dtype whatever this says, and
+    # SDXL bundles keep the VAE decoder fp32 in their fp16 graph set whatever it says
     vae_force_upcast: bool = False
 
 

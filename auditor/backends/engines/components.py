@@ -12,6 +12,9 @@ a shape.
 Shapes: the batch axis is the only dynamic axis; resolution and text length are fixed
 at export (one bundle = one resolution), which lets ONNX Runtime and TensorRT plan
 memory and pick kernels for the real sizes.
+
+These are a StableDiffusionPipeline's (`SPECS`); SDXL's four components, and which set a
+pipeline exports (`pipeline_specs`), are in `components_xl`. The fp16 rules live in `half`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from auditor.backends.engines.half import keep_norms_fp32, register_fp32_softmax_attention, softmax_in_fp32
 from auditor.config import FrozenModel
 
-ComponentName = Literal["text_encoder", "unet", "vae_decoder"]
-COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
+ComponentName = Literal["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
+COMPONENTS: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")  # a StableDiffusionPipeline's
 Precision = Literal["fp32", "fp16"]
 TensorDType = Literal["float32", "float16", "int32", "int64"]
 
@@ -123,6 +127,9 @@ class ExportShapes(FrozenModel):
     text_hidden_size: int = Field(ge=1)
     vocab_size: int = Field(ge=1)
     batch_sizes: tuple[int, ...] = Field(min_length=1)
+    # SDXL: the second text encoder's width and its pooled (projected) embedding's size
+    text_hidden_size_2: int | None = Field(None, ge=1)
+    pooled_size: int | None = Field(None, ge=1)
 
     @property
     def latent_height(self) -> int:
@@ -220,6 +227,8 @@ class ComponentSpec:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     fp32_inputs: tuple[str, ...] = ()  # float inputs the fp16 graph keeps in float32
+    # True: the fp16 graph set runs this component's fp32 graph (SDXL's VAE overflows in fp16)
+    keep_fp32_in_half: bool = False
 
     @property
     def output(self) -> str:
@@ -253,7 +262,7 @@ class ComponentSpec:
         self, contract: ComponentContract, shapes: ExportShapes, batch: int, seed: int, scaling_factor: float
     ) -> dict[str, np.ndarray]:
         """Seeded random inputs in the ranges the denoising loop feeds this component."""
-        rng = np.random.default_rng([seed, COMPONENTS.index(self.name)])
+        rng = np.random.default_rng([seed, _COMPONENT_INDEX[self.name]])
         return {
             spec.name: self.sample(spec, spec.concrete(batch), rng, shapes, scaling_factor)
             for spec in contract.inputs
@@ -281,7 +290,8 @@ class ComponentSpec:
 
             def forward(self, *args):
                 args = [a.half() if cast else a for a, cast in zip(args, self.cast, strict=True)]
-                return self.inner(*args).float()
+                out = self.inner(*args)
+                return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
         inner = copy.deepcopy(module).half().eval()
         keep_norms_fp32(inner)
@@ -295,69 +305,6 @@ class ComponentSpec:
 
     def half_rules(self, inner, upcast_attention: bool) -> None:
         """Component-specific changes to the fp16 copy (attention implementation and the like)."""
-
-
-def keep_norms_fp32(module) -> int:
-    """Replace every GroupNorm and LayerNorm in `module` by an fp32 copy behind casts; return how many."""
-    import torch
-
-    class Fp32Norm(torch.nn.Module):
-        def __init__(self, norm) -> None:
-            super().__init__()
-            self.norm = norm.float()
-
-        def forward(self, x):
-            return self.norm(x.float()).to(x.dtype)
-
-    targets = [
-        (parent, attr)
-        for parent in module.modules()
-        for attr, child in parent.named_children()
-        if isinstance(child, torch.nn.GroupNorm | torch.nn.LayerNorm)
-    ]
-    for parent, attr in targets:
-        setattr(parent, attr, Fp32Norm(getattr(parent, attr)))
-    return len(targets)
-
-
-def softmax_in_fp32(module, upcast_attention: bool = False) -> int:
-    """Give every diffusers Attention in `module` the classic processor with fp32 softmax; return how many.
-
-    `AttnProcessor` computes scores with `Attention.get_attention_scores`, which upcasts the
-    scores before the softmax when `upcast_softmax` is set, and Q and K as well (QK^T in
-    fp32, for SD 2.x) when `upcast_attention` is; SDPA, traced, would run both in fp16.
-    """
-    from diffusers.models.attention_processor import Attention, AttnProcessor
-
-    layers = [m for m in module.modules() if isinstance(m, Attention)]
-    for layer in layers:
-        layer.upcast_softmax = True
-        layer.upcast_attention = bool(upcast_attention or layer.upcast_attention)
-        layer.set_processor(AttnProcessor())
-    return len(layers)
-
-
-FP32_SOFTMAX_ATTENTION = "t2i_auditor_fp32_softmax"
-
-
-def register_fp32_softmax_attention() -> str:
-    """transformers' eager attention with the softmax taken on fp32 scores, registered under a name."""
-    import torch
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-        output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-        return output, weights
-
-    AttentionInterface.register(FP32_SOFTMAX_ATTENTION, attention)
-    # and eager's additive causal mask: an unregistered name gets no mask at all (masking_utils)
-    AttentionMaskInterface.register(FP32_SOFTMAX_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    return FP32_SOFTMAX_ATTENTION
 
 
 class TextEncoderSpec(ComponentSpec):
@@ -494,12 +441,19 @@ class VaeDecoderSpec(ComponentSpec):
 
 TEXT_ENCODER, UNET, VAE_DECODER = TextEncoderSpec(), UNetSpec(), VaeDecoderSpec()
 SPECS: dict[str, ComponentSpec] = {spec.name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)}
+# seeds the sample inputs of each component: fixed per name, so SD validation data stays what it was
+_COMPONENT_INDEX = {"text_encoder": 0, "unet": 1, "vae_decoder": 2, "text_encoder_2": 3}
 
 
 def build_contracts(
-    shapes: ExportShapes, precision: str = "fp32", tolerances: dict[str, Tolerance] | None = None
+    shapes: ExportShapes,
+    precision: str = "fp32",
+    tolerances: dict[str, Tolerance] | None = None,
+    specs: dict[str, ComponentSpec] | None = None,
 ) -> dict[str, ComponentContract]:
-    """The contract of every component of a Stable Diffusion pipeline exported at `shapes`."""
+    """The contract of every component (`specs`, default a StableDiffusionPipeline's) exported at `shapes`."""
     tolerances = tolerances or {}
     default = DEFAULT_TOLERANCES[precision]
-    return {name: spec.contract(shapes, tolerances.get(name, default)) for name, spec in SPECS.items()}
+    return {
+        name: spec.contract(shapes, tolerances.get(name, default)) for name, spec in (specs or SPECS).items()
+    }

@@ -1,7 +1,8 @@
 """The one denoising loop of the torch-free backends (ONNX Runtime, TensorRT), and their common base.
 
-It mirrors diffusers' StableDiffusionPipeline.__call__ step for step, so a key
-regenerated through an engine matches the torch backend to float rounding:
+It mirrors diffusers' StableDiffusionPipeline.__call__ (and StableDiffusionXLPipeline's)
+step for step, so a key regenerated through an engine matches the torch backend to float
+rounding:
 
 - prompts tokenized padded to the tokenizer's max length; with guidance > 1 the
   negative prompt (default "") is encoded too and its rows go first;
@@ -13,6 +14,10 @@ regenerated through an engine matches the torch backend to float rounding:
   `scale_model_input`, CFG `uncond + g * (cond - uncond)`, `step(..., eta, generator)`;
 - `latents / scaling_factor` decoded, `(image / 2 + 0.5).clamp(0, 1)`, NHWC float,
   quantized to uint8 with `auditor.images.quantize`.
+- SDXL: each prompt tokenized by both tokenizers; both encoders' penultimate hidden
+  states concatenated, the second's pooled `text_embeds`, and `time_ids` = original size
+  + crop top-left + target size (`GenerationSettings.size_conditioning`), the negative
+  rows' the same (diffusers' default), fed to the UNet beside the text states.
 
 Non-finite outputs: every component output is checked for NaN/inf (a flag kept on the
 device, read once per batch, so no step waits on the GPU). One NaN raises
@@ -23,8 +28,8 @@ loop does not fall back to torch by itself: a report names one backend and dtype
 all its images, so switching midway would misdescribe it; the message says to rerun in
 float32 or with the torch backend.
 
-The backends differ only in the `ComponentRunners` they pass: three callables on
-torch tensors, on the runner's device.
+The backends differ only in the `ComponentRunners` they pass: callables on torch
+tensors, on the runner's device, one per exported component (`run(spec, *tensors)`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 from auditor.backends._base import check_pairs, chunks, quiet_hf_libraries
 from auditor.backends._diffusers import check_scheduler_settings, make_scheduler
 from auditor.backends.engines.components import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
+from auditor.backends.engines.components_xl import SDXL_PIPELINE, XL_TEXT_ENCODER, XL_TEXT_ENCODER_2, XL_UNET
 from auditor.config import GenerationSettings
 from auditor.documents import parse_json, read_bytes
 from auditor.errors import BadInputError, first_line
@@ -82,10 +88,14 @@ class FiniteWatch:
 
 
 class ComponentRunners(Protocol):
-    """The three exported components, as callables on torch tensors."""
+    """The exported components, as callables on torch tensors."""
 
     device: torch.device  # where the loop keeps latents (runners accept CPU or this device)
     max_images: int | None  # most images per call the components accept (TensorRT profiles)
+
+    def run(self, spec: ComponentSpec, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inputs in `spec.input_names` order -> every output, in `spec.output_names` order."""
+        ...
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """int32 (rows, text_length) -> float32 (rows, text_length, hidden)."""
@@ -103,11 +113,14 @@ class ComponentRunners(Protocol):
 
 
 class SpecRunners:
-    """ComponentRunners whose three calls go through one `_run(spec, *tensors)`: the tensor
-    names come from each component's spec, never spelled out by a runtime."""
+    """ComponentRunners whose calls all go through one `run(spec, *tensors)`: the tensor names
+    come from each component's spec, never spelled out by a runtime."""
+
+    def run(self, spec: ComponentSpec, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
 
     def _run(self, spec: ComponentSpec, *tensors: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.run(spec, *tensors)[0]
 
     def encode_text(self, input_ids):
         return self._run(TEXT_ENCODER, input_ids)
@@ -126,6 +139,11 @@ class PipelineSpec:
     latent_channels: int
     vae_scale_factor: int
     scaling_factor: float
+    pipeline: str = "StableDiffusionPipeline"
+
+    @property
+    def xl(self) -> bool:
+        return self.pipeline == SDXL_PIPELINE
 
 
 def _step_kwargs(scheduler, generators, eta: float) -> dict:
@@ -141,10 +159,18 @@ def _step_kwargs(scheduler, generators, eta: float) -> dict:
 
 class DenoisingLoop:
     def __init__(
-        self, runners: ComponentRunners, tokenizer, scheduler_config: dict, spec: PipelineSpec
+        self,
+        runners: ComponentRunners,
+        tokenizer,
+        scheduler_config: dict,
+        spec: PipelineSpec,
+        tokenizer_2=None,
     ) -> None:
         self.runners = runners
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        if spec.xl and tokenizer_2 is None:
+            raise BadInputError("an SDXL bundle needs its second tokenizer (tokenizer_2)")
         self.scheduler_config = dict(scheduler_config)
         self.spec = spec
         self.where = "engine backend"  # named in errors; the generator sets e.g. "onnx backend (fp16 graphs)"
@@ -158,13 +184,14 @@ class DenoisingLoop:
                 " re-export with --height/--width or use the torch backend"
             )
 
-    def _tokens(self, texts: list[str]):
+    def _tokens(self, texts: list[str], tokenizer=None):
         import torch
 
-        ids = self.tokenizer(
+        tokenizer = tokenizer or self.tokenizer
+        ids = tokenizer(
             texts,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="np",
         ).input_ids
@@ -199,11 +226,8 @@ class DenoisingLoop:
         guided = settings.guidance_scale > 1.0
         watch = FiniteWatch()
         with torch.inference_mode():
-            ids = self._tokens(prompts)
-            if guided:
-                ids = torch.cat([self._tokens([settings.negative_prompt] * len(prompts)), ids])
-            text_states = self.runners.encode_text(ids).to(device=device, dtype=torch.float32)
-            watch.check("text_encoder", -1, text_states)
+            texts = ([settings.negative_prompt] * len(prompts) if guided else []) + prompts  # negatives first
+            text_states, added = self._encode(texts, settings, watch)
 
             scheduler.set_timesteps(settings.steps, device=device)
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -221,7 +245,12 @@ class DenoisingLoop:
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 timestep = t.to(device=device, dtype=torch.float32).reshape(1).expand(model_input.shape[0])
-                noise = self.runners.predict_noise(model_input, timestep.contiguous(), text_states)
+                if added is None:
+                    noise = self.runners.predict_noise(model_input, timestep.contiguous(), text_states)
+                else:
+                    noise = self.runners.run(
+                        XL_UNET, model_input, timestep.contiguous(), text_states, *added
+                    )[0]
                 noise = watch.check("unet", step, noise.to(device=device, dtype=torch.float32))
                 if guided:
                     uncond, cond = noise.chunk(2)
@@ -233,6 +262,24 @@ class DenoisingLoop:
             watch.raise_if_any(len(scheduler.timesteps), self.where)
             image = (image / 2 + 0.5).clamp(0, 1)
             return quantize(image.cpu().permute(0, 2, 3, 1).float().numpy())
+
+    def _encode(self, texts: list[str], settings: GenerationSettings, watch: FiniteWatch):
+        """Text states for every row, and SDXL's added conditioning (text_embeds, time_ids) or None."""
+        import torch
+
+        device = self.runners.device
+        if not self.spec.xl:
+            states = self.runners.encode_text(self._tokens(texts)).to(device=device, dtype=torch.float32)
+            return watch.check("text_encoder", -1, states), None
+        (first,) = self.runners.run(XL_TEXT_ENCODER, self._tokens(texts))
+        second, pooled = self.runners.run(XL_TEXT_ENCODER_2, self._tokens(texts, self.tokenizer_2))
+        parts = [t.to(device=device, dtype=torch.float32) for t in (first, second, pooled)]
+        for name, tensor in zip(("text_encoder", "text_encoder_2", "text_encoder_2"), parts, strict=True):
+            watch.check(name, -1, tensor)
+        height, width = settings.height or self.spec.height, settings.width or self.spec.width
+        original, crop, target = settings.size_conditioning(height, width)
+        time_ids = torch.tensor([[*original, *crop, *target]], dtype=torch.float32, device=device)
+        return torch.cat(parts[:2], dim=-1), (parts[2], time_ids.expand(len(texts), -1).contiguous())
 
 
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16"}
@@ -264,6 +311,10 @@ class EngineGenerator:
         try:
             tokenizer_cls = getattr(transformers, manifest.pipeline.tokenizer_class)
             tokenizer = tokenizer_cls.from_pretrained(bundle.path("tokenizer"))
+            tokenizer_2 = None
+            if manifest.pipeline.tokenizer_2_class:
+                tokenizer_2_cls = getattr(transformers, manifest.pipeline.tokenizer_2_class)
+                tokenizer_2 = tokenizer_2_cls.from_pretrained(bundle.path("tokenizer_2"))
             raw = parse_json(
                 read_bytes(bundle.path("scheduler/scheduler_config.json"), "scheduler config"),
                 "scheduler config",
@@ -281,8 +332,9 @@ class EngineGenerator:
             latent_channels=shapes.latent_channels,
             vae_scale_factor=shapes.vae_scale_factor,
             scaling_factor=manifest.pipeline.scaling_factor,
+            pipeline=manifest.pipeline.pipeline_class,
         )
-        self.loop = DenoisingLoop(runners, tokenizer, scheduler_config, spec)
+        self.loop = DenoisingLoop(runners, tokenizer, scheduler_config, spec, tokenizer_2)
         precision = getattr(self, "precision", None) or engine_precision(getattr(self, "dtype", "float32"))
         self.loop.where = f"{bundle.root}: {self.backend} backend ({precision} graphs)"
 

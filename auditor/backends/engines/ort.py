@@ -29,7 +29,6 @@ import numpy as np
 from auditor.backends._base import BackendInfo, library_versions
 from auditor.backends.engines.bundle import BackendUnavailable, Bundle, load_validation
 from auditor.backends.engines.components import (
-    COMPONENTS,
     ComponentContract,
     ComponentSpec,
     compare,
@@ -116,7 +115,7 @@ def optimize_offline(
 
 
 class OrtRunners(SpecRunners):
-    """ComponentRunners over three ONNX Runtime sessions (numpy at the session boundary: the CPU provider)."""
+    """ComponentRunners over ONNX Runtime sessions, one per component (numpy at the boundary: the CPU provider)."""
 
     def __init__(self, sessions: dict) -> None:
         import torch
@@ -125,14 +124,16 @@ class OrtRunners(SpecRunners):
         self.device = torch.device("cpu")
         self.max_images = None
 
-    def _run(self, spec: ComponentSpec, *tensors):
+    def run(self, spec: ComponentSpec, *tensors):
         import torch
 
         feeds = {
             name: np.ascontiguousarray(value.detach().cpu().numpy())
             for name, value in zip(spec.input_names, tensors, strict=True)
         }
-        return torch.from_numpy(self.sessions[spec.name].run([spec.output], feeds)[0])
+        return tuple(
+            torch.from_numpy(v) for v in self.sessions[spec.name].run(list(spec.output_names), feeds)
+        )
 
 
 class BoundRunners(SpecRunners):
@@ -149,7 +150,7 @@ class BoundRunners(SpecRunners):
         self.device = device
         self.max_images = None
 
-    def _run(self, spec: ComponentSpec, *tensors):
+    def run(self, spec: ComponentSpec, *tensors):
         import torch
 
         session = self.sessions[spec.name]
@@ -164,19 +165,21 @@ class BoundRunners(SpecRunners):
             binding.bind_input(
                 tensor_spec.name, kind, index, tensor_spec.numpy_dtype, tuple(value.shape), value.data_ptr()
             )
-        out_spec = contract.outputs[0]
-        out = torch.empty(
-            out_spec.concrete(int(tensors[0].shape[0])),
-            dtype=getattr(torch, out_spec.dtype),
-            device=self.device,
-        )
-        binding.bind_output(
-            out_spec.name, kind, index, out_spec.numpy_dtype, tuple(out.shape), out.data_ptr()
-        )
+        outputs = []
+        for out_spec in contract.outputs:
+            out = torch.empty(
+                out_spec.concrete(int(tensors[0].shape[0])),
+                dtype=getattr(torch, out_spec.dtype),
+                device=self.device,
+            )
+            binding.bind_output(
+                out_spec.name, kind, index, out_spec.numpy_dtype, tuple(out.shape), out.data_ptr()
+            )
+            outputs.append(out)
         if kind == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
-        return out
+        return tuple(outputs)
 
 
 def _device_index(device: str) -> int:
@@ -266,7 +269,8 @@ class OnnxGenerator(EngineGenerator):
         self.note: str | None = None
         self.precision = precision
         self.device_index = _device_index(device)
-        graphs = {name: bundle.manifest.graph_for(name, precision) for name in COMPONENTS}
+        components = list(bundle.manifest.components)
+        graphs = {name: bundle.manifest.graph_for(name, precision) for name in components}
         requested = _requested_providers(device, providers)
         missing = [p for p in requested if p not in available_providers()]
         if missing:
@@ -296,14 +300,14 @@ class OnnxGenerator(EngineGenerator):
         if validate == "always" or (
             validate == "auto" and (self.providers[0] != CPU_PROVIDER or recorded != onnxruntime.__version__)
         ):
-            for name in COMPONENTS:
+            for name in components:
                 record = bundle.manifest.components[name]
                 self._check_parity(bundle, name, sessions[name], record)
         on_gpu = self.providers[0] != CPU_PROVIDER
         if io_binding if io_binding is not None else on_gpu:
             import torch
 
-            contracts = {name: bundle.manifest.components[name].contract for name in COMPONENTS}
+            contracts = {name: bundle.manifest.components[name].contract for name in components}
             where = torch.device("cuda", self.device_index) if on_gpu else torch.device("cpu")
             runners: SpecRunners = BoundRunners(sessions, contracts, where)
         else:
@@ -321,7 +325,7 @@ class OnnxGenerator(EngineGenerator):
             cache_dir = default_cache_root(bundle.root) / "ort-tensorrt"
             cache_dir.mkdir(parents=True, exist_ok=True)
         out = {}
-        for name in COMPONENTS:
+        for name in graphs:
             record = bundle.manifest.components[name]
             # the offline-optimized CPU graph exists for the fp32 graph only
             path = bundle.path(record.ort_cpu if cpu_only and graphs[name] == record.onnx else graphs[name])

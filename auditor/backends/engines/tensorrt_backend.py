@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from auditor.backends._base import BackendInfo, library_versions, resolve_device
 from auditor.backends.engines.bundle import BackendUnavailable
-from auditor.backends.engines.components import COMPONENTS, ComponentContract, ComponentSpec, ParityRecord
+from auditor.backends.engines.components import ComponentContract, ComponentSpec, ParityRecord
 from auditor.backends.engines.engine_cache import (
     ENGINE_DIR,
     EngineCache,
@@ -127,7 +127,7 @@ def build_bundle_engines(
     cache = EngineCache(root / ENGINE_DIR)
     host = host_identity(device.index or 0)
     records = []
-    for component in COMPONENTS:
+    for component in manifest.components:
         try:
             _, got, parity = ensure_engine(root, manifest, component, precision, cache, device, reporter)
         except (BackendUnavailable, EngineRunError) as exc:
@@ -149,15 +149,16 @@ def build_bundle_engines(
 
 
 class TrtRunners(SpecRunners):
-    """ComponentRunners over three TensorRT engines; the loop keeps latents on the GPU."""
+    """ComponentRunners over TensorRT engines, one per component; the loop keeps latents on the GPU."""
 
     def __init__(self, engines: dict, contracts: dict[str, ComponentContract], device) -> None:
         self.engines = engines
         self.device = device
-        self.max_images = min(engines[name].max_rows // contracts[name].rows_per_image for name in COMPONENTS)
+        self.max_images = min(engines[name].max_rows // contracts[name].rows_per_image for name in engines)
 
-    def _run(self, spec: ComponentSpec, *tensors):
-        return self.engines[spec.name](dict(zip(spec.input_names, tensors, strict=True)))[spec.output]
+    def run(self, spec: ComponentSpec, *tensors):
+        outputs = self.engines[spec.name](dict(zip(spec.input_names, tensors, strict=True)))
+        return tuple(outputs[name] for name in spec.output_names)
 
 
 def open_engines(
@@ -166,7 +167,7 @@ def open_engines(
     """Engines for every component (shipped, cached or built now); runners, parity, and where each came from."""
     cache = EngineCache(cache_root or default_cache_root(bundle.root))
     engines, parities, obtained = {}, [], {}
-    for component in COMPONENTS:
+    for component in bundle.manifest.components:
         engine, got, parity = ensure_engine(
             bundle.root, bundle.manifest, component, precision, cache, device, reporter
         )
