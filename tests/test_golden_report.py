@@ -3,7 +3,11 @@
 One audit of a seeded random-weight pipeline against two seeded references, through the
 CLI, compared with tests/golden/report.json. Any change to what an audit computes or
 records (distances, hits, verdict, seeds, settings, digests, schema) shows here; a change
-that is meant must regenerate the file on purpose:
+that is meant must regenerate the file on purpose. Floats compare to a relative 2e-3:
+float32 kernels differ between CPUs in the sixth digit (measured on two x86_64 machines:
+distances 0.33908014 and 0.33908142 for the same seed, and the sparse statistic, built
+from per-key z-scores over five references, moved by a relative 6.7e-4); everything else
+to the byte:
 
     T2I_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden_report.py
 """
@@ -59,4 +63,15 @@ def test_report_matches_the_golden_file(models, tmp_path):
     if os.environ.get("T2I_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     expected = json.loads(GOLDEN.read_text())
-    assert got == expected
+    assert got == _approx(expected)
+
+
+def _approx(node):
+    """The golden document with every float wrapped for a relative 2e-3 comparison."""
+    if isinstance(node, dict):
+        return {key: _approx(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_approx(value) for value in node]
+    if isinstance(node, float):
+        return pytest.approx(node, rel=2e-3, abs=1e-9)
+    return node
