@@ -229,12 +229,12 @@ def finetune(
     import transformers
 
     from auditor.backends._base import quiet_hf_libraries, resolve_device
-    from auditor.backends._pipelines import validate_pipeline_folder
+    from auditor.backends._pipelines import read_pipeline
 
     quiet_hf_libraries()
     reporter = reporter or Reporter()
     base_dir, out_dir = Path(base), Path(out)
-    info = validate_pipeline_folder(base_dir)
+    info = read_pipeline(base_dir)
     if len(images) != len(captions) or len(images) == 0:
         raise BadInputError(
             f"{label}: expected as many captions as images, and some, got {len(images)} and {len(captions)}"

@@ -241,6 +241,8 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
             or not 0 <= offsets[0] <= offsets[1]
             or not isinstance(info.get("dtype"), str)
             or not isinstance(info.get("shape"), list)
+            or len(info["shape"]) > 8
+            or not all(type(dim) is int and dim >= 0 for dim in info["shape"])
         ):
             raise BadInputError(f"{file}: malformed safetensors file (bad entry for tensor {tensor!r})")
         if offsets[1] > data_len:

@@ -154,14 +154,14 @@ def build_references(
     reporter: Reporter | None = None,
 ) -> ReferenceSet:
     """Fine-tune `count` references (seeds recipe.seed + i) and write OUT/references.json."""
-    from auditor.backends._pipelines import validate_pipeline_folder
+    from auditor.backends._pipelines import read_pipeline
     from auditor.identity import hash_model
 
     reporter = reporter or Reporter()
     if count < 1:
         raise BadInputError(f"--count {count}: expected at least 1")
     base_dir, out_dir = Path(base), Path(out)
-    validate_pipeline_folder(base_dir)
+    read_pipeline(base_dir)
     base_identity = hash_model(base_dir)
     images, captions, data_digest = load_imagefolder(data, _resolution(base_dir))
     out_dir.mkdir(parents=True, exist_ok=True)

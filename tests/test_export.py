@@ -254,6 +254,13 @@ def test_manifest_is_frozen_and_forbids_unknown_fields(bundle):
     bad["components"]["unet"]["onnx"] = "../../etc/passwd"
     with pytest.raises(Exception):  # noqa: B017
         BundleManifest.model_validate(bad)
+    for pipeline_class in ("StableDiffusionXLPipeline", "FluxPipeline"):  # graphs of another pipeline
+        bad = json.loads(json.dumps(raw))
+        bad["pipeline"]["pipeline_class"] = pipeline_class
+        with pytest.raises(
+            ValueError, match="pipeline_class|StableDiffusionXLPipeline bundle has the components"
+        ):
+            BundleManifest.model_validate(bad)
 
 
 def test_contract_helpers():

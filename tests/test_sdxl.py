@@ -417,3 +417,55 @@ def test_an_sdxl_model_behind_the_a1111_api_gives_the_folders_images(xl):
         {"width": 32, "height": 32, "override_settings": {"sdxl_crop_left": 4}}, defaults, False
     )
     assert (values["original_size"], values["crops_coords_top_left"]) == (None, (0, 4))
+
+
+def test_the_a1111_conditioning_check_runs_before_the_audit_starts():
+    from auditor.backends._diffusers import check_spec_settings
+
+    resized = SETTINGS.model_copy(update={"original_size": (64, 64)})
+    spec = SuspectSpec(model="http://127.0.0.1:9/x")  # nothing listens: refused without a request
+    with pytest.raises(BadInputError, match="http://127.0.0.1:9/x: generation settings: the A1111"):
+        check_spec_settings(spec, resized)
+    check_spec_settings(spec, SETTINGS)  # what a request can carry passes
+
+
+# ---------------------------------------------------------------- hostile pipeline files
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "value", "text"),
+    [
+        ("model_index.json", "_class_name", ["StableDiffusionXLPipeline"], "is not supported"),
+        ("model_index.json", "_class_name", {"a": 1}, "is not supported"),
+        ("unet/config.json", "sample_size", {"h": 4}, "sample_size must be a positive integer"),
+        ("unet/config.json", "sample_size", -4, "sample_size must be a positive integer"),
+        ("unet/config.json", "sample_size", [4, 4, 4], "sample_size must be a positive integer"),
+        ("unet/config.json", "sample_size", True, "sample_size must be a positive integer"),
+        ("unet/config.json", "sample_size", 10**9, "sample_size must be a positive integer"),
+        ("vae/config.json", "block_out_channels", list(range(3000)), "block_out_channels must be a list"),
+        ("vae/config.json", "block_out_channels", "abc", "block_out_channels must be a list"),
+        ("unet/config.json", "sample_size", 9000, "exceeds 16384 pixels a side"),
+    ],
+)
+def test_edited_pipeline_files_are_refused_in_one_line(tiny_xl_pipeline, tmp_path, where, field, value, text):
+    folder = tmp_path / "edited"
+    shutil.copytree(tiny_xl_pipeline, folder)
+    config = json.loads((folder / where).read_text())
+    config[field] = value
+    (folder / where).write_text(json.dumps(config))
+    with pytest.raises(BadInputError) as info:
+        inspect_model(SuspectSpec(model=str(folder), device="cpu"))
+    assert text in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [["x", "y"], [{"a": 1}, 2], [-1, 4], [True, 2], [1] * 9])
+def test_a_safetensors_header_with_a_bad_shape_is_malformed(tmp_path, shape):
+    import struct
+
+    from auditor.identity import read_safetensors_header
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(BadInputError, match="malformed safetensors file \\(bad entry for tensor 'w'\\)"):
+        read_safetensors_header(path)

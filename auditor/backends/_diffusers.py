@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from auditor.backends import _a1111 as a1111
 from auditor.backends._base import (
     BackendInfo,
     check_dtype,
@@ -136,9 +137,15 @@ def check_spec_settings(spec, settings: GenerationSettings) -> None:
     For the workflow to call on every suspect and reference before any generation: the
     folder whose scheduler a SuspectSpec will run is the model itself (a diffusers folder or
     an engine bundle), its `config` (a single-file checkpoint) or its `base` (a LoRA); an
-    HTTP endpoint's scheduler is the server's business.
+    HTTP endpoint's scheduler is the server's business, but settings an A1111 request cannot
+    carry are refused here.
     """
     kind = spec.resolved_kind()
+    if kind == "http":
+        # what an A1111 request cannot carry is refused now, not after the references are generated
+        if spec.http is None or spec.http.api != "generic":
+            a1111.check_expressible(settings, f"{spec.model}: generation settings")
+        return
     folder = {"diffusers_folder": spec.model, "engine_bundle": spec.model}.get(kind)
     folder = folder or {"safetensors_file": spec.config, "lora_file": spec.base}.get(kind)
     if folder is None or not (Path(folder) / "scheduler" / "scheduler_config.json").is_file():

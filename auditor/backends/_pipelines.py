@@ -71,7 +71,7 @@ def read_pipeline(folder: str | os.PathLike[str]) -> PipelineInfo:
     if not index.is_file():
         raise BadInputError(f"{path}: expected a diffusers pipeline folder, {INDEX_FILE} is missing")
     name = _json(index, "model index").get("_class_name")
-    if name not in PIPELINES:
+    if not isinstance(name, str) or name not in PIPELINES:
         raise BadInputError(f"{index}: pipeline {name!r} is not supported; {EXPECTED} ({NOT_SUPPORTED_NOTE})")
     for part in PIPELINES[name]:
         if not (path / part).is_dir():
@@ -80,22 +80,37 @@ def read_pipeline(folder: str | os.PathLike[str]) -> PipelineInfo:
     return PipelineInfo(pipeline=name, index=index, height=height, width=width)
 
 
+MAX_SIZE = 16384  # pixels a side: beyond any released model, and a bound on what a config may ask for
+
+
 def _default_size(path: Path) -> tuple[int, int]:
-    """unet sample_size x the VAE's downsampling: the size a pipeline generates by default."""
-    try:
-        unet = _json(path / "unet" / "config.json", "UNet config")
-        vae = _json(path / "vae" / "config.json", "VAE config")
-        size = unet.get("sample_size", 64)
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        scale = 2 ** (len(vae.get("block_out_channels", (128, 256, 512, 512))) - 1)
-    except (TypeError, ValueError, IndexError) as exc:
-        raise BadInputError(f"{path}: unreadable unet/vae config ({exc})") from None
-    return int(h) * scale, int(w) * scale
+    """unet sample_size x the VAE's downsampling: the size a pipeline generates by default.
 
-
-def validate_pipeline_folder(path: str | os.PathLike[str]) -> PipelineInfo:
-    """`read_pipeline`, under the name its callers use for the check."""
-    return read_pipeline(path)
+    Both configs are files someone may have edited: the size must come out as two positive
+    integers no larger than MAX_SIZE, or the folder is refused here, before it reaches a
+    keyset or a generator."""
+    unet = _json(path / "unet" / "config.json", "UNet config")
+    vae = _json(path / "vae" / "config.json", "VAE config")
+    size = unet.get("sample_size", 64)
+    sides = [size, size] if type(size) is int else size
+    channels = vae.get("block_out_channels", (128, 256, 512, 512))
+    if (
+        not isinstance(sides, list | tuple)
+        or len(sides) != 2
+        or not all(type(side) is int and 0 < side <= MAX_SIZE for side in sides)
+    ):
+        raise BadInputError(
+            f"{path / 'unet' / 'config.json'}: sample_size must be a positive integer or a pair of them, got {size!r:.60}"
+        )
+    if not isinstance(channels, list | tuple) or not 1 <= len(channels) <= 8:
+        raise BadInputError(
+            f"{path / 'vae' / 'config.json'}: block_out_channels must be a list of 1 to 8 entries"
+        )
+    scale = 2 ** (len(channels) - 1)
+    height, width = sides[0] * scale, sides[1] * scale
+    if max(height, width) > MAX_SIZE:
+        raise BadInputError(f"{path}: default size {height}x{width} exceeds {MAX_SIZE} pixels a side")
+    return height, width
 
 
 def checkpoint_pipeline(tensor_names) -> str | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from auditor.backends.engines.components import (
     ComponentContract,
@@ -38,6 +38,7 @@ from auditor.backends.engines.components import (
     ParityRecord,
     Precision,
 )
+from auditor.backends.engines.components_xl import pipeline_specs
 from auditor.config import FrozenModel
 from auditor.documents import load_document
 from auditor.errors import BadInputError, VerificationError
@@ -151,7 +152,9 @@ class PipelineRecord(FrozenModel):
     scaling_factor: float
     tokenizer_class: str
     scheduler_class: str
-    pipeline_class: str = "StableDiffusionPipeline"  # or StableDiffusionXLPipeline (model_index.json)
+    pipeline_class: Literal["StableDiffusionPipeline", "StableDiffusionXLPipeline"] = (
+        "StableDiffusionPipeline"
+    )
     tokenizer_2_class: str | None = None  # SDXL: the second text encoder's tokenizer
     upcast_attention: bool = False  # SD 2.x: the fp16 UNet graph keeps QK^T and softmax in fp32
     # recorded; StableDiffusionPipeline runs its VAE in the pipeline's dtype whatever this says, and
@@ -188,6 +191,18 @@ class BundleManifest(FrozenModel):
     engines: tuple[EngineRecord, ...] = ()
     # --precision fp16: the fp16 graphs through the denoising loop on prompts, against the fp32 graphs
     fp16_loop_parity: LoopParityRecord | None = None
+
+    @model_validator(mode="after")
+    def _components_of_the_pipeline(self) -> BundleManifest:
+        # an edited manifest that names one pipeline and lists another's graphs would fail in the
+        # denoising loop, after the references were generated; refused when the manifest is read
+        expected = set(pipeline_specs(self.pipeline.pipeline_class))
+        if set(self.components) != expected:
+            raise ValueError(
+                f"a {self.pipeline.pipeline_class} bundle has the components {sorted(expected)},"
+                f" this one lists {sorted(self.components)}"
+            )
+        return self
 
     def hashed_files(self) -> list[FileRecord]:
         out = list(self.assets)

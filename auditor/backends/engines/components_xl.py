@@ -19,6 +19,7 @@ concatenates with the time_ids embedding before its own cast.
 
 from __future__ import annotations
 
+from auditor.backends._pipelines import SD_PIPELINE, SDXL_PIPELINE
 from auditor.backends.engines.components import (
     BATCH_AXIS,
     SPECS,
@@ -29,8 +30,6 @@ from auditor.backends.engines.components import (
     VaeDecoderSpec,
 )
 
-SD_PIPELINE = "StableDiffusionPipeline"
-SDXL_PIPELINE = "StableDiffusionXLPipeline"
 TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
 
 
