@@ -353,8 +353,10 @@ def test_zoo_build_and_demo_take_the_family(monkeypatch, capsys, tmp_path):
         seen.append(config)
         raise BadInputError("stopped here")
 
-    monkeypatch.setattr("auditor.zoo.build.build_zoo", fake_build)
+    # auditor.demo first: importing it binds build_zoo, which must still be the real one then
+    # (else the patch would record the fake as the original and leave it for later tests)
     monkeypatch.setattr("auditor.demo.build_zoo", fake_build)
+    monkeypatch.setattr("auditor.zoo.build.build_zoo", fake_build)
     assert main(["zoo", "build", "--family", "sdxl", "--preset", "test", "--cache", str(tmp_path)]) == 2
     assert main(["zoo", "build", "--preset", "test", "--cache", str(tmp_path)]) == 2
     assert main(["demo", "--family", "sdxl", "--out", str(tmp_path / "out"), "--cache", str(tmp_path)]) == 2

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.backends import _a1111 as a1111
+import auditor.backends._a1111 as a1111
 from auditor.backends._base import (
     BackendInfo,
     check_dtype,

@@ -84,7 +84,9 @@ def check_single_file(path: Path, config_dir: Path | None) -> PipelineInfo:
     if path.suffix.lower() == SAFETENSORS_SUFFIX or sniff_weights(path) == "safetensors":
         # by content too: a safetensors file under another suffix is still checked (a pickle's
         # tensor names cannot be read without unpickling it, so its family is not checked here)
-        names = read_safetensors_header(path).keys()  # a truncated or malformed file fails here, with its name
+        names = read_safetensors_header(
+            path
+        ).keys()  # a truncated or malformed file fails here, with its name
         found = checkpoint_pipeline(names)
         if found is not None and found != info.pipeline:
             raise BadInputError(
