@@ -37,11 +37,15 @@ demo: setup
 reproduce: setup
 	$(VENV)/bin/t2i-audit reproduce --scale tiny --out reproduction-out
 
+# Two pytest workers, one test file each at a time (--dist loadfile: a file's module-scoped zoo
+# is built once): the tests run one torch thread each, and the two tiny-zoo integration files
+# (SD and SDXL, several minutes each) then train side by side instead of one after the other.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: setup
 	$(PY) bench/generate.py
