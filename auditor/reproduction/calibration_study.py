@@ -256,6 +256,9 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
     config = with_nonce(_config(study), keyset)
     token = audit_token(keyset, config, resolve_settings(keyset))
     models = {m.name: index.suspects[m.name] for m in study.members} | {"base": index.base}
+    # each record names how its model was made (laundering and further training included), so a
+    # rerun of any row can be checked against the spec that produced it
+    specs = {s.name: s.model_dump(mode="json", exclude_none=True) for s in study.zoo.suspects}
     todo = {}
     for name, path in models.items():
         target = out / "audits" / f"{name}.json"
@@ -267,7 +270,9 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
         todo[name] = (path, digest)
     context = multiprocessing.get_context("spawn")
     with (
-        reporter.task(f"calibration: audit {len(todo)} models, {jobs} processes", len(todo)) as advance,
+        reporter.task(
+            f"study {study.name}: audit {len(todo)} models, {jobs} processes", len(todo)
+        ) as advance,
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
         futures = {
@@ -276,7 +281,7 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
         }
         for done, future in enumerate(as_completed(futures), start=1):
             name, digest = futures[future]
-            record = {"name": name, "digest": digest, **future.result()}
+            record = {"name": name, "digest": digest, "suspect": specs.get(name), **future.result()}
             atomic_write_text(out / "audits" / f"{name}.json", json.dumps(record, indent=2) + "\n")
             advance(done)
 
@@ -287,7 +292,7 @@ def load_records(study: Study, out: Path) -> dict[str, dict]:
         path = out / "audits" / f"{name}.json"
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path}: missing; run `t2i-audit reproduce --study calibration --stage audit`"
+                f"{path}: missing; run the study's `t2i-audit reproduce --study ... --stage audit`"
             )
         records[name] = json.loads(path.read_text())
     tokens = {r["token"] for r in records.values()}
