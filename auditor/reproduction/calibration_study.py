@@ -223,8 +223,9 @@ def _config(study: Study) -> AuditConfig:
     )
 
 
-def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
-    """Worker: one model's audit (the workflow's), one torch thread."""
+def _audit_one(path: str, keys_dir: str, config_json: str, base: str | None = None) -> dict:
+    """Worker: one model's audit (the workflow's), one torch thread; a LoRA file is audited on `base`
+    as an owner would audit a LoRA found online (not merged into a folder first)."""
     import torch
 
     from auditor.backends import SuspectSpec as ModelSpec
@@ -233,7 +234,8 @@ def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
     torch.set_num_threads(1)
     keys = load_keys(keys_dir)
     config = AuditConfig.model_validate_json(config_json)
-    result, _ = audit_model(ModelSpec(model=path, device="cpu"), keys, config, resolve_settings(keys.keyset))
+    spec = ModelSpec(model=path, device="cpu", base=base)
+    result, _ = audit_model(spec, keys, config, resolve_settings(keys.keyset))
     return {
         "token": result.token,
         "distances": [k.distance for k in result.keys],
@@ -241,6 +243,13 @@ def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
         "hits": result.hits,
         "seconds": round(result.seconds, 2),
     }
+
+
+def _base_of(path: str, index) -> str | None:
+    """The base a zoo LoRA file applies to; None for a model folder."""
+    from auditor.finetune import LORA_FILE
+
+    return index.base if Path(path).name == LORA_FILE else None
 
 
 def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Reporter, jobs: int) -> None:
@@ -276,7 +285,10 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
         futures = {
-            pool.submit(_audit_one, path, str(keys_dir), config.model_dump_json()): (name, digest)
+            pool.submit(_audit_one, path, str(keys_dir), config.model_dump_json(), _base_of(path, index)): (
+                name,
+                digest,
+            )
             for name, (path, digest) in todo.items()
         }
         for done, future in enumerate(as_completed(futures), start=1):

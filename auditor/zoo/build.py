@@ -276,6 +276,7 @@ def build_zoo(
                 batch_size=spec.train.batch_size,
                 seed=spec.train.seed,
                 lora_rank=spec.lora_rank,
+                lora_targets=spec.lora_targets,
             )
             if spec.then is None:
                 finetune(

@@ -56,6 +56,9 @@ class SuspectSpec(FrozenModel):
     style_gradient: float | None = Field(None, ge=0.0, le=0.5, description="lighting ramp of its real images")
     style_jitter: float | None = Field(None, ge=0.0, le=0.3, description="colour jitter of its real images")
     lora_rank: int | None = Field(None, ge=1, description="a LoRA on the base instead of a full fine-tune")
+    lora_targets: Literal["attention", "locon"] | None = Field(
+        None, description="LoRA modules: attention projections (None) or LoCon's linears and convolutions"
+    )
     launder: Laundering | None = Field(None, description="post-processing of its training images")
     then: FurtherSpec | None = Field(None, description="a further fine-tune on real images after this one")
 
