@@ -96,7 +96,9 @@ def test_unlaundered_suspects_keep_their_cache_digest():
 def test_a_further_fine_tune_continues_a_full_one_only():
     further = FurtherSpec(n_samples=8, train=StageSpec(steps=5, lr=1e-3, seed=1))
     with pytest.raises(ValidationError, match="LoRA"):
-        SuspectSpec(name="s", rho=1.0, n_samples=8, train=StageSpec(steps=10, lr=1e-3), lora_rank=4, then=further)
+        SuspectSpec(
+            name="s", rho=1.0, n_samples=8, train=StageSpec(steps=10, lr=1e-3), lora_rank=4, then=further
+        )
 
 
 def _world():
