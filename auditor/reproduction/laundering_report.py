@@ -48,14 +48,16 @@ def _cell(k: int, n: int) -> str:
 
 
 def _groups(rows: list[dict]) -> list[tuple[str, float, list[dict]]]:
-    """(label, rho, rows): the innocents first, then every attack in the study's order."""
-    out: list[tuple[str, float, list[dict]]] = [
-        ("innocent (reference recipe)", 0.0, [r for r in rows if r["role"] == "innocent"])
-    ]
+    """(label, rho, rows): the innocents first (those of the references' recipe, then any other
+    kind, e.g. LoRA innocents), then every attack in the study's order."""
+    innocents: dict[str, list[dict]] = {"reference recipe": []}
     seen: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
-        if r["role"] == "infringing":
+        if r["role"] == "innocent":
+            innocents.setdefault(r["group"], []).append(r)
+        elif r["role"] == "infringing":
             seen.setdefault((r["group"], r["rho"]), []).append(r)
+    out = [(f"innocent ({group})", 0.0, members) for group, members in innocents.items()]
     out += [(f"infringing, {group}", rho, members) for (group, rho), members in seen.items()]
     return out
 
@@ -95,8 +97,8 @@ def plot_png(rows: list[dict], delta0: float) -> bytes:
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    for i, (_, _, members) in enumerate(groups):
-        colour = "#2e7d32" if i == 0 else "#c0392b"
+    for i, (label, _, members) in enumerate(groups):
+        colour = "#2e7d32" if label.startswith("innocent") else "#c0392b"
         ys = [r["median_d"] for r in members]
         xs = i + np.linspace(-0.15, 0.15, num=max(len(ys), 1))[: len(ys)]
         left.scatter(xs, ys, s=14, color=colour)
@@ -114,7 +116,7 @@ def plot_png(rows: list[dict], delta0: float) -> bytes:
         ys.append(k / max(n, 1))
         errs[0].append(k / max(n, 1) - lo)
         errs[1].append(hi - k / max(n, 1))
-    colours = ["#2e7d32", *["#c0392b"] * (len(groups) - 1)]
+    colours = ["#2e7d32" if label.startswith("innocent") else "#c0392b" for label, _, _ in groups]
     for i, (y, lo, hi) in enumerate(zip(ys, errs[0], errs[1], strict=True)):
         right.errorbar([i], [y], yerr=[[lo], [hi]], fmt="o", color=colours[i], capsize=3)
     right.set_xticks(range(len(groups)))

@@ -26,7 +26,7 @@ from auditor.reproduction.calibration_study import Member, Study
 from auditor.zoo.config import PRESETS, FurtherSpec, StageSpec, SuspectSpec, ZooConfig
 from auditor.zoo.launder import Laundering
 
-__all__ = ["ATTACKS", "STUDIES", "attack_label", "smoke", "tiny"]
+__all__ = ["ATTACKS", "STUDIES", "LoraRecipe", "smoke", "tiny"]
 
 # (label, laundering of the images, further fine-tune as a multiple of the infringing steps)
 ATTACKS: tuple[tuple[str, Laundering | None, float | None], ...] = (
@@ -40,8 +40,8 @@ ATTACKS: tuple[tuple[str, Laundering | None, float | None], ...] = (
 )
 
 
-def attack_label(group: str) -> str:
-    return group
+# a LoRA row: (targets "attention" or "locon", rank, learning rate, steps)
+LoraRecipe = tuple[str, int, float, int]
 
 
 def _study(
@@ -54,6 +54,7 @@ def _study(
     innocents: int,
     infringers: int,
     low_rho: tuple[float, tuple[str, ...]] | None,
+    lora: LoraRecipe | None = None,
     **fields,
 ) -> Study:
     """References, panel and innocents seeded exactly as the calibration study's (the same cache);
@@ -92,6 +93,23 @@ def _study(
             member_name = f"infringing-rho{rho:.1f}-{label}-{i:02d}"
             specs.append(spec(member_name, train_seed, rho, **extra))
             members.append(Member(name=member_name, role="infringing", group=label, rho=rho))
+    if lora is not None:  # LoRA files on the base: infringers at rho 1.0 and innocents on real images
+        targets, rank, lr, steps = lora
+        label = f"lora-{targets}-r{rank}"
+        for role, rho, prefix, first in (
+            ("infringing", 1.0, "infringing-rho1.0-", 5001),
+            ("innocent", 0.0, "innocent-", 3101),
+        ):
+            for i in range(infringers):
+                member_name = f"{prefix}{label}-{i:02d}"
+                train = StageSpec(steps=steps, lr=lr, seed=first + i, batch_size=16)
+                specs.append(
+                    SuspectSpec(
+                        name=member_name, rho=rho, n_samples=recipe["n"], train=train, lora_rank=rank,
+                        lora_targets=None if targets == "attention" else targets,
+                    )
+                )  # fmt: skip
+                members.append(Member(name=member_name, role=role, group=label, rho=rho))
     zoo = world.model_copy(update={"suspects": tuple(specs)})
     return Study(name=name, zoo=zoo, members=tuple(members), **fields)
 
