@@ -15,39 +15,36 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
-# name: (targets, rank, lr, steps)
+# name: (targets, rank, lr, steps), cheapest first
 VARIANTS: dict[str, tuple[str, int, float, int]] = {
     "attn-r8": ("attention", 8, 1e-3, 800),
-    "attn-r16": ("attention", 16, 1e-3, 800),
-    "locon-r8": ("locon", 8, 1e-3, 800),
-    "locon-r16": ("locon", 16, 1e-3, 800),
-    "locon-r16-lr3e-3": ("locon", 16, 3e-3, 800),
     "attn-r16-lr3e-3": ("attention", 16, 3e-3, 800),
-    "locon-r32-lr3e-3-1600": ("locon", 32, 3e-3, 1600),
+    "locon-r8": ("locon", 8, 1e-3, 800),
+    "locon-r16-lr3e-3": ("locon", 16, 3e-3, 800),
+    "attn-r32-lr3e-3-1600": ("attention", 32, 3e-3, 1600),
 }
 
 
 def specs(variant: str, seeds: int):
-    from auditor.zoo.config import StageSpec, SuspectSpec
+    """The laundering study's LoRA row for this recipe (same names and seeds: a shared cache)."""
 
-    targets, rank, lr, steps = VARIANTS[variant]
-    out = []
-    for i in range(seeds):
-        for role, rho in (("infringing", 1.0), ("innocent", 0.0)):
-            out.append(
-                SuspectSpec(
-                    name=f"lora-{variant}-{role}-{i:02d}",
-                    rho=rho,
-                    n_samples=64,
-                    train=StageSpec(steps=steps, lr=lr, seed=5001 + i if rho else 3101 + i),
-                    lora_rank=rank,
-                    lora_targets=None if targets == "attention" else targets,
-                )
-            )
-    return out
+    study = tiny_with(variant, seeds)
+    return [s for s in study.zoo.suspects if s.lora_rank is not None]
+
+
+def tiny_with(variant: str, seeds: int):
+    from auditor.reproduction import laundering_study as ls
+
+    world = ls.tiny().zoo.model_copy(update={"suspects": ()})
+    recipe = {"steps": 800, "lr": 5e-4, "n": 64}
+    return ls._study(
+        "probe", world, recipe, references=0, panel=0, innocents=0, infringers=seeds, low_rho=None,
+        lora=VARIANTS[variant], attacks=(),
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -64,7 +61,20 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="lora-probe.jsonl")
+    parser.add_argument(
+        "--records", help="the laundering study's audits/ folder: full fine-tunes for comparison"
+    )
     args = parser.parse_args()
+    if args.records:  # the same keys: the study's unlaundered infringers and its innocents, full fine-tunes
+        for role, prefix in (("infringing", "infringing-rho1.0-none-"), ("innocent", "innocent-same-")):
+            found = [json.loads(f.read_text()) for f in sorted(Path(args.records).glob(f"{prefix}*.json"))]
+            medians = [float(np.median(r["distances"])) for r in found]
+            shares = [float(np.mean(np.array(r["seed_distances"]) < 0.15)) for r in found]
+            print(
+                json.dumps({"variant": "full fine-tune (study)", "role": role, "n": len(found),
+                            "median_d": float(np.median(medians)), "share_pairs_under_delta0": float(np.mean(shares))}),
+                flush=True,
+            )  # fmt: skip
     torch.set_num_threads(1)
     study = tiny()
     keys = load_keys(args.keys)
@@ -81,7 +91,7 @@ def main() -> None:
             )
             d = np.array([k.distance for k in result.keys])
             pairs = np.array([x for k in result.keys for x in k.distances])
-            role = "infringing" if "-infringing-" in name else "innocent"
+            role = "infringing" if name.startswith("infringing") else "innocent"
             rows[role].append((float(np.median(d)), float(np.mean(pairs < study.delta0))))
         record = {
             "variant": variant,

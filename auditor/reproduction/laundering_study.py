@@ -55,6 +55,7 @@ def _study(
     infringers: int,
     low_rho: tuple[float, tuple[str, ...]] | None,
     lora: LoraRecipe | None = None,
+    attacks: tuple[str, ...] | None = None,
     **fields,
 ) -> Study:
     """References, panel and innocents seeded exactly as the calibration study's (the same cache);
@@ -76,7 +77,7 @@ def _study(
             seed += 1
             specs.append(spec(f"{prefix}-{i:02d}", seed))
             members.append(Member(name=f"{prefix}-{i:02d}", role=role, group="reference recipe"))
-    rows = [(1.0, label) for label, _, _ in ATTACKS]
+    rows = [(1.0, label) for label, _, _ in ATTACKS if attacks is None or label in attacks]
     if low_rho is not None:
         rows += [(low_rho[0], label) for label in low_rho[1]]
     attacks = {label: (laundering, further) for label, laundering, further in ATTACKS}
