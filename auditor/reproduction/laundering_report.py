@@ -142,12 +142,13 @@ def report_stage(study: Study, records: dict[str, dict], out: Path, context: dic
     atomic_write_bytes(out / "laundering.png", plot_png(rows, study.delta0))
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in context["timings"].items())
     base_d = float(np.median(records["base"]["distances"]))
+    m_keys = len(records["base"]["distances"])  # the keys that qualified, at most num_keys
     text = f"""# Laundering study ({study.name})
 
 Machine: {context["machine"]}. Stage times: {timings or "n/a"}.
 {len(study.members)} models: {sum(m.role == "reference" for m in study.members)} references,
 {sum(m.role == "panel" for m in study.members)} panel, {sum(m.role == "innocent" for m in study.members)} innocent
-and {sum(m.role == "infringing" for m in study.members)} infringing suspects; M = {study.num_keys} keys,
+and {sum(m.role == "infringing" for m in study.members)} infringing suspects; M = {m_keys} keys (of {study.num_keys} asked),
 J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g}. Verdicts: the model-level test against the
 references. Intervals are Clopper-Pearson 95%. "Median key distance": the median over a group's models of each
 model's median distance to the key images (range in parentheses); the base's is {base_d:.3f}.
