@@ -112,7 +112,7 @@ def test_the_study_pairs_every_attack_with_the_same_infringers():
 
     for study in (tiny(), smoke()):
         specs = {s.name: s for s in study.zoo.suspects}
-        infringers = [m for m in study.members if m.role == "infringing"]
+        infringers = [m for m in study.members if m.role == "infringing" and not m.group.startswith("lora")]
         assert {m.group for m in infringers} == {label for label, _, _ in ATTACKS}
         by_attack: dict[str, list[int]] = {}
         for m in infringers:
@@ -127,8 +127,11 @@ def test_the_study_pairs_every_attack_with_the_same_infringers():
 
     calibration = {s.name: s for s in calibration_tiny().zoo.suspects}
     study = tiny()
-    shared = [s for s in study.zoo.suspects if not s.name.startswith("infringing")]
+    shared = [s for s in study.zoo.suspects if not s.name.startswith("infringing") and s.lora_rank is None]
     assert shared and all(calibration[s.name] == s for s in shared)
+    loras = [s for s in study.zoo.suspects if s.lora_rank is not None]
+    assert len(loras) == 10 and {s.lora_targets for s in loras} == {"locon"}
+    assert sorted(s.rho for s in loras) == [0.0] * 5 + [1.0] * 5
     assert study.zoo.model_copy(update={"suspects": ()}) == calibration_tiny().zoo.model_copy(
         update={"suspects": ()}
     )
