@@ -13,6 +13,10 @@ source's generations, after one laundering of their training images (`auditor.zo
   images of the same captions (`SuspectSpec.then`): half the infringing fine-tune's steps,
   and twice them.
 
+A last row (tiny scale) is LoRA: LoCon-style infringers and innocents (`lora_targets`
+"locon"), audited as LoRA files on the base; attention-only LoRAs leave no trace in this
+world (docs/zoo.md), so they would only measure that.
+
 Each attack is applied to the same infringers (the same data draws and training seeds,
 five of them), so a row differs from the unlaundered row by the attack alone. Every
 attack's parameters are part of its model's spec: its cache key and its audit record.
