@@ -62,6 +62,17 @@ class SuspectSpec(FrozenModel):
     launder: Laundering | None = Field(None, description="post-processing of its training images")
     then: FurtherSpec | None = Field(None, description="a further fine-tune on real images after this one")
 
+    @model_serializer(mode="wrap")
+    def _as_before_laundering(self, handler):
+        """Fields added for the laundering study are left out while None: configs without them
+        hash (and name their zoo indexes) as before."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("launder", "then", "lora_targets"):
+                if data.get(name, 0) is None:
+                    del data[name]
+        return data
+
     @model_validator(mode="after")
     def _further_is_full(self) -> SuspectSpec:
         if self.then is not None and self.lora_rank is not None:
