@@ -114,9 +114,9 @@ def test_the_study_pairs_every_attack_with_the_same_infringers():
         specs = {s.name: s for s in study.zoo.suspects}
         infringers = [m for m in study.members if m.role == "infringing" and not m.group.startswith("lora")]
         assert {m.group for m in infringers} == {label for label, _, _ in ATTACKS}
-        by_attack: dict[str, list[int]] = {}
+        by_attack: dict[tuple[str, float], list[int]] = {}
         for m in infringers:
-            by_attack.setdefault(m.group, []).append(specs[m.name].train.seed)
+            by_attack.setdefault((m.group, m.rho), []).append(specs[m.name].train.seed)
         assert len({tuple(v) for v in by_attack.values()}) == 1  # the same seeds under every attack
         for m in infringers:
             spec = specs[m.name]
