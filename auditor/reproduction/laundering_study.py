@@ -121,11 +121,12 @@ def _study(
 
 def tiny() -> Study:
     """The study: the calibration study's 16 px world; 8 references, 4 panel, 10 innocents,
-    5 infringers per attack at rho 1.0 (7 rows): 57 models, sized for under an hour on one
-    CPU core. Then rho 0.5 without laundering, with JPEG q50 and with the half-size round trip
+    5 infringers per attack at rho 1.0 (7 rows): 57 models, 49 minutes on one CPU core. Then
+    rho 0.5 without laundering, with JPEG q50 and with the half-size round trip
     (15 models, a second run), and a LoRA row:
     5 LoCon infringers (rank 8, lr 1e-3, 800 steps; the first LoRA recipe that left a trace
-    in this world, docs/zoo.md) and 5 LoCon innocents, audited as LoRA files on the base."""
+    in this world, docs/zoo.md) and 5 LoCon innocents, audited as LoRA files on the base.
+    82 models in all: about 66-69 minutes measured (docs/reproduction.md), over the hour."""
     world = PRESETS["test"].model_copy(update={"private_samples": 64, "suspects": (), "references": ()})
     recipe = {"steps": 800, "lr": 5e-4, "n": 64}
     return _study(
