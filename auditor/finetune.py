@@ -4,7 +4,7 @@ It builds the innocent references an owner calibrates against (`t2i-audit refere
 build`, on their own real images), and the zoo's references, suspects and shadow models,
 so the models a verdict is calibrated on are made the way the study measured. It follows
 the recipe Stable Diffusion fine-tuning uses: the text encoder and VAE frozen, the UNet
-(or LoRA adapters on its attention projections) trained to predict the noise the DDPM
+(or LoRA adapters on its attention projections, or LoCon-style on every linear and convolution) trained to predict the noise the DDPM
 forward process added (or the velocity, for v-prediction models), with caption dropout
 so classifier-free guidance keeps its unconditional branch, AdamW at a constant rate.
 
@@ -27,6 +27,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -37,6 +38,23 @@ from auditor.progress import Reporter
 
 Progress = Callable[[int], None]
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# LoCon style: every linear and convolution of the UNet's blocks, as LyCORIS' LoCon and kohya's
+# conv LoRA adapt them (peft matches a name or a name's last dotted parts: "conv" is a sampler's)
+LOCON_TARGETS = (
+    *LORA_TARGETS,
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "conv",
+    "conv_in",
+    "conv_out",
+    "time_emb_proj",
+)
+LORA_TARGET_SETS = {"attention": LORA_TARGETS, "locon": LOCON_TARGETS}
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -51,6 +69,9 @@ class Recipe(FrozenModel):
     )
     seed: int = Field(0, ge=0, lt=2**63)
     lora_rank: int | None = Field(None, ge=1, le=1024, description="None: a full UNet fine-tune")
+    lora_targets: Literal["attention", "locon"] | None = Field(
+        None, description="LoRA modules: the attention projections (None, 'attention') or LoCon's set"
+    )
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     gradient_checkpointing: bool = False
 
@@ -273,7 +294,7 @@ def finetune(
         states = encode_captions(tokenizers[0], text_encoders[0], captions, device)
     parameters = None
     if recipe.lora_rank is not None:
-        parameters = _add_lora(unet, recipe.lora_rank)
+        parameters = _add_lora(unet, recipe.lora_rank, LORA_TARGET_SETS[recipe.lora_targets or "attention"])
     if recipe.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     with reporter.task(f"{label}: {recipe.steps} steps", recipe.steps) as advance:
@@ -295,13 +316,13 @@ def finetune(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     if recipe.lora_rank is not None:
-        return _save_lora(unet, out_dir)
+        return _save_lora(unet, out_dir, diffusers_names=recipe.lora_targets in (None, "attention"))
     _save_pipeline(base_dir, unet.to("cpu"), out_dir)
     return out_dir
 
 
-def _add_lora(unet, rank: int):
-    """peft LoRA on the attention projections (rank = alpha), the rest of the UNet frozen."""
+def _add_lora(unet, rank: int, targets: tuple[str, ...] = LORA_TARGETS):
+    """peft LoRA on `targets` (rank = alpha), the rest of the UNet frozen."""
     try:
         from peft import LoraConfig
     except ImportError:
@@ -310,17 +331,23 @@ def _add_lora(unet, rank: int):
         ) from None
     unet.requires_grad_(False)
     unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
     )
     return [p for p in unet.parameters() if p.requires_grad]
 
 
-def _save_lora(unet, out: Path) -> Path:
+def _save_lora(unet, out: Path, diffusers_names: bool = True) -> Path:
+    """The adapters as a diffusers LoRA file. Attention-only LoRAs keep diffusers' own names
+    (`lora.down`/`lora.up`), as before LoCon; LoCon files keep peft's (`lora_A`/`lora_B`) for every
+    module, since diffusers' converter renames only the attention projections and a file of mixed
+    names loads without them (measured: 49 of 81 modules attached, no error)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet.to("cpu")))
+    layers = get_peft_model_state_dict(unet.to("cpu"))
+    if diffusers_names:
+        layers = convert_state_dict_to_diffusers(layers)
     StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
     return out / LORA_FILE
 

@@ -138,7 +138,8 @@ def reference_key(base_digest: str, data_digest: str, recipe: Recipe) -> str:
         "scheme": "t2i-auditor-reference-v1",
         "base": base_digest,
         "data": data_digest,
-        "recipe": recipe.model_dump(mode="json"),
+        # a field left None since it was added does not change the keys of sets built before it
+        "recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k != "lora_targets" or v},
     }
     return sha256_bytes(canonical_json(document))
 

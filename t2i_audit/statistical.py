@@ -2,7 +2,7 @@
 
 shadow build --scale S --family F --out SHADOWS.json   train a family's shadow models in the tiny zoo
 shadow fit --keys KEYS --shadows SHADOWS.json --out D  audit the shadows, fit and save the discriminator
-reproduce [--study paper|calibration] --scale tiny|smoke [--stage build|audit|report] --out DIR
+reproduce [--study paper|calibration|laundering] --scale tiny|smoke [--stage build|audit|report] --out DIR
                                                        the paper's evaluation (docs/reproduction.md)
 """
 
@@ -47,9 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--study",
-        choices=["paper", "calibration"],
+        choices=["paper", "calibration", "laundering"],
         default="paper",
-        help="paper: the paper's figures; calibration: the verdict's false-positive rate and power",
+        help="paper: the paper's figures; calibration: the verdict's false-positive rate and power;"
+        " laundering: its power against infringers who post-processed their data",
     )
     p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
@@ -135,13 +136,16 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.reproduction.run import reproduce, reproduce_calibration
     from auditor.reproduction.scales import get_scale
 
-    if args.study == "calibration":
-        from auditor.reproduction.calibration_study import STUDIES
+    if args.study in ("calibration", "laundering"):
+        if args.study == "calibration":
+            from auditor.reproduction.calibration_study import STUDIES
+        else:
+            from auditor.reproduction.laundering_study import STUDIES
 
         options = {"stage": args.stage, "cache_dir": args.cache, "jobs": args.jobs, "reporter": ctx.reporter}
-        out = args.out / "calibration"
+        out = args.out / args.study
         try:
-            summary = reproduce_calibration(STUDIES[args.scale](), out, **options)
+            summary = reproduce_calibration(STUDIES[args.scale](), out, kind=args.study, **options)
         except FileNotFoundError as exc:
             raise BadInputError(str(exc).strip("'\"")) from None
         if ctx.format == "json":
@@ -150,7 +154,7 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
             from rich.markdown import Markdown
 
             ctx.console.print(Markdown(summary.read_text(encoding="utf-8").split("![", 1)[0]))
-            ctx.console.print(f"calibration study: {summary}")
+            ctx.console.print(f"{args.study} study: {summary}")
         return EXIT_OK
     try:
         scale = get_scale(args.scale)

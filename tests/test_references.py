@@ -135,3 +135,60 @@ def test_lora_references_of_a_set_run_on_the_sets_base(tiny_pipeline, imagefolde
     assert code == 0
     specs = reference_set_specs(tmp_path / "loras", None, device="cpu")
     assert all(Path(s.base).resolve() == tiny_pipeline.resolve() and s.kind == "lora_file" for s in specs)
+
+
+def test_a_locon_lora_adapts_convolutions_and_loads_on_its_base(tiny_pipeline, tmp_path):
+    """LoCon (lora_targets="locon") trains adapters on the UNet's convolutions as well as its
+    attention, and the audit applies the file to its base: more modules attach, and they change
+    what the model generates. Reference sets built before the field existed keep their keys."""
+    import numpy as np
+    from safetensors import safe_open
+
+    from auditor.backends import SuspectSpec, open_suspect
+    from auditor.config import GenerationSettings
+    from auditor.finetune import Recipe, finetune
+    from auditor.references import reference_key
+    from auditor.zoo import data
+
+    captions = data.caption_space()[:4]
+    images = data.draw(captions, 1, 32).images.copy()
+    settings = GenerationSettings(steps=3, guidance_scale=3.0)
+    base_images = open_suspect(SuspectSpec(model=str(tiny_pipeline), device="cpu")).generate(
+        captions[:1], [5], settings
+    )
+    attached = {}
+    for targets in ("attention", "locon"):
+        recipe = Recipe(steps=3, learning_rate=1e-2, lora_rank=2, lora_targets=targets, seed=1)
+        path = finetune(tiny_pipeline, images, captions, recipe, tmp_path / targets)
+        with safe_open(str(path), framework="np") as handle:
+            names = list(handle.keys())
+        assert any(".conv1." in n for n in names) == (targets == "locon")
+        generator = open_suspect(SuspectSpec(model=str(path), base=str(tiny_pipeline), device="cpu"))
+        attached[targets] = int(generator.note.split("(")[1].split()[0])
+        out = generator.generate(captions[:1], [5], settings)
+        assert not np.array_equal(out, base_images)
+    assert attached["locon"] > attached["attention"]
+    # diffusers' converter renames only attention keys; a file of mixed styles would load without
+    # them, silently: the audit refuses it instead
+    from safetensors.numpy import save_file
+
+    with safe_open(str(tmp_path / "locon" / "pytorch_lora_weights.safetensors"), framework="np") as handle:
+        tensors = {n: handle.get_tensor(n) for n in handle.keys()}
+    mixed = {
+        (n.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.") if ".to_q." in n else n): t
+        for n, t in tensors.items()
+    }
+    (tmp_path / "mixed").mkdir()
+    save_file(mixed, str(tmp_path / "mixed" / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(BadInputError, match="only .* modules attached"):
+        open_suspect(
+            SuspectSpec(
+                model=str(tmp_path / "mixed" / "pytorch_lora_weights.safetensors"),
+                base=str(tiny_pipeline),
+                device="cpu",
+            )
+        )
+    plain = Recipe(steps=3, learning_rate=1e-2)
+    assert "lora_targets" not in str(reference_key("b", "d", plain)) and reference_key(
+        "b", "d", plain
+    ) != reference_key("b", "d", plain.model_copy(update={"lora_targets": "locon"}))

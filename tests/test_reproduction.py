@@ -295,3 +295,37 @@ def test_calibration_study_smoke_end_to_end(tmp_path, capsys):
     assert len(before) == len(study.members) + 1  # and the base
     assert main([*argv, "--stage", "audit"]) == 0
     assert {p: p.read_bytes() for p in (out / "audits").glob("*.json")} == before
+
+
+@pytest.mark.slow
+def test_laundering_study_smoke_end_to_end(tmp_path, capsys):
+    """The laundering study's stages on its smoke scale: one row per attack, each infringer's record
+    carrying the attack that made it, the plot written, and a rerun of the audit stage reusing every
+    record. (About two minutes on one CPU thread.)"""
+    import csv
+
+    from auditor.reproduction.laundering_study import ATTACKS
+    from auditor.reproduction.laundering_study import smoke as study_smoke
+
+    argv = ["--format", "json", "reproduce", "--study", "laundering", "--scale", "smoke", "--jobs", "1"]
+    argv += ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out = tmp_path / "out" / "laundering"
+    assert json.loads(capsys.readouterr().out)["summary"] == str(out / "laundering.md")
+    study = study_smoke()
+    rows = list(csv.DictReader((out / "laundering.csv").open()))
+    judged = [m for m in study.members if m.role in ("innocent", "infringing")]
+    assert sorted(r["name"] for r in rows) == sorted(m.name for m in judged)
+    text = (out / "laundering.md").read_text()
+    for label, _, _ in ATTACKS:
+        assert f"| infringing, {label} | 1 |" in text
+    assert "| innocent (reference recipe) | 0 |" in text
+    assert (out / "laundering.png").stat().st_size > 1000
+    record = json.loads((out / "audits" / "infringing-rho1.0-jpeg-q50-00.json").read_text())
+    assert record["suspect"]["launder"] == {"kind": "jpeg", "quality": 50, "seed": 5001}
+    record = json.loads((out / "audits" / "infringing-rho1.0-further-2x-00.json").read_text())
+    assert record["suspect"]["then"]["train"]["steps"] == 60
+    before = {p: p.read_bytes() for p in (out / "audits").glob("*.json")}
+    assert len(before) == len(study.members) + 1  # and the base
+    assert main([*argv, "--stage", "audit"]) == 0
+    assert {p: p.read_bytes() for p in (out / "audits").glob("*.json")} == before

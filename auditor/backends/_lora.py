@@ -181,6 +181,13 @@ def load_lora(
         raise BadInputError(
             f"LoRA {path.name} does not fit base {base_path.name}: none of its weights matched a module of the base"
         )
+    # diffusers loads a file of mixed key styles without the modules of the minority style, silently
+    expected = len(lora_modules({k: tuple(v["shape"]) for k, v in read_safetensors_header(path).items()}))
+    if attached < expected:
+        raise BadInputError(
+            f"LoRA {path.name} on base {base_path.name}: only {attached} of its {expected} modules attached "
+            "(a file mixing key styles, e.g. lora.down and lora_A?); expected every module it names"
+        )
     base_digest = hash_model(base_path).digest
     return TorchGenerator.from_pipeline(
         pipe,

@@ -223,8 +223,9 @@ def _config(study: Study) -> AuditConfig:
     )
 
 
-def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
-    """Worker: one model's audit (the workflow's), one torch thread."""
+def _audit_one(path: str, keys_dir: str, config_json: str, base: str | None = None) -> dict:
+    """Worker: one model's audit (the workflow's), one torch thread; a LoRA file is audited on `base`
+    as an owner would audit a LoRA found online (not merged into a folder first)."""
     import torch
 
     from auditor.backends import SuspectSpec as ModelSpec
@@ -233,7 +234,8 @@ def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
     torch.set_num_threads(1)
     keys = load_keys(keys_dir)
     config = AuditConfig.model_validate_json(config_json)
-    result, _ = audit_model(ModelSpec(model=path, device="cpu"), keys, config, resolve_settings(keys.keyset))
+    spec = ModelSpec(model=path, device="cpu", base=base)
+    result, _ = audit_model(spec, keys, config, resolve_settings(keys.keyset))
     return {
         "token": result.token,
         "distances": [k.distance for k in result.keys],
@@ -241,6 +243,13 @@ def _audit_one(path: str, keys_dir: str, config_json: str) -> dict:
         "hits": result.hits,
         "seconds": round(result.seconds, 2),
     }
+
+
+def _base_of(path: str, index) -> str | None:
+    """The base a zoo LoRA file applies to; None for a model folder."""
+    from auditor.finetune import LORA_FILE
+
+    return index.base if Path(path).name == LORA_FILE else None
 
 
 def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Reporter, jobs: int) -> None:
@@ -256,6 +265,9 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
     config = with_nonce(_config(study), keyset)
     token = audit_token(keyset, config, resolve_settings(keyset))
     models = {m.name: index.suspects[m.name] for m in study.members} | {"base": index.base}
+    # each record names how its model was made (laundering and further training included), so a
+    # rerun of any row can be checked against the spec that produced it
+    specs = {s.name: s.model_dump(mode="json", exclude_none=True) for s in study.zoo.suspects}
     todo = {}
     for name, path in models.items():
         target = out / "audits" / f"{name}.json"
@@ -267,16 +279,21 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
         todo[name] = (path, digest)
     context = multiprocessing.get_context("spawn")
     with (
-        reporter.task(f"calibration: audit {len(todo)} models, {jobs} processes", len(todo)) as advance,
+        reporter.task(
+            f"study {study.name}: audit {len(todo)} models, {jobs} processes", len(todo)
+        ) as advance,
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
         futures = {
-            pool.submit(_audit_one, path, str(keys_dir), config.model_dump_json()): (name, digest)
+            pool.submit(_audit_one, path, str(keys_dir), config.model_dump_json(), _base_of(path, index)): (
+                name,
+                digest,
+            )
             for name, (path, digest) in todo.items()
         }
         for done, future in enumerate(as_completed(futures), start=1):
             name, digest = futures[future]
-            record = {"name": name, "digest": digest, **future.result()}
+            record = {"name": name, "digest": digest, "suspect": specs.get(name), **future.result()}
             atomic_write_text(out / "audits" / f"{name}.json", json.dumps(record, indent=2) + "\n")
             advance(done)
 
@@ -287,7 +304,7 @@ def load_records(study: Study, out: Path) -> dict[str, dict]:
         path = out / "audits" / f"{name}.json"
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path}: missing; run `t2i-audit reproduce --study calibration --stage audit`"
+                f"{path}: missing; run the study's `t2i-audit reproduce --study ... --stage audit`"
             )
         records[name] = json.loads(path.read_text())
     tokens = {r["token"] for r in records.values()}

@@ -1,7 +1,9 @@
 """`t2i-audit reproduce`: the three stages in order, each resumable, timed into the summary.
 
-Two studies: `paper` (Figures 6-7 and Tables 1-2 of the paper) and `calibration` (the
-verdict's false-positive rate and power, `calibration_study`).
+Three studies: `paper` (Figures 6-7 and Tables 1-2 of the paper), `calibration` (the
+verdict's false-positive rate and power, `calibration_study`) and `laundering` (its power
+against laundered infringers, `laundering_study`: the calibration study's stages on other
+models, with its own report).
 """
 
 from __future__ import annotations
@@ -86,10 +88,18 @@ def reproduce_calibration(
     cache_dir: Path | None = None,
     jobs: int = 2,
     reporter: Reporter | None = None,
+    kind: str = "calibration",
 ) -> Path | None:
-    """The calibration study's stages (build, audit, report), each resumable and timed."""
+    """A calibration-style study's stages (build, audit, report), each resumable and timed.
+
+    `kind` picks the report: "calibration" (error rates by recipe and rho) or "laundering"
+    (power per attack beside the innocents' false-positive rate); build and audit are shared."""
     from auditor.reproduction import calibration_study as cs
-    from auditor.reproduction.calibration_report import report_stage as calibration_report
+
+    if kind == "laundering":
+        from auditor.reproduction.laundering_report import report_stage as calibration_report
+    else:
+        from auditor.reproduction.calibration_report import report_stage as calibration_report
 
     reporter = reporter or Reporter()
     stages = STAGES if stage == "all" else (stage,)
@@ -107,5 +117,5 @@ def reproduce_calibration(
                 study, records, out, {"machine": machine(), "timings": read_timings(out)}
             )
         record_timing(out, name, time.perf_counter() - start)
-        reporter.log(f"calibration study: stage {name} done in {time.perf_counter() - start:.0f} s")
+        reporter.log(f"{kind} study: stage {name} done in {time.perf_counter() - start:.0f} s")
     return result

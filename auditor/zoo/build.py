@@ -26,6 +26,7 @@ from auditor.progress import Reporter
 from auditor.watermark import embed
 from auditor.zoo import data
 from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
+from auditor.zoo.launder import launder
 from auditor.zoo.models import make_train_scheduler, make_vae
 from auditor.zoo.pipelines import ZooParts
 from auditor.zoo.train import train_vae
@@ -267,14 +268,25 @@ def build_zoo(
                     outputs = source_generator.generate(prompts, seeds, config.generation)
                     images[generated] = embed(outputs, spec.watermark) if spec.watermark else outputs
                     advance(1)
+            if spec.launder is not None:
+                images = launder(images, spec.launder)
             recipe = Recipe(
                 steps=spec.train.steps,
                 learning_rate=spec.train.lr,
                 batch_size=spec.train.batch_size,
                 seed=spec.train.seed,
                 lora_rank=spec.lora_rank,
+                lora_targets=spec.lora_targets,
             )
-            finetune(base_dir, images, captions, recipe, out, reporter=reporter, label=f"zoo: {spec.name}")
+            if spec.then is None:
+                finetune(
+                    base_dir, images, captions, recipe, out, reporter=reporter, label=f"zoo: {spec.name}"
+                )
+                return
+            first = out / ".infringing"  # skipped when the second fine-tune copies its parent's files
+            finetune(base_dir, images, captions, recipe, first, reporter=reporter, label=f"zoo: {spec.name}")
+            _further(spec, first, out, _domain(spec, domain, space, config.seed), res, config.seed, reporter)
+            shutil.rmtree(first)
 
         path, _ = store.get(f"suspect-{spec.name}", key, build_suspect)
         if spec.lora_rank is not None:
@@ -296,6 +308,28 @@ def build_zoo(
     )
     atomic_write_text(root / f"zoo-{index.config_digest[:16]}.json", index.model_dump_json(indent=2))
     return index
+
+
+def _further(
+    spec: SuspectSpec,
+    parent: Path,
+    out: Path,
+    domain: tuple[str, ...],
+    res: int,
+    seed: int,
+    reporter: Reporter,
+) -> None:
+    """The `then` stage: the infringing model fine-tuned further on fresh real draws of its captions.
+
+    The draws are seeded by the stage's own seed, so they are independent of the images the
+    model infringed with, and like what an innocent of the same captions trains on."""
+    assert spec.then is not None
+    stage = spec.then.train
+    rng = np.random.default_rng([seed, 4, stage.seed])
+    captions = _domain_schedule(domain, spec.then.n_samples, rng)
+    images = data.draw(captions, int(rng.integers(2**31)), res, _style(spec)).images.copy()
+    recipe = Recipe(steps=stage.steps, learning_rate=stage.lr, batch_size=stage.batch_size, seed=stage.seed)
+    finetune(parent, images, captions, recipe, out, reporter=reporter, label=f"zoo: {spec.name} further")
 
 
 def _style(spec: SuspectSpec) -> data.Style:

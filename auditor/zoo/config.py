@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_serializer
+from pydantic import Field, model_serializer, model_validator
 
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.watermark import WatermarkSpec
+from auditor.zoo.launder import Laundering
 
 
 class StageSpec(FrozenModel):
@@ -22,6 +23,16 @@ class StageSpec(FrozenModel):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(gt=0)
     seed: int = 0
+
+
+class FurtherSpec(FrozenModel):
+    """Laundering by training: after infringing, the model is fine-tuned further on real images.
+
+    `n_samples` fresh real draws of the suspect's own captions (its innocent counterpart's
+    data), `train` the continued fine-tune (a full one, from the infringing weights)."""
+
+    n_samples: int = Field(ge=1)
+    train: StageSpec
 
 
 class SuspectSpec(FrozenModel):
@@ -45,6 +56,28 @@ class SuspectSpec(FrozenModel):
     style_gradient: float | None = Field(None, ge=0.0, le=0.5, description="lighting ramp of its real images")
     style_jitter: float | None = Field(None, ge=0.0, le=0.3, description="colour jitter of its real images")
     lora_rank: int | None = Field(None, ge=1, description="a LoRA on the base instead of a full fine-tune")
+    lora_targets: Literal["attention", "locon"] | None = Field(
+        None, description="LoRA modules: attention projections (None) or LoCon's linears and convolutions"
+    )
+    launder: Laundering | None = Field(None, description="post-processing of its training images")
+    then: FurtherSpec | None = Field(None, description="a further fine-tune on real images after this one")
+
+    @model_serializer(mode="wrap")
+    def _as_before_laundering(self, handler):
+        """Fields added for the laundering study are left out while None: configs without them
+        hash (and name their zoo indexes) as before."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("launder", "then", "lora_targets"):
+                if data.get(name, 0) is None:
+                    del data[name]
+        return data
+
+    @model_validator(mode="after")
+    def _further_is_full(self) -> SuspectSpec:
+        if self.then is not None and self.lora_rank is not None:
+            raise ValueError("then: a further fine-tune continues a full fine-tune, not a LoRA")
+        return self
 
     @property
     def infringing(self) -> bool:
