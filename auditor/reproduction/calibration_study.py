@@ -135,15 +135,15 @@ def _study(
     )
 
 
-def tiny() -> Study:
-    """The study itself: ~152 models in the 16 px world (about 50 minutes on 2 CPU cores)."""
+def tiny_world() -> tuple[ZooConfig, dict]:
+    """The studies' world at tiny scale (16 px, 64 private pairs) and the references' recipe;
+    the laundering study shares it, so its references and keys are this study's."""
     world = PRESETS["test"].model_copy(update={"private_samples": 64, "suspects": (), "references": ()})
-    recipe = {"steps": 800, "lr": 5e-4, "n": 64}
-    return _study("tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10)
+    return world, {"steps": 800, "lr": 5e-4, "n": 64}
 
 
-def smoke() -> Study:
-    """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
+def smoke_world() -> tuple[ZooConfig, dict]:
+    """The studies' world at smoke scale: models trained for seconds, for the plumbing only."""
     world = PRESETS["test"].model_copy(
         update={
             "private_samples": 16,
@@ -154,7 +154,18 @@ def smoke() -> Study:
             "source": StageSpec(steps=400, lr=1e-3, seed=3),
         }
     )
-    recipe = {"steps": 30, "lr": 5e-4, "n": 16}
+    return world, {"steps": 30, "lr": 5e-4, "n": 16}
+
+
+def tiny() -> Study:
+    """The study itself: ~152 models in the 16 px world (about 50 minutes on 2 CPU cores)."""
+    world, recipe = tiny_world()
+    return _study("tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10)
+
+
+def smoke() -> Study:
+    """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
+    world, recipe = smoke_world()
     shifts = (("steps-60", 1, {"steps": 60}), ("flat-lighting", 1, {"style_gradient": 0.05}))
     return _study(
         "smoke", world, recipe, references=5, panel=1, same=2, shifts=shifts, infringing=1,

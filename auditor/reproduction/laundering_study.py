@@ -26,8 +26,8 @@ false-positive rate under the same test is the level beside each row's power.
 
 from __future__ import annotations
 
-from auditor.reproduction.calibration_study import Member, Study
-from auditor.zoo.config import PRESETS, FurtherSpec, StageSpec, SuspectSpec, ZooConfig
+from auditor.reproduction.calibration_study import Member, Study, smoke_world, tiny_world
+from auditor.zoo.config import FurtherSpec, StageSpec, SuspectSpec, ZooConfig
 from auditor.zoo.launder import Laundering
 
 __all__ = ["ATTACKS", "STUDIES", "LoraRecipe", "smoke", "tiny"]
@@ -127,8 +127,7 @@ def tiny() -> Study:
     5 LoCon infringers (rank 8, lr 1e-3, 800 steps; the first LoRA recipe that left a trace
     in this world, docs/zoo.md) and 5 LoCon innocents, audited as LoRA files on the base.
     82 models in all: about 66-69 minutes measured (docs/reproduction.md), over the hour."""
-    world = PRESETS["test"].model_copy(update={"private_samples": 64, "suspects": (), "references": ()})
-    recipe = {"steps": 800, "lr": 5e-4, "n": 64}
+    world, recipe = tiny_world()
     return _study(
         "tiny", world, recipe, references=8, panel=4, innocents=10, infringers=5,
         low_rho=(0.5, ("none", "jpeg-q50", "resize-0.5")),
@@ -138,17 +137,7 @@ def tiny() -> Study:
 
 def smoke() -> Study:
     """Checks the study's plumbing in CI in a few minutes; its numbers mean nothing."""
-    world = PRESETS["test"].model_copy(
-        update={
-            "private_samples": 16,
-            "suspects": (),
-            "references": (),
-            "vae": StageSpec(steps=150, batch_size=16, lr=2e-3, seed=1),
-            "base": StageSpec(steps=60, lr=1e-3, seed=2),
-            "source": StageSpec(steps=400, lr=1e-3, seed=3),
-        }
-    )
-    recipe = {"steps": 30, "lr": 5e-4, "n": 16}
+    world, recipe = smoke_world()
     return _study(
         "smoke", world, recipe, references=5, panel=1, innocents=2, infringers=1, low_rho=None,
         num_keys=6, delta0=0.25, seeds_per_key=2,
