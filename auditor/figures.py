@@ -12,7 +12,8 @@ from auditor.calibration import ModelTest
 from auditor.report import AttributionReport
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes with no software stamp, so the same figure gives the same bytes."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
@@ -67,7 +68,7 @@ def distance_histogram_png(report: AttributionReport) -> bytes:
     ax.set_ylabel("share of keys")
     ax.set_title("hits are keys left of delta0")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def alpha_thresholds(test: ModelTest, alpha: float) -> dict[str, float]:
@@ -120,4 +121,4 @@ def strip_plot_png(report: AttributionReport) -> bytes | None:
         ax.set_title(f"{labels[name]}\np = {test.p_values[name]:.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=6, loc="upper left")
-    return _png(fig)
+    return figure_png(fig)

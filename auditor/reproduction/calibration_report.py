@@ -6,8 +6,18 @@ import csv
 import io
 from pathlib import Path
 
+from auditor.figures import figure_png
 from auditor.fileio import atomic_write_bytes, atomic_write_text
 from auditor.reproduction.calibration_study import ALPHAS, RHOS, Study, verdicts
+
+
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """Every row under the union of their columns, sorted (a study's records differ in their fields)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=sorted({k for r in rows for k in r}))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def clopper_pearson(k: int, n: int) -> tuple[float, float]:
@@ -135,20 +145,12 @@ def plot_png(rows: list[dict]) -> bytes:
     right.set_ylim(-0.05, 1.05)
     right.set_title("infringing suspects", fontsize=9)
     right.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
     rows = verdicts(study, records)
-    buffer = io.StringIO()
-    columns = sorted({k for r in rows for k in r})
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "calibration.csv", buffer.getvalue())
+    write_rows_csv(out / "calibration.csv", rows)
     atomic_write_bytes(out / "calibration.png", plot_png(rows))
     fpr, power = tables(rows)
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in context["timings"].items())

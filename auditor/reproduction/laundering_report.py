@@ -6,14 +6,13 @@ test against the study's references); this module only groups them by attack and
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
+from auditor.figures import figure_png
 from auditor.fileio import atomic_write_bytes, atomic_write_text
-from auditor.reproduction.calibration_report import _markdown, clopper_pearson
+from auditor.reproduction.calibration_report import _markdown, clopper_pearson, write_rows_csv
 from auditor.reproduction.calibration_study import ALPHAS, Study, verdicts
 
 __all__ = ["HEADER", "plot_png", "report_stage", "rows_with_distances", "table"]
@@ -124,21 +123,13 @@ def plot_png(rows: list[dict], delta0: float) -> bytes:
     right.set_ylim(-0.05, 1.05)
     right.set_ylabel("flagged at alpha 0.01 (95% CI)")
     right.set_title("power per attack; false-positive rate of the innocents (green)", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
     """laundering.csv (every model), laundering.png and laundering.md (the table) under `out`."""
     rows = rows_with_distances(study, records)
-    buffer = io.StringIO()
-    columns = sorted({k for r in rows for k in r})
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "laundering.csv", buffer.getvalue())
+    write_rows_csv(out / "laundering.csv", rows)
     atomic_write_bytes(out / "laundering.png", plot_png(rows, study.delta0))
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in context["timings"].items())
     base_d = float(np.median(records["base"]["distances"]))
