@@ -96,18 +96,23 @@ def encode_latents(vae, images: np.ndarray, scaling_factor: float, batch: int = 
     return torch.cat(out)
 
 
-def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device="cpu") -> dict:
-    """Hidden states exactly as StableDiffusionPipeline computes them (max-length padding)."""
-    import torch
-
-    unique = sorted(set(captions) | {""})
-    ids = tokenizer(
-        unique,
+def _token_ids(tokenizer, texts: list[str], device):
+    """Token ids as the pipelines tokenize prompts: padded to the tokenizer's max length, truncated."""
+    return tokenizer(
+        texts,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(device)
+
+
+def encode_captions(tokenizer, text_encoder, captions: Sequence[str], device="cpu") -> dict:
+    """Hidden states exactly as StableDiffusionPipeline computes them (max-length padding)."""
+    import torch
+
+    unique = sorted(set(captions) | {""})
+    ids = _token_ids(tokenizer, unique, device)
     with torch.no_grad():
         states = text_encoder(ids)[0].float()
     return {caption: states[i] for i, caption in enumerate(unique)}
@@ -122,14 +127,7 @@ def encode_xl_captions(tokenizers, text_encoders, captions: Sequence[str], devic
     parts, pooled = [], None
     with torch.no_grad():
         for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
-            ids = tokenizer(
-                unique,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            out = encoder(ids, output_hidden_states=True)
+            out = encoder(_token_ids(tokenizer, unique, device), output_hidden_states=True)
             if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds, the pooled embedding
                 pooled = out[0].float()
             parts.append(out.hidden_states[-2].float())
