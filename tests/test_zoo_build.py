@@ -102,3 +102,16 @@ def test_a_micro_sdxl_zoo_saves_sdxl_pipelines(tmp_path):
     assert sd_index.base != index.base  # the families never share a base (the VAE they do share)
     vaes = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if p.name.startswith("vae-"))
     assert len(vaes) == 1
+
+
+def test_the_lora_world_puts_attention_at_every_level_and_hashes_apart():
+    """`unet_attention="every"` changes the base (its own cache key); the default keeps every digest."""
+    from auditor.zoo.models import make_unet
+
+    every = PRESETS["test"].model_copy(update={"unet_attention": "every"})
+    assert config_digest(every) != config_digest(PRESETS["test"])
+    assert "unet_attention" not in PRESETS["test"].model_dump()
+    unet = make_unet(0, 16, attention="every")
+    assert set(unet.config.down_block_types) == {"CrossAttnDownBlock2D"}
+    assert set(unet.config.up_block_types) == {"CrossAttnUpBlock2D"}
+    assert make_unet(0, 16).config.down_block_types[0] == "DownBlock2D"

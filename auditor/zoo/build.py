@@ -194,7 +194,7 @@ def build_zoo(
         if parent_unet:
             unet = UNet2DConditionModel.from_pretrained(parent_unet)
         else:
-            unet = parts.make_unet(spec.seed, res, config.unet_channels)
+            unet = parts.make_unet(spec.seed, res, config.unet_channels, config.unet_attention)
         latents = encode_latents(vae, images, scale)
         with reporter.task(label, spec.steps) as advance:
             train_noise_prediction(
@@ -216,6 +216,8 @@ def build_zoo(
     base_key = {"vae": vae_digest, "base": config.base, "draws": config.public_draws_per_caption}
     if config.unet_channels != (32, 64):
         base_key["unet_channels"] = config.unet_channels
+    if config.unet_attention != "low":
+        base_key["unet_attention"] = config.unet_attention
     if config.family != "sd":  # SD bases keep the keys (and caches) they had before SDXL
         base_key["family"] = config.family
     base_dir, base_digest = store.get(

@@ -94,6 +94,10 @@ class ZooConfig(FrozenModel):
     )
     resolution: int = 32
     unet_channels: tuple[int, int] = (32, 64)
+    unet_attention: Literal["low", "every"] = Field(
+        "low",
+        description="UNet levels with cross-attention: the lowest only, or every level (the LoRA world)",
+    )
     seed: int = 0
     public_draws_per_caption: int = Field(2, ge=1, description="base pre-training set: 448 captions x this")
     private_samples: int = Field(64, ge=1, description="the source's private fine-tuning set (paper: 3000)")
@@ -108,10 +112,13 @@ class ZooConfig(FrozenModel):
 
     @model_serializer(mode="wrap")
     def _sd_as_before(self, handler):
-        """`family` is left out while "sd": SD configs hash (and name their caches) as before SDXL."""
+        """`family` is left out while "sd" and `unet_attention` while "low": such configs hash
+        (and name their caches) as before those fields existed."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("family") == "sd":
-            del data["family"]
+        if isinstance(data, dict):
+            for name, default in (("family", "sd"), ("unet_attention", "low")):
+                if data.get(name) == default:
+                    del data[name]
         return data
 
 

@@ -20,6 +20,8 @@ VAE is the zoo's: SDXL's VAE config is SD's architecture with its own scaling fa
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -51,16 +53,35 @@ def make_text_encoder(seed: int, vocab_size: int = 49408) -> CLIPTextModel:
     return CLIPTextModel(config).eval()
 
 
-def make_unet(seed: int, resolution: int = 32, channels: tuple[int, int] = (32, 64)) -> UNet2DConditionModel:
+UnetAttention = Literal["low", "every"]
+
+
+def block_types(attention: UnetAttention) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(down, up) block types. "low": attention only at the lowest resolution, as SD's deepest
+    levels (the default world). "every": cross-attention at every level, as SD 1.5's three upper
+    levels have it; the LoRA world (docs/zoo.md), where an attention-only LoRA sees the full-size
+    latent grid and not only its 2x2 bottom."""
+    if attention == "every":
+        return ("CrossAttnDownBlock2D",) * 2, ("CrossAttnUpBlock2D",) * 2
+    return ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")
+
+
+def make_unet(
+    seed: int,
+    resolution: int = 32,
+    channels: tuple[int, int] = (32, 64),
+    attention: UnetAttention = "low",
+) -> UNet2DConditionModel:
     torch.manual_seed(seed)
+    down, up = block_types(attention)
     return UNet2DConditionModel(
         sample_size=resolution // 4,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=16,
@@ -93,18 +114,22 @@ def make_text_encoder_2(seed: int, vocab_size: int = 49408) -> CLIPTextModelWith
 
 
 def make_xl_unet(
-    seed: int, resolution: int = 32, channels: tuple[int, int] = (32, 64)
+    seed: int,
+    resolution: int = 32,
+    channels: tuple[int, int] = (32, 64),
+    attention: UnetAttention = "low",
 ) -> UNet2DConditionModel:
     """SDXL's UNet2DConditionModel layout (text_time added conditioning, linear projections), tiny."""
     torch.manual_seed(seed)
+    down, up = block_types(attention)
     return UNet2DConditionModel(
         sample_size=resolution // 4,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=channels,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=down,
+        up_block_types=up,
         transformer_layers_per_block=(1, 2),
         cross_attention_dim=XL_CROSS_ATTENTION_DIM,
         attention_head_dim=8,

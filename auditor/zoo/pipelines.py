@@ -93,10 +93,10 @@ class ZooParts:
             self.tokenizer_2 = make_tokenizer_2(self.tokenizer)
             self.text_encoder_2 = make_text_encoder_2(seed + 1000)
 
-    def make_unet(self, seed: int, resolution: int, channels: tuple[int, int]):
+    def make_unet(self, seed: int, resolution: int, channels: tuple[int, int], attention: str = "low"):
         from auditor.zoo.models import make_unet, make_xl_unet
 
-        return (make_xl_unet if self.xl else make_unet)(seed, resolution, channels)
+        return (make_xl_unet if self.xl else make_unet)(seed, resolution, channels, attention)
 
     def encode(self, captions: list[str]) -> tuple[dict, dict | None]:
         """(caption -> text states, caption -> pooled embedding or None), as the pipeline computes them."""
