@@ -2,7 +2,7 @@
 
 shadow build --scale S --family F --out SHADOWS.json   train a family's shadow models in the tiny zoo
 shadow fit --keys KEYS --shadows SHADOWS.json --out D  audit the shadows, fit and save the discriminator
-reproduce [--study paper|calibration|laundering] --scale tiny|smoke [--stage build|audit|report] --out DIR
+reproduce [--study paper|calibration|laundering] --scale tiny|smoke|tiny-lora [--stage ...] --out DIR
                                                        the paper's evaluation (docs/reproduction.md)
 """
 
@@ -52,7 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="paper: the paper's figures; calibration: the verdict's false-positive rate and power;"
         " laundering: its power against infringers who post-processed their data",
     )
-    p.add_argument("--scale", choices=sorted(SCALES), default="tiny")
+    p.add_argument(
+        "--scale",
+        default="tiny",
+        help="tiny or smoke; the calibration study also has tiny-lora (its references, panel and LoRA arms)",
+    )
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
@@ -142,6 +146,10 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
         else:
             from auditor.reproduction.laundering_study import STUDIES
 
+        if args.scale not in STUDIES:
+            raise BadInputError(
+                f"--scale: the {args.study} study has {', '.join(STUDIES)}, got {args.scale!r}"
+            )
         options = {"stage": args.stage, "cache_dir": args.cache, "jobs": args.jobs, "reporter": ctx.reporter}
         out = args.out / args.study
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from auditor.figures import figure_png
 from auditor.fileio import atomic_write_bytes, atomic_write_text
-from auditor.reproduction.calibration_study import ALPHAS, RHOS, Study, verdicts
+from auditor.reproduction.calibration_study import ALPHAS, Study, verdicts
 
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
@@ -43,8 +43,14 @@ def _cell(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]" if n else "-"
 
 
+def _power_rows(rows: list[dict]) -> list[tuple[str, float]]:
+    """(recipe, rho) of the infringers: the reference recipe's full fine-tunes first, then LoRA."""
+    found = {(r["group"], r["rho"]) for r in rows if r["role"] == "infringing"}
+    return sorted(found, key=lambda g: (g[0] != "reference recipe", g[0], g[1]))
+
+
 def tables(rows: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
-    """(false-positive table by innocent group, power table by rho) as rows of strings."""
+    """(false-positive table by innocent group, power table by recipe and rho) as rows of strings."""
     innocents = [r for r in rows if r["role"] == "innocent"]
     groups: dict[str, list[dict]] = {"reference recipe (the level's population)": []}
     for r in innocents:
@@ -65,11 +71,9 @@ def tables(rows: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
         line.append(f"{_rate(members, 'verdict@0.01', 'inconclusive')[0]}/{len(members)}")
         fpr.append(line)
     power = []
-    for rho in RHOS:
-        members = [r for r in rows if r["role"] == "infringing" and r["rho"] == rho]
-        if not members:
-            continue
-        line = [f"{rho:g}", str(len(members))]
+    for recipe, rho in _power_rows(rows):
+        members = [r for r in rows if r["role"] == "infringing" and r["group"] == recipe and r["rho"] == rho]
+        line = [recipe, f"{rho:g}", str(len(members))]
         for alpha in ALPHAS:
             line.append(_cell(*_rate(members, f"verdict@{alpha:g}")))
         line.append(_cell(*_rate(_binomial_flag(members, 0.01, "p_binomial"), "_old")))
@@ -88,7 +92,15 @@ FPR_HEADER = [
     "binomial+base FPR @0.01",
     "inconclusive @0.01",
 ]
-POWER_HEADER = ["rho", "n", "test power @0.01", "test power @0.05", "binomial power @0.01", "mean hits"]
+POWER_HEADER = [
+    "recipe",
+    "rho",
+    "n",
+    "test power @0.01",
+    "test power @0.05",
+    "binomial power @0.01",
+    "mean hits",
+]
 
 
 def _markdown(header: list[str], lines: list[list[str]]) -> str:
@@ -130,16 +142,24 @@ def plot_png(rows: list[dict]) -> bytes:
     left.set_ylabel("false-positive rate (95% CI)")
     left.set_title("innocent suspects, alpha = 0.05", fontsize=9)
     left.legend(fontsize=7)
-    for alpha, colour in zip(ALPHAS, ("#1f6f8b", "#7fb3d5"), strict=True):
-        ys, errs = [], [[], []]
-        for rho in RHOS:
-            members = [r for r in rows if r["role"] == "infringing" and r["rho"] == rho]
-            k, n = sum(r[f"verdict@{alpha:g}"] == "infringing" for r in members), len(members)
-            lo, hi = clopper_pearson(k, n)
-            ys.append(k / max(n, 1))
-            errs[0].append(k / max(n, 1) - lo)
-            errs[1].append(hi - k / max(n, 1))
-        right.errorbar(RHOS, ys, yerr=errs, fmt="o-", color=colour, capsize=3, label=f"test, alpha {alpha:g}")
+    power = _power_rows(rows)
+    styles = {"reference recipe": ("o-", ("#1f6f8b", "#7fb3d5"))}
+    for recipe in dict.fromkeys(g for g, _ in power):
+        marker, colours = styles.get(recipe, ("s--", ("#b9770e", "#f0b27a")))
+        rhos = [rho for g, rho in power if g == recipe]
+        for alpha, colour in zip(ALPHAS, colours, strict=True):
+            ys, errs = [], [[], []]
+            for rho in rhos:
+                members = [
+                    r for r in rows if r["role"] == "infringing" and r["group"] == recipe and r["rho"] == rho
+                ]
+                k, n = sum(r[f"verdict@{alpha:g}"] == "infringing" for r in members), len(members)
+                lo, hi = clopper_pearson(k, n)
+                ys.append(k / n)
+                errs[0].append(k / n - lo)
+                errs[1].append(hi - k / n)
+            label = f"{'full fine-tune' if recipe == 'reference recipe' else recipe}, alpha {alpha:g}"
+            right.errorbar(rhos, ys, yerr=errs, fmt=marker, color=colour, capsize=3, label=label)
     right.set_xlabel("rho (share of the source's generations)")
     right.set_ylabel("power (95% CI)")
     right.set_ylim(-0.05, 1.05)

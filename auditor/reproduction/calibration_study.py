@@ -15,7 +15,13 @@ fine-tune takes about 34 s on one CPU thread) holds
   domain, or half outside), and other styles of the world (flatter or stronger lighting,
   more colour jitter), so the innocent population has a real spread;
 - 10 infringing suspects at each rho in {0.1, 0.3, 0.5, 1.0} (the reference recipe with
-  a share rho of the source's generations among the training images).
+  a share rho of the source's generations among the training images);
+- LoRA suspects (`LORA`: LoCon style, rank 8, trained by the same trainer as the references,
+  `references build --lora-rank`'s): 10 innocent LoRAs on real images and 10 LoRA
+  infringers at rho 0.3 and 1.0, audited as LoRA files on the base, as an owner finds them
+  online. In this world an attention-only LoRA cannot learn the source (docs/zoo.md), so the
+  LoRA rows are LoCon's. `tiny-lora` is the same study with only the references, the panel and
+  the LoRA suspects (the same models: seeds do not depend on the other arms).
 
 Every model is audited with generation keys screened by the panel (M = 30, J = 4
 seeds per key), and judged by the model-level test against the 8 references and by the
@@ -43,6 +49,9 @@ from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
 
 ALPHAS = (0.01, 0.05)
 RHOS = (0.1, 0.3, 0.5, 1.0)
+# the LoRA arms: (targets, rank, lr, steps) as the laundering study's LoRA row, and their rhos
+LORA: tuple[str, int, float, int] = ("locon", 8, 1e-3, 800)
+LORA_RHOS = (0.3, 1.0)
 
 
 class Member(FrozenModel):
@@ -98,6 +107,8 @@ def _study(
     same: int,
     shifts: tuple[tuple[str, int, dict], ...],
     infringing: int,
+    lora: int = 0,
+    lora_recipe: tuple[str, int, float, int] = LORA,
     **fields,
 ) -> Study:
     specs: list[SuspectSpec] = []
@@ -130,6 +141,16 @@ def _study(
                     rho=rho,
                 )
             )
+    targets, rank, lr, steps = lora_recipe
+    group = f"lora-{targets}-r{rank}"
+    values = {**recipe, "steps": steps, "lr": lr, "lora_rank": rank, "lora_targets": targets}
+    # fixed seeds, not the running counter: `tiny-lora` trains the very models `tiny` holds
+    for k, rho in enumerate((0.0, *LORA_RHOS)):
+        role = "infringing" if rho else "innocent"
+        for i in range(lora):
+            name = f"{role}-{group}-rho{rho:.1f}-{i:02d}" if rho else f"innocent-{group}-{i:02d}"
+            specs.append(_spec(name, 8001 + 100 * k + i, rho=rho, **values))
+            members.append(Member(name=name, role=role, group=group, rho=rho))
     return Study(
         name=name, zoo=world.model_copy(update={"suspects": tuple(specs)}), members=tuple(members), **fields
     )
@@ -160,7 +181,15 @@ def smoke_world() -> tuple[ZooConfig, dict]:
 def tiny() -> Study:
     """The study itself: ~152 models in the 16 px world (about 50 minutes on 2 CPU cores)."""
     world, recipe = tiny_world()
-    return _study("tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10)
+    return _study(
+        "tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=10
+    )  # fmt: skip
+
+
+def tiny_lora() -> Study:
+    """Only the references, the panel and the LoRA arms of `tiny` (the same models): 42 models."""
+    world, recipe = tiny_world()
+    return _study("tiny-lora", world, recipe, references=8, panel=4, same=0, shifts=(), infringing=0, lora=10)
 
 
 def smoke() -> Study:
@@ -169,11 +198,11 @@ def smoke() -> Study:
     shifts = (("steps-60", 1, {"steps": 60}), ("flat-lighting", 1, {"style_gradient": 0.05}))
     return _study(
         "smoke", world, recipe, references=5, panel=1, same=2, shifts=shifts, infringing=1,
-        num_keys=6, delta0=0.25, seeds_per_key=2,
+        lora=1, lora_recipe=("locon", 8, 1e-3, 30), num_keys=6, delta0=0.25, seeds_per_key=2,
     )  # fmt: skip
 
 
-STUDIES = {"tiny": tiny, "smoke": smoke}
+STUDIES = {"tiny": tiny, "tiny-lora": tiny_lora, "smoke": smoke}
 
 
 # ---------------------------------------------------------------- stages

@@ -1,0 +1,55 @@
+"""The calibration study's arms and tables (fast: no model is trained)."""
+
+from __future__ import annotations
+
+from t2i_audit import main
+
+
+def test_tiny_lora_is_tiny_without_the_full_fine_tune_suspects():
+    """`tiny-lora` trains the very models `tiny` holds for its references, panel and LoRA arms,
+    so its LoRA rows belong in `tiny`'s power table."""
+    from auditor.reproduction.calibration_study import LORA, LORA_RHOS, tiny, tiny_lora
+
+    full = {s.name: s for s in tiny().zoo.suspects}
+    part = tiny_lora()
+    assert all(full[s.name] == s for s in part.zoo.suspects)
+    roles = [m.role for m in part.members]
+    assert roles.count("reference") == 8 and roles.count("panel") == 4
+    loras = [s for s in part.zoo.suspects if s.lora_rank is not None]
+    assert sorted(s.rho for s in loras) == sorted([0.0] * 10 + [r for r in LORA_RHOS for _ in range(10)])
+    assert {(s.lora_targets, s.lora_rank, s.train.lr, s.train.steps) for s in loras} == {LORA}
+    seeds = [s.train.seed for s in tiny().zoo.suspects]
+    assert len(seeds) == len(set(seeds))  # no LoRA arm repeats another model's draw
+
+
+def test_the_power_table_splits_full_fine_tunes_from_loras():
+    from auditor.reproduction.calibration_report import POWER_HEADER, tables
+
+    def row(group, rho, verdict):
+        return {
+            "role": "infringing" if rho else "innocent", "group": group, "rho": rho, "hits": 3,
+            "verdict@0.01": verdict, "verdict@0.05": verdict, "p_binomial": 0.5, "p_binomial_with_base": 0.5,
+        }  # fmt: skip
+
+    rows = [
+        row("lora-locon-r8", 1.0, "infringing"),
+        row("reference recipe", 0.3, "not_infringing"),
+        row("lora-locon-r8", 0.3, "not_infringing"),
+        row("reference recipe", 0.3, "infringing"),
+        row("lora-locon-r8", 0.0, "not_infringing"),
+    ]
+    fpr, power = tables(rows)
+    assert POWER_HEADER[:3] == ["recipe", "rho", "n"]
+    assert [line[:3] for line in power] == [
+        ["reference recipe", "0.3", "2"],
+        ["lora-locon-r8", "0.3", "1"],
+        ["lora-locon-r8", "1", "1"],
+    ]
+    assert power[0][3].startswith("1/2") and power[2][3].startswith("1/1")
+    assert [line[:2] for line in fpr if line[0] == "lora-locon-r8"] == [["lora-locon-r8", "1"]]
+
+
+def test_a_scale_the_study_lacks_is_refused(capsys):
+    assert main(["reproduce", "--study", "laundering", "--scale", "tiny-lora", "--out", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "--scale" in err and "tiny-lora" in err and "Traceback" not in err
