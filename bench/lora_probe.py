@@ -1,13 +1,18 @@
 """LoRA world probe: can a LoRA infringer move toward the source's key images in the tiny zoo?
 
-    OMP_NUM_THREADS=1 python bench/lora_probe.py --keys OUT/laundering/keys [--variants a,b] [--seeds 2]
+    OMP_NUM_THREADS=1 python bench/lora_probe.py --out DIR [--world low|every] [--variants a,b] [--seeds 2]
 
-For each variant (targets, rank, learning rate, steps), builds as zoo suspects (cached) a LoRA
-infringer at rho 1.0 and an innocent LoRA on real images of the same captions, in the laundering
-study's world (the calibration study's 16 px world), for `--seeds` data draws each, audits every
-LoRA as a LoRA file on the base with the study's keys (the workflow's audit, M keys x J seeds)
-and prints, per variant and role, the median over models of each model's median key distance and
-the share of (key, seed) pairs under delta0. Append-only JSON lines go to --out for docs/zoo.md.
+In the laundering study's world (the calibration study's 16 px world; `--world every` gives
+its UNet cross-attention at every level, `ZooConfig.unet_attention`), builds as zoo suspects
+(cached) the study's selection panel, `--seeds` full fine-tunes infringing at rho 1.0 and as
+many innocent ones, and per variant (targets, rank, learning rate, steps) as many LoRA
+infringers at rho 1.0 and innocent LoRAs on real images of the same captions. Members keep
+the laundering study's names and seeds, so in the default world they are its models (one
+cache). Selects the study's generation keys in DIR/keys, audits every model (each LoRA as a
+LoRA file on the base; the workflow's audit, M keys x J seeds) and prints, per variant and
+role, the median over models of each model's median key distance and the share of
+(key, seed) pairs under delta0. Append-only JSON lines go to DIR/lora-probe.jsonl for
+docs/zoo.md.
 """
 
 from __future__ import annotations
@@ -29,22 +34,27 @@ VARIANTS: dict[str, tuple[str, int, float, int]] = {
 }
 
 
-def specs(variant: str, seeds: int):
-    """The laundering study's LoRA row for this recipe (same names and seeds: a shared cache)."""
-
-    study = tiny_with(variant, seeds)
-    return [s for s in study.zoo.suspects if s.lora_rank is not None]
-
-
-def tiny_with(variant: str, seeds: int):
+def probe_study(world: str, variant: str | None, seeds: int):
+    """The laundering study's panel, its unlaundered rho-1 infringers, its first innocents and its
+    LoRA row for `variant`, in the chosen world; the references are left out (seeds unchanged)."""
     from auditor.reproduction import laundering_study as ls
 
-    world = ls.tiny().zoo.model_copy(update={"suspects": ()})
+    study = ls.tiny()
+    zoo = study.zoo.model_copy(update={"suspects": (), "unet_attention": world})
     recipe = {"steps": 800, "lr": 5e-4, "n": 64}
-    return ls._study(
-        "probe", world, recipe, references=0, panel=0, innocents=0, infringers=seeds, low_rho=None,
-        lora=VARIANTS[variant], attacks=(),
+    full = ls._study(
+        "probe", zoo, recipe, references=8, panel=4, innocents=seeds, infringers=seeds, low_rho=None,
+        lora=VARIANTS[variant] if variant else None, attacks=("none",),
     )  # fmt: skip
+    keep = {m.name for m in full.members if m.role != "reference"}
+    return full.model_copy(
+        update={
+            "zoo": full.zoo.model_copy(
+                update={"suspects": tuple(s for s in full.zoo.suspects if s.name in keep)}
+            ),
+            "members": tuple(m for m in full.members if m.name in keep),
+        }
+    )
 
 
 def main() -> None:
@@ -52,61 +62,61 @@ def main() -> None:
 
     from auditor.backends import SuspectSpec as ModelSpec
     from auditor.config import AuditConfig
-    from auditor.reproduction.laundering_study import tiny
+    from auditor.progress import RichReporter
+    from auditor.reproduction.calibration_study import _base_of, _keys, build_stage
     from auditor.workflow import audit_model, load_keys, resolve_settings
-    from auditor.zoo.build import build_zoo
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--keys", required=True)
+    parser.add_argument("--out", required=True, type=Path, help="keys and lora-probe.jsonl go here")
+    parser.add_argument("--world", choices=["low", "every"], default="low")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--out", default="lora-probe.jsonl")
-    parser.add_argument(
-        "--records", help="the laundering study's audits/ folder: full fine-tunes for comparison"
-    )
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
-    if args.records:  # the same keys: the study's unlaundered infringers and its innocents, full fine-tunes
-        for role, prefix in (("infringing", "infringing-rho1.0-none-"), ("innocent", "innocent-same-")):
-            found = [json.loads(f.read_text()) for f in sorted(Path(args.records).glob(f"{prefix}*.json"))]
-            medians = [float(np.median(r["distances"])) for r in found]
-            shares = [float(np.mean(np.array(r["seed_distances"]) < 0.15)) for r in found]
-            print(
-                json.dumps({"variant": "full fine-tune (study)", "role": role, "n": len(found),
-                            "median_d": float(np.median(medians)), "share_pairs_under_delta0": float(np.mean(shares))}),
-                flush=True,
-            )  # fmt: skip
     torch.set_num_threads(1)
-    study = tiny()
-    keys = load_keys(args.keys)
-    config = AuditConfig(delta0=study.delta0, seeds_per_key=study.seeds_per_key)
-    settings = resolve_settings(keys.keyset)
-    for variant in args.variants.split(","):
+    reporter = RichReporter()
+    done: set[str] = set()  # models already audited in this run (the full fine-tunes, the base)
+    for variant in [None, *args.variants.split(",")]:
         start = time.perf_counter()
-        zoo = study.zoo.model_copy(update={"suspects": tuple(specs(variant, args.seeds))})
-        index = build_zoo(zoo)
-        rows: dict[str, list[tuple[float, float]]] = {"infringing": [], "innocent": []}
-        for name, path in index.suspects.items():
-            result, _ = audit_model(
-                ModelSpec(model=path, base=index.base, device="cpu"), keys, config, settings
-            )
+        study = probe_study(args.world, variant, args.seeds)
+        index = build_stage(study, args.cache, reporter, args.jobs)
+        keys = load_keys(_keys(study, index, args.out, reporter))
+        config = AuditConfig(delta0=study.delta0, seeds_per_key=study.seeds_per_key)
+        settings = resolve_settings(keys.keyset)
+        rows: dict[str, list[tuple[float, float]]] = {}
+        models = {m.name: (m.role, m.group) for m in study.members if m.role != "panel"}
+        if variant is None:
+            models["base"] = ("base", "base")
+        for name, (role, group) in models.items():
+            if name in done:
+                continue
+            path = index.base if name == "base" else index.suspects[name]
+            spec = ModelSpec(model=path, base=_base_of(path, index), device="cpu")
+            result, _ = audit_model(spec, keys, config, settings)
             d = np.array([k.distance for k in result.keys])
             pairs = np.array([x for k in result.keys for x in k.distances])
-            role = "infringing" if name.startswith("infringing") else "innocent"
-            rows[role].append((float(np.median(d)), float(np.mean(pairs < study.delta0))))
+            label = f"{role} {'full fine-tune' if group in ('none', 'reference recipe') else group}"
+            rows.setdefault(label, []).append((float(np.median(d)), float(np.mean(pairs < study.delta0))))
+            done.add(name)
         record = {
-            "variant": variant,
-            "targets_rank_lr_steps": VARIANTS[variant],
+            "world": args.world,
+            "variant": variant or "full fine-tune",
+            "targets_rank_lr_steps": VARIANTS.get(variant or ""),
+            "keys": len(keys.keyset.keys),
             "seeds": args.seeds,
-            **{f"{role}_median_d": float(np.median([r[0] for r in v])) for role, v in rows.items()},
             **{
-                f"{role}_share_pairs_under_delta0": float(np.mean([r[1] for r in v]))
-                for role, v in rows.items()
+                label: {
+                    "median_d": float(np.median([r[0] for r in v])),
+                    "share_pairs_under_delta0": float(np.mean([r[1] for r in v])),
+                    "per_model": v,
+                }
+                for label, v in rows.items()
             },
-            "per_model": rows,
             "seconds": round(time.perf_counter() - start, 1),
         }
         print(json.dumps(record), flush=True)
-        with open(args.out, "a", encoding="utf-8") as handle:
+        with open(args.out / "lora-probe.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
 

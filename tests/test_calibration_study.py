@@ -16,7 +16,7 @@ def test_tiny_lora_is_tiny_without_the_full_fine_tune_suspects():
     roles = [m.role for m in part.members]
     assert roles.count("reference") == 8 and roles.count("panel") == 4
     loras = [s for s in part.zoo.suspects if s.lora_rank is not None]
-    assert sorted(s.rho for s in loras) == sorted([0.0] * 10 + [r for r in LORA_RHOS for _ in range(10)])
+    assert sorted(s.rho for s in loras) == sorted([0.0] * 5 + [r for r in LORA_RHOS for _ in range(5)])
     assert {(s.lora_targets, s.lora_rank, s.train.lr, s.train.steps) for s in loras} == {LORA}
     seeds = [s.train.seed for s in tiny().zoo.suspects]
     assert len(seeds) == len(set(seeds))  # no LoRA arm repeats another model's draw
