@@ -12,6 +12,7 @@ def test_tiny_lora_is_tiny_without_the_full_fine_tune_suspects():
 
     full = {s.name: s for s in tiny().zoo.suspects}
     part = tiny_lora()
+    assert (tiny().name, part.name) == ("tiny", "tiny-lora")
     assert all(full[s.name] == s for s in part.zoo.suspects)
     roles = [m.role for m in part.members]
     assert roles.count("reference") == 8 and roles.count("panel") == 4

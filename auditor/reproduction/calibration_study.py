@@ -148,9 +148,9 @@ def _study(
     for k, rho in enumerate((0.0, *LORA_RHOS)):
         role = "infringing" if rho else "innocent"
         for i in range(lora):
-            name = f"{role}-{group}-rho{rho:.1f}-{i:02d}" if rho else f"innocent-{group}-{i:02d}"
-            specs.append(_spec(name, 8001 + 100 * k + i, rho=rho, **values))
-            members.append(Member(name=name, role=role, group=group, rho=rho))
+            member = f"{role}-{group}-rho{rho:.1f}-{i:02d}" if rho else f"innocent-{group}-{i:02d}"
+            specs.append(_spec(member, 8001 + 100 * k + i, rho=rho, **values))
+            members.append(Member(name=member, role=role, group=group, rho=rho))
     return Study(
         name=name, zoo=world.model_copy(update={"suspects": tuple(specs)}), members=tuple(members), **fields
     )
@@ -179,7 +179,8 @@ def smoke_world() -> tuple[ZooConfig, dict]:
 
 
 def tiny() -> Study:
-    """The study itself: ~152 models in the 16 px world (about 50 minutes on 2 CPU cores)."""
+    """The study itself: 182 models in the 16 px world (the 152 full fine-tunes took 103.5 min on a
+    shared 2-core box, docs/reproduction.md; the 30 LoRAs about another 65 min there)."""
     world, recipe = tiny_world()
     return _study(
         "tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=10
