@@ -179,8 +179,8 @@ def smoke_world() -> tuple[ZooConfig, dict]:
 
 
 def tiny() -> Study:
-    """The study itself: 182 models in the 16 px world (the 152 full fine-tunes took 103.5 min on a
-    shared 2-core box, docs/reproduction.md; the 30 LoRAs about another 65 min there)."""
+    """The study itself: 182 models in the 16 px world. Its 152 full fine-tunes took 103.5 min on
+    a shared 2-core box; `tiny-lora`'s 15 LoRAs about 65 min on a third of it (docs/reproduction.md)."""
     world, recipe = tiny_world()
     return _study(
         "tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=10
