@@ -205,6 +205,19 @@ def test_report_stage_names_the_missing_stage(tmp_path, capsys):
     assert "run the build stage first" in err and len(err.strip().splitlines()) == 1
 
 
+def test_tiny_further_is_the_tiny_laundering_studys_members():
+    """The distance comparison's subset: the same specs (so the same cache entries and models) as
+    the full tiny laundering study's, which keeps its 82 models."""
+    from auditor.reproduction.laundering_study import STUDIES
+
+    full, subset = STUDIES["tiny"](), STUDIES["tiny-further"]()
+    specs = {s.name: s for s in full.zoo.suspects}
+    assert len(full.members) == 82 and len(subset.members) == 37
+    assert all(specs[s.name] == s for s in subset.zoo.suspects)
+    groups = {m.group for m in subset.members if m.role == "infringing"}
+    assert groups == {"none", "further-0.5x", "further-2x"}
+
+
 @pytest.mark.slow
 def test_smoke_reproduction_end_to_end(tmp_path, capsys):
     """The whole pipeline on the smoke scale: build, audit, report, then the discriminator in `audit`."""
