@@ -4,8 +4,18 @@ The default is Carlini et al. (2023)'s normalized L2, `sqrt(mean((x - y)^2))`: 0
 identical images, 1 for black vs white, so delta0 = 0.15 means the same thing at any
 resolution. The tiled variant takes the max over a 4x4 grid, so a copy that differs
 strongly in one region (a memorized image with an edit) is not averaged away.
+The pooled variants (`l2_half`, `l2_quarter`) average-pool both images before the same
+normalized L2, so they compare coarse layouts: a model whose memory of a key was weakened
+(fine-tuned further on other images) may still draw its composition while the pixel detail
+has drifted, and pooling averages the detail away before it is compared. They stay 0 for
+identical images and 1 for black vs white, but pooling also averages away pixel noise, so
+innocent models sit closer to the keys too: delta0 = 0.15 is not the same threshold under
+them. The verdict does not depend on it (the model-level test compares a suspect with
+references audited with the same distance); the hit counts beside it do.
 Distances are looked up by name so that reports can record which one was used and an
-embedding distance can be registered without touching the audit.
+embedding distance can be registered without touching the audit. None is shipped: the
+PyPI perceptual metrics (lpips, DISTS, piq, DreamSim, CLIP) ship at most their small
+heads and fetch the backbone's weights at run time, which an offline audit cannot do.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ _REGISTRY: dict[str, DistanceFn] = {}
 
 
 def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
+    """Register `fn` under `name`: audits look distances up by the name their config records."""
+
     def decorator(fn: DistanceFn) -> DistanceFn:
         _REGISTRY[name] = fn
         return fn
@@ -29,6 +41,7 @@ def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
 
 
 def get_distance(name: str) -> DistanceFn:
+    """The registered distance `name`; an unknown name is bad input that lists the known ones."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -36,6 +49,7 @@ def get_distance(name: str) -> DistanceFn:
 
 
 def available_distances() -> list[str]:
+    """The registered names, sorted (for help texts and errors)."""
     return sorted(_REGISTRY)
 
 
@@ -63,12 +77,14 @@ def _as_batches(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @register_distance("l2")
 def normalized_l2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Carlini et al.'s normalized L2 per image pair: the paper's distance and the default."""
     x, y = _as_batches(x, y)
     return np.sqrt(np.mean(np.square(x - y), axis=(1, 2, 3)))
 
 
 @register_distance("l2_tiled")
 def tiled_l2(x: np.ndarray, y: np.ndarray, grid: int = 4) -> np.ndarray:
+    """The worst of a grid x grid tiling's normalized L2s: one strongly differing region counts."""
     x, y = _as_batches(x, y)
     sq = np.square(x - y)
     h, w = sq.shape[1:3]
@@ -80,3 +96,32 @@ def tiled_l2(x: np.ndarray, y: np.ndarray, grid: int = 4) -> np.ndarray:
         np.sqrt(sq[:, r[0] : r[-1] + 1, c[0] : c[-1] + 1].mean(axis=(1, 2, 3))) for r in rows for c in cols
     ]
     return np.max(np.stack(tiles, axis=1), axis=1)
+
+
+def _average_pool(x: np.ndarray, factor: int) -> np.ndarray:
+    """(N, H, W, C) -> (N, H/factor, W/factor, C), each output pixel the mean of a factor x factor block."""
+    n, h, w, c = x.shape
+    if h % factor or w % factor:
+        raise BadInputError(
+            f"images: a distance pooled by {factor} needs a size divisible by {factor}, got {h}x{w}"
+        )
+    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def pooled_l2(x: np.ndarray, y: np.ndarray, factor: int) -> np.ndarray:
+    """Normalized L2 of both images average-pooled by `factor`: the coarse layout's distance, which
+    pixel detail that drifted (a weakened memory, a re-encoding) does not dominate."""
+    x, y = _as_batches(x, y)
+    return normalized_l2(_average_pool(x, factor), _average_pool(y, factor))
+
+
+@register_distance("l2_half")
+def half_l2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`pooled_l2` by 2: at 16 px it compares 8x8 layouts, at 512 px 256x256 ones."""
+    return pooled_l2(x, y, 2)
+
+
+@register_distance("l2_quarter")
+def quarter_l2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`pooled_l2` by 4: at 16 px it compares 4x4 layouts, where only the composition is left."""
+    return pooled_l2(x, y, 4)

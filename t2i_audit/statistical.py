@@ -2,8 +2,9 @@
 
 shadow build --scale S --family F --out SHADOWS.json   train a family's shadow models in the tiny zoo
 shadow fit --keys KEYS --shadows SHADOWS.json --out D  audit the shadows, fit and save the discriminator
-reproduce [--study paper|calibration|laundering] --scale tiny|smoke|tiny-lora [--stage ...] --out DIR
-                                                       the paper's evaluation (docs/reproduction.md)
+reproduce [--study paper|calibration|laundering] --scale tiny|smoke|... [--stage build|audit|report] --out DIR
+          [--distance NAME]                            the paper's evaluation (docs/reproduction.md); the
+                                                       studies' audits with another registered distance
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from t2i_audit._common import Context, add_command, add_group, device, positive_
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from auditor.distance import available_distances
     from auditor.reproduction.scales import SCALES, STAGES
 
     shadow_sub = add_group(sub, "shadow", "shadow models and the statistical-level discriminator")
@@ -52,12 +54,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="paper: the paper's figures; calibration: the verdict's false-positive rate and power;"
         " laundering: its power against infringers who post-processed their data",
     )
+    # checked per study in cmd_reproduce: the studies' scales are not imported to build the parser
     p.add_argument(
         "--scale",
         default="tiny",
-        help="tiny or smoke; the calibration study also has tiny-lora (its references, panel and LoRA arms)",
+        help=f"{' or '.join(sorted(SCALES))} (default tiny); the laundering study also has tiny-further"
+        " (its further fine-tunes and their controls only, to compare distances), the calibration study"
+        " tiny-lora (its references, panel and first LoRAs)",
     )
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument(
+        "--distance",
+        help="calibration and laundering studies: audit with this registered distance"
+        f" ({', '.join(available_distances())}; default l2). Keys are selected with l2 whatever it is",
+    )
     p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
     p.add_argument(
@@ -141,6 +151,8 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.reproduction.scales import get_scale
 
     if args.study in ("calibration", "laundering"):
+        from auditor.distance import get_distance
+
         if args.study == "calibration":
             from auditor.reproduction.calibration_study import STUDIES
         else:
@@ -148,12 +160,16 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
 
         if args.scale not in STUDIES:
             raise BadInputError(
-                f"--scale: the {args.study} study has {', '.join(STUDIES)}, got {args.scale!r}"
+                f"--scale: the {args.study} study has {', '.join(sorted(STUDIES))}, got {args.scale!r}"
             )
+        study = STUDIES[args.scale]()
+        if args.distance is not None:
+            get_distance(args.distance)  # an unknown name: one line naming the known ones, exit 2
+            study = study.model_copy(update={"distance": args.distance})
         options = {"stage": args.stage, "cache_dir": args.cache, "jobs": args.jobs, "reporter": ctx.reporter}
         out = args.out / args.study
         try:
-            summary = reproduce_calibration(STUDIES[args.scale](), out, kind=args.study, **options)
+            summary = reproduce_calibration(study, out, kind=args.study, **options)
         except FileNotFoundError as exc:
             raise BadInputError(str(exc).strip("'\"")) from None
         if ctx.format == "json":
@@ -164,6 +180,8 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
             ctx.console.print(Markdown(summary.read_text(encoding="utf-8").split("![", 1)[0]))
             ctx.console.print(f"{args.study} study: {summary}")
         return EXIT_OK
+    if args.distance is not None:
+        raise BadInputError("--distance: only the calibration and laundering studies take another distance")
     try:
         scale = get_scale(args.scale)
     except ValueError as exc:

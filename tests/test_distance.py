@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from auditor.distance import available_distances, get_distance, normalized_l2, register_distance, tiled_l2
+from auditor.distance import (
+    available_distances,
+    get_distance,
+    half_l2,
+    normalized_l2,
+    pooled_l2,
+    quarter_l2,
+    register_distance,
+    tiled_l2,
+)
 from auditor.errors import BadInputError
 
 rng = np.random.default_rng(0)
@@ -9,7 +18,7 @@ A = rng.random((5, 32, 32, 3), dtype=np.float32)
 B = rng.random((5, 32, 32, 3), dtype=np.float32)
 
 
-@pytest.mark.parametrize("fn", [normalized_l2, tiled_l2])
+@pytest.mark.parametrize("fn", [normalized_l2, tiled_l2, half_l2, quarter_l2])
 def test_zero_on_identical_symmetric_bounded(fn):
     assert np.allclose(fn(A, A), 0.0)
     assert np.allclose(fn(A, B), fn(B, A))
@@ -21,6 +30,8 @@ def test_black_vs_white_is_one():
     black, white = np.zeros((8, 8, 3)), np.ones((8, 8, 3))
     assert normalized_l2(black, white)[0] == pytest.approx(1.0)
     assert tiled_l2(black, white)[0] == pytest.approx(1.0)
+    assert half_l2(black, white)[0] == pytest.approx(1.0)
+    assert quarter_l2(black, white)[0] == pytest.approx(1.0)
 
 
 def test_matches_carlini_formula():
@@ -64,3 +75,41 @@ def test_registry_is_pluggable():
     assert get_distance("test_linf")(A, A).max() == 0
     with pytest.raises(BadInputError, match="expected one of"):
         get_distance("nope")
+
+
+def test_pooled_values_by_hand():
+    """A 4x4 ramp 0..15/15 against black: the 2x2 blocks' means are 2.5, 4.5, 10.5 and 12.5 (/15),
+    the whole image's 7.5/15."""
+    ramp = (np.arange(16, dtype=np.float64) / 15).reshape(4, 4, 1)
+    black = np.zeros((4, 4, 1))
+    assert half_l2(ramp, black)[0] == pytest.approx(np.sqrt((2.5**2 + 4.5**2 + 10.5**2 + 12.5**2) / 4) / 15)
+    assert quarter_l2(ramp, black)[0] == pytest.approx(0.5)
+    assert pooled_l2(ramp, black, 1)[0] == pytest.approx(normalized_l2(ramp, black)[0])
+
+
+def test_pooling_compares_layout_not_detail():
+    """A checkerboard and its inverse differ in every pixel but not in any 2x2 block's mean; a
+    layout change (the bright half moved) is seen by both."""
+    board = (np.indices((8, 8)).sum(axis=0) % 2).astype(np.float64)[..., None].repeat(3, axis=2)
+    assert normalized_l2(board, 1 - board)[0] == pytest.approx(1.0)
+    assert half_l2(board, 1 - board)[0] == pytest.approx(0.0)
+    top, bottom = np.zeros((8, 8, 3)), np.zeros((8, 8, 3))
+    top[:4], bottom[4:] = 1.0, 1.0
+    assert half_l2(top, bottom)[0] == pytest.approx(1.0)
+    assert quarter_l2(top, bottom)[0] == pytest.approx(1.0)
+
+
+def test_pooled_shape_errors_are_bad_input():
+    with pytest.raises(BadInputError, match="divisible by 4"):
+        quarter_l2(np.zeros((6, 6, 3)), np.zeros((6, 6, 3)))
+    with pytest.raises(BadInputError, match="divisible by 2"):
+        half_l2(np.zeros((5, 4, 3)), np.zeros((5, 4, 3)))
+    with pytest.raises(BadInputError, match="same size"):
+        half_l2(np.zeros((8, 8, 3)), np.zeros((4, 4, 3)))
+    with pytest.raises(BadInputError, match="expected"):
+        half_l2(np.zeros((8, 8)), np.zeros((8, 8)))
+
+
+def test_pooled_distances_are_registered():
+    assert {"l2_half", "l2_quarter"} <= set(available_distances())
+    assert get_distance("l2_half") is half_l2 and get_distance("l2_quarter") is quarter_l2

@@ -205,6 +205,45 @@ def test_report_stage_names_the_missing_stage(tmp_path, capsys):
     assert "run the build stage first" in err and len(err.strip().splitlines()) == 1
 
 
+def test_reproduce_distance_reaches_the_study_config(tmp_path, capsys, monkeypatch):
+    """--distance picks the studies' audit distance (and so their audit config and token); an unknown
+    name, a scale the study lacks, or --distance on the paper study is one line and exit 2."""
+    from auditor.reproduction import run
+    from auditor.reproduction.calibration_study import _config
+
+    seen = []
+    monkeypatch.setattr(run, "reproduce_calibration", lambda study, out, **kw: seen.append((study, kw)))
+    base = ["reproduce", "--stage", "report", "--out", str(tmp_path)]
+    assert main([*base, "--study", "laundering", "--scale", "tiny-further", "--distance", "l2_half"]) == 0
+    assert main([*base, "--study", "calibration", "--scale", "smoke"]) == 0
+    (further, kw), (calibration, _) = seen
+    assert further.name == "tiny-further" and kw["kind"] == "laundering"
+    assert _config(further).distance == "l2_half" and _config(calibration).distance == "l2"
+    for argv, words in (
+        ([*base, "--study", "laundering", "--scale", "smoke", "--distance", "l3"], "distance 'l3'"),
+        ([*base, "--study", "calibration", "--scale", "tiny-further"], "tiny-further"),
+        ([*base, "--scale", "smoke", "--distance", "l2_half"], "--distance"),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert len(seen) == 2
+
+
+def test_tiny_further_is_the_tiny_laundering_studys_members():
+    """The distance comparison's subset: the same specs (so the same cache entries and models) as
+    the full tiny laundering study's, which keeps its 82 models."""
+    from auditor.reproduction.laundering_study import STUDIES
+
+    full, subset = STUDIES["tiny"](), STUDIES["tiny-further"]()
+    specs = {s.name: s for s in full.zoo.suspects}
+    assert len(full.members) == 82 and len(subset.members) == 37
+    assert all(specs[s.name] == s for s in subset.zoo.suspects)
+    groups = {m.group for m in subset.members if m.role == "infringing"}
+    assert groups == {"none", "further-0.5x", "further-2x"} and subset.distance == full.distance == "l2"
+
+
 @pytest.mark.slow
 def test_smoke_reproduction_end_to_end(tmp_path, capsys):
     """The whole pipeline on the smoke scale: build, audit, report, then the discriminator in `audit`."""

@@ -169,7 +169,7 @@ def plot_png(rows: list[dict]) -> bytes:
 
 
 def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
-    rows = verdicts(study, records)
+    rows = [{**row, "distance": study.distance} for row in verdicts(study, records)]
     write_rows_csv(out / "calibration.csv", rows)
     atomic_write_bytes(out / "calibration.png", plot_png(rows))
     fpr, power = tables(rows)
@@ -180,7 +180,8 @@ def report_stage(study: Study, records: dict[str, dict], out: Path, context: dic
 Machine: {context["machine"]}. Stage times: {timings or "n/a"}.
 {len(study.members)} models: {references} references, {sum(m.role == "panel" for m in study.members)} panel,
 {sum(m.role == "innocent" for m in study.members)} innocent and {sum(m.role == "infringing" for m in study.members)}
-infringing suspects; M = {study.num_keys} keys, J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g}.
+infringing suspects; M = {study.num_keys} keys, J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g};
+audit distance {study.distance} (auditor.distance; keys selected with l2).
 Intervals are Clopper-Pearson 95%. "binomial" is the first version's rule (exact binomial on hit counts, null rate
 from the references); "binomial+base" the same with the base among the references, as the first demo ran it.
 

@@ -69,6 +69,10 @@ class Study(FrozenModel):
     delta0: float = 0.15
     seeds_per_key: int = 4
     min_references: int = 5
+    distance: str = Field(
+        "l2",
+        description="the audits' distance (auditor.distance); keys are selected with l2 whatever it is",
+    )
 
 
 def _spec(name: str, seed: int, *, steps: int, lr: float, n: int, rho: float = 0.0, **extra) -> SuspectSpec:
@@ -260,8 +264,13 @@ def _keys(study: Study, index, out: Path, reporter: Reporter):
 
 
 def _config(study: Study) -> AuditConfig:
+    """The audit config of every model of the study; its distance is part of the audit token, so
+    records audited with another distance are never mixed with these."""
     return AuditConfig(
-        delta0=study.delta0, seeds_per_key=study.seeds_per_key, min_references=study.min_references
+        delta0=study.delta0,
+        seeds_per_key=study.seeds_per_key,
+        min_references=study.min_references,
+        distance=study.distance,
     )
 
 

@@ -38,6 +38,7 @@ def rows_with_distances(study: Study, records: dict[str, dict]) -> list[dict]:
         suspect = records[row["name"]].get("suspect") or {}
         row["launder"] = suspect.get("launder")
         row["then"] = suspect.get("then")
+        row["distance"] = study.distance
     return rows
 
 
@@ -140,8 +141,8 @@ Machine: {context["machine"]}. Stage times: {timings or "n/a"}.
 {len(study.members)} models: {sum(m.role == "reference" for m in study.members)} references,
 {sum(m.role == "panel" for m in study.members)} panel, {sum(m.role == "innocent" for m in study.members)} innocent
 and {sum(m.role == "infringing" for m in study.members)} infringing suspects; M = {m_keys} keys (of {study.num_keys} asked),
-J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g}. Verdicts: the model-level test against the
-references. Intervals are Clopper-Pearson 95%. "Median key distance": the median over a group's models of each
+J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g}; audit distance {study.distance} (auditor.distance;
+keys selected with l2). Verdicts: the model-level test against the references, audited with the same distance. Intervals are Clopper-Pearson 95%. "Median key distance": the median over a group's models of each
 model's median distance to the key images (range in parentheses); the base's is {base_d:.3f}.
 For infringers "flagged" is power; for innocents it is the false-positive rate.
 

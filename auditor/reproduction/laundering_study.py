@@ -30,7 +30,7 @@ from auditor.reproduction.calibration_study import Member, Study, smoke_world, t
 from auditor.zoo.config import FurtherSpec, StageSpec, SuspectSpec, ZooConfig
 from auditor.zoo.launder import Laundering
 
-__all__ = ["ATTACKS", "STUDIES", "LoraRecipe", "smoke", "tiny"]
+__all__ = ["ATTACKS", "STUDIES", "LoraRecipe", "smoke", "tiny", "tiny_further"]
 
 # (label, laundering of the images, further fine-tune as a multiple of the infringing steps)
 ATTACKS: tuple[tuple[str, Laundering | None, float | None], ...] = (
@@ -135,6 +135,19 @@ def tiny() -> Study:
     )  # fmt: skip
 
 
+def tiny_further() -> Study:
+    """The tiny study's members that the further fine-tunes defeat, and no others: its
+    references, panel and innocents, and its rho 1.0 infringers unlaundered and fine-tuned
+    further (0.5x, 2x), 37 models with the same seeds and so the same cache entries. It is
+    what a comparison of distances (`--distance`) needs, without the rows every distance
+    already flags."""
+    world, recipe = tiny_world()
+    return _study(
+        "tiny-further", world, recipe, references=8, panel=4, innocents=10, infringers=5,
+        low_rho=None, lora=None, attacks=("none", "further-0.5x", "further-2x"),
+    )  # fmt: skip
+
+
 def smoke() -> Study:
     """Checks the study's plumbing in CI in a few minutes; its numbers mean nothing."""
     world, recipe = smoke_world()
@@ -144,4 +157,4 @@ def smoke() -> Study:
     )  # fmt: skip
 
 
-STUDIES = {"tiny": tiny, "smoke": smoke}
+STUDIES = {"tiny": tiny, "tiny-further": tiny_further, "smoke": smoke}
