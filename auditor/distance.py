@@ -14,8 +14,9 @@ them. The verdict does not depend on it (the model-level test compares a suspect
 references audited with the same distance); the hit counts beside it do.
 Distances are looked up by name so that reports can record which one was used and an
 embedding distance can be registered without touching the audit. None is shipped: the
-PyPI perceptual metrics (lpips, DISTS, piq, DreamSim, CLIP) ship at most their small
-heads and fetch the backbone's weights at run time, which an offline audit cannot do.
+lpips and DISTS wheels (inspected) hold only small heads and fetch their torchvision
+backbone's weights at run time, which an offline audit cannot do (piq, DreamSim and CLIP
+were not inspected; docs/reproduction.md).
 """
 
 from __future__ import annotations
