@@ -49,6 +49,11 @@ def _power_rows(rows: list[dict]) -> list[tuple[str, float]]:
     return sorted(found, key=lambda g: (g[0] != "reference recipe", g[0], g[1]))
 
 
+def _infringers(rows: list[dict], recipe: str, rho: float) -> list[dict]:
+    """One power row's models: the infringers of that recipe at that rho."""
+    return [r for r in rows if r["role"] == "infringing" and r["group"] == recipe and r["rho"] == rho]
+
+
 def tables(rows: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
     """(false-positive table by innocent group, power table by recipe and rho) as rows of strings."""
     innocents = [r for r in rows if r["role"] == "innocent"]
@@ -72,7 +77,7 @@ def tables(rows: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
         fpr.append(line)
     power = []
     for recipe, rho in _power_rows(rows):
-        members = [r for r in rows if r["role"] == "infringing" and r["group"] == recipe and r["rho"] == rho]
+        members = _infringers(rows, recipe, rho)
         line = [recipe, f"{rho:g}", str(len(members))]
         for alpha in ALPHAS:
             line.append(_cell(*_rate(members, f"verdict@{alpha:g}")))
@@ -150,9 +155,7 @@ def plot_png(rows: list[dict]) -> bytes:
         for alpha, colour in zip(ALPHAS, colours, strict=True):
             ys, errs = [], [[], []]
             for rho in rhos:
-                members = [
-                    r for r in rows if r["role"] == "infringing" and r["group"] == recipe and r["rho"] == rho
-                ]
+                members = _infringers(rows, recipe, rho)
                 k, n = sum(r[f"verdict@{alpha:g}"] == "infringing" for r in members), len(members)
                 lo, hi = clopper_pearson(k, n)
                 ys.append(k / n)
