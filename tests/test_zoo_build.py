@@ -115,3 +115,21 @@ def test_the_lora_world_puts_attention_at_every_level_and_hashes_apart():
     assert set(unet.config.down_block_types) == {"CrossAttnDownBlock2D"}
     assert set(unet.config.up_block_types) == {"CrossAttnUpBlock2D"}
     assert make_unet(0, 16).config.down_block_types[0] == "DownBlock2D"
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_a_built_model_hashes_the_same_online_or_offline(tmp_path, monkeypatch, family):
+    # transformers copies `local_files_only` (true under HF_HUB_OFFLINE, which the CLI and the
+    # tests set, false in a plain library call) into tokenizer_config.json; the zoo's folders
+    # must not record how their tokenizer was loaded, or a model's digest depends on it.
+    import huggingface_hub.constants
+
+    from auditor.identity import hash_model
+    from export.testing import build_tiny_pipeline, build_tiny_xl_pipeline
+
+    build = build_tiny_pipeline if family == "sd" else build_tiny_xl_pipeline
+    digests = []
+    for offline in (True, False):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        digests.append(hash_model(build(tmp_path / str(offline))).digest)
+    assert digests[0] == digests[1]

@@ -7,9 +7,11 @@ SD 1.5 or SDXL checkpoint serve the zoo unchanged.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+from auditor.fileio import atomic_write_text
 from auditor.zoo.models import make_inference_scheduler
 
 SDXL_TOKENIZER_2_PAD = "!"  # SDXL's second tokenizer pads with "!" (id 0), not with <|endoftext|>
@@ -22,6 +24,22 @@ def _keep_slow_tokenizer_files(tokenizer, target: Path) -> None:
     for name in ("vocab.json", "merges.txt"):
         if (source / name).is_file() and not (target / name).exists():
             shutil.copyfile(source / name, target / name)
+
+
+# Loading options transformers copies from `from_pretrained`'s arguments (and HF_HUB_OFFLINE)
+# into tokenizer_config.json. They say how a folder was read, not what the tokenizer is, and
+# left in they make a model's bytes, hence its digest in every report, depend on whether
+# HF_HUB_OFFLINE was set in the process that built it.
+_LOAD_OPTIONS = ("local_files_only",)
+
+
+def _finish_tokenizer_folder(tokenizer, target: Path) -> None:
+    _keep_slow_tokenizer_files(tokenizer, target)
+    config_path = target / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if any(name in config for name in _LOAD_OPTIONS):
+        kept = {name: value for name, value in config.items() if name not in _LOAD_OPTIONS}
+        atomic_write_text(config_path, json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
 def save_pipeline(directory: Path, unet, vae, text_encoder, tokenizer) -> None:
@@ -38,7 +56,7 @@ def save_pipeline(directory: Path, unet, vae, text_encoder, tokenizer) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(directory, safe_serialization=True)
-    _keep_slow_tokenizer_files(tokenizer, Path(directory) / "tokenizer")
+    _finish_tokenizer_folder(tokenizer, Path(directory) / "tokenizer")
 
 
 def make_tokenizer_2(tokenizer):
@@ -67,7 +85,7 @@ def save_xl_pipeline(directory: Path, unet, vae, text_encoder, text_encoder_2, t
     )
     pipe.save_pretrained(directory, safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
-        _keep_slow_tokenizer_files(tokenizer, Path(directory) / name)
+        _finish_tokenizer_folder(tokenizer, Path(directory) / name)
 
 
 class ZooParts:
