@@ -1,32 +1,51 @@
-"""A golden report: the audit's behaviour, pinned to the byte (timestamps and timings aside).
+"""A golden report: the audit's behaviour pinned, as far as a CPU allows, to tests/golden/report.json.
 
-One audit of a seeded random-weight pipeline against two seeded references, through the
-CLI, compared with tests/golden/report.json. Any change to what an audit computes or
-records (distances, hits, verdict, seeds, settings, digests, schema) shows here; a change
-that is meant must regenerate the file on purpose. Floats compare to a relative 2e-3:
-float32 kernels differ between CPUs in the sixth digit (measured on two x86_64 machines:
-distances 0.33908014 and 0.33908142 for the same seed, and the sparse statistic, built
-from per-key z-scores over five references, moved by a relative 6.7e-4); everything else
-to the byte:
+One audit of a seeded random-weight pipeline against five seeded references, through the
+CLI. Any change to what an audit computes or records shows here; a change that is meant
+must regenerate the file on purpose:
 
     T2I_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden_report.py
+
+How each part is pinned, and why:
+- Everything that does not come from generated pixels (schema, settings, seeds, keyset and
+  model digests, audit token, counts, labels, the binomial figure) is compared to the byte.
+- Distances compare to a relative 5e-2. Generated pixels are float32 and differ between
+  machines, and a random-weight pipeline amplifies that: this fixture's distances moved by
+  a relative 1e-5 between a pytest process and a plain one on one machine (memory layout),
+  and by up to 2.6e-2 between the box that wrote the file and the CI box. A changed distance
+  definition (scale, range, pooling) moves them by far more.
+- Image hashes are checked for number and form only: one bit of one pixel changes a hash.
+- The verdict's numbers (statistics, p-values, and the reason that quotes them) are a pure
+  float64 function of the distances, so they are pinned where no CPU can move them: the
+  golden file's own distances must give the golden verdict again (to 1e-9), and this run's
+  distances must give this run's verdict (what `verify` checks of a signed report). Their
+  labels and counts compare to the byte; their values are not compared across the two runs,
+  because a 3-key statistic can move by more than the distances do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 from keyset_factory import make_keyset
 
+from auditor.evidence import _same_verdict
 from auditor.keys import save_keyset
+from auditor.report import inconsistencies, parse_report, recompute_verdict
 from export.testing import build_tiny_pipeline
 
 GOLDEN = Path(__file__).parent / "golden" / "report.json"
 # Fields that change from run to run by design: when, and how long it took.
 VOLATILE = (("created_at",), ("summary", "seconds"))
+DISTANCE_RTOL = 5e-2
+# Where a report records numbers computed from generated pixels (apart from the verdict's).
+PIXEL_FIELDS = frozenset({"distance", "distances", "seed_distances", "best_distance", "mean_distance"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NUMBER = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?")
 
 
 def _scrub(report: dict) -> dict:
@@ -40,6 +59,14 @@ def _scrub(report: dict) -> dict:
     return report
 
 
+def _as_report(document: dict):
+    """The scrubbed golden document as a report again (the volatile fields given any valid value)."""
+    document = json.loads(json.dumps(document))
+    document["created_at"] = "2026-01-01T00:00:00Z"
+    document["summary"]["seconds"] = 0.0
+    return parse_report(document, str(GOLDEN))
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("golden")
@@ -47,14 +74,16 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {name: build_tiny_pipeline(root / name, seed=seed) for seed, name in enumerate(names)}
 
 
-def test_report_matches_the_golden_file(models, tmp_path):
+@pytest.fixture(scope="module")
+def report(models, tmp_path_factory) -> dict:
     from t2i_audit import main
 
+    root = tmp_path_factory.mktemp("golden-audit")
     keyset, images = make_keyset(n=3)
-    save_keyset(keyset, images, tmp_path / "keys")
-    out = tmp_path / "report.json"
+    save_keyset(keyset, images, root / "keys")
+    out = root / "report.json"
     argv = [
-        "--format", "json", "audit", "--keys", str(tmp_path / "keys"), "--suspect", str(models["suspect"]),
+        "--format", "json", "audit", "--keys", str(root / "keys"), "--suspect", str(models["suspect"]),
         *[arg for i in range(5) for arg in ("--reference", str(models[f"ref-{i}"]))],
         "--steps", "2", "--out", str(out),
     ]  # fmt: skip
@@ -62,16 +91,45 @@ def test_report_matches_the_golden_file(models, tmp_path):
     got = _scrub(json.loads(out.read_text()))
     if os.environ.get("T2I_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    return got
+
+
+def test_report_matches_the_golden_file(report):
     expected = json.loads(GOLDEN.read_text())
-    assert got == _approx(expected)
+    assert _comparable(report) == _comparable(expected, wrap=True)
 
 
-def _approx(node):
-    """The golden document with every float wrapped for a relative 2e-3 comparison."""
+def test_the_golden_verdict_follows_from_the_golden_distances():
+    golden = _as_report(json.loads(GOLDEN.read_text()))
+    assert inconsistencies(golden) == []
+    assert _same_verdict(recompute_verdict(golden), golden.verdict)
+
+
+def test_this_runs_verdict_follows_from_this_runs_distances(report):
+    got = _as_report(report)
+    assert inconsistencies(got) == []
+    assert _same_verdict(recompute_verdict(got), got.verdict)
+
+
+def _comparable(node, wrap: bool = False, path: tuple[str, ...] = ()):
+    """The document with pixel-derived values made comparable across machines (module docstring).
+
+    `wrap` marks the expected side: its distances become `pytest.approx` values; every other
+    float outside the verdict's test is a setting or a count's ratio and compares exactly.
+    """
     if isinstance(node, dict):
-        return {key: _approx(value) for key, value in node.items()}
+        return {key: _comparable(value, wrap, (*path, key)) for key, value in node.items()}
     if isinstance(node, list):
-        return [_approx(value) for value in node]
-    if isinstance(node, float):
-        return pytest.approx(node, rel=2e-3, abs=1e-9)
+        if path and path[-1] == "image_sha256s":
+            assert all(isinstance(h, str) and _HEX64.match(h) for h in node), (
+                f"{'.'.join(path)}: not sha256 hex"
+            )
+            return f"<{len(node)} image hashes>"
+        return [_comparable(value, wrap, path) for value in node]
+    if path[:2] == ("verdict", "test") and isinstance(node, float):
+        return "<follows from the distances>"
+    if path == ("verdict", "reason"):
+        return _NUMBER.sub("#", node)
+    if isinstance(node, float) and wrap and PIXEL_FIELDS.intersection(path):
+        return pytest.approx(node, rel=DISTANCE_RTOL, abs=1e-9)
     return node
