@@ -22,6 +22,14 @@ from t2i_audit import main
 DIGEST = "0" * 64
 
 
+@pytest.fixture(scope="module")
+def smoke_cache(tmp_path_factory):
+    """One zoo cache for the three smoke runs: they share a world (VAE, base, source), and the
+    calibration and laundering smokes their references, panel and two innocents, so each model
+    is trained once, as it would be for a user who runs the studies one after another."""
+    return tmp_path_factory.mktemp("smoke-cache")
+
+
 def test_tiny_scale_counts_and_folds():
     scale = tiny()
     assert [f.name for f in scale.families] == ["v1", "v2"]
@@ -245,9 +253,9 @@ def test_tiny_further_is_the_tiny_laundering_studys_members():
 
 
 @pytest.mark.slow
-def test_smoke_reproduction_end_to_end(tmp_path, capsys):
+def test_smoke_reproduction_end_to_end(tmp_path, capsys, smoke_cache):
     """The whole pipeline on the smoke scale: build, audit, report, then the discriminator in `audit`."""
-    out, cache = tmp_path / "out", tmp_path / "cache"
+    out, cache = tmp_path / "out", smoke_cache
     assert (
         main(["--format", "json", "reproduce", "--scale", "smoke", "--out", str(out), "--cache", str(cache)])
         == 0
@@ -307,7 +315,7 @@ def test_smoke_reproduction_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_calibration_study_smoke_end_to_end(tmp_path, capsys):
+def test_calibration_study_smoke_end_to_end(tmp_path, capsys, smoke_cache):
     """The calibration study's stages on its smoke scale: every model audited once, the tables and
     the plot written, and a rerun of the audit stage reuses every record."""
     import csv
@@ -315,7 +323,7 @@ def test_calibration_study_smoke_end_to_end(tmp_path, capsys):
     from auditor.reproduction.calibration_study import smoke as study_smoke
 
     argv = ["--format", "json", "reproduce", "--study", "calibration", "--scale", "smoke"]
-    argv += ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    argv += ["--out", str(tmp_path / "out"), "--cache", str(smoke_cache)]
     assert main(argv) == 0
     out = tmp_path / "out" / "calibration"
     assert json.loads(capsys.readouterr().out)["summary"] == str(out / "calibration.md")
@@ -337,7 +345,7 @@ def test_calibration_study_smoke_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_laundering_study_smoke_end_to_end(tmp_path, capsys):
+def test_laundering_study_smoke_end_to_end(tmp_path, capsys, smoke_cache):
     """The laundering study's stages on its smoke scale: one row per attack, each infringer's record
     carrying the attack that made it, the plot written, and a rerun of the audit stage reusing every
     record. (About two minutes on one CPU thread.)"""
@@ -347,7 +355,7 @@ def test_laundering_study_smoke_end_to_end(tmp_path, capsys):
     from auditor.reproduction.laundering_study import smoke as study_smoke
 
     argv = ["--format", "json", "reproduce", "--study", "laundering", "--scale", "smoke", "--jobs", "1"]
-    argv += ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    argv += ["--out", str(tmp_path / "out"), "--cache", str(smoke_cache)]
     assert main(argv) == 0
     out = tmp_path / "out" / "laundering"
     assert json.loads(capsys.readouterr().out)["summary"] == str(out / "laundering.md")
