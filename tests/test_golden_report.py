@@ -126,8 +126,8 @@ def _comparable(node, wrap: bool = False, path: tuple[str, ...] = ()):
             )
             return f"<{len(node)} image hashes>"
         return [_comparable(value, wrap, path) for value in node]
-    if path[:2] == ("verdict", "test") and isinstance(node, float):
-        return "<follows from the distances>"
+    if path[:2] == ("verdict", "test") and isinstance(node, int | float) and not isinstance(node, bool):
+        return "<follows from the distances>"  # `sanity_reference` too: the index of the smallest p
     if path == ("verdict", "reason"):
         return _NUMBER.sub("#", node)
     if isinstance(node, float) and wrap and PIXEL_FIELDS.intersection(path):
