@@ -172,7 +172,7 @@ def plot_png(rows: list[dict]) -> bytes:
 
 
 def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
-    rows = [{**row, "distance": study.distance} for row in verdicts(study, records)]
+    rows = verdicts(study, records)
     write_rows_csv(out / "calibration.csv", rows)
     atomic_write_bytes(out / "calibration.png", plot_png(rows))
     fpr, power = tables(rows)

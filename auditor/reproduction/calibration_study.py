@@ -365,7 +365,8 @@ def load_records(study: Study, out: Path) -> dict[str, dict]:
 
 
 def verdicts(study: Study, records: dict[str, dict]) -> list[dict]:
-    """Every suspect judged by the model-level test and by the first version's binomial rule."""
+    """Every suspect judged by the model-level test and by the first version's binomial rule, each row
+    naming the audit distance."""
     from auditor.calibration import binomial_figure, decide
 
     references = [m.name for m in study.members if m.role == "reference"]
@@ -396,5 +397,6 @@ def verdicts(study: Study, records: dict[str, dict]) -> list[dict]:
         trials = len(record["distances"])
         row["p_binomial"] = binomial_figure(record["hits"], trials, ref_hits).p_value
         row["p_binomial_with_base"] = binomial_figure(record["hits"], trials, with_base).p_value
+        row["distance"] = study.distance  # which distance these verdicts were reached with
         rows.append(row)
     return rows

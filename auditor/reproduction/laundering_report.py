@@ -38,7 +38,6 @@ def rows_with_distances(study: Study, records: dict[str, dict]) -> list[dict]:
         suspect = records[row["name"]].get("suspect") or {}
         row["launder"] = suspect.get("launder")
         row["then"] = suspect.get("then")
-        row["distance"] = study.distance
     return rows
 
 
