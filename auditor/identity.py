@@ -7,7 +7,16 @@ manifest. The digest does not depend on where the model lies on disk, on the fol
 name, or on the order files were written, but any changed byte, renamed, added or
 removed file changes it.
 
-Hashing never deserializes anything. Pickled weights are the exception that is
+Beside that byte digest, a *content digest* identifies a model by its weights alone:
+every tensor's name (qualified by the component folder and weight variant it lies in),
+dtype, shape and data, and nothing else. It does not change when a model is re-saved: a
+new library version writing its version into config.json, changed safetensors metadata,
+an added README, sharding, or a pickle converted to safetensors. It is what says that a
+"reference" is the base or the source re-saved (docs/method.md), and what a golden file
+can pin across library releases. What it does not catch: a copy with its weights moved
+at all (noise added, one step of training, another dtype).
+
+Hashing never deserializes anything but pickles. Pickled weights are the exception that is
 checked here: the auditor will have to load them, and unpickling runs arbitrary code,
 so they are only accepted when torch's restricted `weights_only` unpickler can read
 them. A pickle is recognized by its content (`sniff_weights`: the pickle protocol
@@ -38,6 +47,7 @@ MODEL_KINDS: tuple[str, ...] = ("diffusers_folder", "safetensors_file", "lora_fi
 # Domain separation: a manifest digest can never collide with a digest of some other
 # canonical JSON document this project hashes.
 MANIFEST_SCHEME = "t2i-auditor-model-manifest-v1"
+CONTENT_SCHEME = "t2i-auditor-model-content-v1"
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -73,6 +83,9 @@ class ModelIdentity(BaseModel):
     digest: str = Field(pattern=_HEX64)
     files: tuple[FileEntry, ...] = Field(min_length=1)
     name: str = Field(min_length=1, pattern=r"^[^/\\]+$")
+    content_digest: str | None = Field(
+        None, pattern=_HEX64, description="digest of the weights alone (None: no weights file found)"
+    )
 
 
 def manifest_digest(kind: str, files: tuple[FileEntry, ...] | list[FileEntry]) -> str:
@@ -114,7 +127,11 @@ def _hash_folder(folder: Path, name: str, kind: str | None) -> ModelIdentity:
         raise BadInputError(f"{folder}: model folder holds no files (expected model weights)")
     entries.sort(key=lambda entry: entry.path)
     return ModelIdentity(
-        kind="diffusers_folder", digest=manifest_digest("diffusers_folder", entries), files=entries, name=name
+        kind="diffusers_folder",
+        digest=manifest_digest("diffusers_folder", entries),
+        files=entries,
+        name=name,
+        content_digest=_content_digest([(entry.path, root / entry.path) for entry in entries]),
     )
 
 
@@ -202,7 +219,113 @@ def _hash_single_file(file: Path, name: str, kind: str | None) -> ModelIdentity:
             check_pickle_weights_only(file)
         kind = kind or "file"
     entry = _file_entry(file.name, file)
-    return ModelIdentity(kind=kind, digest=manifest_digest(kind, [entry]), files=(entry,), name=name)
+    return ModelIdentity(
+        kind=kind,
+        digest=manifest_digest(kind, [entry]),
+        files=(entry,),
+        name=name,
+        content_digest=_content_digest([(file.name, file)]),
+    )
+
+
+# ---------------------------------------------------------------- content digest
+
+# safetensors dtype names, the vocabulary the content digest records for every format
+_TORCH_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}  # fmt: skip
+_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def _weights_slot(relative: str) -> tuple[str, str] | None:
+    """(component folder, variant) of a weights file, or None for a file that holds no weights.
+
+    `unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors` is component "unet",
+    variant "fp16": shards of one variant pool their tensors, and an fp16 variant beside the
+    fp32 weights is a second set of tensors, not a clash. The file's own name is left out,
+    so a renamed or resharded file keeps the digest.
+    """
+    path = Path(relative)
+    suffix = path.suffix.lower()
+    if suffix != SAFETENSORS_SUFFIX and suffix not in PICKLE_SUFFIXES:
+        return None
+    stem = _SHARD.sub("", path.stem)
+    variant = stem.partition(".")[2]
+    return path.parent.as_posix() if str(path.parent) != "." else "", variant
+
+
+def _content_digest(files: list[tuple[str, Path]]) -> str | None:
+    """sha256 over the sorted (component, variant, tensor, dtype, shape, data sha256) rows of
+    every weights file (safetensors read by offsets, never deserialized; pickles through
+    torch's weights_only unpickler, already required of them); None when there are none."""
+    rows: dict[tuple[str, str, str], tuple[str, list[int], str]] = {}
+    for relative, file in files:
+        slot = _weights_slot(relative)
+        if slot is None:
+            continue
+        kind = sniff_weights(file)
+        if kind == "safetensors":
+            tensors = _safetensors_tensors(file)
+        elif kind in ("pickle", "zip"):
+            tensors = _pickled_tensors(file)
+        else:
+            continue
+        for tensor, described in tensors:
+            row = (*slot, tensor)
+            if row in rows:
+                raise BadInputError(
+                    f"{file}: tensor {tensor!r} is also in another weights file of {slot[0] or 'the model'}"
+                    f"{' (variant ' + slot[1] + ')' if slot[1] else ''}; expected each tensor once"
+                )
+            rows[row] = described
+    if not rows:
+        return None
+    document = {
+        "scheme": CONTENT_SCHEME,
+        "tensors": [[*row, dtype, shape, data] for row, (dtype, shape, data) in sorted(rows.items())],
+    }
+    return sha256_bytes(canonical_json(document))
+
+
+def _safetensors_tensors(file: Path) -> Iterator[tuple[str, tuple[str, list[int], str]]]:
+    header = read_safetensors_header(file)  # checked: every tensor's offsets lie inside the data
+    with open(file, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        for tensor, info in header.items():
+            begin, end = info["data_offsets"]
+            handle.seek(8 + header_len + begin)
+            digest, left = hashlib.sha256(), end - begin
+            while left:
+                chunk = handle.read(min(_CHUNK, left))
+                if not chunk:
+                    raise BadInputError(f"{file}: weights file shrank while it was read")
+                digest.update(chunk)
+                left -= len(chunk)
+            yield tensor, (info["dtype"], list(info["shape"]), digest.hexdigest())
+
+
+def _pickled_tensors(file: Path) -> Iterator[tuple[str, tuple[str, list[int], str]]]:
+    """The tensors of a checkpoint torch's weights_only unpickler reads, nested dicts flattened
+    with dots (a checkpoint's "state_dict" wrapper included, as every loader unwraps it)."""
+    import torch
+
+    loaded = _load_weights_only(file)
+
+    def flatten(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from flatten(value, f"{prefix}{key}." if prefix or key != "state_dict" else "")
+        elif isinstance(node, torch.Tensor):
+            yield prefix.rstrip("."), node
+
+    for tensor, value in flatten(loaded, ""):
+        dtype = _TORCH_DTYPES.get(str(value.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise BadInputError(f"{file}: tensor {tensor!r} has dtype {value.dtype}, not a weights dtype")
+        data = value.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        yield tensor, (dtype, list(value.shape), sha256_bytes(data))
 
 
 def read_safetensors_header(file: Path) -> dict[str, Any]:
@@ -320,10 +443,14 @@ def check_pickle_weights_only(file: Path) -> None:
     without running it. torch is imported here only, because hashing needs it for
     nothing else.
     """
+    _load_weights_only(file)
+
+
+def _load_weights_only(file: Path) -> Any:
     import torch  # heavy import, only needed for pickled checkpoints
 
     try:
-        torch.load(file, weights_only=True, map_location="cpu")
+        return torch.load(file, weights_only=True, map_location="cpu")
     except Exception as exc:  # corrupt archives and refused globals raise many types
         # torch wraps the unpickler's reason in advice on how to load the file unsafely;
         # only the reason itself (e.g. "Unsupported global: GLOBAL exec ...") is kept.

@@ -284,3 +284,66 @@ def test_the_refusal_keeps_torchs_reason_and_drops_its_advice() -> None:
     reason = unpickling_reason(RuntimeError(message))
     assert reason == "Unsupported global: GLOBAL exec was not an allowed global by default"
     assert unpickling_reason(RuntimeError("Weights only load failed. weights_only")) == "RuntimeError"
+
+
+# ---------------------------------------------------------------- content digest
+
+
+@pytest.mark.parametrize("how", ["versions", "readme", "metadata", "pickle", "sharded"])
+def test_a_resaved_model_keeps_its_content_digest(how: str, tiny_pipeline: Path, tmp_path: Path) -> None:
+    from model_copies import resaved_copy
+
+    original = hash_model(tiny_pipeline)
+    copy = hash_model(resaved_copy(tiny_pipeline, tmp_path / "copy", how))
+    assert copy.digest != original.digest  # other bytes
+    assert original.content_digest is not None
+    assert copy.content_digest == original.content_digest  # the same weights
+
+
+def test_one_changed_weight_changes_the_content_digest(tiny_pipeline: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline, copy)
+    weights = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1e-3
+    save_file(tensors, weights)
+    assert hash_model(copy).content_digest != hash_model(tiny_pipeline).content_digest
+
+
+def test_content_digest_sees_names_dtypes_shapes_and_components(tmp_path: Path) -> None:
+    def digest(tensors: dict[str, torch.Tensor], where: str = "unet") -> str | None:
+        folder = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        (folder / where).mkdir(parents=True)
+        save_file(tensors, str(folder / where / "diffusion_pytorch_model.safetensors"))
+        return hash_model(folder).content_digest
+
+    w = torch.arange(6, dtype=torch.float32)
+    first = digest({"w": w})
+    assert first == digest({"w": w.clone()})
+    assert len({first, digest({"v": w}), digest({"w": w.double()}), digest({"w": w.reshape(2, 3)}),
+                digest({"w": w}, where="vae")}) == 5  # fmt: skip
+
+
+def test_a_variant_beside_the_weights_is_other_tensors_and_a_repeated_tensor_is_refused(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "m"
+    (folder / "unet").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    save_file({"w": torch.zeros(2).half()}, str(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"))
+    assert hash_model(folder).content_digest is not None
+    save_file(
+        {"w": torch.ones(2)}, str(folder / "unet" / "diffusion_pytorch_model-00002-of-00002.safetensors")
+    )
+    with pytest.raises(BadInputError, match="'w' is also in another weights file of unet"):
+        hash_model(folder)
+
+
+def test_a_model_without_weights_has_no_content_digest(tmp_path: Path) -> None:
+    assert hash_model(_make_folder(tmp_path / "m")).content_digest is None  # no real safetensors there
