@@ -68,6 +68,7 @@ def _ref(path: str | Path) -> ModelRef:
     return ModelRef(
         name=Path(path).parent.name if Path(path).name == "pipeline" else identity.name,
         digest=identity.digest,
+        content_digest=identity.content_digest,
     )
 
 

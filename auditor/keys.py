@@ -29,10 +29,17 @@ Strategy = Literal["detection", "generation", "random"]
 
 
 class ModelRef(FrozenModel):
-    """A model as reports cite it: a display name and a content digest (never a local path)."""
+    """A model as reports cite it: a display name and its digests (never a local path).
+
+    `digest` pins every byte of every file (auditor.identity's manifest digest); `content_digest`
+    pins the weights alone, so a model re-saved with other metadata or by another library
+    version keeps it. None where there is nothing to hash (an HTTP endpoint) or where the
+    document predates it.
+    """
 
     name: str
     digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    content_digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class Key(FrozenModel):
@@ -87,6 +94,9 @@ def keyset_document(keyset: KeySet) -> dict:
     for name, default in _ADDED_SELECTION_DEFAULTS.items():
         if data["selection"][name] == default:
             del data["selection"][name]
+    for ref in (data["source"], data["base"], *data["selection"].get("panel", ())):
+        if ref is not None and ref["content_digest"] is None:
+            del ref["content_digest"]
     return data
 
 

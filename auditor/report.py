@@ -60,6 +60,7 @@ class ReferenceResult(FrozenModel):
 
     name: str
     digest: str | None
+    content_digest: str | None = Field(None, description="its weights alone (auditor.identity)")
     hits: int
     num_keys: int
     conf: float
@@ -160,10 +161,13 @@ def make_verdict(
     )
 
 
-def reference_result(name: str, digest: str | None, result: AuditResult) -> ReferenceResult:
+def reference_result(
+    name: str, digest: str | None, result: AuditResult, content_digest: str | None = None
+) -> ReferenceResult:
     return ReferenceResult(
         name=name,
         digest=digest,
+        content_digest=content_digest,
         hits=result.hits,
         num_keys=result.num_keys,
         conf=result.conf,

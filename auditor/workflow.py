@@ -39,6 +39,7 @@ from auditor.audit import AuditResult, audit_token, run_audit, with_nonce
 from auditor.backends import (
     Generator,
     HttpGenerator,
+    Identity,
     PipelineInfo,
     SuspectSpec,
     identify,
@@ -245,12 +246,19 @@ class Audit:
             )
 
     def _check_references(self) -> None:
+        """Refuse a reference that is the source, the base or a panel model, by its bytes or by its
+        weights alone (a re-saved copy: another README, safetensors metadata or library version),
+        and a model listed twice, by either digest."""
         keyset = self.keys.keyset
-        excluded = {keyset.source.digest: "the source model the keys were selected from"}
+        excluded: dict[str, str] = {}
+        roles = [(keyset.source, "the source model the keys were selected from")]
         if keyset.base is not None:
-            excluded[keyset.base.digest] = "the base model the keys were selected against"
-        for member in keyset.selection.panel:
-            excluded[member.digest] = f"selection-panel model {member.name} (it screened the keys)"
+            roles.append((keyset.base, "the base model the keys were selected against"))
+        roles += [
+            (m, f"selection-panel model {m.name} (it screened the keys)") for m in keyset.selection.panel
+        ]
+        for model, role in roles:
+            excluded |= {d: role for d in (model.digest, model.content_digest) if d is not None}
         seen: dict[str, int] = {}
         for i, spec in enumerate(self.references):
             label = self._label(i, spec)
@@ -260,20 +268,27 @@ class Audit:
                         "an HTTP endpoint cannot be a reference (its weights cannot be pinned by a digest,"
                         " nor refused if it were the base or the source); use a model folder or file"
                     )
-                digest = identify(spec).digest
+                identity = identify(spec)
                 check_keys_fit(inspect_model(spec), self.keys)
             except AuditorError as exc:
                 raise type(exc)(f"{label}: {exc}") from None
-            if digest in excluded:
-                raise BadInputError(
-                    f"{label}: is {excluded[digest]}, never an innocent reference; references are fine-tunes "
-                    "of the base on other data (t2i-audit references build)"
-                )
-            if digest in seen:
-                raise BadInputError(
-                    f"{label}: the same model as reference {seen[digest]}; list each model once"
-                )
-            seen[str(digest)] = i
+            digests = [d for d in (identity.digest, identity.content_digest) if d is not None]
+            for digest in digests:
+                if digest in excluded:
+                    how = (
+                        "is"
+                        if digest == identity.digest
+                        else f"has the weights (content digest {digest[:16]}...) of"
+                    )
+                    raise BadInputError(
+                        f"{label}: {how} {excluded[digest]}, never an innocent reference; references are "
+                        "fine-tunes of the base on other data (t2i-audit references build)"
+                    )
+                if digest in seen:
+                    raise BadInputError(
+                        f"{label}: the same model as reference {seen[digest]}; list each model once"
+                    )
+            seen |= dict.fromkeys(digests, i)
         n, needed = len(self.references), self.config.min_references
         if n < needed and not self.allow_inconclusive:
             raise BadInputError(
@@ -319,19 +334,19 @@ class Audit:
         )
         cache = self.reference_cache / f"{name}-{key[:16]}.json" if self.reference_cache else None
         if cache is not None and cache.is_file():
-            cached = self._cached_reference(cache, key, identity.digest)
+            cached = self._cached_reference(cache, key, identity)
             if cached is not None:
                 return cached
         with reporter.task(f"reference {name}", 1) as advance:
             result, _ = audit_model(spec, self.keys, self.config, self.settings, reporter)
             advance(1)
-        ref = reference_result(name, identity.digest, result)
+        ref = reference_result(name, identity.digest, result, identity.content_digest)
         if cache is not None:
             document = {"key": key, "result": ref.model_dump(mode="json")}
             atomic_write_text(cache, json.dumps(document, indent=2) + "\n")
         return ref
 
-    def _cached_reference(self, cache: Path, key: str, digest: str | None) -> ReferenceResult | None:
+    def _cached_reference(self, cache: Path, key: str, identity: Identity) -> ReferenceResult | None:
         """A cache entry, only when it is this model's audit under this audit's token, every number
         consistent with its per-seed distances; else None (audited again, the entry replaced)."""
         try:
@@ -342,7 +357,7 @@ class Audit:
         except BadInputError:
             return None
         consistent = (
-            ref.digest == digest
+            (ref.digest, ref.content_digest) == (identity.digest, identity.content_digest)
             and ref.audit_token == self.token
             and len(ref.distances) == ref.num_keys == len(ref.seed_distances)
             and ref.distances == tuple(min(d) for d in ref.seed_distances)
@@ -377,7 +392,7 @@ class Audit:
             images_out=images_out,
             generator=generator,
         )
-        digest, transcript = identity.digest, None
+        digest, content_digest, transcript = identity.digest, identity.content_digest, None
         if isinstance(generator, HttpGenerator):
             digest = generator.transcript_digest()
             transcript = transcript_document(name or identity.name, generator)
@@ -388,7 +403,9 @@ class Audit:
         report = build_report(
             result=result,
             keyset=self.keys.keyset,
-            suspect=SuspectRef(name=name or identity.name, digest=digest, kind=identity.kind),
+            suspect=SuspectRef(
+                name=name or identity.name, digest=digest, content_digest=content_digest, kind=identity.kind
+            ),
             references=references,
             alpha=self.alpha,
             commitment=self.keys.commitment,

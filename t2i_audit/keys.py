@@ -101,7 +101,7 @@ def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
 
     def ref(spec) -> ModelRef:
         identity = identify(spec)
-        return ModelRef(name=identity.name, digest=identity.digest)
+        return ModelRef(name=identity.name, digest=identity.digest, content_digest=identity.content_digest)
 
     source_ref = ref(source_spec)
     base_ref = ref(base_spec) if base_spec else None

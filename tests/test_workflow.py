@@ -175,7 +175,8 @@ def _keys_citing(
     from auditor.keys import ModelRef, save_keyset
 
     def ref(path: Path) -> ModelRef:
-        return ModelRef(name=path.parent.name, digest=hash_model(path).digest)
+        identity = hash_model(path)
+        return ModelRef(name=path.parent.name, digest=identity.digest, content_digest=identity.content_digest)
 
     keyset, images = make_keyset(n=3)
     selection = keyset.selection.model_copy(update={"panel": tuple(ref(p) for p in panel)})
@@ -216,6 +217,34 @@ def test_references_that_are_not_innocent_fine_tunes_are_refused_before_generati
         "twice": "the same model as reference 0",
     }[role]
     assert expected in err, err
+
+
+@pytest.mark.parametrize("how", ["versions", "readme", "metadata"])
+@pytest.mark.parametrize("role", ["source", "base", "twice"])
+def test_a_resaved_copy_is_refused_as_a_reference_by_its_weights(
+    role, how, tiny_pipeline, reference_models, tmp_path, capsys
+):
+    """The base or the source with other bytes (docs/method.md, "Who may be a reference"), and one
+    reference listed again under other bytes, are refused by their content digests."""
+    from model_copies import resaved_copy
+
+    source, base = reference_models[0], reference_models[1]
+    keys = _keys_citing(tmp_path, source=source, base=base)
+    original = {"source": source, "base": base, "twice": reference_models[2]}[role]
+    copy = resaved_copy(original, tmp_path / "copy" / original.name, how)
+    refs = [*reference_models[2:], copy]
+    argv = ["audit", "--allow-inconclusive", "--keys", str(keys), "--suspect", str(tiny_pipeline)]
+    for ref in refs:
+        argv += ["--reference", str(ref)]
+    assert main([*argv, "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"reference {len(refs) - 1}" in err, err
+    expected = {
+        "source": "has the weights (content digest",
+        "base": "has the weights (content digest",
+        "twice": "the same model as reference 0",
+    }[role]
+    assert expected in err and (role == "twice" or f"the {role} model" in err), err
 
 
 def test_references_audited_with_other_seeds_or_settings_are_refused(

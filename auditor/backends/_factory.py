@@ -37,6 +37,9 @@ class Identity(FrozenModel):
     name: str
     digest: str | None
     kind: str  # an identity kind (auditor.identity), "engine_bundle" or "http_endpoint"
+    # the weights alone (auditor.identity); None for an endpoint, and for a bundle, whose
+    # manifest records only its source's byte digest
+    content_digest: str | None = None
 
 
 def identify(spec: SuspectSpec) -> Identity:
@@ -54,7 +57,9 @@ def identify(spec: SuspectSpec) -> Identity:
         source = load_bundle(spec.model).manifest.source
         return Identity(name=source.name, digest=source.digest, kind="engine_bundle")
     identity = hash_model(spec.model, "lora_file" if kind == "lora_file" else None)
-    return Identity(name=identity.name, digest=identity.digest, kind=identity.kind)
+    return Identity(
+        name=identity.name, digest=identity.digest, kind=identity.kind, content_digest=identity.content_digest
+    )
 
 
 def inspect_model(spec: SuspectSpec) -> PipelineInfo | None:

@@ -240,7 +240,7 @@ def _keys(study: Study, index, out: Path, reporter: Reporter):
 
     def ref(path: str) -> ModelRef:
         identity = identify(ModelSpec(model=path))
-        return ModelRef(name=identity.name, digest=identity.digest)
+        return ModelRef(name=identity.name, digest=identity.digest, content_digest=identity.content_digest)
 
     train = data.load_dataset(index.source_train)
     panel = [

@@ -79,7 +79,7 @@ def build_stage(scale: Scale, cache_dir: Path | None, reporter: Reporter, jobs: 
 
 def _ref(path: str) -> ModelRef:
     identity = hash_model(path)
-    return ModelRef(name=identity.name, digest=identity.digest)
+    return ModelRef(name=identity.name, digest=identity.digest, content_digest=identity.content_digest)
 
 
 def _selection(scale: Scale, strategy: str) -> SelectionConfig:
