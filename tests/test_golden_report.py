@@ -7,8 +7,15 @@ must regenerate the file on purpose:
     T2I_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden_report.py
 
 How each part is pinned, and why:
-- Everything that does not come from generated pixels (schema, settings, seeds, keyset and
-  model digests, audit token, counts, labels, the binomial figure) is compared to the byte.
+- Everything that depends neither on generated pixels nor on the installed library versions
+  (schema, settings, seeds, the keyset digest, the models' content digests, audit token,
+  counts, labels, the binomial figure) is compared to the byte.
+- What the installed libraries write is checked for form only: the models' byte digests
+  (transformers and diffusers record their own version in every saved config.json, so a new
+  release within pyproject's ranges gives every model new bytes; 5.24.0 -> 5.25.0 did) and
+  the `backend.versions` a report records. The content digest, over the weights alone,
+  pins the same models to the byte; `test_library_versions_do_not_move_the_golden_comparison`
+  shows that a model whose recorded versions were rewritten compares equal.
 - Distances compare to a relative 5e-2. Generated pixels are float32 and differ between
   machines, and a random-weight pipeline amplifies that: this fixture's distances moved by
   a relative 1e-5 between a pytest process and a plain one on one machine (memory layout),
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,7 +52,11 @@ VOLATILE = (("created_at",), ("summary", "seconds"))
 DISTANCE_RTOL = 5e-2
 # Where a report records numbers computed from generated pixels (apart from the verdict's).
 PIXEL_FIELDS = frozenset({"distance", "distances", "seed_distances", "best_distance", "mean_distance"})
+# What the installed libraries write: a model's byte digest (its configs record the library
+# versions that saved it) and the versions a report records. Checked for form, never pinned.
+LIBRARY_DIGESTS = frozenset({("suspect", "digest"), ("references", "digest")})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^\d+(\.\d+)*([.+\-]?[0-9A-Za-z.+\-]*)$")
 _NUMBER = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?")
 
 
@@ -75,20 +87,28 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def report(models, tmp_path_factory) -> dict:
+def keys(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("golden-keys") / "keys"
+    keyset, images = make_keyset(n=3)
+    save_keyset(keyset, images, root)
+    return root
+
+
+def _audit(suspect: Path, models: dict[str, Path], keys: Path, out: Path) -> dict:
     from t2i_audit import main
 
-    root = tmp_path_factory.mktemp("golden-audit")
-    keyset, images = make_keyset(n=3)
-    save_keyset(keyset, images, root / "keys")
-    out = root / "report.json"
     argv = [
-        "--format", "json", "audit", "--keys", str(root / "keys"), "--suspect", str(models["suspect"]),
+        "--format", "json", "audit", "--keys", str(keys), "--suspect", str(suspect),
         *[arg for i in range(5) for arg in ("--reference", str(models[f"ref-{i}"]))],
         "--steps", "2", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
-    got = _scrub(json.loads(out.read_text()))
+    return _scrub(json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="module")
+def report(models, keys, tmp_path_factory) -> dict:
+    got = _audit(models["suspect"], models, keys, tmp_path_factory.mktemp("golden-audit") / "report.json")
     if os.environ.get("T2I_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
     return got
@@ -97,6 +117,38 @@ def report(models, tmp_path_factory) -> dict:
 def test_report_matches_the_golden_file(report):
     expected = json.loads(GOLDEN.read_text())
     assert _comparable(report) == _comparable(expected, wrap=True)
+
+
+def _rewrite_library_versions(folder: Path) -> int:
+    """Make every saved config claim other library versions, as another release would write."""
+    rewritten = 0
+    for config in sorted(folder.rglob("*.json")):
+        document = json.loads(config.read_text())
+        if not isinstance(document, dict):
+            continue
+        for field in ("transformers_version", "_diffusers_version"):
+            if field in document:
+                document[field] = "99.0.0"
+                rewritten += 1
+        config.write_text(json.dumps(document, indent=2))
+    return rewritten
+
+
+def test_library_versions_do_not_move_the_golden_comparison(models, keys, report, tmp_path):
+    """The same weights saved by other library releases (their versions in every config), and a
+    report written under other installed versions, compare equal to this run's report."""
+    copy = tmp_path / "other-release" / models["suspect"].name
+    shutil.copytree(models["suspect"], copy)
+    assert _rewrite_library_versions(copy) >= 2  # transformers' text encoder and diffusers' configs
+    other = _audit(copy, models, keys, tmp_path / "report.json")
+    assert other["suspect"]["digest"] != report["suspect"]["digest"]  # the bytes did change
+    assert other["suspect"]["content_digest"] == report["suspect"]["content_digest"]
+    for block in (other["backend"], *(ref["backend"] for ref in other["references"])):
+        block["versions"] = {name: "99.0.0" for name in block["versions"]}
+    assert _comparable(other) == _comparable(report)
+    # and it is not blind to the models: other weights (another content digest) do move it
+    other["suspect"]["content_digest"] = report["references"][0]["content_digest"]
+    assert _comparable(other) != _comparable(report)
 
 
 def test_the_golden_verdict_follows_from_the_golden_distances():
@@ -117,6 +169,11 @@ def _comparable(node, wrap: bool = False, path: tuple[str, ...] = ()):
     `wrap` marks the expected side: its distances become `pytest.approx` values; every other
     float outside the verdict's test is a setting or a count's ratio and compares exactly.
     """
+    if path[-2:] == ("backend", "versions"):
+        assert isinstance(node, dict) and all(
+            isinstance(v, str) and _VERSION.match(v) for v in node.values()
+        ), f"{'.'.join(path)}: not a mapping of library names to versions"
+        return {name: "<version>" for name in node}
     if isinstance(node, dict):
         return {key: _comparable(value, wrap, (*path, key)) for key, value in node.items()}
     if isinstance(node, list):
@@ -126,6 +183,9 @@ def _comparable(node, wrap: bool = False, path: tuple[str, ...] = ()):
             )
             return f"<{len(node)} image hashes>"
         return [_comparable(value, wrap, path) for value in node]
+    if path and (path[0], path[-1]) in LIBRARY_DIGESTS:
+        assert isinstance(node, str) and _HEX64.match(node), f"{'.'.join(path)}: not sha256 hex"
+        return "<library-dependent digest>"
     if path[:2] == ("verdict", "test") and isinstance(node, int | float) and not isinstance(node, bool):
         return "<follows from the distances>"  # `sanity_reference` too: the index of the smallest p
     if path == ("verdict", "reason"):
