@@ -1,4 +1,5 @@
-"""Packaging metadata, built for real: licence, build backend, the GPU pins, and the verify-only install."""
+"""Packaging metadata, built for real: licence, build backend, the GPU pins, the verify-only install, and the
+lock (constraints.txt) every install takes its versions from."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+# pytest itself depends on packaging, so it is there wherever these tests run.
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -164,3 +166,145 @@ sys.exit(main(argv))
 """
     done = _run_without_ml(code)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- the lock
+
+LOCK = ROOT / "constraints.txt"
+LOCKED_EXTRAS = ("test", "onnx", "ray")  # what `make lock` installs (LOCK_EXTRAS in the Makefile)
+NOT_LOCKED = {"t2i-auditor", "pip", "setuptools", "wheel"}  # the project and the installers
+
+
+def _parse_lock(text: str) -> dict[str, str]:
+    """{name: version} of a constraints file whose every line is a normalized, unique `name==version` pin."""
+    pins: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"constraints.txt:{number}: {line!r}"
+        requirement = Requirement(line)
+        assert not requirement.extras and requirement.marker is None and requirement.url is None, where
+        specs = list(requirement.specifier)
+        assert len(specs) == 1, where
+        (spec,) = specs
+        assert spec.operator == "==" and "*" not in spec.version, where
+        try:
+            version = Version(spec.version)
+        except InvalidVersion:  # a legacy version pip could only match literally
+            pytest.fail(f"{where}: not a PEP 440 version")
+        assert version.local is None, f"{where}: a local label (+cpu) pins one build only"
+        assert requirement.name == canonicalize_name(requirement.name), f"{where}: not PEP 503-normalized"
+        assert requirement.name not in pins, f"{where}: listed twice"
+        assert requirement.name not in NOT_LOCKED, where
+        pins[requirement.name] = spec.version
+    return pins
+
+
+def _lock_violations(pins: dict[str, str]) -> list[str]:
+    """Every requirement of the dependencies and of the locked and verify extras (markers evaluated for
+    this platform) that the lock leaves out or pins outside pyproject.toml's range."""
+    project = PYPROJECT["project"]
+    groups = [("", project["dependencies"])]
+    groups += [(extra, project["optional-dependencies"][extra]) for extra in (*LOCKED_EXTRAS, "verify")]
+    problems = []
+    for extra, requirements in groups:
+        for text in requirements:
+            requirement = Requirement(text)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+                continue
+            name = canonicalize_name(requirement.name)
+            if name not in pins:
+                problems.append(f"{text!r} ({extra or 'dependencies'}): not in the lock")
+            elif not requirement.specifier.contains(pins[name], prereleases=True):
+                problems.append(f"{text!r} ({extra or 'dependencies'}): the lock pins {name}=={pins[name]}")
+    return problems
+
+
+def test_the_lock_is_a_list_of_exact_pins():
+    text = LOCK.read_text(encoding="utf-8")
+    pins = _parse_lock(text)
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert text.startswith("#") and "Generated" in header and "`make lock`" in header  # says how to redo it
+    body = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert body == sorted(body, key=lambda line: line.split("==")[0])
+    # torch as the Makefile pins it, with no local label: one line for the CPU and the CUDA wheels
+    makefile_torch = re.search(r"^TORCH\s*\?=\s*torch==(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert makefile_torch and pins["torch"] == makefile_torch.group(1) == "2.13.0"
+    assert "torch==2.13.0\n" in text
+
+
+def test_the_lock_satisfies_pyproject_ranges():
+    pins = _parse_lock(LOCK.read_text(encoding="utf-8"))
+    assert _lock_violations(pins) == []
+    # the check can fail: a pin outside a range, and a requirement left out
+    broken = {**pins, "transformers": "4.0.0"}
+    assert _lock_violations(broken) == [
+        "'transformers>=5.0,<6' (dependencies): the lock pins transformers==4.0.0"
+    ]
+    without_ray = {name: version for name, version in pins.items() if name != "ray"}
+    assert _lock_violations(without_ray) == ["'ray>=2.40' (ray): not in the lock"]
+
+
+def _reached_from_the_project() -> dict[str, str]:
+    """Every distribution the installed t2i-auditor[test,onnx,ray] requires, transitively (markers
+    evaluated with each requirement's extras): {name: who required it}."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    reached: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    queue = [("t2i-auditor", frozenset(LOCKED_EXTRAS))]
+    while queue:
+        name, extras = queue.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:  # reached but not installed here: its own requirements are unknown
+            continue
+        for text in requires:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is not None and not any(marker.evaluate({"extra": e}) for e in extras or {""}):
+                continue
+            dependency = canonicalize_name(requirement.name)
+            reached.setdefault(dependency, f"{name}: {text}")
+            queue.append((dependency, frozenset(requirement.extras)))
+    return reached
+
+
+def test_the_lock_covers_everything_the_install_pulls_in():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("t2i-auditor")
+    except PackageNotFoundError:
+        pytest.skip("t2i-auditor is not installed in this environment (make setup): no metadata to walk")
+    pins = _parse_lock(LOCK.read_text(encoding="utf-8"))
+    reached = _reached_from_the_project()
+    assert {"torch", "transformers", "cryptography", "onnxruntime", "ray", "pytest"} <= set(reached)
+    missing = {name: why for name, why in reached.items() if name not in pins and name not in NOT_LOCKED}
+    assert not missing, f"not in constraints.txt (make lock): {missing}"
+
+
+def test_every_install_takes_the_lock():
+    """make setup (the stamp re-runs when the lock changes), setup-verify, and both images."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^LOCK\s*:?=\s*constraints\.txt$", makefile, re.M)
+    assert re.search(r"^\$\(STAMP\):.*\bpyproject\.toml\b.*\$\(LOCK\)", makefile, re.M)
+    installs = [line for line in makefile.splitlines() if re.search(r"pip install\b", line)]
+    unlocked = [line for line in installs if "-c $(LOCK)" not in line]
+    # only the installers, the package itself --no-deps, and `make lock`'s own (unconstrained) resolve
+    assert all('"setuptools>=77"' in line or "--no-deps" in line or "LOCK_VENV" in line for line in unlocked)
+    assert any("-c $(LOCK)" in line and "$(TORCH)" in line for line in installs)
+    assert any("-c $(LOCK)" in line and "$(EXTRAS)" in line for line in installs)
+    assert any("-c $(LOCK)" in line and "verify-requirements" in line for line in installs)
+    assert "!constraints.txt" in (ROOT / ".dockerignore").read_text().splitlines()
+    for dockerfile, constraint in (
+        ("Dockerfile", "-c /dist/constraints.txt"),
+        ("Dockerfile.cpu", "-c constraints.txt"),
+    ):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        assert re.search(r"^COPY constraints\.txt ", text, re.M), dockerfile
+        assert constraint in text, dockerfile
