@@ -8,9 +8,15 @@ the whole attribution report. Verification checks, in order and with no network:
 2. the predicate is a report of a supported schema version;
 3. the statement's subject digest is the digest the report gives for the suspect;
 3b. the verdict follows from the report's own numbers (`report.recompute_verdict`);
+   Before that, every count and cross-reference the report can check alone
+   (`report.inconsistencies`): key results against `keyset.num_keys`, seeds per key,
+   no seed twice, no reference that is the source or another reference by either digest.
 4. with the keyset folder: every key image re-hashes to keys.json, the keyset digest
-   is the report's, and, when the report cites a pre-registered commitment, the
-   folder's commitment.json opens to that digest and is the commitment cited.
+   is the report's, the report agrees with the keyset (`report.keyset_inconsistencies`:
+   its source, each result's key, prompt and audit seeds derived again from the nonce, no
+   reference that is the keyset's base or a panel model), and, when the report cites a
+   pre-registered commitment, the folder's commitment.json opens to that digest and is
+   the commitment cited.
 
 A failed check is a VerificationError (exit 1); unreadable or malformed input is a
 BadInputError (exit 2): "this is not evidence of anything" versus "this is not what
@@ -155,19 +161,23 @@ def _check_verdict(report: AttributionReport, source: str) -> None:
 
 def _same_verdict(a, b) -> bool:
     """Equal labels, counts and reasons; numbers equal to 1e-9 relative (another machine's floating
-    point may differ in the last digits; a changed verdict or p-value differs far more)."""
+    point may differ in the last digits; a changed verdict or p-value differs far more).
+
+    A statistic near zero may come out of a cancellation, so it also passes within 1e-12 absolute;
+    a p-value never does: 1e-30 and 1e-14 are both "near zero" and say very different things, so
+    p-values compare relatively only (any field whose name holds "p_value")."""
     import math
 
-    def close(x, y) -> bool:
+    def close(x, y, probability: bool = False) -> bool:
         if isinstance(x, dict) and isinstance(y, dict):
-            return x.keys() == y.keys() and all(close(x[k], y[k]) for k in x)
+            return x.keys() == y.keys() and all(close(x[k], y[k], probability or "p_value" in k) for k in x)
         if isinstance(x, list | tuple) and isinstance(y, list | tuple):
-            return len(x) == len(y) and all(close(u, v) for u, v in zip(x, y, strict=True))
+            return len(x) == len(y) and all(close(u, v, probability) for u, v in zip(x, y, strict=True))
         if isinstance(x, float) or isinstance(y, float):
             return (
                 isinstance(x, int | float)
                 and isinstance(y, int | float)
-                and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+                and math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0 if probability else 1e-12)
             )
         return x == y
 
@@ -184,6 +194,11 @@ def check_keyset(report: AttributionReport, keys_dir: str | os.PathLike[str]) ->
         raise VerificationError(
             f"{root}: keyset digest {keyset.digest} differs from the report's keyset digest {report.keyset.digest}"
         )
+    from auditor.report import keyset_inconsistencies
+
+    problems = keyset_inconsistencies(report, keyset)
+    if problems:
+        raise VerificationError(f"{root}: the signed report contradicts its keyset: {'; '.join(problems)}")
     checks = ["keyset"]
     cited = report.keyset.commitment
     if cited is not None:

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 import auditor
-from auditor.audit import AuditResult, KeyResult, audit_token, fixed_threshold_verdict
+from auditor.audit import AuditResult, KeyResult, audit_seeds, audit_token, fixed_threshold_verdict
 from auditor.backends import BackendInfo
 from auditor.calibration import METHOD, BinomialFigure, ModelTest, VerdictName, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
@@ -204,7 +204,7 @@ def inconsistencies(report: AttributionReport) -> list[str]:
     give, and every reference carries it; the verdict is the test's on those numbers, made by
     a method this version knows.
     """
-    problems = []
+    problems = _shape_problems(report)
     delta0 = report.audit.delta0
     for key in report.results:
         if not key.distances or key.distance != min(key.distances) or key.hit != (key.distance < delta0):
@@ -238,6 +238,69 @@ def inconsistencies(report: AttributionReport) -> list[str]:
     test = report.verdict.test
     if test is not None and test.method != METHOD:
         problems.append(f"verdict: made by test method {test.method!r}; this version knows {METHOD!r}")
+    return problems
+
+
+def _shape_problems(report: AttributionReport) -> list[str]:
+    """Counts that must agree, and references that cannot be innocent by their own record: one per
+    key result, one seed per generation, no seed twice, and no reference that is the source or
+    another reference by either digest (auditor.identity)."""
+    problems = []
+    n, per_key = len(report.results), report.audit.seeds_per_key
+    if report.keyset.num_keys != n:
+        problems.append(f"keyset.num_keys: {report.keyset.num_keys}, but the report has {n} key results")
+    if len({k.key_id for k in report.results}) != n:
+        problems.append("results: a key id appears twice")
+    for key in report.results:
+        if not len(key.seeds) == len(key.distances) == len(key.image_sha256s) == per_key:
+            problems.append(
+                f"key {key.key_id}: {len(key.seeds)} seeds, {len(key.distances)} distances and "
+                f"{len(key.image_sha256s)} image digests for audit.seeds_per_key = {per_key}"
+            )
+    seeds = [s for key in report.results for s in key.seeds]
+    if len(set(seeds)) != len(seeds):
+        problems.append("results: an audit seed is used twice (every generation has its own)")
+    source = {d for d in (report.source.digest, report.source.content_digest) if d}
+    seen: dict[str, str] = {}
+    for ref in report.references:
+        if not ref.num_keys == len(ref.distances) == len(ref.seed_distances) == n or any(
+            len(d) != per_key for d in ref.seed_distances
+        ):
+            problems.append(f"reference {ref.name}: not one distance per key and audit seed of this audit")
+        for digest in {d for d in (ref.digest, ref.content_digest) if d}:
+            if digest in source:
+                problems.append(f"reference {ref.name}: its digest {digest[:16]}... is the source model's")
+            elif digest in seen:
+                problems.append(f"reference {ref.name}: the same model as reference {seen[digest]}")
+            seen[digest] = ref.name
+    return problems
+
+
+def keyset_inconsistencies(report: AttributionReport, keyset: KeySet) -> list[str]:
+    """Every way the report disagrees with the keyset it cites (which must be the one whose
+    digest it records): the source, each result's key, prompt and audit seeds (derived again
+    from the nonce), and references that are the keyset's base or a selection-panel model."""
+    problems = []
+    if report.source != keyset.source:
+        problems.append("source: not the source model the keyset records")
+    keys = keyset.keys[: report.keyset.num_keys]
+    nonce = report.audit.audit_nonce
+    expected = audit_seeds(nonce, keys, report.audit.seeds_per_key, keyset.forbidden_seeds()) if nonce else {}
+    if [k.key_id for k in report.results] != [k.id for k in keys]:
+        problems.append("results: not the keyset's keys, in its order")
+    for key, result in zip(keys, report.results, strict=False):
+        if result.prompt != key.prompt:
+            problems.append(f"key {result.key_id}: prompt differs from the keyset's")
+        if result.seeds != expected.get(key.id):
+            problems.append(f"key {result.key_id}: audit seeds are not the ones the audit nonce gives")
+    roles = [(m, f"the keyset's selection-panel model {m.name}") for m in keyset.selection.panel]
+    if keyset.base is not None:
+        roles.append((keyset.base, "the keyset's base model"))
+    excluded = {d: role for model, role in roles for d in (model.digest, model.content_digest) if d}
+    for ref in report.references:
+        for digest in (ref.digest, ref.content_digest):
+            if digest in excluded:
+                problems.append(f"reference {ref.name}: is {excluded[digest]}, never an innocent reference")
     return problems
 
 

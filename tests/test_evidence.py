@@ -601,12 +601,40 @@ def _doctor(report: AttributionReport, change: str) -> AttributionReport:
         data["verdict"]["test"]["p_value"] = 1e-9
     elif change == "method":
         data["verdict"]["test"]["method"] = "t2i-auditor.model-test/v0"
+    elif change == "num-keys":
+        data["keyset"]["num_keys"] = 99
+    elif change == "twin-references":
+        data["references"][1]["digest"] = data["references"][0]["digest"]
+    elif change == "twin-references-by-content":
+        for ref in data["references"][:2]:
+            ref["content_digest"] = "c" * 64
+    elif change == "reference-is-source":
+        data["references"][2]["digest"] = SOURCE_DIGEST
+    elif change == "binomial":
+        data["verdict"]["binomial"]["p_value"] = 1e-30
+    elif change == "seed-count":
+        data["results"][0]["seeds"].append(7)
+    elif change == "seed-twice":
+        data["results"][1]["seeds"] = data["results"][0]["seeds"]
+    # with the keyset only: each of these agrees with everything else in the report
+    elif change == "prompt":
+        data["results"][0]["prompt"] = "a photo of something else"
+    elif change == "seed":
+        data["results"][2]["seeds"] = [123456789]
+    elif change == "source":
+        data["source"]["name"] = "someone-elses-model"
+    elif change == "key-id":
+        data["results"][0]["key_id"] = "k999"
     return AttributionReport.model_validate(data)
 
 
 @pytest.mark.parametrize(
     "change",
-    ["reason", "summary", "key-distance", "reference-token", "audit-token", "verdict", "p-value", "method"],
+    [
+        *("reason", "summary", "key-distance", "reference-token", "audit-token", "verdict", "p-value"),
+        *("method", "num-keys", "twin-references", "twin-references-by-content", "reference-is-source"),
+        *("binomial", "seed-count", "seed-twice"),
+    ],
 )
 def test_a_re_signed_report_whose_numbers_contradict_each_other_fails(world, capsys, tmp_path, change):
     """Signed with the owner's own key, yet not evidence: verify recomputes and cross-checks it (exit 1)."""
@@ -615,3 +643,43 @@ def test_a_re_signed_report_whose_numbers_contradict_each_other_fails(world, cap
     code, _, err = run(capsys, "verify", envelope, "--key", world.public)
     assert code == 1, err
     assert len(err.strip().splitlines()) == 1 and "error:" in err
+
+
+@pytest.mark.parametrize("change", ["prompt", "seed", "source", "key-id"])
+def test_a_re_signed_report_that_contradicts_its_keyset_fails_with_the_keyset(
+    world, capsys, tmp_path, change
+):
+    """Consistent in itself, so it verifies without the keyset; the keyset shows what it changed."""
+    doctored = _doctor(world.report, change)
+    envelope = write_signed_report(doctored, world.private, tmp_path / f"{change}.dsse.json")
+    code, _, err = run(capsys, "verify", envelope, "--key", world.public)
+    assert code == 0, err
+    code, _, err = run(capsys, "verify", envelope, "--key", world.public, "--keys", world.keys_dir)
+    assert code == 1, err
+    assert "contradicts its keyset" in err, err
+
+
+def test_a_reference_that_is_the_keysets_base_fails_with_the_keyset(tmp_path, capsys):
+    world = build_world(tmp_path / "plain", capsys)
+    base = ModelRef(name="base", digest=world.report.references[0].digest)
+    keyset = world.keyset.model_copy(update={"base": base})
+    keys_dir = tmp_path / "keys-with-base"
+    save_keyset(keyset, load_keyset(world.keys_dir)[1], keys_dir)
+    report = make_report(keyset, world.regenerations)
+    envelope = write_signed_report(report, world.private, tmp_path / "base.dsse.json")
+    code, _, err = run(capsys, "verify", envelope, "--key", world.public, "--keys", keys_dir)
+    assert code == 1 and "reference innocent-0: is the keyset's base model" in err, err
+
+
+def test_p_values_compare_relatively_however_small():
+    from auditor.evidence import _same_verdict
+    from auditor.report import Verdict
+
+    keyset_free = Verdict(verdict="infringing", reason="r", alpha=0.01, min_references=5, n_references=5)
+    figure = {"hits": 20, "trials": 30, "p0": 0.03, "assumption": "a"}
+
+    def with_p(p: float) -> Verdict:
+        return keyset_free.model_copy(update={"binomial": {**figure, "p_value": p}})
+
+    assert _same_verdict(with_p(1e-14), with_p(1e-14 * (1 + 1e-12)))
+    assert not _same_verdict(with_p(1e-14), with_p(1e-30))  # both within 1e-12 of zero
