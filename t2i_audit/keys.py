@@ -109,9 +109,12 @@ def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
     for path in args.panel or ():
         spec = suspect_spec(path, args)
         member = ref(spec)
-        if member.digest in (source_ref.digest, base_ref.digest if base_ref else None):
+        # by either digest: a re-saved copy of the source or the base is the same weights
+        taken = {d for m in (source_ref, base_ref) if m for d in (m.digest, m.content_digest) if d}
+        if {d for d in (member.digest, member.content_digest) if d} & taken:
             raise BadInputError(
-                f"--panel {path}: is the source or the base; the panel holds innocent fine-tunes"
+                f"--panel {path}: is the source or the base (same bytes or same weights); the panel holds "
+                "innocent fine-tunes"
             )
         panel.append((open_suspect(spec), member))
     keyset, images = select_keys(

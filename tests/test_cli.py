@@ -202,6 +202,25 @@ def test_generation_keys_need_a_difference_between_source_and_base(capsys, tmp_p
     assert not (tmp_path / "keys" / "keys.json").exists()
 
 
+@pytest.mark.parametrize("role", ["source", "base"])
+def test_a_resaved_source_or_base_is_refused_as_a_panel_model(
+    role, capsys, tmp_path, tiny_pipeline, reference_models
+):
+    """The panel screens keys as an innocent would: the source or base under other bytes is neither."""
+    from model_copies import resaved_copy
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(data.caption_space()[:4]))
+    base = reference_models[0]
+    copy = resaved_copy(tiny_pipeline if role == "source" else base, tmp_path / "copy" / "pipeline", "readme")
+    code, _, err = run(
+        capsys, "keys", "select", "--source", str(tiny_pipeline), "--base", str(base), "--panel", str(copy),
+        "--prompts", str(prompts), "--steps", "2", "--out", str(tmp_path / "keys"),
+    )  # fmt: skip
+    assert code == 2 and "is the source or the base (same bytes or same weights)" in one_line_error(err)
+    assert not (tmp_path / "keys").exists()
+
+
 def test_empty_prompts_file(capsys, tmp_path, tiny_pipeline):
     (tmp_path / "p.txt").write_text("\n\n")
     code, _, err = run(

@@ -273,3 +273,17 @@ def test_keysets_with_sdxl_size_conditioning_record_it_and_sd_keysets_do_not(tmp
     assert written["generation"]["original_size"] == [32, 32]
     assert xl.digest != keyset.digest
     assert load_keyset(tmp_path / "xl")[0] == xl
+
+
+def test_content_digests_are_recorded_and_keysets_without_them_keep_their_digest(tmp_path):
+    """keys.json leaves `content_digest` out while it is None: keysets written before it keep their
+    digest (and commitment); one that records it round-trips and hashes apart."""
+    from auditor.keys import ModelRef
+
+    keyset, images = make_keyset()
+    save_keyset(keyset, images, tmp_path / "ks")
+    assert "content_digest" not in (tmp_path / "ks/keys.json").read_text()
+    source = keyset.source.model_copy(update={"content_digest": "d" * 64})
+    recorded = keyset.model_copy(update={"source": source, "base": ModelRef(name="b", digest="b" * 64)})
+    save_keyset(recorded, images, tmp_path / "ks2")
+    assert load_keyset(tmp_path / "ks2")[0] == recorded and recorded.digest != keyset.digest
