@@ -210,8 +210,10 @@ def inconsistencies(report: AttributionReport) -> list[str]:
         if not key.distances or key.distance != min(key.distances) or key.hit != (key.distance < delta0):
             problems.append(f"key {key.key_id}: distance or hit does not follow from its per-seed distances")
     for ref in report.references:
-        if tuple(min(d) for d in ref.seed_distances) != ref.distances or ref.hits != sum(
-            d < delta0 for d in ref.distances
+        if (
+            tuple(min(d) for d in ref.seed_distances) != ref.distances
+            or ref.hits != sum(d < delta0 for d in ref.distances)
+            or ref.conf != (ref.hits / ref.num_keys if ref.num_keys else 0.0)
         ):
             problems.append(
                 f"reference {ref.name}: distances or hits do not follow from its per-seed distances"

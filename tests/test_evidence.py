@@ -610,6 +610,8 @@ def _doctor(report: AttributionReport, change: str) -> AttributionReport:
             ref["content_digest"] = "c" * 64
     elif change == "reference-is-source":
         data["references"][2]["digest"] = SOURCE_DIGEST
+    elif change == "reference-conf":
+        data["references"][0]["conf"] = 0.5
     elif change == "binomial":
         data["verdict"]["binomial"]["p_value"] = 1e-30
     elif change == "seed-count":
@@ -633,7 +635,7 @@ def _doctor(report: AttributionReport, change: str) -> AttributionReport:
     [
         *("reason", "summary", "key-distance", "reference-token", "audit-token", "verdict", "p-value"),
         *("method", "num-keys", "twin-references", "twin-references-by-content", "reference-is-source"),
-        *("binomial", "seed-count", "seed-twice"),
+        *("binomial", "seed-count", "seed-twice", "reference-conf"),
     ],
 )
 def test_a_re_signed_report_whose_numbers_contradict_each_other_fails(world, capsys, tmp_path, change):
