@@ -131,7 +131,9 @@ def _hash_folder(folder: Path, name: str, kind: str | None) -> ModelIdentity:
         digest=manifest_digest("diffusers_folder", entries),
         files=entries,
         name=name,
-        content_digest=_content_digest([(entry.path, root / entry.path) for entry in entries]),
+        # what a pipeline loads: weights in its component folders (top-level files, such as a
+        # single-file checkpoint kept beside the components, are not part of it)
+        content_digest=_content_digest([(e.path, root / e.path) for e in entries if "/" in e.path]),
     )
 
 
@@ -259,27 +261,33 @@ def _weights_slot(relative: str) -> tuple[str, str] | None:
 def _content_digest(files: list[tuple[str, Path]]) -> str | None:
     """sha256 over the sorted (component, variant, tensor, dtype, shape, data sha256) rows of
     every weights file (safetensors read by offsets, never deserialized; pickles through
-    torch's weights_only unpickler, already required of them); None when there are none."""
-    rows: dict[tuple[str, str, str], tuple[str, list[int], str]] = {}
+    torch's weights_only unpickler, already required of them); None when there are none.
+
+    Where a component holds the same weights as safetensors and as a pickle (older hub
+    folders ship both), the safetensors are what a loader takes, and all that is counted. A
+    tensor stored twice with the same content counts once; twice with other content is a
+    folder no loader reads unambiguously, and is refused.
+    """
+    formats: dict[tuple[str, str], dict[str, list[Path]]] = {}
     for relative, file in files:
         slot = _weights_slot(relative)
-        if slot is None:
-            continue
-        kind = sniff_weights(file)
-        if kind == "safetensors":
-            tensors = _safetensors_tensors(file)
-        elif kind in ("pickle", "zip"):
-            tensors = _pickled_tensors(file)
-        else:
-            continue
-        for tensor, described in tensors:
-            row = (*slot, tensor)
-            if row in rows:
-                raise BadInputError(
-                    f"{file}: tensor {tensor!r} is also in another weights file of {slot[0] or 'the model'}"
-                    f"{' (variant ' + slot[1] + ')' if slot[1] else ''}; expected each tensor once"
-                )
-            rows[row] = described
+        kind = sniff_weights(file) if slot is not None else "other"
+        if kind != "other":
+            form = "safetensors" if kind == "safetensors" else "pickle"
+            formats.setdefault(slot, {}).setdefault(form, []).append(file)  # type: ignore[arg-type]
+    rows: dict[tuple[str, str, str], tuple[str, list[int], str]] = {}
+    for slot, by_format in formats.items():
+        form = "safetensors" if "safetensors" in by_format else "pickle"
+        read = _safetensors_tensors if form == "safetensors" else _pickled_tensors
+        for file in by_format[form]:
+            for tensor, described in read(file):
+                row = (*slot, tensor)
+                if rows.setdefault(row, described) != described:
+                    raise BadInputError(
+                        f"{file}: tensor {tensor!r} is also in another weights file of {slot[0] or 'the model'}"
+                        f"{' (variant ' + slot[1] + ')' if slot[1] else ''} with other content; expected"
+                        " each tensor once"
+                    )
     if not rows:
         return None
     document = {
@@ -374,6 +382,15 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
                 f" of a {data_len}-byte data section)"
             )
         end_max = max(end_max, offsets[1])
+    # safetensors lays tensors end to end: overlapping ranges would make one byte count for
+    # many tensors (and a reader of each tensor's range read the file many times over)
+    position = 0
+    for begin, end in sorted(tuple(info["data_offsets"]) for info in header.values()):
+        if begin != position:
+            raise BadInputError(
+                f"{file}: malformed safetensors file (tensor data ranges overlap or leave a gap at byte {begin})"
+            )
+        position = end
     if end_max != data_len:
         raise BadInputError(
             f"{file}: malformed safetensors file (tensors cover {end_max} bytes of a {data_len}-byte data section)"

@@ -347,3 +347,46 @@ def test_a_variant_beside_the_weights_is_other_tensors_and_a_repeated_tensor_is_
 
 def test_a_model_without_weights_has_no_content_digest(tmp_path: Path) -> None:
     assert hash_model(_make_folder(tmp_path / "m")).content_digest is None  # no real safetensors there
+
+
+def test_a_component_in_both_formats_counts_its_safetensors_and_top_level_files_not_at_all(
+    tiny_pipeline: Path, tmp_path: Path
+) -> None:
+    """Older hub folders ship .bin beside .safetensors, and some a single-file checkpoint at the top:
+    a loader takes the safetensors and ignores the top level, and so does the content digest."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "both"
+    shutil.copytree(tiny_pipeline, copy)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save({k: v + 1 for k, v in load_file(weights).items()}, weights.with_suffix(".bin"))  # stale
+    save_file({"w": torch.zeros(3)}, str(copy / "v1-5-pruned.safetensors"))
+    save_file({"w": torch.ones(3)}, str(copy / "v1-5-pruned-emaonly.safetensors"))
+    assert hash_model(copy).content_digest == hash_model(tiny_pipeline).content_digest
+
+
+def test_a_tensor_twice_counts_once_and_twice_with_other_content_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    (folder / "unet").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "unet" / "a-00001-of-00002.safetensors"))
+    save_file({"w": torch.zeros(2)}, str(folder / "unet" / "a-00002-of-00002.safetensors"))
+    single = tmp_path / "s"
+    (single / "unet").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(single / "unet" / "a.safetensors"))
+    assert hash_model(folder).content_digest == hash_model(single).content_digest
+    save_file({"w": torch.ones(2)}, str(folder / "unet" / "a-00002-of-00002.safetensors"))
+    with pytest.raises(BadInputError, match="with other content"):
+        hash_model(folder)
+
+
+def test_overlapping_tensor_ranges_are_refused(tmp_path: Path) -> None:
+    """Ten thousand tensors over one range would have the content digest read it ten thousand times."""
+    data = b"\0" * 64
+    header = {f"t{i}": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]} for i in range(10_000)}
+    raw = json.dumps(header).encode()
+    file = tmp_path / "w.safetensors"
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    with pytest.raises(BadInputError, match="overlap or leave a gap"):
+        hash_model(file)
