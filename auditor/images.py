@@ -11,6 +11,7 @@ import io
 import os
 import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,56 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return height, width
 
 
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_raw_size(data: bytes) -> int | None:
+    """The bytes the PNG's IDAT stream must inflate to, from its IHDR (width, height, bit depth,
+    colour type, interlace), filter bytes included; None when the header is not a valid IHDR."""
+    if len(data) < 33 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour not in _CHANNELS or depth not in (1, 2, 4, 8, 16) or interlace not in (0, 1):
+        return None
+    bits = _CHANNELS[colour] * depth
+    if interlace == 0:
+        return height * (1 + (width * bits + 7) // 8)
+    total = 0
+    for x0, y0, dx, dy in _ADAM7:
+        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if w > 0 and h > 0:
+            total += h * (1 + (w * bits + 7) // 8)
+    return total
+
+
+def check_png_inflation(data: bytes) -> str | None:
+    """Why the PNG's pixel data is a decompression bomb, or None: its IDAT chunks are inflated
+    with output capped one byte past what the header declares, so a 32x32 PNG whose IDAT would
+    inflate to 300 MB costs a few kilobytes to refuse. PIL's own limit counts pixels, not bytes."""
+    limit = png_raw_size(data)
+    if limit is None:
+        return None  # not a PNG PIL can decode either: PIL's error is the message
+    idat = bytearray()
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(bytes(idat), limit + 1)
+    except zlib.error:
+        return None  # corrupt: PIL says so
+    if len(out) > limit:
+        return f"its pixel data inflates past the {limit} bytes its header declares"
+    return None
+
+
 def decode_png(data: bytes, where: str, expected: tuple[int, int] | None = None) -> np.ndarray:
     """PNG bytes -> uint8 (H, W, 3); any failure is one line naming `where`.
 
@@ -77,6 +128,9 @@ def decode_png(data: bytes, where: str, expected: tuple[int, int] | None = None)
             f"{where}: expected {expected[0]}x{expected[1]} pixels, got {declared[0]}x{declared[1]} "
             "(read from the PNG header, nothing decoded)"
         )
+    bomb = check_png_inflation(data)
+    if bomb is not None:
+        raise BadInputError(f"{where}: refused as a decompression bomb ({bomb})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictInt, field_validator
 
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.documents import load_document, read_bytes
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.images import MAX_PNG_BYTES, decode_png, save_png
+from auditor.text import unsafe_char
 
 KEYSET_SCHEMA = "t2i-auditor.keyset/v1"
 KEYS_FILE = "keys.json"
@@ -45,8 +46,11 @@ class ModelRef(FrozenModel):
 class Key(FrozenModel):
     id: str = Field(pattern=r"^k[0-9]{3,6}$")
     prompt: str = Field(min_length=1)
-    seed: int = Field(ge=0, lt=2**63, description="the seed the source generated the key image with")
-    selection_seeds: tuple[int, ...] = Field(description="every seed selection used; audits must avoid them")
+    # Strict: `true` or `3.0` is not a seed (lax pydantic would read them as 1 and 3).
+    seed: StrictInt = Field(ge=0, lt=2**63, description="the seed the source generated the key image with")
+    selection_seeds: tuple[Annotated[StrictInt, Field(ge=0, lt=2**63)], ...] = Field(
+        description="every seed selection used; audits must avoid them"
+    )
     image: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.png$")
     image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     score: float | None = Field(
@@ -54,6 +58,16 @@ class Key(FrozenModel):
     )
     source_distance: float | None = Field(None, allow_inf_nan=False)
     base_distance: float | None = Field(None, allow_inf_nan=False)
+
+    @field_validator("prompt")
+    @classmethod
+    def _printable_prompt(cls, prompt: str) -> str:
+        """A control or bidi character would make a terminal or a report page show another prompt
+        than the one committed to; refused (older keysets holding one must be re-made)."""
+        bad = unsafe_char(prompt)
+        if bad is not None:
+            raise ValueError(f"holds a control or bidi character ({bad}); prompts are one line of plain text")
+        return prompt
 
 
 class SelectionRecord(FrozenModel):

@@ -186,9 +186,11 @@ class SuspectServer(ThreadingHTTPServer):
         if isinstance(negative, str) and len(negative) > MAX_PROMPT_CHARS:
             raise _BadRequest(f"'negative_prompt': at most {MAX_PROMPT_CHARS} characters accepted")
         seed = body.get("seed", -1)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed >= 2**63:
-            raise _BadRequest("'seed': expected an integer below 2**63 (-1: a random one)")
-        if seed < 0:  # AUTOMATIC1111: -1 is a random seed
+        # [0, 2**63), or AUTOMATIC1111's -1 for a random seed; any other negative is refused, not
+        # read as -1 (A1111 itself would, but a seed of -2**70 is a client bug, not a request).
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -1 <= seed < 2**63:
+            raise _BadRequest("'seed': expected an integer in [0, 2**63), or -1 for a random one")
+        if seed == -1:
             seed = secrets.randbelow(2**32)
         try:
             values = a1111.settings_values(body, self.defaults.model_dump(), generic)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from auditor.figures import distance_histogram_png, strip_plot_png
 from auditor.report import AttributionReport
+from auditor.text import visible
 
 VERDICT_STYLE = {"infringing": "bold red", "not_infringing": "bold green", "inconclusive": "bold yellow"}
 
@@ -65,21 +66,21 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
     s = report.summary
     style = VERDICT_STYLE[report.verdict.verdict]
     # Names and reasons are data, not markup: "[red]" in a model name must print as typed.
-    table = Table(title=f"Attribution audit of {rich_escape(report.suspect.name)}", show_header=False)
-    table.add_row("source", rich_escape(report.source.name))
+    table = Table(title=f"Attribution audit of {_term(report.suspect.name)}", show_header=False)
+    table.add_row("source", _term(report.source.name))
     table.add_row("keyset", f"{report.keyset.digest[:16]}... ({report.keyset.strategy}, {s.num_keys} keys)")
     table.add_row("hits", f"{s.hits}/{s.num_keys} under delta0 = {report.audit.delta0:g}")
     table.add_row("conf", f"{s.conf:.3f}")
     table.add_row("distance", f"mean {s.mean_distance:.3f}, best {s.best_distance:.3f}")
     for label, share in distance_shares([k.distance for k in report.results]).items():
-        table.add_row(f"  share {rich_escape(label)}", f"{share:.0%}")
+        table.add_row(f"  share {_term(label)}", f"{share:.0%}")
     b = report.backend
-    table.add_row("backend", rich_escape(f"{b.backend} on {b.device} ({b.dtype})"))
+    table.add_row("backend", _term(f"{b.backend} on {b.device} ({b.dtype})"))
     for caution in (precision_caution(report), backend_caution(report)):
         if caution:
-            table.add_row("caution", f"[yellow]{rich_escape(caution)}[/yellow]")
+            table.add_row("caution", f"[yellow]{_term(caution)}[/yellow]")
     table.add_row("verdict", f"[{style}]{report.verdict.verdict}[/{style}]")
-    table.add_row("reason", rich_escape(report.verdict.reason))
+    table.add_row("reason", _term(report.verdict.reason))
     v = report.verdict
     table.add_row("references", f"{v.n_references} innocent (min {v.min_references}); alpha {v.alpha:g}")
     if test := v.test:
@@ -104,13 +105,11 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
         f"conf {s.conf:.3f}: {s.paper_verdict} at threshold {report.audit.conf_threshold:g}",
     )
     if b := v.binomial:
-        table.add_row(
-            "  binomial", f"p = {b.p_value:.3g} (p0 {b.p0:.3g}; assumes {rich_escape(b.assumption)})"
-        )
+        table.add_row("  binomial", f"p = {b.p_value:.3g} (p0 {b.p0:.3g}; assumes {_term(b.assumption)})")
     if st := report.statistical:
         table.add_row(
             "discriminator",
-            f"{st.decision} (score {st.score:.3f}, threshold {st.threshold:g}; {rich_escape(st.candidate)} "
+            f"{st.decision} (score {st.score:.3f}, threshold {st.threshold:g}; {_term(st.candidate)} "
             f"fit on {st.shadows['infringing']} infringing + {st.shadows['innocent']} innocent shadows)",
         )
     console.print(table)
@@ -141,7 +140,14 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri '
 
 
 def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """HTML-escaped, and control or bidi characters written out: an entity like &#x202e; would
+    still reverse the page's text, so they are shown as \\u202e, never passed on."""
+    return html.escape(visible("" if value is None else str(value)), quote=True)
+
+
+def _term(value: str) -> str:
+    """Report text for the terminal: rich markup and ANSI escapes shown as typed, never obeyed."""
+    return rich_escape(visible(value))
 
 
 def _num(value: float | None, fmt: str = ".4g") -> str:

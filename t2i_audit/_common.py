@@ -231,6 +231,12 @@ def read_prompts(path: str) -> list[str]:
         raise BadInputError(f"{p}: is a folder, expected a prompts file (one prompt per line)") from None
     except UnicodeDecodeError:
         raise BadInputError(f"{p}: expected UTF-8 text, one prompt per line") from None
+    from auditor.text import unsafe_char
+
+    for number, line in enumerate(lines, 1):  # a keyset refuses them later, after hours of selection
+        bad = unsafe_char(line.strip())
+        if bad is not None:
+            raise BadInputError(f"{p}: line {number}: the prompt holds a control or bidi character ({bad})")
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise BadInputError(f"{p}: expected one prompt per line, the file has none")

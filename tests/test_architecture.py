@@ -175,7 +175,7 @@ def test_every_package_declares_its_public_api():
 
 # The layers of auditor/ (docs/architecture.md): a module imports its own layer or lower ones.
 LAYERS = {
-    1: ("errors", "config", "fileio", "documents", "deadline", "progress", "images", "distance"),
+    1: ("errors", "config", "fileio", "documents", "deadline", "progress", "images", "distance", "text"),
     2: ("keys", "identity", "commitment", "signing"),
     3: ("calibration", "multitest", "metrics", "discriminator", "watermark"),
     4: ("backends",),

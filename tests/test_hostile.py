@@ -328,6 +328,10 @@ MALFORMED: dict[str, tuple[bytes | str, str]] = {
     "huge prompt": ('{"prompt": "' + "a" * 20_000 + '"}', ""),
     "seed a string": ('{"prompt": "a", "seed": "x"}', ""),
     "seed 2**63": ('{"prompt": "a", "seed": 9223372036854775808}', ""),
+    "seed -2**70": ('{"prompt": "a", "seed": -1180591620717411303424}', ""),
+    "seed -2": ('{"prompt": "a", "seed": -2}', ""),
+    "seed true": ('{"prompt": "a", "seed": true}', ""),
+    "seed 3.0": ('{"prompt": "a", "seed": 3.0}', ""),
     "steps a string": ('{"prompt": "a", "steps": "x"}', ""),
     "steps 0": ('{"prompt": "a", "steps": 0}', ""),
     "steps over budget": ('{"prompt": "a", "steps": 151}', ""),
@@ -467,3 +471,50 @@ def test_serve_slow_clients_cannot_hold_threads(serving):
     time.sleep(0.2)
     status, answer = _raw(server, b"GET /health HTTP/1.1\r\n\r\n")
     assert status == 200 and answer == {"status": "ok"}
+
+
+# ---------------------------------------------------------------- PNG bombs by bytes, not pixels
+
+
+def _idat_bomb(width: int, height: int, inflated: int) -> bytes:
+    """A valid-looking RGB PNG header for width x height whose IDAT inflates to `inflated` bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    idat = b"".join(packer.compress(zeros) for _ in range(inflated >> 20)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_png_whose_pixels_inflate_past_its_header_is_refused_cheaply():
+    import tracemalloc
+
+    from auditor.images import decode_png, encode_png, png_raw_size
+
+    bomb = _idat_bomb(32, 32, 300 << 20)  # declares 32x32 RGB (3,104 bytes), inflates to 300 MB
+    assert png_raw_size(bomb) == 32 * (1 + 32 * 3)
+    tracemalloc.start()
+    start = time.monotonic()
+    with pytest.raises(http_module._Retryable, match="decompression bomb.*past the 3104 bytes"):
+        http_module.HttpGenerator._decode(bomb, 32, 32)
+    with pytest.raises(BadInputError, match="key.png: refused as a decompression bomb"):
+        decode_png(bomb, "key.png", expected=(32, 32))
+    seconds, peak = time.monotonic() - start, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 2.0 and peak < 8 << 20, (seconds, peak)  # nothing near 300 MB was inflated
+    # an honest PNG, interlaced or not, still decodes
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert (http_module.HttpGenerator._decode(encode_png(pixels), 32, 32) == pixels).all()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", interlace=1)
+    assert (decode_png(buffer.getvalue(), "i.png", expected=(32, 32)) == pixels).all()

@@ -460,3 +460,68 @@ def _restore(path: Path, valid: bytes) -> None:
     elif path.is_dir():
         path.rmdir()
     path.write_bytes(valid)
+
+
+# ---------------------------------------------------------------- prompts and seeds in keysets
+
+BAD_PROMPT_CHARS = ["\x00", "\x1b[2J", "\x1b]8;;http://x\x07", "\t", "\n", "\r", "\x7f", "\x85", "\x9b"] + [
+    chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+]
+BAD_SEEDS: list[object] = [True, False, -1, -(2**70), 2**63, 2**64, 3.0, "3", None]
+
+
+def test_keyset_prompts_with_controls_and_seeds_out_of_range_are_refused(tmp_path, keys_dir, capsys):
+    import shutil
+
+    from auditor.keys import load_keyset
+    from auditor.text import visible
+    from auditor.views import _e, _term
+
+    tried = 0
+    folder = tmp_path / "keys"
+    shutil.copytree(keys_dir, folder)
+    original = json.loads((keys_dir / "keys.json").read_text())
+
+    def refused(edit: Callable[[dict], None], field: str) -> None:
+        doc = json.loads(json.dumps(original))
+        edit(doc)
+        (folder / "keys.json").write_text(json.dumps(doc))
+        with pytest.raises(BadInputError) as info:
+            load_keyset(folder)
+        message = str(info.value)
+        assert "\n" not in message and f"field '{field}'" in message, message
+
+    for char in BAD_PROMPT_CHARS:
+        refused(lambda d, c=char: d["keys"][1].update(prompt="a red" + c + " circle"), "keys.1.prompt")
+        shown = visible("a" + char + "b")
+        assert shown.isprintable() and "\\u" in shown and char not in _e(shown) and char not in _term(shown)
+        tried += 1
+    for seed in BAD_SEEDS:
+        refused(lambda d, s=seed: d["keys"][0].update(seed=s), "keys.0.seed")
+        refused(lambda d, s=seed: d["keys"][0].update(selection_seeds=[5, s]), "keys.0.selection_seeds.1")
+        tried += 2
+    (folder / "keys.json").write_text(json.dumps(original))
+    load_keyset(folder)  # the unedited keyset still loads
+    from t2i_audit._common import read_prompts
+
+    (tmp_path / "prompts.txt").write_text("a red circle\nevil\u202etxt.exe\n")
+    with pytest.raises(BadInputError, match=r"prompts.txt: line 2: .*U\+202E"):
+        read_prompts(str(tmp_path / "prompts.txt"))  # refused before selection, not after it
+    print(
+        f"\nkeysets: {len(BAD_PROMPT_CHARS)} control/bidi prompts and {2 * len(BAD_SEEDS)} bad seeds, all refused"
+    )
+    assert tried == len(BAD_PROMPT_CHARS) + 2 * len(BAD_SEEDS)
+
+
+def test_a_report_page_and_the_terminal_show_control_characters_never_obey_them():
+    from rich.console import Console
+
+    from auditor.views import _e
+
+    hostile = "evil\u202eexe.png\x1b[2J[red]x[/red]<b>"
+    assert _e(hostile) == "evil\\u202eexe.png\\u001b[2J[red]x[/red]&lt;b&gt;"
+    console = Console(record=True, width=200, color_system=None)
+    from auditor.views import _term
+
+    console.print(_term(hostile))
+    assert console.export_text().strip() == "evil\\u202eexe.png\\u001b[2J[red]x[/red]<b>"

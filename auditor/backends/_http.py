@@ -57,7 +57,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 import auditor.backends._a1111 as a1111
 from auditor.backends._base import BackendInfo, check_pairs
@@ -66,7 +66,7 @@ from auditor.deadline import Watchdog
 from auditor.documents import parse_json
 from auditor.errors import BadInputError, TransientError, register_secret
 from auditor.fileio import canonical_json, sha256_bytes
-from auditor.images import png_size
+from auditor.images import check_png_inflation, png_size
 
 TRANSCRIPT_SCHEME = "t2i-auditor-http-transcript-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,8 +103,8 @@ class HttpOptions(FrozenModel):
     decoy_prompts: tuple[str, ...] = Field(
         (), description="decoys drawn from here; empty: recombined key words"
     )
-    stealth_seed: int | None = Field(
-        None, ge=0, description="seed of decoys and order; None: a fresh random one"
+    stealth_seed: StrictInt | None = Field(
+        None, ge=0, lt=2**63, description="seed of decoys and order; None: a fresh random one"
     )
 
 
@@ -474,6 +474,9 @@ class HttpGenerator:
             raise _Retryable(
                 f"returned image is {declared[1]}x{declared[0]}, requested {width}x{height}", network=False
             )
+        bomb = check_png_inflation(png)  # before PIL inflates anything
+        if bomb is not None:
+            raise _Retryable(f"returned PNG refused as a decompression bomb ({bomb})", network=False)
         try:
             with Image.open(io.BytesIO(png)) as img:
                 if img.format != "PNG":

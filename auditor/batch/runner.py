@@ -224,7 +224,9 @@ class BatchRunner:
         atomic_write_text(self.error_path(name), json.dumps(record.model_dump(mode="json"), indent=2) + "\n")
         from rich.markup import escape
 
-        self.reporter.log(f"[red]{name}: failed[/red] {escape(message)}")
+        from auditor.text import visible
+
+        self.reporter.log(f"[red]{name}: failed[/red] {escape(visible(message))}")
         return Outcome(name, "failed", code, message)
 
     def _ensure_envelope(self, name: str) -> None:
