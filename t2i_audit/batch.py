@@ -30,36 +30,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_batch(args: argparse.Namespace, ctx: Context) -> int:
-    from auditor.batch import BatchRunner, exit_code_of, job_index, load_job, write_summary
-    from auditor.progress import RichReporter, SharedProgress
+    from auditor.batch import job_index, load_job, write_summary
+    from auditor.batch.lock import batch_lock, check_out_folder
 
     job = load_job(args.job)
     out = Path(args.out)
     if args.summarize:
-        summary = write_summary(job, out)
+        with batch_lock(out, _note):
+            summary = write_summary(job, out)
         _print_summary(summary, ctx, out)
         return EXIT_OK
     index = job_index(len(job.entries), args.index)
     if index is not None and args.executor == "ray":
         raise BadInputError("--index: one suspect per process needs no executor; drop --executor ray")
-    rich = isinstance(ctx.reporter, RichReporter)
-    progress = SharedProgress(ctx.reporter.console) if rich else None
-    runner = BatchRunner(job, out, progress or ctx.reporter)
-    if progress is not None:
-        with progress:
-            outcomes = _run(runner, index, args)
-    else:
-        outcomes = _run(runner, index, args)
-    if index is not None:
-        outcome = outcomes[0]
-        if ctx.format == "json":
-            ctx.emit_json(outcome.to_dict())
-        elif outcome.status != "failed":
-            ctx.console.print(
-                f"{outcome.name}: {outcome.status} ({out / 'reports' / (outcome.name + '.json')})",
-                markup=False,
-            )
-        return _fail(outcome.exit_code, outcome.message) if outcome.status == "failed" else EXIT_OK
+    if index is not None:  # pods of an Indexed Job share OUT, one suspect each: no lock
+        check_out_folder(out)
+        return _run_one(job, out, index, args, ctx)
+    with batch_lock(out, _note):
+        return _run_all(job, out, args, ctx)
+
+
+def _run_one(job, out: Path, index: int, args: argparse.Namespace, ctx: Context) -> int:
+    outcome = _outcomes(job, out, index, args, ctx)[0]
+    if ctx.format == "json":
+        ctx.emit_json(outcome.to_dict())
+    elif outcome.status != "failed":
+        ctx.console.print(
+            f"{outcome.name}: {outcome.status} ({out / 'reports' / (outcome.name + '.json')})",
+            markup=False,
+        )
+    return _fail(outcome.exit_code, outcome.message) if outcome.status == "failed" else EXIT_OK
+
+
+def _run_all(job, out: Path, args: argparse.Namespace, ctx: Context) -> int:
+    from auditor.batch import exit_code_of, write_summary
+
+    outcomes = _outcomes(job, out, None, args, ctx)
     summary = write_summary(job, out)
     _print_summary(summary, ctx, out)
     code = exit_code_of(outcomes)
@@ -72,11 +78,31 @@ def cmd_batch(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _outcomes(job, out: Path, index: int | None, args: argparse.Namespace, ctx: Context):
+    from auditor.batch import BatchRunner
+    from auditor.progress import RichReporter, SharedProgress
+
+    rich = isinstance(ctx.reporter, RichReporter)
+    progress = SharedProgress(ctx.reporter.console) if rich else None
+    runner = BatchRunner(job, out, progress or ctx.reporter)
+    if progress is not None:
+        with progress:
+            outcomes = _run(runner, index, args)
+    else:
+        outcomes = _run(runner, index, args)
+    return outcomes
+
+
 def _run(runner, index, args):
     indices = None if index is None else [index]
     from auditor.batch import run_batch
 
     return run_batch(runner, indices, args.executor, num_cpus=args.ray_cpus, threads=args.threads)
+
+
+def _note(message: str) -> None:
+    """A line on stderr whatever the format (stdout may be the summary JSON): a stale lock taken over."""
+    print(f"t2i-audit: note: {message}", file=sys.stderr)
 
 
 def _fail(code: int, message: str) -> int:
@@ -92,6 +118,8 @@ def _print_summary(summary, ctx: Context, out: Path) -> None:
         return
     from rich.markup import escape
     from rich.table import Table
+
+    from auditor.text import visible
 
     def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
@@ -119,5 +147,5 @@ def _print_summary(summary, ctx: Context, out: Path) -> None:
     ctx.console.print(escape(summary.correction_note))
     for row in summary.suspects:
         if row.error:
-            ctx.console.print(f"[red]{row.name}[/red]: {escape(row.error)}")
+            ctx.console.print(f"[red]{row.name}[/red]: {escape(visible(row.error))}")
     ctx.console.print(f"summary written to {out / 'summary.json'}", markup=False)

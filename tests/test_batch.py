@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from auditor.batch import load_job, task_resources
-from auditor.errors import BadInputError
 from auditor.multitest import adjust, benjamini_hochberg, holm
 from t2i_audit import main
 
@@ -94,8 +93,9 @@ def test_job_spec_errors_name_the_field(keys_dir, tmp_path, capsys):
     assert _batch(str(missing_keys), "--out", str(tmp_path / "o")) == 2
     assert "field 'keys'" in _stderr_line(capsys)
     dup = _job(tmp_path / "d.yaml", "  - {name: s, model: x}\n  - {name: s, model: y}\n", keys_dir)
-    with pytest.raises(BadInputError, match=r"field 'suspects.1.name': 's' is already"):
-        load_job(dup)
+    first, second = load_job(dup).entries  # a duplicate fails alone, under a name of its own
+    assert first.name == "s" and second.name == "suspect-1"
+    assert "field 'suspects.1.name': 's' is already the name of suspects.0" in second.message
     (tmp_path / "e.yaml").write_text("keys: [unclosed\n")
     assert _batch(str(tmp_path / "e.yaml"), "--out", str(tmp_path / "o")) == 2
     assert "not valid YAML at line" in _stderr_line(capsys)
@@ -149,6 +149,92 @@ def test_bad_suspects_fail_alone_and_the_batch_goes_on(tiny_pipeline, keys_dir, 
         assert record["exit_code"] == code and "\n" not in record["message"]
         assert not (out / f"reports/{name}.json").exists()
     assert summary["complete"] is False and summary["counts"]["failed"] == 5
+
+
+def test_suspect_names_map_to_files_injectively(keys_dir, tmp_path):
+    """Every pair of names, however chosen, gets files of its own: reserved suffixes, case-only
+    differences, unsafe names and the fallback names they get never share an output file."""
+    import itertools
+
+    from auditor.batch.job import SuspectEntry
+
+    alphabet = [
+        "x",
+        "X",
+        "x.dsse",
+        "X.DSSE",
+        "x.transcript",
+        "suspect-0",
+        "suspect-1",
+        "suspect-0-1",
+        "../x",
+        "",
+        7,
+    ]
+    tried = 0
+    for a, b, c in itertools.product(alphabet, repeat=3):
+        raw = [{"name": n, "model": "m"} for n in (a, b, c)]
+        job = tmp_path / "j.json"
+        job.write_text(json.dumps({"keys": str(keys_dir), "suspects": raw}))
+        entries = load_job(job).entries
+        files: set[str] = set()
+        for entry in entries:
+            for path in (
+                f"reports/{entry.name}.json",
+                f"reports/{entry.name}.dsse.json",
+                f"errors/{entry.name}.json",
+            ):
+                assert path.casefold() not in files, (a, b, c)
+                files.add(path.casefold())
+        if a in ("x", "X", "suspect-0", "suspect-1", "suspect-0-1"):  # the first usable name is kept
+            assert isinstance(entries[0], SuspectEntry) and entries[0].name == a
+        for n, entry in zip((a, b, c), entries, strict=True):
+            assert isinstance(entry, SuspectEntry) == (entry.name == n)
+        tried += 1
+    print(f"name collisions tried: {tried} triples of {len(alphabet)} names")
+    assert tried == len(alphabet) ** 3
+
+
+def test_colliding_names_fail_alone_and_keep_every_envelope(tiny_pipeline, keys_dir, tmp_path, capsys):
+    """`x.dsse` would have overwritten x's envelope; an unsafe name renamed `suspect-N` would have
+    failed the whole job beside a suspect really named so. Each now fails alone."""
+    from auditor.evidence import verify_signed_report
+    from auditor.report import load_report
+
+    body = (
+        f"  - {{name: x, model: {tiny_pipeline}}}\n"
+        f"  - {{name: x.dsse, model: {tiny_pipeline}}}\n"
+        f"  - {{name: ../../etc/x, model: {tiny_pipeline}}}\n"
+        f"  - {{name: suspect-2, model: {tiny_pipeline}}}\n"
+        f"  - {{name: X, model: {tiny_pipeline}}}\n"
+    )
+    job = _job(
+        tmp_path / "job.yaml", body, keys_dir, head=f"signing_key: {GOLDEN / 'test-signing-key.pem'}\n"
+    )
+    out = tmp_path / "out"
+    assert _batch(str(job), "--out", str(out)) == 2
+    captured = capsys.readouterr()
+    assert "3 of 5 suspects failed" in captured.err and len(captured.err.strip().splitlines()) == 1
+    rows = {row["name"]: row for row in json.loads(captured.out)["suspects"]}
+    assert [rows[n]["status"] for n in ("x", "suspect-1", "suspect-2-1", "suspect-2", "suspect-4")] == [
+        "done",
+        "failed",
+        "failed",
+        "done",
+        "failed",
+    ]
+    assert "'x.dsse' ends in '.dsse'" in rows["suspect-1"]["error"]
+    assert "'X' differs only in case from 'x'" in rows["suspect-4"]["error"]
+    assert "suspects.2.name" in rows["suspect-2-1"]["error"]
+    for name in ("x", "suspect-2"):
+        envelope = (out / f"reports/{name}.dsse.json").read_bytes()
+        verified = verify_signed_report(envelope, GOLDEN / "test-signing-key.pub", keys_dir)
+        assert verified == load_report(out / f"reports/{name}.json")
+    assert sorted(p.name for p in (out / "errors").iterdir()) == [
+        "suspect-1.json",
+        "suspect-2-1.json",
+        "suspect-4.json",
+    ]
 
 
 # ---------------------------------------------------------------- resumption
@@ -364,3 +450,74 @@ def test_a_rerun_never_signs_an_edited_report_and_drops_orphan_envelopes(
         envelope = (out / f"reports/{name}.dsse.json").read_bytes()
         verified = verify_signed_report(envelope, GOLDEN / "test-signing-key.pub", keys_dir)
         assert verified.summary.conf != 1.0
+
+
+# ---------------------------------------------------------------- one live batch per --out
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_live_batch_holds_its_out_folder(keys_dir, tmp_path, capsys):
+    job = _job(tmp_path / "job.yaml", f"  - {{name: gone, model: {tmp_path / 'absent'}}}\n", keys_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".batch.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {"pid": sleeper.pid, "host": socket.gethostname(), "started_at": "2025-01-01T00:00:00Z"}
+        lock.write_text(json.dumps(holder))
+        assert _batch(str(job), "--out", str(out)) == 2
+        line = _stderr_line(capsys)
+        assert f"in use by another batch (pid {sleeper.pid} on {socket.gethostname()}" in line
+        assert lock.is_file() and not (out / "reports").exists()  # nothing touched
+        assert _batch(str(job), "--out", str(out), "--summarize") == 2
+        assert "in use by another batch" in _stderr_line(capsys)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # another host's lock cannot be checked from here: held, with how to clear it
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "started_at": "x"}))
+    assert _batch(str(job), "--out", str(out)) == 2
+    assert "on elsewhere.example" in (line := _stderr_line(capsys)) and f"remove {lock}" in line
+
+
+def test_a_stale_lock_is_taken_over_and_every_lock_released(keys_dir, tmp_path, capsys):
+    from auditor.batch.lock import _stale
+
+    job = _job(tmp_path / "job.yaml", f"  - {{name: gone, model: {tmp_path / 'absent'}}}\n", keys_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".batch.lock"
+    dead = _dead_pid()
+    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started_at": "then"}))
+    assert _batch(str(job), "--out", str(out)) == 2  # the suspect fails (no model): the batch ran
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and f"took over a stale lock (pid {dead} on" in err[0] and "1 of 1" in err[1]
+    assert not lock.exists() and (out / "errors/gone.json").is_file()
+    # a reused pid (same number, another start time) is stale too; a live one is not
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    assert _stale(lock, {**me, "start_ticks": -5}) and not _stale(lock, me)
+    # released when the batch fails as a whole too
+    bad = _job(tmp_path / "bad.yaml", "  - {name: s, model: x}\n", tmp_path / "no-keys")
+    assert _batch(str(bad), "--out", str(out)) == 2
+    assert "field 'keys'" in _stderr_line(capsys) and not lock.exists()
+
+
+def test_a_symlinked_out_is_one_line(keys_dir, tmp_path, capsys):
+    job = _job(tmp_path / "job.yaml", "  - {name: s, model: x}\n", keys_dir)
+    real = tmp_path / "real"
+    real.mkdir()
+    for link, target in ((tmp_path / "link", real), (tmp_path / "dangling", tmp_path / "nowhere")):
+        link.symlink_to(target)
+        for extra in ((), ("--index", "0"), ("--summarize",)):
+            assert _batch(str(job), "--out", str(link), *extra) == 2
+            line = _stderr_line(capsys)
+            assert f"--out {link}: is a symbolic link" in line
+    (tmp_path / "file").write_text("")
+    assert _batch(str(job), "--out", str(tmp_path / "file")) == 2
+    assert "exists and is not a folder" in _stderr_line(capsys)
+    assert not list(real.iterdir()) and not (tmp_path / "nowhere").exists()

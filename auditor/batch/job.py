@@ -27,6 +27,10 @@ JOB_SCHEMA = "t2i-auditor.job/v1"
 _LEGACY = {"schema_version": ""}  # job files may leave the version out: v1
 MAX_JOB_BYTES = 4 << 20
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# Suffixes the runner appends to a suspect's name in one folder (reports/NAME.dsse.json beside
+# reports/NAME.json; workflow.transcript_path's NAME.transcript.json beside a single audit's
+# report): a suspect may not be named so that its files are another suspect's.
+RESERVED_SUFFIXES = (".dsse", ".transcript")
 
 
 class GenerationOverrides(FrozenModel):
@@ -139,6 +143,50 @@ class Job:
         return spec.model_copy(update={"backend": entry.backend}) if entry.backend else spec
 
 
+def suspect_names(raw_suspects: list[Any], where: str) -> list[tuple[str, str | None]]:
+    """Every entry's file name and, when its own name cannot be used, why: the one place that
+    makes the name -> output file mapping injective.
+
+    The runner writes reports/NAME.json and reports/NAME.dsse.json side by side, so a name
+    ending in a reserved suffix would overwrite another suspect's envelope; names are compared
+    case-insensitively, since `A` and `a` share a file on macOS and Windows file systems. An
+    entry whose name is unsafe, reserved or taken is named `suspect-N` (or `suspect-N-K`),
+    never a name any entry of the job asks for, so its error record clashes with nothing and
+    it fails alone.
+    """
+    raw_names = [raw.get("name") if isinstance(raw, dict) else None for raw in raw_suspects]
+    wanted = {n.casefold() for n in raw_names if isinstance(n, str)}
+    used: dict[str, int] = {}
+    named: list[tuple[str, str | None]] = []
+    for i, raw_name in enumerate(raw_names):
+        problem = None
+        usable = isinstance(raw_name, str) and re.match(NAME_PATTERN, raw_name) is not None
+        if usable:
+            assert isinstance(raw_name, str)
+            folded = raw_name.casefold()
+            suffix = next((s for s in RESERVED_SUFFIXES if folded.endswith(s)), None)
+            if suffix is not None:
+                problem = (
+                    f"{where}: field 'suspects.{i}.name': {raw_name!r} ends in {suffix!r}, which the batch "
+                    f"appends to output file names (reports/NAME{suffix}.json); rename the suspect"
+                )
+            elif folded in used:
+                other = raw_names[used[folded]]
+                same = "is already" if other == raw_name else f"differs only in case from {other!r},"
+                problem = f"{where}: field 'suspects.{i}.name': {raw_name!r} {same} the name of suspects.{used[folded]}"
+        if usable and problem is None:
+            assert isinstance(raw_name, str)
+            name = raw_name
+        else:
+            name, k = f"suspect-{i}", 0
+            while name.casefold() in wanted or name.casefold() in used:
+                k += 1
+                name = f"suspect-{i}-{k}"
+        used.setdefault(name.casefold(), i)
+        named.append((name, problem))
+    return named
+
+
 def load_job(path: str | os.PathLike[str]) -> Job:
     """Parse and validate a job file; a bad suspect entry is kept as InvalidSuspect, not fatal."""
     job_path = Path(path)
@@ -152,23 +200,19 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise BadInputError(f"{job_path}: field 'suspects': expected a non-empty list of suspects")
     data = check_version(data, str(job_path), JOB_SCHEMA, "job file", _LEGACY)
     spec = validate(JobSpec, data, str(job_path))
+    names = suspect_names(raw_suspects, str(job_path))
     entries: list[SuspectEntry | InvalidSuspect] = []
-    seen: dict[str, int] = {}
     for i, raw in enumerate(raw_suspects):
-        raw_name = raw.get("name") if isinstance(raw, dict) else None
-        name = raw_name if isinstance(raw_name, str) and re.match(NAME_PATTERN, raw_name) else f"suspect-{i}"
-        if name in seen:
-            raise BadInputError(
-                f"{job_path}: field 'suspects.{i}.name': {name!r} is already the name of suspects.{seen[name]}"
-            )
-        seen[name] = i
+        name, problem = names[i]
         if not isinstance(raw, dict):
             entries.append(InvalidSuspect(name, f"{job_path}: field 'suspects.{i}': expected a mapping"))
-            continue
-        try:
-            entries.append(validate(SuspectEntry, raw, str(job_path), prefix=f"suspects.{i}"))
-        except BadInputError as exc:
-            entries.append(InvalidSuspect(name, str(exc)))
+        elif problem is not None:
+            entries.append(InvalidSuspect(name, problem))
+        else:
+            try:
+                entries.append(validate(SuspectEntry, raw, str(job_path), prefix=f"suspects.{i}"))
+            except BadInputError as exc:
+                entries.append(InvalidSuspect(name, str(exc)))
     return Job(spec=spec, path=job_path, entries=tuple(entries), sha256=sha256_bytes(raw_bytes))
 
 
