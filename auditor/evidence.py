@@ -17,6 +17,11 @@ the whole attribution report. Verification checks, in order and with no network:
    reference that is the keyset's base or a panel model), and, when the report cites a
    pre-registered commitment, the folder's commitment.json opens to that digest and is
    the commitment cited.
+5. with the suspect's regenerations too (`audit --save-images DIR`): every image the
+   report cites that the folder holds hashes to its name and gives, against its key
+   image, the distance the report records for that key and seed (`check_regenerations`).
+   The distance is a float64 function of lossless PNG pixels, so it is recomputed, not
+   estimated; images the folder lacks are counted, not assumed.
 
 A failed check is a VerificationError (exit 1); unreadable or malformed input is a
 BadInputError (exit 2): "this is not evidence of anything" versus "this is not what
@@ -26,6 +31,7 @@ you said it was".
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 import secrets
@@ -103,9 +109,12 @@ def verify_signed_report_details(
     public_key_path: str | os.PathLike[str],
     keys_dir: str | os.PathLike[str] | None = None,
     source: str = "envelope",
+    images_dir: str | os.PathLike[str] | None = None,
 ) -> Verified:
     from auditor.signing import load_verifier, verify_envelope
 
+    if images_dir is not None and keys_dir is None:
+        raise BadInputError("--images: needs --keys (the distances are to the key images)")
     verifier = load_verifier(public_key_path)
     statement = verify_envelope(envelope_bytes, verifier, source=source)
     checks = ["signature"]
@@ -117,7 +126,37 @@ def verify_signed_report_details(
     checks.append("verdict")
     if keys_dir is not None:
         checks.extend(check_keyset(report, keys_dir))
+    if images_dir is not None and keys_dir is not None:
+        found, cited = check_regenerations(report, keys_dir, images_dir)
+        checks.append(f"distances of {found} of {cited} regenerations")
     return Verified(report=report, keyid=verifier.keyid, checks=tuple(checks))
+
+
+def check_regenerations(
+    report: AttributionReport, keys_dir: str | os.PathLike[str], images_dir: str | os.PathLike[str]
+) -> tuple[int, int]:
+    """Recompute the distance of every cited regeneration found in `images_dir` to its key image;
+    (found, cited). A mismatch is a VerificationError naming the key and seed."""
+    from auditor.distance import get_distance
+    from auditor.images import decode_png, to_float
+
+    keys = key_pngs(report, keys_dir)
+    images = regeneration_pngs(report, images_dir)
+    distance = get_distance(report.audit.distance)
+    cited = 0
+    for result in report.results:
+        key = to_float(decode_png(keys[result.key_id], f"key image {result.key_id}"))
+        for j, (sha, recorded) in enumerate(zip(result.image_sha256s, result.distances, strict=True)):
+            cited += 1
+            if sha not in images:
+                continue
+            again = float(distance(to_float(decode_png(images[sha], f"{sha}.png")), key)[0])
+            if not math.isclose(again, recorded, rel_tol=1e-9, abs_tol=1e-12):
+                raise VerificationError(
+                    f"{images_dir}: key {result.key_id}, seed {j}: the regeneration {sha[:16]}... is at"
+                    f" distance {again:.6g} from its key image, the report says {recorded:.6g}"
+                )
+    return len(images), cited
 
 
 def _check_subject(statement: dict[str, Any], report: AttributionReport, source: str) -> None:

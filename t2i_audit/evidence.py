@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("envelope", metavar="ENVELOPE", help="the DSSE envelope (report.dsse.json)")
     p.add_argument("--key", required=True, metavar="PUB", help="the owner's Ed25519 public key (PEM)")
     p.add_argument("--keys", metavar="DIR", help="the keyset folder: check its images, digest and commitment")
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        help="the suspect's regenerations (audit --save-images DIR): recompute their distances (needs --keys)",
+    )
 
     report = add_group(sub, "report", "attribution reports")
     p = add_command(
@@ -66,7 +71,9 @@ def cmd_verify(args: argparse.Namespace, ctx: Context) -> int:
 
     path = Path(args.envelope)
     envelope_bytes = read_bytes(path, "envelope file")
-    verified = verify_signed_report_details(envelope_bytes, args.key, args.keys, source=str(path))
+    verified = verify_signed_report_details(
+        envelope_bytes, args.key, args.keys, source=str(path), images_dir=args.images
+    )
     report = verified.report
     test = report.verdict.test
     if ctx.format == "json":

@@ -77,6 +77,7 @@ def make_report(
     references: bool = True,
     suspect_digest: str | None = SUSPECT_DIGEST,
     suspect_name: str = "suspect-model",
+    distances: tuple[float, ...] = DISTANCES,
 ) -> AttributionReport:
     config = with_nonce(AuditConfig(seeds_per_key=1), keyset)
     seeds = audit_seeds(config.audit_nonce, keyset.keys, 1, keyset.forbidden_seeds())
@@ -90,7 +91,7 @@ def make_report(
             hit=d < config.delta0,
             image_sha256s=(sha256_bytes(encode_png(image)),),
         )
-        for key, d, image in zip(keyset.keys, DISTANCES, regenerations, strict=True)
+        for key, d, image in zip(keyset.keys, distances, regenerations, strict=True)
     )
     hits = sum(k.hit for k in results)
     token = audit_token(keyset, config, keyset.generation)
@@ -99,8 +100,8 @@ def make_report(
         num_keys=len(results),
         hits=hits,
         conf=hits / len(results),
-        mean_distance=float(np.mean(DISTANCES)),
-        best_distance=float(np.min(DISTANCES)),
+        mean_distance=float(np.mean(distances)),
+        best_distance=float(np.min(distances)),
         backend=BackendInfo(
             backend="torch", device="cpu", dtype="float32", versions={"torch": torch.__version__}
         ),
@@ -685,3 +686,28 @@ def test_p_values_compare_relatively_however_small():
 
     assert _same_verdict(with_p(1e-14), with_p(1e-14 * (1 + 1e-12)))
     assert not _same_verdict(with_p(1e-14), with_p(1e-30))  # both within 1e-12 of zero
+
+
+def test_verify_recomputes_the_distances_of_the_regenerations_at_hand(world, capsys, tmp_path):
+    """The fixture's distances are made up: the images say otherwise. Its true distances verify."""
+    from auditor.distance import normalized_l2
+    from auditor.images import to_float
+
+    argv = ("verify", world.envelope, "--key", world.public, "--keys", world.keys_dir, "--images")
+    code, _, err = run(capsys, *argv, world.images_dir)
+    assert code == 1 and "key k000, seed 0: the regeneration" in err, err
+    keys = load_keyset(world.keys_dir)[1]
+    true = tuple(float(d) for d in normalized_l2(to_float(world.regenerations), to_float(keys)))
+    honest = write_signed_report(
+        make_report(world.keyset, world.regenerations, distances=true),
+        world.private,
+        tmp_path / "h.dsse.json",
+    )
+    code, out, err = run(capsys, "--format", "json", "verify", honest, *argv[2:], world.images_dir)
+    assert code == 0, err
+    assert "distances of 6 of 6 regenerations" in json.loads(out)["checks"], out
+    (world.images_dir / next(world.images_dir.iterdir()).name).unlink()  # one image missing: counted
+    code, out, _ = run(capsys, "--format", "json", "verify", honest, *argv[2:], world.images_dir)
+    assert code == 0 and "distances of 5 of 6 regenerations" in json.loads(out)["checks"]
+    code, _, err = run(capsys, "verify", honest, "--key", world.public, "--images", world.images_dir)
+    assert code == 2 and "needs --keys" in err
