@@ -5,7 +5,9 @@ STAMP  := $(VENV)/.setup-stamp
 # torch is pinned (2.13.0). PyPI's default torch wheel for Linux is the CUDA build (GBs); on a
 # CPU host with PyPI, TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU wheel (this
 # project's machines get it from their package mirror, so the default adds no index). On a GPU
-# host, install a CUDA 12 build of torch 2.13.0 first and use EXTRAS=test,gpu (README).
+# host, TORCH_INDEX=https://download.pytorch.org/whl/cu130 takes torch 2.13.0's CUDA 13.0 build,
+# with EXTRAS=test,gpu: one CUDA line, CUDA 13, for torch, onnxruntime-gpu and TensorRT (README,
+# "GPU install").
 TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= test,onnx,ray

@@ -10,12 +10,15 @@ on a container made from the built image does.
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -68,15 +71,82 @@ def test_dockerfile_contract(dockerfile):
         assert needed in text, needed
     assert "HEALTHCHECK" not in text.replace("drop HEALTHCHECK", "")  # OCI images drop it
     if dockerfile == "Dockerfile":
-        assert "[gpu]" in text and "pip install onnxruntime" not in text  # never the CPU build beside -gpu
-        # one CUDA major for torch, onnxruntime-gpu (PyPI: CUDA 12) and tensorrt-cu12
-        assert "download.pytorch.org/whl/cu12" in text and "torch.version.cuda" in text
-        assert "TORCH_VERSION=2.13.0" in text
-        assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
-        # no base image whose own ENTRYPOINT script ours would replace
-        assert "nvcr.io/nvidia/" not in text.split("ARG BASE_IMAGE=", 1)[1].splitlines()[0]
+        _check_gpu_dockerfile(text)
     else:
         assert "TORCH_VERSION=2.13.0" in text and "download.pytorch.org/whl/cpu" in text
+
+
+def _check_gpu_dockerfile(text: str) -> None:
+    """One CUDA line, CUDA 13: TensorRT from NVIDIA's TensorRT container, torch from the cu130 index,
+    onnxruntime-gpu from PyPI, torch's CUDA libraries first for every process, and the build-time checks."""
+    base = text.split("ARG BASE_IMAGE=", 1)[1].splitlines()[0]
+    assert re.fullmatch(r"nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3(@sha256:[0-9a-f]{64})?", base), base
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130" in text
+    assert "TORCH_VERSION=2.13.0" in text and "ONNXRUNTIME_GPU_VERSION=" in text
+    # never the CPU onnxruntime beside onnxruntime-gpu
+    assert "pip install onnxruntime" not in text and "show onnxruntime" in text
+    assert "gpu-requirements.txt" in text and "not r.startswith('tensorrt')" in text  # TensorRT is the base's
+    env = re.search(r"^ENV LD_LIBRARY_PATH=(\S+)$", text, re.M)
+    assert env and env.group(1).startswith("/opt/venv/nvidia/cu13/lib:/opt/venv/nvidia/cudnn/lib")
+    for check in (
+        "torch.version.cuda",  # (a) CUDA 13 builds
+        "startswith('13.')",
+        "libonnxruntime_providers_cuda.so",  # (b) every library resolves but the driver
+        "libonnxruntime_providers_tensorrt.so",
+        "'libcuda.so.1'",
+        "['ldd', '-r', cuda_ep]",
+        "/proc/self/maps",  # (c) the files torch loaded are the ones ONNX Runtime and TensorRT resolve
+        "a second copy of a CUDA library",
+    ):
+        assert check in text, check
+    # GPU visibility is the runtime's (--gpus, the device plugin): the base's `all` is overridden
+    assert "NVIDIA_VISIBLE_DEVICES=all" not in text and "NVIDIA_VISIBLE_DEVICES=void" in text
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+
+
+def _python_of_run(text: str, before: str, after: str) -> str:
+    """The program of a `python -c "..."` in a RUN, as Docker (line continuations) and bash pass it."""
+    joined = re.sub(r"\\\n", "", text)
+    start = joined.index(before) + len(before)
+    quoted = joined[start : joined.index(after, start)].strip()
+    assert quoted.startswith('"') and quoted.endswith('"'), quoted[:80]
+    done = subprocess.run(["bash", "-c", "printf %s " + quoted], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash unquotes the RUN as the image's shell does")
+def test_gpu_dockerfile_programs_parse_and_pick_the_gpu_extra(tmp_path):
+    """Nothing builds the GPU image here: the Python programs of its RUN lines must at least compile
+    after Docker's and bash's quoting, and the build stage's must turn the wheel's metadata into the
+    `gpu` extra less TensorRT."""
+    text = (DOCKER / "Dockerfile").read_text()
+    check = _python_of_run(text, "RUN /opt/venv/bin/python -c ", "    && useradd")
+    compile(check, "docker/Dockerfile: build-time checks", "exec")
+    assert check.startswith("import ") and not re.search(r"\\(\s|$)", check)  # no continuation left
+    program = _python_of_run(text, "&& python3 -c ", "\nFROM ")
+    compile(program, "docker/Dockerfile: gpu requirements", "exec")
+    import tomllib
+
+    gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    metadata = "Metadata-Version: 2.4\nName: t2i-auditor\nRequires-Dist: numpy>=1.26\n" + "".join(
+        f'Requires-Dist: {r}; extra == "gpu"\n' for r in gpu
+    )
+    metadata += 'Requires-Dist: onnxruntime>=1.18; extra == "onnx"\n'
+    with zipfile.ZipFile(dist / "t2i_auditor-0.1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("t2i_auditor-0.1.0.dist-info/METADATA", metadata)
+    done = subprocess.run(
+        [sys.executable, "-c", program.replace("/dist/", f"{dist}/")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    wanted = [r for r in gpu if not r.startswith("tensorrt")]
+    assert (dist / "gpu-requirements.txt").read_text().splitlines() == wanted
+    assert any(r.startswith("tensorrt") for r in gpu) and any(r.startswith("onnxruntime-gpu") for r in wanted)
 
 
 def test_dockerignore_keeps_the_context_small():
@@ -169,6 +239,87 @@ def test_k8s_pods_are_burstable_restricted_and_tolerate_gpu_nodes():
     gpu = audit["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"] == 1
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in audit["tolerations"]
+
+
+def test_k8s_summary_job_runs_the_cpu_image_and_holds_no_gpu():
+    """`batch --summarize` reads the job file, the keyset and the reports and writes summary.json: no
+    model runs, so it needs no GPU, no GPU node and not the (CUDA) GPU image."""
+    pods = _pods()
+    (summary,) = pods["t2i-audit-summary"]["containers"]
+    assert summary["image"] == "t2i-auditor:cpu"  # docker/Dockerfile.cpu's tag, as in compose.yaml
+    assert "t2i-auditor:cpu" in (DOCKER / "Dockerfile.cpu").read_text()
+    resources = summary["resources"]
+    assert not any("gpu" in key for part in resources.values() for key in part)
+    assert not pods["t2i-audit-summary"].get("tolerations")
+    assert "--summarize" in summary["args"]
+    (audit,) = pods["t2i-audit"]["containers"]
+    assert audit["image"] == "t2i-auditor:gpu"
+
+
+def _k8s_documents() -> list[tuple[str, dict]]:
+    return [
+        (name, doc)
+        for name in ("k8s-indexed-job.yaml", "k8s-summary-job.yaml")
+        for doc in yaml.safe_load_all((DOCKER / name).read_text())
+        if doc
+    ]
+
+
+def _claimed_k8s_versions() -> list[str]:
+    """Every Kubernetes minor release from the one the files claim ("1.29 or newer") to the newest
+    whose schemas kubernetes-validate ships."""
+    from kubernetes_validate.utils import all_versions
+    from packaging.version import Version
+
+    claim = re.search(r"Kubernetes (\d+\.\d+) or newer", (DOCKER / "k8s-indexed-job.yaml").read_text())
+    assert claim, "the file states its minimum Kubernetes version"
+    oldest = Version(claim.group(1))
+    versions = sorted({v for v in all_versions() if Version(v) >= oldest}, key=Version)
+    assert versions and Version(versions[0]).release[:2] == oldest.release[:2]
+    return [".".join(v.split(".")[:2]) for v in versions]
+
+
+def test_k8s_files_validate_against_every_claimed_kubernetes_release():
+    """Each document of both files against the official JSON schema (strict: no unknown fields) of
+    every release from 1.29 to the newest kubernetes-validate has, offline."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is part of the test extra (make setup)"
+    )
+    versions = _claimed_k8s_versions()
+    assert "1.34" in versions and "1.35" in versions  # both sides of podFailurePolicy's status change
+    results = {}
+    for name, doc in _k8s_documents():
+        for version in versions:
+            # validate() returns the release whose schema it used: the one asked for, not an older one
+            results[(name, doc["kind"], version)] = kubernetes_validate.validate(doc, version, strict=True)
+    assert all(used == version for (_, _, version), used in results.items()), results
+    assert {kind for _, kind, _ in results} == {"ConfigMap", "Secret", "Job"}
+
+
+def test_k8s_schema_validation_can_fail():
+    """Without `status` on podFailurePolicy's onPodConditions, 1.29-1.34 reject the Job (1.35 made
+    the field optional): the validation above is not vacuous."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is part of the test extra (make setup)"
+    )
+    from packaging.version import Version
+
+    job = next(
+        doc for name, doc in _k8s_documents() if name == "k8s-indexed-job.yaml" and doc["kind"] == "Job"
+    )
+    broken = copy.deepcopy(job)
+    for rule in broken["spec"]["podFailurePolicy"]["rules"]:
+        for condition in rule.get("onPodConditions", []):
+            condition.pop("status")
+    rejected = []
+    for version in _claimed_k8s_versions():
+        try:
+            kubernetes_validate.validate(broken, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            assert "status" in exc.message, exc.message
+            rejected.append(version)
+    assert rejected == [v for v in _claimed_k8s_versions() if Version(v) < Version("1.35")]
+    assert "1.29" in rejected
 
 
 def test_k8s_example_states_what_the_cluster_needs():

@@ -53,13 +53,50 @@ def test_build_backend_can_read_an_spdx_license():
     )
 
 
-def test_gpu_extra_stays_on_cuda_12():
-    """PyPI's onnxruntime-gpu is a CUDA 12 build; the bare `tensorrt` meta-package now brings CUDA 13."""
-    gpu = PYPROJECT["project"]["optional-dependencies"]["gpu"]
-    names = {_name(r): r for r in gpu}
-    assert "tensorrt" not in names
-    assert re.search(r"<\s*12", names["tensorrt-cu12"]) and ">=10" in names["tensorrt-cu12"]
-    assert "onnxruntime-gpu" in names and "onnxruntime" not in names  # never both
+def _gpu_extra() -> dict[str, Requirement]:
+    return {
+        canonicalize_name(req.name): req
+        for req in map(Requirement, PYPROJECT["project"]["optional-dependencies"]["gpu"])
+    }
+
+
+def test_gpu_extra_is_on_cuda_13():
+    """One CUDA line, CUDA 13: torch 2.13 has CUDA 12.6 and 13.0 builds only, PyPI's onnxruntime-gpu
+    is a CUDA 13 build from 1.27 (1.26.0 was the last CUDA 12 one), and TensorRT comes as its CUDA 13
+    package, from 10.13 (its first CUDA 13 release) and below 11: ONNX Runtime's TensorRT provider
+    links libnvinfer.so.10."""
+    gpu = _gpu_extra()
+    assert not {"tensorrt", "tensorrt-cu12", "onnxruntime"} & set(gpu)  # the CPU build never beside -gpu
+    assert set(gpu) == {"onnx", "onnxruntime-gpu", "tensorrt-cu13"}
+    trt = gpu["tensorrt-cu13"].specifier
+    assert {v for v in ("10.12.0.36", "10.13.2.6", "10.16.1.11", "11.0.0.114") if trt.contains(v)} == {
+        "10.13.2.6",
+        "10.16.1.11",
+    }
+    ort = gpu["onnxruntime-gpu"].specifier
+    assert not ort.contains("1.26.0") and ort.contains("1.27.0") and ort.contains("1.31.1")
+
+
+def test_gpu_pin_check_can_fail(monkeypatch):
+    """The CUDA 12 pins of before fail the check above."""
+    old = {"gpu": ["onnx>=1.16", "onnxruntime-gpu>=1.19", "tensorrt-cu12>=10,<12"]}
+    monkeypatch.setitem(PYPROJECT["project"], "optional-dependencies", old)
+    with pytest.raises(AssertionError):
+        test_gpu_extra_is_on_cuda_13()
+
+
+def test_gpu_image_pins_fit_the_gpu_extra():
+    """docker/Dockerfile installs the gpu extra less TensorRT (its base's) at the versions it pins:
+    those must lie in the extra's ranges, and torch must come from the CUDA 13.0 index."""
+    text = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    pin = re.search(r"^ARG ONNXRUNTIME_GPU_VERSION=(\S+)$", text, re.M)
+    assert pin and _gpu_extra()["onnxruntime-gpu"].specifier.contains(pin.group(1))
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu130$", text, re.M)
+    assert re.search(r"^ARG TORCH_VERSION=2\.13\.0$", text, re.M)
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
+    assert base and re.fullmatch(
+        r"nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3(@sha256:[0-9a-f]{64})?", base.group(1)
+    )
 
 
 def test_verify_extra_is_light():
@@ -111,7 +148,8 @@ def test_wheel_metadata_carries_the_license(tmp_path):
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert 'Requires-Dist: tensorrt-cu12<12,>=10; extra == "gpu"' in metadata
+    assert 'Requires-Dist: tensorrt-cu13<11,>=10.13; extra == "gpu"' in metadata
+    assert 'Requires-Dist: onnxruntime-gpu>=1.27; extra == "gpu"' in metadata
     assert "Provides-Extra: verify" in metadata
 
 
