@@ -14,7 +14,8 @@ dynamo=False)`: the dynamo exporter needs onnxscript and was 7-13x slower here),
 batch axis dynamic and the resolution fixed. Weights beyond the 2 GB protobuf limit go
 to one external-data file per component. ONNX Runtime then optimizes each graph
 offline for its CPU provider (extended level, else basic, else none: the first level
-whose graph still validates is kept). Validation runs torch and the graph on seeded
+whose graph still validates is kept; the UNet's first candidate is ONNX Runtime's
+transformer optimizer's fused graph, `export.ort_fusion`). Validation runs torch and the graph on seeded
 random inputs and holds the result to the component's contract tolerance; the figures
 go into the manifest, and a miss raises `ParityError` (exit 2) after the bundle is
 written with `parity_passed: false`, so engine backends refuse it and fall back.
@@ -23,7 +24,8 @@ written with `parity_passed: false`, so engine backends refuse it and fall back.
 fp16 copy of the torch module (each component's fp16 rules: `ComponentSpec.half`). The precision has to live in the graph: TensorRT 11
 removed the FP16 builder flag (every network is strongly typed), and the same graph
 runs on ONNX Runtime, so it is validated here, on any host, against torch's fp32
-outputs at the fp16 tolerance.
+outputs at the fp16 tolerance. The fp16 UNet is also fused for ONNX Runtime's CUDA
+provider (`unet/model.fp16.cuda.onnx`), validated where that provider runs.
 
 Why not optimum: its ONNX exporters now live in `optimum-onnx`, which pins
 transformers < 4.58, while this project runs transformers 5 (docs/export.md).
@@ -68,8 +70,9 @@ from auditor.backends.engines.components import (
 from auditor.errors import BadInputError
 from auditor.progress import Reporter
 from export.errors import ExportError, ParityError
+from export.ort_fusion import cpu_record, fuse_for_cpu, fuse_for_cuda
 from export.source import SourcePipeline
-from export.validation import _provider_label, optimize_and_validate, run_onnx, validation_providers
+from export.validation import optimize_and_validate, run_graph, validation_providers
 
 # protobuf refuses messages over 2 GiB; leave room for the graph itself
 EXTERNAL_DATA_MIN_BYTES = 1_800_000_000
@@ -391,6 +394,8 @@ def _export_one(
     inputs = spec.sample_inputs(contract, shapes, VALIDATION_BATCH, seed, source.scaling_factor)
     references = torch_outputs(module, contract, inputs)
     save_validation(comp_dir / "validation.npz", inputs, references)
+    fusions = []
+    fused = fuse_for_cpu(comp_dir, external) if spec.name == "unet" and cpu_graphs else None
     ort_name, level, parity = optimize_and_validate(
         comp_dir,
         contract,
@@ -400,15 +405,19 @@ def _export_one(
         seed,
         cpu_graphs=cpu_graphs,
         providers=validation_providers(validate_on, "fp32"),
+        fused=fused[0] if fused else None,
     )
+    if fused:
+        fusions.append(cpu_record(name, *fused, ort_name, level, parity))
     fp16 = None
     if half and spec.keep_fp32_in_half:  # the fp16 set runs the fp32 graph, held to the fp16 bound
-        outputs = run_onnx(comp_dir / "model.onnx", contract, inputs)
-        kept = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], "onnxruntime (fp32 graph kept)", seed)
+        outputs, ran_on = run_graph(comp_dir / "model.onnx", contract, inputs)
+        label = f"onnxruntime {ran_on} (fp32 graph kept)"
+        kept = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], label, seed)
         fp16 = HalfGraphRecord(
             onnx=f"{name}/model.onnx",
             external_data=external,
-            attention="fp32-upcast",
+            attention="sdpa-fp32",  # the fp32 graph: diffusers' SDPA, all fp32
             normalization="fp32",
             parity=kept,
             precision="fp32",
@@ -430,6 +439,8 @@ def _export_one(
             upcast,
             validation_providers(validate_on, "fp16"),
         )
+        if spec.name == "unet":  # ONNX Runtime's fused fp16 graph for its CUDA provider
+            fusions.append(fuse_for_cuda(comp_dir, contract, inputs, references, seed, fp16.external_data))
     files = [
         file_record(root, f"{name}/{p.name}")
         for p in sorted(comp_dir.iterdir())
@@ -446,6 +457,7 @@ def _export_one(
         parity=parity,
         export_seconds=round(time.perf_counter() - start, 3),
         fp16=fp16,
+        ort_fusions=tuple(fusions),
     )
 
 
@@ -467,13 +479,13 @@ def _export_half(
     """Trace the fp16 graph and hold it to the fp16 tolerance against torch's fp32 outputs."""
     dst = comp_dir / "model.fp16.onnx"
     external = export_onnx(module, contract, shapes, opset, dst, work, external_min, spec)
-    outputs = run_onnx(dst, contract, inputs, providers)
-    label = f"onnxruntime {_provider_label(providers)} (fp16 graph)"
+    outputs, ran_on = run_graph(dst, contract, inputs, providers)
+    label = f"onnxruntime {ran_on} (fp16 graph)"
     parity = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], label, seed)
     return HalfGraphRecord(
         onnx=f"{comp_dir.name}/{dst.name}",
         external_data=external,
-        attention="fp32-upcast" if upcast_attention else "fp32-softmax",
+        attention=getattr(module, "attention", None) or ("sdpa-fp32" if upcast_attention else "sdpa-fp16"),
         normalization="fp32",
         parity=parity,
     )

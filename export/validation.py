@@ -2,9 +2,13 @@
 
 Every exported graph runs the seeded validation inputs and is held to its contract's
 tolerance against torch's outputs. On the CPU provider by default; `validate_on="auto"`
-uses the CUDA provider when it really runs here (TF32 off for fp32 graphs). ONNX
-Runtime's offline-optimized CPU graph (`model.ort.onnx`) is tried best level first, and
-the first level whose graph still validates is kept; a bundle meant for GPU hosts
+uses the CUDA provider when it really runs here (TF32 off for fp32 graphs). A parity
+record names the provider the session *actually* ran on (`session.get_providers()`, after
+the session was created), never the one asked for: onnxruntime-gpu on a host without a
+usable GPU silently runs the CPU provider. ONNX Runtime's offline-optimized CPU graph
+(`model.ort.onnx`) is tried best level first, and the first level whose graph still
+validates is kept; for a UNet the best level starts from ONNX Runtime's transformer
+optimizer's fused graph (`export.ort_fusion`). A bundle meant for GPU hosts
 (`cpu_graphs=False`) keeps only the portable graph.
 """
 
@@ -19,7 +23,8 @@ from auditor.backends.engines.components import ComponentContract, ParityRecord,
 
 def validation_providers(validate_on: str, precision: str = "fp32") -> list:
     """ONNX Runtime providers for the export's checks: the CPU, or ("auto") the CUDA provider when it
-    really runs here (TF32 off for fp32), which on a GPU host takes seconds where the CPU takes minutes."""
+    is installed (TF32 off for fp32), which on a GPU host takes seconds where the CPU takes minutes.
+    Whether it really ran is read from the session afterwards (`run_graph`)."""
     from auditor.backends.engines.ort import (
         CPU_PROVIDER,
         CUDA_PROVIDER,
@@ -33,14 +38,21 @@ def validation_providers(validate_on: str, precision: str = "fp32") -> list:
     return [cuda, CPU_PROVIDER]
 
 
-def run_onnx(
+def run_graph(
     path: Path, contract: ComponentContract, inputs: dict[str, np.ndarray], providers: list | None = None
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], str]:
+    """The graph's outputs on `inputs`, and the provider the session really ran on (its first)."""
     from auditor.backends.engines.ort import make_session
 
     session = make_session(path, providers) if providers else make_session(path)
     values = session.run(contract.output_names, {name: inputs[name] for name in contract.input_names})
-    return dict(zip(contract.output_names, values, strict=True))
+    return dict(zip(contract.output_names, values, strict=True)), session.get_providers()[0]
+
+
+def run_onnx(
+    path: Path, contract: ComponentContract, inputs: dict[str, np.ndarray], providers: list | None = None
+) -> dict[str, np.ndarray]:
+    return run_graph(path, contract, inputs, providers)[0]
 
 
 def optimize_and_validate(
@@ -53,42 +65,39 @@ def optimize_and_validate(
     *,
     cpu_graphs: bool = True,
     providers: list | None = None,
+    fused: Path | None = None,
 ) -> tuple[str, str, ParityRecord]:
     """Offline ORT optimization, best level first; keep the first graph that validates.
 
-    Without `cpu_graphs` (a bundle for GPU hosts) only the portable graph is kept, validated on
-    `providers`."""
+    `fused`: ONNX Runtime's transformer optimizer's graph of the portable one (CPU fusions only),
+    tried first at the extended level ("transformers+extended"). Without `cpu_graphs` (a bundle
+    for GPU hosts) only the portable graph is kept, validated on `providers`."""
     from auditor.backends.engines.ort import OFFLINE_LEVELS, optimize_offline
 
     portable = comp_dir / "model.onnx"
     parity: ParityRecord | None = None
     if not cpu_graphs:
-        outputs = run_onnx(portable, contract, inputs, providers)
-        label = f"onnxruntime {_provider_label(providers)} (none)"
+        outputs, ran_on = run_graph(portable, contract, inputs, providers)
+        label = f"onnxruntime {ran_on} (none)"
         return portable.name, "none", compare(outputs, references, contract.tolerance, label, seed)
-    for level in OFFLINE_LEVELS:
+    levels = [("transformers+extended", fused, "extended")] if fused is not None else []
+    levels += [(level, portable, level) for level in OFFLINE_LEVELS]
+    for name, source, level in levels:
         if level == "none":
             candidate = portable
         else:
             candidate = comp_dir / "model.ort.onnx"
             try:
-                optimize_offline(portable, candidate, level, external)
+                optimize_offline(source, candidate, level, external)
             except Exception:  # an optimizer failure only rules this level out
                 _remove_graph(candidate)
                 continue
-        outputs = run_onnx(candidate, contract, inputs)
-        parity = compare(
-            outputs, references, contract.tolerance, f"onnxruntime CPUExecutionProvider ({level})", seed
-        )
+        outputs, ran_on = run_graph(candidate, contract, inputs)
+        parity = compare(outputs, references, contract.tolerance, f"onnxruntime {ran_on} ({name})", seed)
         if parity.passed or level == "none":
-            return candidate.name, level, parity
+            return candidate.name, name, parity
         _remove_graph(candidate)
     raise AssertionError("unreachable: the 'none' level always returns")
-
-
-def _provider_label(providers: list | None) -> str:
-    first = (providers or ["CPUExecutionProvider"])[0]
-    return first[0] if isinstance(first, tuple) else first
 
 
 def _remove_graph(path: Path) -> None:

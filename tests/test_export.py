@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,10 @@ def test_onnx_graphs_follow_their_contract(bundle):
             assert first.dim_param == "batch" and not first.HasField("dim_value")
         assert [p.image_batch for p in contract.profiles] == [1, 16]
         rows = contract.rows_per_image
-        for profile in contract.profiles:
+        for profile in contract.profiles:  # static: TensorRT tunes each for the one shape it runs
             for name in contract.input_names:
-                assert profile.min[name][0] == 1
-                assert profile.opt[name][0] == profile.max[name][0] == profile.image_batch * rows
+                assert profile.min[name] == profile.opt[name] == profile.max[name]
+                assert profile.max[name][0] == profile.image_batch * rows
 
 
 def _value_types(model) -> dict[str, int]:
@@ -135,6 +136,82 @@ def _value_types(model) -> dict[str, int]:
     types = {v.name: v.type.tensor_type.elem_type for v in values}
     types.update({t.name: t.data_type for t in inferred.graph.initializer})
     return types
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """What surrounds one Softmax of a graph, as fused-attention kernels see it."""
+
+    axis: int
+    between: tuple[str, ...]  # ops between the first MatMul and the Softmax
+    q_scaled: bool  # the first MatMul's left input is a Mul by a scale (applied before the product)
+    k_scaled: bool
+    zero_add: bool  # an Add of ConstantOfShape(...) x 0 on the way (the classic processor's baddbmm)
+    after: str  # the op the softmax feeds (through Casts)
+
+    @property
+    def fusable(self) -> bool:
+        """SDPA's pattern: Mul(Q, s), Mul(K^T, s), MatMul, Softmax(last axis), MatMul; Casts allowed only
+        outside it."""
+        return (
+            self.axis == -1
+            and not self.between
+            and self.q_scaled
+            and self.k_scaled
+            and not self.zero_add
+            and self.after == "MatMul"
+        )
+
+
+def attention_patterns(model) -> list[AttentionPattern]:
+    """The attention pattern around every Softmax of an ONNX model."""
+    nodes = model.graph.node
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def zero_tensor(name: str) -> bool:  # ConstantOfShape, or a Mul of one (baddbmm's beta=0 input)
+        node = producer.get(name)
+        if node is None or node.op_type == "ConstantOfShape":
+            return node is not None
+        return node.op_type == "Mul" and any(
+            i in producer and producer[i].op_type == "ConstantOfShape" for i in node.input
+        )
+
+    def scaled(name: str) -> bool:
+        node = producer.get(name)
+        return (
+            node is not None
+            and node.op_type == "Mul"
+            and any(
+                i not in producer or producer[i].op_type in ("Sqrt", "Constant", "Cast") for i in node.input
+            )
+        )
+
+    out = []
+    for softmax in (n for n in nodes if n.op_type == "Softmax"):
+        axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
+        between, zero, node = [], False, producer.get(softmax.input[0])
+        while node is not None and node.op_type != "MatMul" and len(between) < 8:
+            between.insert(0, node.op_type)
+            if node.op_type == "Add":
+                zero |= any(zero_tensor(i) for i in node.input)
+                rest = [i for i in node.input if not zero_tensor(i)]
+                node = producer.get(rest[0]) if rest else None
+            else:
+                node = producer.get(node.input[0])
+        q_scaled = k_scaled = False
+        if node is not None and node.op_type == "MatMul":
+            q_scaled, k_scaled = scaled(node.input[0]), scaled(node.input[1])
+        after = consumers.get(softmax.output[0], [None])[0]
+        while after is not None and after.op_type == "Cast":
+            after = consumers.get(after.output[0], [None])[0]
+        out.append(
+            AttentionPattern(axis, tuple(between), q_scaled, k_scaled, zero, after.op_type if after else "")
+        )
+    return out
 
 
 def test_fp16_graphs_compute_in_fp16_behind_a_float32_boundary(bundle):
@@ -156,16 +233,154 @@ def test_fp16_graphs_compute_in_fp16_behind_a_float32_boundary(bundle):
         initializers = {t.name: t for t in graph.graph.initializer}
         weights = [initializers[n.input[1]] for n in heavy if n.input[1] in initializers]
         assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights), name
-        assert record.fp16.attention == "fp32-softmax" and record.fp16.normalization == "fp32"
-        # where fp16 overflows: every softmax and every normalization computes in fp32
+        assert record.fp16.normalization == "fp32"
+        # the text encoder's 77 x 77 scores take an fp32 softmax; the UNet's and the VAE's attention
+        # is SDPA's fused pattern in fp16 (Q and K prescaled, test_fp16_attention_is_in_the_pattern...)
         softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
-        assert softmax and all(types[n.input[0]] == TensorProto.FLOAT for n in softmax), name
+        want = TensorProto.FLOAT if name == "text_encoder" else TensorProto.FLOAT16
+        assert record.fp16.attention == ("fp32-softmax" if name == "text_encoder" else "sdpa-fp16"), name
+        assert softmax and all(types[n.input[0]] == want for n in softmax), name
+        # where fp16 overflows: every normalization computes in fp32
         norms = [n for n in graph.graph.node if n.op_type in NORM_OPS]
         assert norms and all(types[n.input[0]] == TensorProto.FLOAT for n in norms), name
         assert all(types[n.input[1]] == TensorProto.FLOAT for n in norms), name  # fp32 scale too
         if name == "unet":
             timestep = next(n for n in graph.graph.node if "timestep" in n.input)
             assert types[timestep.output[0]] == TensorProto.FLOAT  # timesteps are embedded in fp32
+
+
+def test_fp16_attention_is_in_the_pattern_fused_kernels_match(bundle):
+    """Issue 23: Q and K scaled before the product, no zero-tensor add, Softmax over the last axis,
+    second MatMul, in the UNet's and the VAE's graphs of both precisions (TensorRT's fused attention
+    needs the scale on Q and K before the first MatMul; ONNX Runtime's UNet fusion matches it too)."""
+    import onnx
+
+    manifest = read_manifest(bundle)
+    for name in ("unet", "vae_decoder"):
+        record = manifest.components[name]
+        for path in (record.onnx, record.fp16.onnx):
+            model = onnx.load(str(bundle / path))
+            patterns = attention_patterns(model)
+            assert patterns and all(p.fusable for p in patterns), (path, patterns)
+            softmax_inputs = {n.input[0] for n in model.graph.node if n.op_type == "Softmax"}
+            assert not any(  # nothing but the product itself reaches a softmax
+                n.op_type in ("Add", "ConstantOfShape") and set(n.output) & softmax_inputs
+                for n in model.graph.node
+            ), path
+
+
+def _export_attention(tmp_path, processor: str):
+    """One diffusers Attention (2 heads of 16), fp16, exported as the exporter does; its graph."""
+    import warnings
+
+    import onnx
+    import torch
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    from auditor.backends.engines.half import fusable_attention
+
+    torch.manual_seed(0)
+    module = Attention(query_dim=32, heads=2, dim_head=16).eval().half()
+    if processor == "classic":  # what the fp16 export used before: baddbmm, fp32 softmax
+        module.upcast_softmax = True
+        module.set_processor(AttnProcessor())
+    else:
+        assert fusable_attention(module, upcast_attention=processor == "upcast") is not None
+    path = tmp_path / f"{processor}.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.randn(2, 64, 32, dtype=torch.float16),),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return onnx.load(str(path))
+
+
+def test_one_attention_module_before_and_after(tmp_path):
+    """The classic processor's graph (scale after the product, a zero add, casts around the softmax) is
+    what no fused kernel matches; the SDPA processors' graphs are the pattern, fp16 and upcast alike."""
+    (classic,) = attention_patterns(_export_attention(tmp_path, "classic"))
+    assert not classic.fusable and classic.zero_add and not classic.q_scaled
+    assert classic.between == ("Mul", "Add", "Cast")
+    for processor in ("sdpa", "upcast"):
+        (pattern,) = attention_patterns(_export_attention(tmp_path, processor))
+        assert pattern.fusable and pattern.between == (), (processor, pattern)
+
+
+def test_the_upcast_processor_computes_what_sdpa_does():
+    import torch
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from auditor.backends.engines.half import Fp32SdpaProcessor
+
+    torch.manual_seed(0)
+    module = Attention(query_dim=32, heads=2, dim_head=16, cross_attention_dim=24).eval()
+    x, context = torch.randn(2, 64, 32), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        module.set_processor(AttnProcessor2_0())
+        want = module(x, encoder_hidden_states=context)
+        module.set_processor(Fp32SdpaProcessor())
+        got = module(x, encoder_hidden_states=context)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_unet_graphs_go_through_onnx_runtimes_transformer_optimizer(bundle):
+    """CPU target: the fp32 UNet's attention fused into ONNX Runtime's attention operators, validated here
+    and kept as the CPU graph. CUDA target: the fp16 UNet's CUDA-only fusions, kept with the reason it
+    was not validated on this host (the onnx backend validates it on a GPU)."""
+    import onnx
+
+    manifest = read_manifest(bundle)
+    unet = manifest.components["unet"]
+    cpu, cuda = unet.ort_fusion("cpu"), unet.ort_fusion("cuda")
+    assert unet.ort_optimization == "transformers+extended" and unet.ort_cpu == "unet/model.ort.onnx"
+    assert cpu.onnx == unet.ort_cpu and cpu.source == "unet/model.onnx" and cpu.reason is None
+    assert cpu.fused.get("MultiHeadAttention", 0) + cpu.fused.get("Attention", 0) == 8  # 4 self, 4 cross
+    assert cpu.parity.passed and cpu.parity == unet.parity and "transformers+extended" in cpu.parity.runtime
+    ops = {n.op_type for n in onnx.load(str(bundle / unet.ort_cpu)).graph.node}
+    assert ops & {"MultiHeadAttention", "Attention"} and "Softmax" not in ops
+    assert cuda.source == unet.fp16.onnx and cuda.onnx == "unet/model.fp16.cuda.onnx"
+    assert cuda.fused.get("GroupNorm", 0) > 0 and cuda.fused.get("NhwcConv", 0) > 0
+    assert cuda.parity is None and "CUDA provider" in cuda.reason
+    assert cuda.onnx in {f.path for f in unet.files}  # hashed like every graph
+    assert "unet/model.fused.onnx" not in {f.path for f in unet.files}  # the intermediate is gone
+    for name in ("text_encoder", "vae_decoder"):
+        assert manifest.components[name].ort_fusions == ()
+
+
+def test_validation_names_the_provider_that_ran(bundle, tmp_path):
+    """Asked for CUDA on a host where it does not run, the record says CPUExecutionProvider."""
+    from auditor.backends.engines.bundle import load_validation
+    from auditor.backends.engines.ort import (
+        CPU_PROVIDER,
+        CUDA_PROVIDER,
+        available_providers,
+        provider_options,
+    )
+    from export.validation import optimize_and_validate, run_graph
+
+    if CUDA_PROVIDER in available_providers():
+        pytest.skip("the CUDA provider is installed here")
+    record = read_manifest(bundle).components["vae_decoder"]
+    inputs, references = load_validation(bundle / record.validation.path)
+    asked = [
+        provider_options(CUDA_PROVIDER, device_index=0, precision="fp32", contract=None, cache_dir=None),
+        CPU_PROVIDER,
+    ]
+    outputs, ran_on = run_graph(bundle / record.onnx, record.contract, inputs, asked)
+    assert ran_on == CPU_PROVIDER and set(outputs) == {"sample"}
+    copy = tmp_path / "vae_decoder"
+    shutil.copytree(bundle / "vae_decoder", copy)
+    _, level, parity = optimize_and_validate(
+        copy, record.contract, False, inputs, references, 0, cpu_graphs=False, providers=asked
+    )
+    assert level == "none" and parity.runtime == f"onnxruntime {CPU_PROVIDER} (none)" and parity.passed
 
 
 def test_fp16_denoising_loop_parity_is_recorded(bundle):
@@ -221,8 +436,9 @@ def test_cli_parity_options(tiny_pipeline, tmp_path, capsys):
     assert out["fp16_loop_parity"]["steps"] == 2 and out["fp16_loop_parity"]["passed"]
 
 
-def test_upcast_attention_keeps_the_unet_softmax_in_fp32(tiny_pipeline, tmp_path):
-    """SD 2.x sets upcast_attention: its fp16 UNet graph must compute QK^T and softmax in fp32."""
+def test_upcast_attention_keeps_the_unet_attention_in_fp32(tiny_pipeline, tmp_path):
+    """SD 2.x sets upcast_attention: its fp16 UNet graph computes QK^T, softmax and PV in fp32, in the
+    same prescaled pattern (the projections around it stay fp16)."""
     import onnx
     from onnx import TensorProto
 
@@ -234,13 +450,16 @@ def test_upcast_attention_keeps_the_unet_softmax_in_fp32(tiny_pipeline, tmp_path
     (model / "unet" / "config.json").write_text(json.dumps(config | {"upcast_attention": True}))
     manifest = export_bundle(model, tmp_path / "b", precision="fp16", batch_sizes=(1,))
     record = manifest.components["unet"]
-    assert manifest.pipeline.upcast_attention and record.fp16.attention == "fp32-upcast"
+    assert manifest.pipeline.upcast_attention and record.fp16.attention == "sdpa-fp32"
     assert record.fp16.parity.passed
     graph = onnx.load(str(tmp_path / "b" / record.fp16.onnx))
     types = _value_types(graph)
     softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
     assert softmax and all(types[n.input[0]] == TensorProto.FLOAT for n in softmax)
+    patterns = attention_patterns(graph)
+    assert len(patterns) == len(softmax) and all(p.fusable for p in patterns), patterns
     assert manifest.components["text_encoder"].fp16.attention == "fp32-softmax"
+    assert manifest.components["vae_decoder"].fp16.attention == "sdpa-fp16"
 
 
 def test_manifest_is_frozen_and_forbids_unknown_fields(bundle):

@@ -25,16 +25,19 @@ def bundle(tiny_pipeline, tmp_path_factory) -> Path:
     return exported_bundle(tiny_pipeline, tmp_path_factory.mktemp("ort-providers"))
 
 
-def test_cuda_provider_gets_its_device_and_no_tf32_for_fp32(bundle):
+HEURISTIC = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def test_cuda_provider_gets_its_device_heuristic_conv_search_and_no_tf32_for_fp32(bundle):
     contract = read_manifest(bundle).components["unet"].contract
     fp32 = ort.provider_options(
         ort.CUDA_PROVIDER, device_index=1, precision="fp32", contract=contract, cache_dir=None
     )
-    assert fp32 == (ort.CUDA_PROVIDER, {"device_id": "1", "use_tf32": "0"})
+    assert fp32 == (ort.CUDA_PROVIDER, {"device_id": "1", "use_tf32": "0"} | HEURISTIC)
     fp16 = ort.provider_options(
         ort.CUDA_PROVIDER, device_index=0, precision="fp16", contract=contract, cache_dir=None
     )
-    assert fp16 == (ort.CUDA_PROVIDER, {"device_id": "0"})
+    assert fp16 == (ort.CUDA_PROVIDER, {"device_id": "0"} | HEURISTIC)
     assert ort.provider_options(
         ort.CPU_PROVIDER, device_index=3, precision="fp32", contract=None, cache_dir=None
     ) == (ort.CPU_PROVIDER)
@@ -87,10 +90,66 @@ def test_cuda_n_reaches_every_session_and_the_loop_stays_on_that_device(bundle, 
     gen = ort.OnnxGenerator(load_bundle(bundle), device="cuda:1", precision="fp32")
     assert len(seen) == 3
     for providers in seen:
-        assert providers[0] == (ort.CUDA_PROVIDER, {"device_id": "1", "use_tf32": "0"})
+        assert providers[0] == (ort.CUDA_PROVIDER, {"device_id": "1", "use_tf32": "0"} | HEURISTIC)
         assert providers[1] == ort.CPU_PROVIDER
     runners = gen.loop.runners
     assert isinstance(runners, ort.BoundRunners) and runners.device == torch.device("cuda", 1)
+
+
+def _gpu_looking_sessions(monkeypatch, fused: str):
+    """make_session stand-in on a 'GPU': the fused CUDA graph fails to load ("load"), loads but computes
+    garbage ("wrong"), or loads as the plain fp16 graph would ("ok"); every other graph runs on the CPU."""
+    import onnxruntime
+
+    opened = []
+
+    def fake_make_session(path, providers=(ort.CPU_PROVIDER,), threads=None):
+        opened.append(Path(path).name)
+        if Path(path).name == "model.fp16.cuda.onnx":
+            if fused == "load":
+                raise RuntimeError("Could not find an implementation for GroupNorm(1) node")
+            path = Path(path).with_name("model.fp16.onnx")
+        session = onnxruntime.InferenceSession(
+            str(path), ort.session_options(1), providers=[ort.CPU_PROVIDER]
+        )
+        if fused == "wrong" and opened[-1] == "model.fp16.cuda.onnx":
+            session = _Garbage(session)
+        return _GpuLookingSession(session)
+
+    monkeypatch.setattr(ort, "available_providers", lambda: [ort.CUDA_PROVIDER, ort.CPU_PROVIDER])
+    monkeypatch.setattr(ort, "make_session", fake_make_session)
+    return opened
+
+
+class _Garbage:
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def run(self, names, feeds):
+        return [np.zeros_like(v) for v in self.inner.run(names, feeds)]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_fp16_cuda_sessions_load_onnx_runtimes_fused_unet_and_check_it(bundle, monkeypatch):
+    """The fused CUDA graph was not validated at export on a CPU host: loaded, then held to its tolerance."""
+    opened = _gpu_looking_sessions(monkeypatch, "ok")
+    gen = ort.OnnxGenerator(load_bundle(bundle), device="cuda:0", precision="fp16", validate="never")
+    assert gen.fused == {"unet"} and "model.fp16.cuda.onnx" in opened and gen.note is None
+    assert gen.describe().versions["ort_fused_graphs"] == "unet"
+    fp32 = ort.OnnxGenerator(load_bundle(bundle), device="cuda:0", precision="fp32", validate="never")
+    assert fp32.fused == set()  # the fused graph serves fp16 sessions only
+
+
+@pytest.mark.parametrize("failure", ["load", "wrong"])
+def test_a_fused_unet_that_fails_here_falls_back_to_the_fp16_graph(bundle, monkeypatch, failure):
+    opened = _gpu_looking_sessions(monkeypatch, failure)
+    gen = ort.OnnxGenerator(load_bundle(bundle), device="cuda:0", precision="fp16", validate="never")
+    assert gen.fused == set() and opened.count("model.fp16.onnx") >= 3  # every component on its fp16 graph
+    assert "unet" in gen.note and "plain fp16 graph" in gen.note
+    assert ("misses its tolerance" if failure == "wrong" else "could not load unet") in gen.note
+    assert "ort_fused_graphs" not in gen.describe().versions
 
 
 def test_io_binding_runners_give_the_same_images(bundle):

@@ -13,6 +13,8 @@ Layout (paths relative to the bundle root):
     text_encoder/model.onnx   unet/model.onnx   vae_decoder/model.onnx   (portable fp32 graphs)
     text_encoder_2/model.onnx                                            (SDXL bundles)
     */model.fp16.onnx         fp16 graphs (--precision fp16), float32 at their inputs and outputs
+    unet/model.fp16.cuda.onnx the fp16 UNet fused by ONNX Runtime's transformer optimizer for its
+                              CUDA provider (`ComponentRecord.ort_fusions`)
     */model.ort.onnx          ONNX Runtime CPU graphs, optimized offline
     */model.onnx.data         external weights, only for components over the 2 GB limit
     */validation.npz          seeded inputs and torch's outputs
@@ -111,15 +113,35 @@ class HalfGraphRecord(FrozenModel):
 
     onnx: InsidePath
     external_data: bool
-    # "fp32-softmax": scores cast to fp32 for the softmax; "fp32-upcast": QK^T in fp32 too, for UNets
-    # configured with upcast_attention (SD 2.x); "fp16": bundles exported before the softmax rule
-    attention: Literal["fp16", "fp32-softmax", "fp32-upcast"]
+    # "sdpa-fp16": scaled-dot-product attention in the pattern fused kernels match (Q and K scaled by
+    # d^-1/4 before QK^T, no zero add, softmax, second MatMul); "sdpa-fp32": that pattern on fp32 Q, K
+    # and V, for UNets configured with upcast_attention (SD 2.x); "fp32-softmax": scores cast to fp32
+    # for the softmax (text encoders; every attention of bundles exported before the SDPA rule);
+    # "fp32-upcast": older bundles' classic attention with QK^T in fp32; "fp16": older still
+    attention: Literal["sdpa-fp16", "sdpa-fp32", "fp32-softmax", "fp32-upcast", "fp16"]
     # "fp32": GroupNorm and LayerNorm computed in fp32 behind casts; "fp16": older bundles
     normalization: Literal["fp16", "fp32"] = "fp16"
     parity: ParityRecord
     # "fp32": the fp16 graph set runs this component's fp32 graph (`onnx` is it): SDXL's VAE decoder,
     # which overflows in fp16
     precision: Literal["fp16", "fp32"] = "fp16"
+
+
+class OrtFusionRecord(FrozenModel):
+    """ONNX Runtime's transformer optimizer (model_type "unet") applied offline to one graph at export.
+
+    target "cpu": the fp32 graph with the CPU provider's fusions, the source of `ort_cpu` when it
+    validated (`ort_optimization` "transformers+extended"); target "cuda": the fp16 graph with every
+    fusion, some CUDA-only, for the onnx backend's CUDA provider (validated at load where the export
+    could not run it)."""
+
+    target: Literal["cpu", "cuda"]
+    source: InsidePath  # the graph it was applied to
+    onnx: InsidePath | None = None  # the fused graph kept (None: not applied or not kept; `reason` says why)
+    fused: dict[str, int] = Field(default_factory=dict)  # fused operator -> count
+    parity: ParityRecord | None = None  # None: not validated at export (`reason` says why)
+    reason: str | None = None
+    seconds: float = 0.0
 
 
 class ComponentRecord(FrozenModel):
@@ -135,6 +157,10 @@ class ComponentRecord(FrozenModel):
     parity: ParityRecord
     export_seconds: float
     fp16: HalfGraphRecord | None = None
+    ort_fusions: tuple[OrtFusionRecord, ...] = ()
+
+    def ort_fusion(self, target: str) -> OrtFusionRecord | None:
+        return next((f for f in self.ort_fusions if f.target == target), None)
 
 
 class SourceRecord(FrozenModel):

@@ -24,7 +24,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from auditor.backends.engines.half import keep_norms_fp32, register_fp32_softmax_attention, softmax_in_fp32
+from auditor.backends.engines.half import (
+    AttentionRule,
+    fusable_attention,
+    keep_norms_fp32,
+    register_fp32_softmax_attention,
+)
 from auditor.config import FrozenModel
 
 ComponentName = Literal["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
@@ -75,9 +80,12 @@ class TensorSpec(FrozenModel):
 class ShapeProfile(FrozenModel):
     """A TensorRT optimization profile: min/opt/max shape of every input.
 
-    One profile per requested image batch size b: rows from 1 up to b * multiplier
-    (classifier-free guidance runs the unconditional and conditional rows together),
-    tuned for the full batch.
+    One static profile per requested image batch size b: min = opt = max = b * rows per
+    image (classifier-free guidance runs the unconditional and conditional rows together),
+    so TensorRT tunes every kernel for the one shape it runs and a CUDA graph can replay it.
+    A call with fewer rows takes the smallest profile that holds them, padded (trt.py).
+    Bundles exported before this rule hold range profiles (min 1 row); engines of those
+    still run, without CUDA graphs.
     """
 
     image_batch: int = Field(ge=1)
@@ -145,14 +153,8 @@ def _profiles(
 ) -> tuple[ShapeProfile, ...]:
     out = []
     for b in sorted(set(batch_sizes)):
-        out.append(
-            ShapeProfile(
-                image_batch=b,
-                min={spec.name: spec.concrete(1) for spec in inputs},
-                opt={spec.name: spec.concrete(b * rows) for spec in inputs},
-                max={spec.name: spec.concrete(b * rows) for spec in inputs},
-            )
-        )
+        shapes = {spec.name: spec.concrete(b * rows) for spec in inputs}
+        out.append(ShapeProfile(image_batch=b, min=shapes, opt=shapes, max=shapes))
     return tuple(out)
 
 
@@ -274,19 +276,22 @@ class ComponentSpec:
         Mirrors StableDiffusionPipeline at torch_dtype=float16 (weights and activations fp16,
         `fp32_inputs` kept float32, token ids untouched) except where fp16 overflows: every
         GroupNorm and LayerNorm computes in fp32 (`keep_norms_fp32`: their mean and variance
-        over thousands of fp16 activations are where SD's fp16 runs blow up), and every
-        softmax takes fp32 scores (the subclasses' `half_rules`). Convolutions and matrix
-        products, where the time goes, stay fp16.
+        over thousands of fp16 activations are where SD's fp16 runs blow up), and attention
+        follows the subclasses' `half_rules` (diffusers modules: scaled-dot-product attention in
+        the pattern fused kernels match; text encoders: fp32 softmax). Convolutions and matrix
+        products, where the time goes, stay fp16. The returned module's `attention` attribute
+        names the attention rule (`HalfGraphRecord.attention` in the manifest).
         """
         import copy
 
         import torch
 
         class HalfPrecisionGraph(torch.nn.Module):
-            def __init__(self, inner, cast: tuple[bool, ...]) -> None:
+            def __init__(self, inner, cast: tuple[bool, ...], attention: AttentionRule | None) -> None:
                 super().__init__()
                 self.inner = inner
                 self.cast = cast
+                self.attention = attention
 
             def forward(self, *args):
                 args = [a.half() if cast else a for a, cast in zip(args, self.cast, strict=True)]
@@ -295,16 +300,18 @@ class ComponentSpec:
 
         inner = copy.deepcopy(module).half().eval()
         keep_norms_fp32(inner)
-        self.half_rules(inner, upcast_attention)
+        attention = self.half_rules(inner, upcast_attention)
         dtypes = dict(zip(self.input_names, self.input_dtypes(), strict=True))
         cast = tuple(dtypes[n] == "float32" and n not in self.fp32_inputs for n in self.input_names)
-        return HalfPrecisionGraph(inner, cast).eval()
+        return HalfPrecisionGraph(inner, cast, attention).eval()
 
     def input_dtypes(self) -> tuple[str, ...]:
         return ("float32",) * len(self.input_names)
 
-    def half_rules(self, inner, upcast_attention: bool) -> None:
-        """Component-specific changes to the fp16 copy (attention implementation and the like)."""
+    def half_rules(self, inner, upcast_attention: bool) -> AttentionRule | None:
+        """Component-specific changes to the fp16 copy (attention implementation and the like);
+        returns the attention rule applied (None: the component has no attention)."""
+        return None
 
 
 class TextEncoderSpec(ComponentSpec):
@@ -350,7 +357,9 @@ class TextEncoderSpec(ComponentSpec):
         # exporter writes as an fp16 Softmax followed by a Cast; its SDPA path traced in fp16 left
         # a float32 tensor feeding an fp16 LayerNormalization, a graph ONNX Runtime refuses to load
         # (transformers 5.23, torch 2.13). So: eager attention with the scores cast up first.
+        # (77 tokens: its scores are 77 x 77, so no fused-attention pattern is worth its numerics here)
         inner.text_encoder.set_attn_implementation(register_fp32_softmax_attention())
+        return "fp32-softmax"
 
 
 class UNetSpec(ComponentSpec):
@@ -399,9 +408,10 @@ class UNetSpec(ComponentSpec):
         return super().sample(spec, shape, rng, shapes, scaling)
 
     def half_rules(self, inner, upcast_attention):
-        # softmax on fp32 scores everywhere; a UNet configured with upcast_attention (SD 2.x)
-        # also gets QK^T in fp32, where SD 2.x's attention overflows in fp16
-        softmax_in_fp32(inner, upcast_attention)
+        # scaled-dot-product attention in the pattern fused kernels match (Q and K scaled before
+        # QK^T, no zero add); a UNet configured with upcast_attention (SD 2.x), whose QK^T
+        # overflows fp16, runs that pattern on fp32 Q, K and V
+        return fusable_attention(inner, upcast_attention)
 
 
 class VaeDecoderSpec(ComponentSpec):
@@ -436,7 +446,7 @@ class VaeDecoderSpec(ComponentSpec):
         return (rng.standard_normal(shape) / scaling).astype(spec.numpy_dtype)
 
     def half_rules(self, inner, upcast_attention):
-        softmax_in_fp32(inner)  # the mid block's self-attention
+        return fusable_attention(inner)  # the mid block's self-attention
 
 
 TEXT_ENCODER, UNET, VAE_DECODER = TextEncoderSpec(), UNetSpec(), VaeDecoderSpec()

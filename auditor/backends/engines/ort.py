@@ -8,11 +8,19 @@ Pitfalls this module exists for (shared/design.md section 3):
   `model.ort.onnx` written at export was optimized for the CPU provider and is only
   loaded by it; GPU providers load the portable `model.onnx` and optimize online.
 - GPU providers get explicit options (`provider_options`): `device_id` from `cuda:N`
-  (without it every session runs on GPU 0); for fp32 graphs the CUDA provider's
-  `use_tf32=0` (TF32 is on by default from Ampere on and misses the fp32 tolerance, which
-  would drop the backend to torch); the TensorRT provider an engine cache, a timing
-  cache and one explicit shape profile covering the bundle's batch sizes (else it
-  rebuilds engines whenever a new batch shape appears, and again in every process).
+  (without it every session runs on GPU 0); the CUDA provider
+  `cudnn_conv_algo_search=HEURISTIC` (its default, EXHAUSTIVE, benchmarks every cuDNN
+  algorithm of every convolution shape at the first run of each batch size: seconds per
+  shape for a UNet, and workspace memory) and for fp32 graphs `use_tf32=0` (TF32 is on by
+  default from Ampere on and misses the fp32 tolerance, which would drop the backend to
+  torch); the TensorRT provider an engine cache, a timing cache and one explicit shape
+  profile covering the bundle's batch sizes (else it rebuilds engines whenever a new batch
+  shape appears, and again in every process).
+- fp16 sessions on the CUDA provider load the UNet graph ONNX Runtime's transformer
+  optimizer fused at export (`unet/model.fp16.cuda.onnx`, `ort_fusions` in the manifest:
+  GroupNorm, NhwcConv, BiasSplitGelu, ...) when the bundle has one. A CPU host could not
+  run it at export, so it is always checked against the validation file when loaded, and a
+  miss (or a load failure) falls back to the plain fp16 graph with a note.
 - On a GPU the runners bind torch CUDA tensors to the sessions (IO binding): latents
   stay on the device for the whole loop, as in bench/unet.py, instead of a host round
   trip per component call.
@@ -196,7 +204,7 @@ def provider_options(
 ) -> tuple[str, dict[str, str]] | str:
     """`provider` with the options it needs here (see module doc); the CPU provider takes none."""
     if provider == CUDA_PROVIDER:
-        options = {"device_id": str(device_index)}
+        options = {"device_id": str(device_index), "cudnn_conv_algo_search": "HEURISTIC"}
         if precision == "fp32":
             options["use_tf32"] = "0"
         return provider, options
@@ -210,11 +218,8 @@ def provider_options(
             }
         if contract is not None:  # one profile from 1 row to the largest batch size's rows
             largest = max(contract.profiles, key=lambda p: p.image_batch)
-            for which, shapes in (
-                ("min", contract.profiles[0].min),
-                ("opt", largest.opt),
-                ("max", largest.max),
-            ):
+            one_row = {spec.name: spec.concrete(1) for spec in contract.inputs}
+            for which, shapes in (("min", one_row), ("opt", largest.opt), ("max", largest.max)):
                 options[f"trt_profile_{which}_shapes"] = ",".join(
                     f"{name}:{'x'.join(str(d) for d in shapes[name])}" for name in contract.input_names
                 )
@@ -266,7 +271,8 @@ class OnnxGenerator(EngineGenerator):
             raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from None
         if validate not in ("auto", "always", "never"):
             raise BadInputError(f"validate {validate!r}: expected auto, always or never")
-        self.note: str | None = None
+        self.notes: list[str] = []
+        self.fused: set[str] = set()  # components whose session runs ONNX Runtime's fused CUDA graph
         self.precision = precision
         self.device_index = _device_index(device)
         components = list(bundle.manifest.components)
@@ -284,7 +290,7 @@ class OnnxGenerator(EngineGenerator):
         if lacking:
             got = lacking[0]
             if device == "auto" and not providers:
-                self.note = (
+                self.notes.append(
                     f"{requested[0]} was listed but the session fell back to {got[0]}; running on the CPU"
                 )
                 requested = [CPU_PROVIDER]
@@ -297,11 +303,22 @@ class OnnxGenerator(EngineGenerator):
         self.providers = sessions["unet"].get_providers()
         self.threads = threads
         recorded = bundle.manifest.tools.get("onnxruntime")
-        if validate == "always" or (
+        check_all = validate == "always" or (
             validate == "auto" and (self.providers[0] != CPU_PROVIDER or recorded != onnxruntime.__version__)
-        ):
-            for name in components:
-                record = bundle.manifest.components[name]
+        )
+        for name in components:
+            record = bundle.manifest.components[name]
+            if name in self.fused:  # never validated on a GPU at export: always checked here
+                parity = self._parity(bundle, sessions[name], record)
+                if parity.passed:
+                    continue
+                self.notes.append(
+                    f"{name}: ONNX Runtime's fused fp16 graph misses its tolerance here ({parity.summary()});"
+                    " running the plain fp16 graph"
+                )
+                self.fused.discard(name)
+                sessions[name] = self._session(bundle, name, requested, threads, graphs[name], cache_dir=None)
+            if check_all:
                 self._check_parity(bundle, name, sessions[name], record)
         on_gpu = self.providers[0] != CPU_PROVIDER
         if io_binding if io_binding is not None else on_gpu:
@@ -317,46 +334,65 @@ class OnnxGenerator(EngineGenerator):
     def _sessions(
         self, bundle: Bundle, providers: list[str], threads: int | None, graphs: dict[str, str]
     ) -> dict:
-        cpu_only = providers == [CPU_PROVIDER]
         cache_dir = None
         if TENSORRT_PROVIDER in providers:
             from auditor.backends.engines.engine_cache import default_cache_root
 
             cache_dir = default_cache_root(bundle.root) / "ort-tensorrt"
             cache_dir.mkdir(parents=True, exist_ok=True)
+        self.fused = set()
         out = {}
         for name in graphs:
             record = bundle.manifest.components[name]
-            # the offline-optimized CPU graph exists for the fp32 graph only
-            path = bundle.path(record.ort_cpu if cpu_only and graphs[name] == record.onnx else graphs[name])
-            configured = [
-                provider_options(
-                    p,
-                    device_index=self.device_index,
-                    precision=self.precision,
-                    contract=record.contract,
-                    cache_dir=cache_dir,
-                )
-                for p in providers
-            ]
-            try:
-                out[name] = make_session(path, configured, threads)
-            except Exception as exc:  # onnxruntime raises its own exception types  # noqa: BLE001
-                raise BackendUnavailable(f"ONNX Runtime could not load {name} ({first_line(exc)})") from None
+            fusion = record.ort_fusion("cuda")
+            if providers[0] == CUDA_PROVIDER and self.precision == "fp16" and fusion and fusion.onnx:
+                try:
+                    out[name] = self._session(bundle, name, providers, threads, fusion.onnx, cache_dir)
+                    self.fused.add(name)
+                    continue
+                except BackendUnavailable as exc:
+                    self.notes.append(f"{first_line(exc)}: running the plain fp16 graph")
+            out[name] = self._session(bundle, name, providers, threads, graphs[name], cache_dir)
         return out
 
-    def _check_parity(self, bundle: Bundle, name: str, session, record) -> None:
+    def _session(
+        self, bundle: Bundle, name: str, providers: list[str], threads: int | None, graph: str, cache_dir
+    ):
+        record = bundle.manifest.components[name]
+        # the offline-optimized CPU graph exists for the fp32 graph only
+        path = bundle.path(record.ort_cpu if providers == [CPU_PROVIDER] and graph == record.onnx else graph)
+        configured = [
+            provider_options(
+                p,
+                device_index=self.device_index,
+                precision=self.precision,
+                contract=record.contract,
+                cache_dir=cache_dir,
+            )
+            for p in providers
+        ]
+        try:
+            return make_session(path, configured, threads)
+        except Exception as exc:  # onnxruntime raises its own exception types  # noqa: BLE001
+            raise BackendUnavailable(
+                f"ONNX Runtime could not load {name} from {graph} ({first_line(exc)})"
+            ) from None
+
+    def _parity(self, bundle: Bundle, session, record):
         inputs, references = load_validation(bundle.path(record.validation.path))
         contract = record.contract
         values = session.run(contract.output_names, {n: inputs[n] for n in contract.input_names})
         exported = record.fp16.parity if self.precision == "fp16" and record.fp16 else record.parity
-        parity = compare(
+        return compare(
             dict(zip(contract.output_names, values, strict=True)),
             references,
             exported.tolerance,
             f"onnxruntime {session.get_providers()[0]} ({self.precision})",
             record.parity.seed,
         )
+
+    def _check_parity(self, bundle: Bundle, name: str, session, record) -> None:
+        parity = self._parity(bundle, session, record)
         if not parity.passed:
             raise BackendUnavailable(f"{name} misses its tolerance on this host ({parity.summary()})")
 
@@ -378,6 +414,11 @@ class OnnxGenerator(EngineGenerator):
                 onnxruntime=onnxruntime.__version__,
                 providers=",".join(self.providers),
                 bundle_source=self.bundle.manifest.source.digest,
+                **({"ort_fused_graphs": ",".join(sorted(self.fused))} if self.fused else {}),
             ),
             note=self.note,
         )
+
+    @property
+    def note(self) -> str | None:
+        return "; ".join(self.notes) or None
