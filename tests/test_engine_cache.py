@@ -1,5 +1,6 @@
 """Where TensorRT plans come from, on the CPU: keys, the bundle's own plans, the cache, the build lock,
-and the engine-side rules that need no GPU (profile choice, validation in slices, reused output buffers)."""
+the shared timing cache, and the engine-side rules that need no GPU (profile choice, validation in
+slices). TrtEngine's run path itself is driven through a stand-in TensorRT in test_trt_api.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from auditor.backends.engines import engine_cache
@@ -17,10 +17,12 @@ from auditor.backends.engines.engine_cache import (
     EngineCache,
     LockTimeout,
     ShippedPlans,
+    TimingCacheFile,
     engine_key,
     engine_versions,
     graph_digest,
     obtain,
+    timing_cache_path,
 )
 from auditor.fileio import sha256_bytes
 
@@ -337,18 +339,111 @@ def test_profile_choice_takes_the_smallest_that_fits():
     assert choose_profile([2, 32, 16], 32) == 1
 
 
-def test_output_buffers_are_allocated_once_and_reused():
+# ---------------------------------------------------------------- the shared timing cache
+
+
+def test_one_timing_cache_per_tensorrt_version_and_compute_capability(tmp_path):
+    """Keyed by what makes tactic timings comparable; two GPUs of one architecture share it."""
+    path = timing_cache_path(tmp_path, HOST)
+    assert path.parent == tmp_path and path.name == "timing-trt11.4.0-sm90.cache"
+    assert timing_cache_path(tmp_path, HOST | {"gpu": "NVIDIA H100 80GB HBM3"}) == path
+    assert timing_cache_path(tmp_path, HOST | {"tensorrt": "10.13.0.35"}) != path
+    assert timing_cache_path(tmp_path, HOST | {"compute_capability": "8.9"}) != path
+    assert EngineCache(tmp_path).timing_cache(HOST).path == path
+    assert timing_cache_path(tmp_path, HOST | {"tensorrt": "../../x"}).parent == tmp_path  # no path tricks
+
+
+def _merge_in_child(path: str, entry: str, start_at: float) -> None:
+    while time.time() < start_at:
+        time.sleep(0.005)
+
+    def merge(current: bytes) -> bytes:
+        entries = set(current.decode().split()) | {entry}
+        time.sleep(0.05)  # a slow serialize: the window in which an unlocked writer loses entries
+        return "\n".join(sorted(entries)).encode()
+
+    assert TimingCacheFile(Path(path), poll_s=0.01).update(merge)
+
+
+def test_concurrent_builders_keep_every_timing_cache_entry(tmp_path):
+    """Builds finishing at once (the pods of an Indexed Job) each merge into what the file holds now."""
+    path = tmp_path / "engines" / "timing-trt11.4.0-sm90.cache"
+    path.parent.mkdir()
+    path.write_bytes(b"from-an-earlier-build")
+    context = multiprocessing.get_context("fork")
+    start_at = time.time() + 0.3
+    procs = [
+        context.Process(target=_merge_in_child, args=(str(path), f"pod-{i}", start_at)) for i in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=30)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    assert path.read_bytes().decode().split() == ["from-an-earlier-build", "pod-0", "pod-1", "pod-2", "pod-3"]
+    assert not list(path.parent.glob("*.lock")) and not list(path.parent.glob("*.tmp*"))
+
+
+def test_a_timing_cache_that_cannot_be_written_costs_only_the_head_start(tmp_path, monkeypatch):
+    shared = TimingCacheFile(tmp_path / "missing" / "timing.cache")
+    assert shared.read() == b""
+    monkeypatch.setattr(engine_cache, "writable", lambda folder: False)
+    assert shared.update(lambda current: b"x") is False and not shared.path.exists()
+
+
+# ---------------------------------------------------------------- ensure_engine's failure names
+
+
+@pytest.mark.parametrize("fresh", ["loads", "does not deserialize", "refuses a call"])
+def test_ensure_engine_rebuilds_stale_plans_and_names_a_fresh_failure(
+    bundle, manifest, tmp_path, monkeypatch, fresh
+):
+    """A cached plan that does not deserialize is a miss (rebuilt); a fresh plan that does not, or whose
+    validation a TensorRT call refuses, raises the named error, not 'cannot deserialize'."""
     import torch
 
-    from auditor.backends.engines.trt import OutputBuffers
+    from auditor.backends.engines import tensorrt_backend as backend
+    from auditor.backends.engines.trt import EngineDeserializeError, TensorRTCallError
 
-    buffers = OutputBuffers(torch.device("cpu"))
-    big = buffers.get("noise_pred", (4, 4, 8, 8), torch.float32)
-    small = buffers.get("noise_pred", (2, 4, 8, 8), torch.float32)
-    assert small.data_ptr() == big.data_ptr() and small.shape == (2, 4, 8, 8)
-    again = buffers.get("noise_pred", (4, 4, 8, 8), torch.float32)
-    assert again.data_ptr() == big.data_ptr()
-    assert buffers.get("noise_pred", (8, 4, 8, 8), torch.float32).shape == (8, 4, 8, 8)  # grows when needed
-    half = buffers.get("noise_pred", (2, 4, 8, 8), torch.float16)
-    assert half.dtype == torch.float16
-    assert np.prod(half.shape) == 2 * 4 * 8 * 8
+    class Engine:
+        def __init__(self, data, device) -> None:
+            if data == b"stale" or (data == b"fresh" and fresh == "does not deserialize"):
+                raise EngineDeserializeError(
+                    f"Runtime.deserialize_cuda_engine({len(data)} bytes) returned None"
+                )
+            self.data = data
+
+    def parity(engine, contract, validation, precision, seed):
+        if fresh == "refuses a call":
+            raise TensorRTCallError(
+                "set_input_shape(sample, (32, 4, 8, 8))", "refused: inside profile 1's range"
+            )
+        return manifest.components["unet"].parity
+
+    timing_paths = []
+
+    def build(path, contract, precision, timing):
+        timing_paths.append(timing)
+        return b"fresh"
+
+    monkeypatch.setattr(backend, "host_identity", lambda index=0: HOST)
+    monkeypatch.setattr(backend, "TrtEngine", Engine)
+    monkeypatch.setattr(backend, "engine_parity", parity)
+    monkeypatch.setattr(backend, "build_engine", build)
+    cache = EngineCache(tmp_path / "engines")
+    contract = manifest.components["unet"].contract
+    key = engine_key(graph_digest(manifest, "unet", "unet/model.onnx"), HOST, "fp32", contract)
+    cache.store("unet", key, b"stale", {})
+    args = (bundle, manifest, "unet", "fp32", cache, torch.device("cpu"))
+    if fresh == "loads":
+        engine, got, record = backend.ensure_engine(*args)
+        assert engine.data == b"fresh" and got.source == "built" and record.passed
+    elif fresh == "does not deserialize":
+        with pytest.raises(
+            EngineDeserializeError, match=r"unet: the plan TensorRT just built does not load: Runtime"
+        ):
+            backend.ensure_engine(*args)
+    else:
+        with pytest.raises(TensorRTCallError, match=r"set_input_shape\(sample"):
+            backend.ensure_engine(*args)
+    assert timing_paths == [cache.root / "timing-trt11.4.0-sm90.cache"]  # the one per-host timing cache

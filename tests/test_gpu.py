@@ -1,4 +1,4 @@
-"""The GPU side of issue 14, for a CUDA host with TensorRT (`make gpu-check` runs these first).
+"""The GPU side of issues 14 and 23, for a CUDA host with TensorRT (`make gpu-check` runs these first).
 
 Each test skips elsewhere with the reason. On the CPU the same rules are tested with stand-ins
 (test_engine_cache.py, test_ort_providers.py, test_trt_api.py, test_nonfinite.py)."""
@@ -196,4 +196,41 @@ def test_onnx_runtime_cuda_runs_sdxl_bundles(xl_bundle):
     cpu = OnnxGenerator(load_bundle(xl_bundle), device="cpu", precision="fp16")
     settings = SETTINGS.model_copy(update={"height": 32, "width": 32})
     a, b = gpu.generate(PROMPTS, [1, 2, 3], settings), cpu.generate(PROMPTS, [1, 2, 3], settings)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 6
+
+
+@TRT
+def test_static_profiles_replay_cuda_graphs_like_plain_enqueue(tiny_pipeline, tmp_path, monkeypatch):
+    """Issue 23: one static profile per batch size, a CUDA graph per profile after its warm-up, the same
+    pixels as plain enqueue; the timing cache is one file per TensorRT version and compute capability."""
+    from auditor.backends.engines import open_bundle
+    from export.exporter import export_bundle
+
+    out = tmp_path / "static"
+    export_bundle(tiny_pipeline, out, precision="fp16", batch_sizes=(1, 4), parity_steps=0)
+    cache = tmp_path / "engines"
+    graphs = open_bundle(out, backend="tensorrt", device="cuda:0", dtype="float16", engine_cache=cache)
+    assert graphs.describe().backend == "tensorrt", graphs.describe().note
+    a = graphs.generate(PROMPTS, [5, 6, 7], SETTINGS)  # 3 images: the 4-image profile, padded
+    launch = graphs.describe().versions["engine.unet.launch"]
+    assert "cuda graph" in launch and "(8 rows)" in launch, launch
+    assert [p.name for p in cache.glob("timing-trt*-sm*.cache")], sorted(p.name for p in cache.iterdir())
+    monkeypatch.setenv("T2I_AUDITOR_TRT_CUDA_GRAPHS", "0")
+    plain = open_bundle(out, backend="tensorrt", device="cuda:0", dtype="float16", engine_cache=cache)
+    b = plain.generate(PROMPTS, [5, 6, 7], SETTINGS)
+    assert "enqueue (CUDA graphs turned off)" in plain.describe().versions["engine.unet.launch"]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # a replay runs the same kernels
+
+
+@ORT_CUDA
+def test_onnx_runtime_cuda_fp16_runs_the_fused_unet_or_says_why(bundle):
+    """Issue 23: the transformer optimizer's CUDA graph (GroupNorm, NhwcConv, ...) validated at load."""
+    from auditor.backends.engines.bundle import load_bundle, read_manifest
+    from auditor.backends.engines.ort import OnnxGenerator
+
+    assert read_manifest(bundle).components["unet"].ort_fusion("cuda").onnx == "unet/model.fp16.cuda.onnx"
+    gpu = OnnxGenerator(load_bundle(bundle), device="cuda:0", precision="fp16")
+    assert gpu.fused == {"unet"} or "plain fp16 graph" in (gpu.note or ""), gpu.note
+    cpu = OnnxGenerator(load_bundle(bundle), device="cpu", precision="fp16")
+    a, b = gpu.generate(PROMPTS, [1, 2, 3], SETTINGS), cpu.generate(PROMPTS, [1, 2, 3], SETTINGS)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 6

@@ -18,6 +18,12 @@ Pure Python (no TensorRT, no CUDA), so every rule here is tested on the CPU:
   when it is released, and take over a lock whose heartbeat stopped (a killed pod).
   O_EXCL creation is atomic on local filesystems and on NFSv3+, unlike flock on some
   network filesystems.
+- **Timing cache.** One TensorRT timing cache per host kind, shared by every build in a
+  cache folder: `timing-trt<version>-sm<compute capability>.cache` (`timing_cache_path`),
+  read into every builder config and, after a build, merged with what other builders
+  saved meanwhile and replaced atomically under the same kind of lock
+  (`TimingCacheFile.update`), so two pods finishing builds at once both keep their
+  entries.
 """
 
 from __future__ import annotations
@@ -97,6 +103,96 @@ class LockTimeout(Exception):
     """Another process held the build lock past the wait limit with a live heartbeat."""
 
 
+@contextmanager
+def file_lock(
+    path: Path, *, wait_s: float, stale_s: float, heartbeat_s: float, poll_s: float, what: str = "this engine"
+) -> Iterator[None]:
+    """Hold `path` (created with O_EXCL) while the block runs, refreshed by a heartbeat; take over
+    a lock whose heartbeat is older than `stale_s` (a killed holder); LockTimeout after `wait_s`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile
+            if age > stale_s:
+                path.unlink(missing_ok=True)  # its holder died without releasing it
+                continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"{path}: another process has been building {what} for over {wait_s:.0f} s"
+                ) from None
+            time.sleep(poll_s)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_s):
+            try:
+                os.utime(path)
+            except OSError:
+                return
+
+    thread = threading.Thread(target=beat, name="engine-lock-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        path.unlink(missing_ok=True)
+
+
+def timing_cache_path(root: Path, host: dict[str, str]) -> Path:
+    """The one timing cache of TensorRT version x compute capability in the cache folder `root`."""
+    version = "".join(c for c in host["tensorrt"] if c.isalnum() or c in ".-")
+    capability = "".join(c for c in host["compute_capability"] if c.isdigit())
+    return Path(root) / f"timing-trt{version}-sm{capability}.cache"
+
+
+class TimingCacheFile:
+    """A timing cache file shared by the builders of one host kind: read at build start, merged and
+    replaced atomically under `<file>.lock` after the build (no builder's entries are lost)."""
+
+    def __init__(
+        self, path: Path, *, wait_s: float = 120.0, stale_s: float = 60.0, poll_s: float = 0.05
+    ) -> None:
+        self.path = Path(path)
+        self.wait_s, self.stale_s, self.poll_s = wait_s, stale_s, poll_s
+
+    def read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return b""
+
+    def update(self, merge: Callable[[bytes], bytes]) -> bool:
+        """Write `merge(what the file holds now)`; False when the folder cannot be written (the next
+        build only loses its head start) or the lock stays held past the wait."""
+        if not writable(self.path.parent):
+            return False
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            with file_lock(
+                lock,
+                wait_s=self.wait_s,
+                stale_s=self.stale_s,
+                heartbeat_s=max(self.stale_s / 4, 0.05),
+                poll_s=self.poll_s,
+                what="the timing cache",
+            ):
+                atomic_write_bytes(self.path, merge(self.read()), mode=0o644)
+        except (OSError, LockTimeout):
+            return False
+        return True
+
+
 class EngineCache:
     """`<root>/<component>-<key[:16]>.plan` + `.json` (full key, sha256 of the plan) + `.lock` while building."""
 
@@ -133,48 +229,19 @@ class EngineCache:
         atomic_write_text(plan.with_suffix(".json"), json.dumps(meta, indent=2), mode=0o644)
         return plan
 
-    @contextmanager
-    def lock(self, component: str, key: str) -> Iterator[None]:
+    def lock(self, component: str, key: str):
         """Hold `<plan>.lock` (O_EXCL) while building; steal it once its heartbeat is older than stale_s."""
-        path = self.plan_path(component, key).with_suffix(".lock")
-        self.root.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                try:
-                    age = time.time() - path.stat().st_mtime
-                except FileNotFoundError:
-                    continue  # released meanwhile
-                if age > self.stale_s:
-                    path.unlink(missing_ok=True)  # its holder died without releasing it
-                    continue
-                if time.monotonic() > deadline:
-                    raise LockTimeout(
-                        f"{path}: another process has been building this engine for over {self.wait_s:.0f} s"
-                    ) from None
-                time.sleep(self.poll_s)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
-        stop = threading.Event()
+        return file_lock(
+            self.plan_path(component, key).with_suffix(".lock"),
+            wait_s=self.wait_s,
+            stale_s=self.stale_s,
+            heartbeat_s=self.heartbeat_s,
+            poll_s=self.poll_s,
+        )
 
-        def beat() -> None:
-            while not stop.wait(self.heartbeat_s):
-                try:
-                    os.utime(path)
-                except OSError:
-                    return
-
-        thread = threading.Thread(target=beat, name="engine-lock-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-            path.unlink(missing_ok=True)
+    def timing_cache(self, host: dict[str, str]) -> TimingCacheFile:
+        """This folder's one timing cache for `host`'s TensorRT version and compute capability."""
+        return TimingCacheFile(timing_cache_path(self.root, host))
 
 
 class ShippedPlans:

@@ -29,19 +29,21 @@ from auditor.backends.engines.engine_cache import (
     graph_digest,
     obtain,
 )
+from auditor.backends.engines.engine_run import (
+    EngineBuildError,
+    EngineDeserializeError,
+    EngineRunError,
+    engine_parity,
+)
 from auditor.backends.engines.loop import EngineGenerator, SpecRunners, engine_precision
 from auditor.backends.engines.trt import (
-    EngineBuildError,
-    EngineRunError,
     TrtEngine,
     build_engine,
-    engine_parity,
     host_identity,
     require_tensorrt,
     tensorrt_status,
 )
 from auditor.errors import first_line
-from auditor.fileio import canonical_json, sha256_bytes
 from auditor.progress import Reporter
 
 if TYPE_CHECKING:
@@ -73,10 +75,13 @@ def ensure_engine(
     key = engine_key(graph_digest(manifest, component, graph), host, precision, contract)
     validation = root / record.validation.path
 
+    undeserializable: list[str] = []
+
     def load(data: bytes) -> _Loaded | None:
         try:
             return _Loaded(TrtEngine(data, device))
-        except Exception:  # a failed deserialization is a miss  # noqa: BLE001
+        except EngineDeserializeError as exc:  # another TensorRT version or GPU, a corrupt plan: a miss
+            undeserializable.append(first_line(exc))
             return None
 
     def check(loaded: _Loaded) -> ParityRecord:
@@ -86,14 +91,17 @@ def ensure_engine(
     def usable(loaded: _Loaded) -> bool:
         try:
             return check(loaded).passed
-        except Exception:  # noqa: BLE001 - an engine that cannot run its validation is a miss too
+        except (EngineBuildError, EngineRunError) as exc:  # a stored plan that cannot run here: a miss
+            if reporter:
+                reporter.log(
+                    f"tensorrt: {component}: a stored plan fails here ({first_line(exc)}); rebuilding"
+                )
             return False
 
     def build() -> bytes:
         if reporter:
             reporter.log(f"tensorrt: building {component} ({precision}) for {host['gpu']}")
-        timing = cache.root / f"timing-{sha256_bytes(canonical_json(host))[:16]}.cache"
-        return build_engine(root / graph, contract, precision, timing)
+        return build_engine(root / graph, contract, precision, cache.timing_cache(host).path)
 
     try:
         got = obtain(
@@ -109,8 +117,9 @@ def ensure_engine(
     except LockTimeout as exc:
         raise BackendUnavailable(str(exc)) from None
     if got.value is None:
-        raise EngineBuildError(f"{component}: TensorRT built an engine it cannot deserialize")
-    parity = got.value.parity or check(got.value)
+        why = undeserializable[-1] if undeserializable else "no reason given"
+        raise EngineDeserializeError(f"{component}: the plan TensorRT just built does not load: {why}")
+    parity = got.value.parity or check(got.value)  # a fresh build's TensorRT call errors surface here
     return got.value.engine, got, parity
 
 
@@ -236,6 +245,10 @@ class TensorRTGenerator(EngineGenerator):
                 tensorrt=self.tensorrt_version,
                 bundle_source=self.bundle.manifest.source.digest,
                 **engine_versions(self.obtained),
+                **{
+                    f"engine.{name}.launch": engine.launch_summary()
+                    for name, engine in self.loop.runners.engines.items()
+                },
             ),
             note=self.note,
         )

@@ -4,8 +4,7 @@ An engine runs only on the TensorRT version and GPU architecture that built it. 
 plan comes from (the bundle's own plans checked against `bundle.json`, a cache keyed by
 graph and weights, TensorRT version, GPU, precision and profiles, or a build under a
 lock shared by parallel processes) is decided in `engine_cache.py`; this module builds,
-deserializes and runs them. The builder reuses a timing cache file per host, so
-rebuilding after an edit takes seconds, not minutes.
+deserializes and runs them.
 
 Precision lives in the graph. Networks are strongly typed (TensorRT 11 allows nothing
 else and removed `BuilderFlag.FP16` and the precision-constraint flags; 10.x takes the
@@ -15,15 +14,30 @@ stay fp32) and an fp32 engine from the fp32 graph, with TF32 turned off so that 
 the fp32 contract tolerance. The names this module uses are listed in `TENSORRT_API`
 and checked against the installed bindings by tests/test_trt_api.py.
 
-Running: each engine enqueues on a stream of its own (never torch's legacy default
-stream, on which TensorRT adds synchronizations), inside the engine's device context
-(`cuda:N` runs on GPU N), ordered after the caller's stream and before it again; output
-buffers are allocated once per engine and reused (static addresses, as CUDA graphs
-need). An output is valid until the same engine's next call. TensorRT's log goes to
-stderr through one logger (stdout carries `--format json`).
+Building: one optimization profile per contract profile (bundles exported now: min = opt =
+max = the rows of one audit batch size, so every kernel is tuned for exactly the shape it
+runs), and one timing cache per TensorRT version and compute capability in the cache
+folder, read into the builder config and merged back after the build under a lock
+(`engine_cache.TimingCacheFile`): rebuilds and other components reuse every measured tactic.
+
+Running: each call picks the smallest profile that holds its rows and pads the rows up to
+that profile's size (repeating the last row; the padding is cut off the outputs). Every
+profile in use gets its own execution context with static input and output buffers, on a
+stream of the engine's own (never torch's legacy default stream, on which TensorRT adds
+synchronizations), inside the engine's device context, ordered after the caller's stream
+and before it again. Over a static profile the first call runs plain `execute_async_v3`
+(the warm-up TensorRT needs before a capture) and is then captured into a CUDA graph that
+every later call of that profile replays; a capture that fails leaves the profile on plain
+enqueue with the reason recorded (`TrtEngine.launch`). An output is valid until the same
+engine's next call. Every TensorRT call's result is checked: a refusal raises a typed
+error naming the call, the tensor and the shape (`TensorRTCallError`, `EngineBuildError`,
+`EngineDeserializeError`). TensorRT's log goes to stderr through one logger (stdout
+carries `--format json`).
 
 Nothing here needs `tensorrt` at import; every entry point checks `tensorrt_status()`
-first. The TensorRT calls themselves run only on a CUDA host.
+first. The TensorRT calls themselves run only on a CUDA host; the CUDA side goes through
+`engine_run.CudaOps`, which tests replace to drive the whole run path with a stand-in
+`tensorrt` (the typed errors, profile choice and validation in slices live there too).
 """
 
 from __future__ import annotations
@@ -33,15 +47,42 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from auditor.backends.engines.bundle import load_validation
-from auditor.backends.engines.components import DEFAULT_TOLERANCES, ComponentContract, ParityRecord, compare
-from auditor.errors import BadInputError, TransientError
-from auditor.fileio import atomic_write_bytes
+from auditor.backends.engines.components import ComponentContract
+from auditor.backends.engines.engine_cache import TimingCacheFile
+from auditor.backends.engines.engine_run import (
+    CudaOps,
+    EngineBuildError,
+    EngineDeserializeError,
+    EngineRunError,
+    Slot,
+    TensorRTCallError,
+    choose_profile,
+    engine_parity,
+    run_in_chunks,
+)
+from auditor.errors import first_line
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = [  # the errors and run helpers live in engine_run.py; importing them from here still works
+    "TENSORRT_API",
+    "CudaOps",
+    "EngineBuildError",
+    "EngineDeserializeError",
+    "EngineRunError",
+    "TensorRTCallError",
+    "TrtEngine",
+    "build_engine",
+    "choose_profile",
+    "engine_parity",
+    "host_identity",
+    "require_tensorrt",
+    "route_trt_message",
+    "run_in_chunks",
+    "tensorrt_status",
+    "trt_logger",
+]
 
 # Every TensorRT name this module touches, as a path from the `tensorrt` module. Checked
 # against the installed bindings on a TensorRT host, and against the names TensorRT 11
@@ -63,6 +104,7 @@ TENSORRT_API = (
     "IBuilderConfig.get_timing_cache",
     "IBuilderConfig.add_optimization_profile",
     "ITimingCache.serialize",
+    "ITimingCache.combine",
     "IOptimizationProfile.set_shape",
     "MemoryPoolType.WORKSPACE",
     "BuilderFlag.TF32",
@@ -107,14 +149,6 @@ def tensorrt_status() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device is available on this host (TensorRT needs an NVIDIA GPU)"
     return None
-
-
-class EngineBuildError(BadInputError):
-    """TensorRT cannot parse a graph or build an engine from it (at export: exit 2; at audit: a fallback)."""
-
-
-class EngineRunError(TransientError):
-    """TensorRT failed to execute an engine that loaded (out of memory, a lost device): exit 75, retry."""
 
 
 def require_tensorrt() -> None:
@@ -175,6 +209,11 @@ def trt_logger():
 # ---------------------------------------------------------------- build
 
 
+def _shape(dims) -> tuple[int, ...]:
+    """A trt.Dims (or any sequence) as a tuple of ints; indexed, not iterated."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
 def build_engine(
     onnx_path: Path,
     contract: ComponentContract,
@@ -183,106 +222,102 @@ def build_engine(
     *,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> bytes:
-    """Parse the ONNX graph into a strongly typed network, one optimization profile per batch size, build."""
+    """Parse the ONNX graph into a strongly typed network, one optimization profile per contract
+    profile, the shared timing cache `timing_cache` loaded and merged back; the serialized plan."""
     import tensorrt as trt
+
+    def refused(call: str, why: str = "returned failure"):
+        return EngineBuildError(f"{onnx_path}: {call} {why} (see the TensorRT log above)")
 
     logger = trt_logger()
     builder = trt.Builder(logger)
     # 10.x: strong typing is opt-in; 11.x: always on, the flag accepted and ignored
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    if network is None:
+        raise refused("Builder.create_network(STRONGLY_TYPED)", "returned None")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # resolves external data next to the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"{onnx_path}: TensorRT could not parse the ONNX graph ({errors})")
     config = builder.create_builder_config()
+    if config is None:
+        raise refused("Builder.create_builder_config()", "returned None")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default; TF32 GEMMs miss the fp32 tolerance
-    try:
-        previous = timing_cache.read_bytes()
-    except OSError:
-        previous = b""
-    cache = config.create_timing_cache(previous)
+    shared = TimingCacheFile(timing_cache)
+    cache = config.create_timing_cache(shared.read())
     if cache is None:  # unreadable file from another version: start afresh
         cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=True)
-    for profile in contract.profiles:
+    if cache is None:
+        raise refused("IBuilderConfig.create_timing_cache(b'')", "returned None")
+    if not config.set_timing_cache(cache, ignore_mismatch=True):
+        raise refused(f"IBuilderConfig.set_timing_cache({timing_cache.name})")
+    for k, profile in enumerate(contract.profiles):
         shapes = builder.create_optimization_profile()
         for name in contract.input_names:
-            shapes.set_shape(name, profile.min[name], profile.opt[name], profile.max[name])
-        config.add_optimization_profile(shapes)
+            low, opt, high = profile.min[name], profile.opt[name], profile.max[name]
+            try:
+                shapes.set_shape(name, low, opt, high)  # the bindings raise on inconsistent shapes
+            except (RuntimeError, TypeError, ValueError) as exc:
+                raise refused(
+                    f"IOptimizationProfile.set_shape({name}, {low}, {opt}, {high})", f"refused: {exc}"
+                ) from None
+        if config.add_optimization_profile(shapes) < 0:
+            raise refused(
+                f"IBuilderConfig.add_optimization_profile(profile {k}: {profile.max})", "returned -1"
+            )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(
-            f"{onnx_path}: TensorRT failed to build a {precision} engine (see the TensorRT log above)"
+        raise refused(
+            f"Builder.build_serialized_network({precision}, {len(contract.profiles)} profiles)",
+            "returned None",
         )
-    try:
-        atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())), mode=0o644)
-    except OSError:
-        pass  # a read-only cache folder only costs the next build its head start
+    shared.update(lambda current: _merged_timing_cache(config, current))
     return bytes(memoryview(serialized))
+
+
+def _merged_timing_cache(config, current: bytes) -> bytes:
+    """This build's timing cache combined into what the shared file holds now (its entries win on a
+    conflict); ours alone when the file's cannot be read or combined."""
+    ours = config.get_timing_cache()
+    if current:
+        theirs = config.create_timing_cache(current)
+        if theirs is not None and theirs.combine(ours, True):
+            return bytes(memoryview(theirs.serialize()))
+    return bytes(memoryview(ours.serialize()))
 
 
 # ---------------------------------------------------------------- run
 
 
-def choose_profile(profile_rows: list[int], rows: int) -> int:
-    """The smallest profile whose max rows hold `rows`; a typed error when none does."""
-    candidates = [k for k, limit in enumerate(profile_rows) if limit >= rows]
-    if not candidates:
-        raise EngineBuildError(
-            f"{rows} rows exceed the engine's largest profile ({max(profile_rows)}); callers split batches"
-        )
-    return min(candidates, key=lambda k: profile_rows[k])
-
-
-class OutputBuffers:
-    """One buffer per output, sized for the largest call so far and reused: views of it are returned."""
-
-    def __init__(self, device) -> None:
-        self.device = device
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype) -> torch.Tensor:
-        import torch
-
-        buffer = self.buffers.get(name)
-        need = int(np.prod(shape)) if shape else 1
-        if buffer is None or buffer.dtype != dtype or buffer.numel() < need:
-            buffer = torch.empty(need, dtype=dtype, device=self.device)
-            self.buffers[name] = buffer
-        return buffer[:need].view(shape)
-
-
-def run_in_chunks(engine, feeds: dict[str, torch.Tensor], max_rows: int) -> dict[str, torch.Tensor]:
-    """`engine(feeds)` in slices of at most `max_rows` rows, outputs concatenated (copied off the buffers)."""
-    import torch
-
-    rows = int(next(iter(feeds.values())).shape[0])
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, rows, max_rows):
-        piece = {name: value[start : start + max_rows] for name, value in feeds.items()}
-        for name, value in engine(piece).items():
-            parts.setdefault(name, []).append(value.clone())
-    return {name: torch.cat(values) for name, values in parts.items()}
-
-
 class TrtEngine:
-    """A deserialized engine with one execution context and stream; torch CUDA tensors in and out."""
+    """A deserialized engine; torch CUDA tensors in and out, one execution context per profile in use.
 
-    def __init__(self, data: bytes, device: torch.device) -> None:
+    `cuda_graphs` (default: on unless $T2I_AUDITOR_TRT_CUDA_GRAPHS is 0) captures a CUDA graph per
+    static profile after its first run; `ops` replaces the CUDA side (tests)."""
+
+    def __init__(
+        self, data: bytes, device: torch.device, *, cuda_graphs: bool | None = None, ops=None
+    ) -> None:
         import tensorrt as trt
         import torch
 
         self.trt = trt
         self.device = device
+        self.ops = ops or CudaOps(device)
+        if cuda_graphs is None:
+            cuda_graphs = os.environ.get("T2I_AUDITOR_TRT_CUDA_GRAPHS", "1") != "0"
+        self.cuda_graphs = cuda_graphs
         self.runtime = trt.Runtime(trt_logger())
-        with torch.cuda.device(device):
+        with self.ops.scope():
             self.engine = self.runtime.deserialize_cuda_engine(data)
             if self.engine is None:
-                raise ValueError("TensorRT could not deserialize the engine")
-            self.context = self.engine.create_execution_context()
-            self.stream = torch.cuda.Stream(device)  # not the legacy default stream
+                raise EngineDeserializeError(
+                    f"Runtime.deserialize_cuda_engine({len(data)} bytes) returned None: a plan of another"
+                    " TensorRT version or GPU, or a corrupt one"
+                )
+            self.stream = self.ops.new_stream()  # not the legacy default stream
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -294,63 +329,150 @@ class TrtEngine:
             trt.DataType.BOOL: torch.bool,
         }
         self.dtypes = {n: dtypes[self.engine.get_tensor_dtype(n)] for n in names}
-        first = self.inputs[0]
-        self.profile_rows = [
-            int(self.engine.get_tensor_profile_shape(first, k)[2][0])
+        # per profile, per input: (min, opt, max) shapes
+        self.profiles = [
+            {n: tuple(_shape(s) for s in self.engine.get_tensor_profile_shape(n, k)) for n in self.inputs}
             for k in range(self.engine.num_optimization_profiles)
         ]
-        self.active_profile = -1
-        self.buffers = OutputBuffers(device)
+        first = self.inputs[0]
+        self.profile_rows = [profile[first][2][0] for profile in self.profiles]
+        self.slots: dict[int, Slot] = {}
 
     @property
     def max_rows(self) -> int:
         return max(self.profile_rows)
 
-    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import torch
+    @property
+    def launch(self) -> dict[int, str]:
+        """How each profile in use launches: "cuda graph", or "enqueue (...)" with the reason."""
+        return {k: slot.launch for k, slot in sorted(self.slots.items())}
 
+    def launch_summary(self) -> str:
+        if not self.slots:
+            return "not run yet"
+        return "; ".join(f"profile {k} ({self.slots[k].rows} rows): {how}" for k, how in self.launch.items())
+
+    # -- the checked calls
+
+    def _range(self, profile: int, name: str) -> str:
+        low, _, high = self.profiles[profile][name]
+        return f"{low}..{high}" if low != high else f"{high}"
+
+    def _set_input_shape(self, slot: Slot, name: str, shape: tuple[int, ...]) -> None:
+        if slot.shapes.get(name) == shape:
+            return
+        low, _, high = self.profiles[slot.profile][name]
+        inside = len(shape) == len(high) and all(
+            a <= s <= b for a, s, b in zip(low, shape, high, strict=True)
+        )
+        if not slot.context.set_input_shape(name, shape):
+            where = "inside" if inside else "outside"
+            raise TensorRTCallError(
+                f"set_input_shape({name}, {shape})",
+                f"refused: {where} profile {slot.profile}'s range {self._range(slot.profile, name)}",
+            )
+        slot.shapes[name] = shape
+
+    def _set_address(self, slot: Slot, name: str, tensor) -> None:
+        if not slot.context.set_tensor_address(name, tensor.data_ptr()):
+            raise TensorRTCallError(
+                f"set_tensor_address({name}, {tuple(tensor.shape)} {tensor.dtype})",
+                f"refused on profile {slot.profile}",
+            )
+
+    def _enqueue(self, slot: Slot, rows: int) -> None:
+        if not slot.context.execute_async_v3(self.ops.handle(self.stream)):
+            raise TensorRTCallError(
+                f"execute_async_v3(profile {slot.profile}, {rows} rows)",
+                "failed (see the TensorRT log above)",
+            )
+
+    # -- profiles in use
+
+    def _slot(self, profile: int) -> Slot:
+        slot = self.slots.get(profile)
+        if slot is not None:
+            return slot
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise TensorRTCallError(
+                f"create_execution_context() for profile {profile}", "returned None (out of GPU memory?)"
+            )
+        try:
+            ok = context.set_optimization_profile_async(profile, self.ops.handle(self.stream))
+        except RuntimeError as exc:  # the bindings raise where the C++ call returns false
+            ok, why = False, first_line(exc)
+        else:
+            why = "returned False"
+        if not ok:
+            raise TensorRTCallError(f"set_optimization_profile_async({profile})", f"refused: {why}")
+        shapes = self.profiles[profile]
+        static = all(low == high for low, _, high in shapes.values())
+        rows = self.profile_rows[profile]
+        inputs = {n: self.ops.empty(shapes[n][2], self.dtypes[n]) for n in self.inputs}
+        slot = Slot(profile, context, inputs, {}, static, rows)
+        for name, tensor in inputs.items():
+            self._set_input_shape(slot, name, tuple(tensor.shape))
+            self._set_address(slot, name, tensor)
+        for name in self.outputs:
+            shape = _shape(context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise TensorRTCallError(f"get_tensor_shape({name})", f"returned {shape} on profile {profile}")
+            slot.outputs[name] = self.ops.empty(shape, self.dtypes[name])
+            self._set_address(slot, name, slot.outputs[name])
+        if not static:
+            slot.launch = "enqueue (a range profile: its shapes change, a CUDA graph would not)"
+        elif not self.cuda_graphs:
+            slot.launch = "enqueue (CUDA graphs turned off)"
+        self.slots[profile] = slot
+        return slot
+
+    def _fill(self, slot: Slot, feeds: dict, rows: int) -> int:
+        """Copy the feeds into the slot's input buffers; pad a static profile by repeating the last row.
+        Returns the rows the engine will run."""
+        run_rows = slot.rows if slot.static else max(rows, self.profiles[slot.profile][self.inputs[0]][0][0])
+        for name in self.inputs:
+            buffer, value = slot.inputs[name], feeds[name]
+            buffer[:rows].copy_(value)
+            if run_rows > rows:
+                buffer[rows:run_rows].copy_(
+                    buffer[rows - 1 : rows].expand(run_rows - rows, *buffer.shape[1:])
+                )
+            if not slot.static:
+                self._set_input_shape(slot, name, (run_rows, *buffer.shape[1:]))
+        return run_rows
+
+    def _capture(self, slot: Slot) -> None:
+        """Record the slot's launch into a CUDA graph (after a warm-up run); plain enqueue if it fails."""
+        graph = self.ops.new_graph()
+        try:
+            with self.ops.capture(graph, self.stream):
+                ok = slot.context.execute_async_v3(self.ops.handle(self.stream))
+            if not ok:
+                raise RuntimeError("execute_async_v3 returned False while capturing")
+        except Exception as exc:  # noqa: BLE001 - any capture failure leaves plain enqueue
+            self.ops.synchronize(self.stream)
+            slot.launch = f"enqueue (CUDA graph capture failed: {type(exc).__name__}: {first_line(exc)})"
+            route_trt_message(2, f"profile {slot.profile}: {slot.launch}")
+            return
+        slot.graph = graph
+        slot.launch = "cuda graph"
+
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rows = int(next(iter(feeds.values())).shape[0])
         profile = choose_profile(self.profile_rows, rows)
-        with torch.cuda.device(self.device):
-            caller = torch.cuda.current_stream(self.device)
-            keep = [feeds[n].to(device=self.device, dtype=self.dtypes[n]).contiguous() for n in self.inputs]
+        with self.ops.scope():
+            slot = self._slot(profile)
+            caller = self.ops.current_stream()
             self.stream.wait_stream(caller)  # the inputs are written on the caller's stream
-            if profile != self.active_profile:
-                self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-                self.active_profile = profile
-            for name, tensor in zip(self.inputs, keep, strict=True):
-                self.context.set_input_shape(name, tuple(tensor.shape))
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            results = {}
-            for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                results[name] = self.buffers.get(name, shape, self.dtypes[name])
-                self.context.set_tensor_address(name, results[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EngineRunError("TensorRT failed to execute an engine (see the TensorRT log above)")
+            with self.ops.on(self.stream):
+                run_rows = self._fill(slot, feeds, rows)
+            if slot.graph is not None:
+                self.ops.replay(slot.graph, self.stream)
+            else:
+                self._enqueue(slot, run_rows)
+                slot.runs += 1
+                if slot.static and self.cuda_graphs and slot.runs == 1:
+                    self._capture(slot)  # the run above was the warm-up; the capture itself runs nothing
             caller.wait_stream(self.stream)  # later work on the caller's stream sees the results
-        return results
-
-
-def _sync(device) -> None:
-    import torch
-
-    if getattr(device, "type", "cpu") == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def engine_parity(
-    engine, contract: ComponentContract, validation: Path, precision: str, seed: int
-) -> ParityRecord:
-    """The validation file's inputs through `engine`, in slices its profiles accept, against torch's outputs."""
-    import torch
-
-    inputs, references = load_validation(validation)
-    feeds = {name: torch.from_numpy(inputs[name]) for name in contract.input_names}
-    outputs = run_in_chunks(engine, feeds, engine.max_rows)
-    _sync(engine.device)
-    got = {name: outputs[name].float().cpu().numpy() for name in contract.output_names}
-    tolerance = contract.tolerance if precision == "fp32" else DEFAULT_TOLERANCES["fp16"]
-    return compare(
-        got, {k: np.asarray(v) for k, v in references.items()}, tolerance, f"tensorrt {precision}", seed
-    )
+        return {name: buffer[:rows] for name, buffer in slot.outputs.items()}
