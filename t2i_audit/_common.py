@@ -145,7 +145,8 @@ def runtime_options(batch_size: int = 16) -> argparse.ArgumentParser:
         "--backend",
         default="torch",
         choices=BACKENDS,
-        help="torch (a diffusers folder, checkpoint or LoRA) or onnx / tensorrt (an exported bundle)",
+        help="torch or torch-compiled (a diffusers folder, checkpoint or LoRA; torch-compiled: torch.compile,"
+        " SDPA, channels-last) or onnx / tensorrt (an exported bundle)",
     )
     return p
 

@@ -3,6 +3,9 @@
 Parametrized over the backends (torch always; onnx when onnxruntime imports; tensorrt
 on a CUDA host with TensorRT), like scikit-learn's `parametrize_with_checks`: shapes
 and dtype, determinism, batch-position independence, seed sensitivity, describe().
+torch-compiled is the torch backend's pipeline with its UNet compiled, and each new shape
+here would compile it again (about a minute each on the CPU): its own checks, parity with
+torch included, are tests/test_torch_compiled.py's.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
 
 Kinds (`KINDS`): diffusers_folder, safetensors_file, lora_file, engine_bundle, http.
 Pipelines (`PIPELINES`): StableDiffusionPipeline (SD 1.x/2.x), StableDiffusionXLPipeline (SDXL).
-Backends (`BACKENDS`): torch, onnx, tensorrt. A new kind or backend is one literal in
-`_spec.py` and one branch in `_factory.py` (docs/architecture.md).
+Backends (`BACKENDS`): torch, torch-compiled (the torch pipeline, its UNet compiled for static
+shapes: `_compiled`), onnx, tensorrt. A new kind or backend is one literal in `_spec.py` and
+one branch (a torch backend: one `ON_TORCH` entry) in `_factory.py` (docs/architecture.md).
 """
 
 from auditor.backends._base import DTYPES, BackendInfo, DType, Generator

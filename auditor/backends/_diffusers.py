@@ -190,7 +190,7 @@ class TorchGenerator:
 
     @classmethod
     def from_pipeline(
-        cls, pipe, *, path: Path, device: str, dtype: str, batch_size: int, note: str
+        cls, pipe, *, path: Path, device: str, dtype: str, batch_size: int, note: str | None = None
     ) -> TorchGenerator:
         """Around a pipeline assembled elsewhere (a single-file checkpoint, a LoRA on a base)."""
         self = cls.__new__(cls)

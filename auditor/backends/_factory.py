@@ -1,8 +1,8 @@
 """The one backend factory: a SuspectSpec of any kind becomes a Generator, and a cited identity.
 
-    diffusers_folder  torch (or onnx/tensorrt: refused, export a bundle first)
-    safetensors_file  torch, through diffusers' from_single_file with a local config folder
-    lora_file         torch, the LoRA applied to its base folder
+    diffusers_folder  torch or torch-compiled (onnx/tensorrt: refused, export a bundle first)
+    safetensors_file  torch or torch-compiled, through diffusers' from_single_file with a local config folder
+    lora_file         torch or torch-compiled, the LoRA applied to its base folder
     engine_bundle     onnx or tensorrt (falling back to torch on the source model, recorded)
     http              the black-box HTTP client
 
@@ -21,12 +21,13 @@ endpoint, whose digest is its transcript's once the queries are answered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from auditor.backends._base import Generator, check_dtype
 from auditor.backends._pipelines import PipelineInfo
-from auditor.backends._spec import ENGINE_BACKENDS, SuspectSpec, is_url
+from auditor.backends._spec import ENGINE_BACKENDS, TORCH_BACKENDS, SuspectSpec, is_url
 from auditor.config import FrozenModel
 from auditor.errors import BadInputError
 
@@ -92,6 +93,19 @@ def inspect_model(spec: SuspectSpec) -> PipelineInfo | None:
     return read_pipeline(path)
 
 
+def _compiled(generator) -> Generator:
+    from auditor.backends._compiled import open_compiled
+
+    return open_compiled(generator)
+
+
+# What each of TORCH_BACKENDS makes of the TorchGenerator a folder, checkpoint or LoRA opens as.
+ON_TORCH: dict[str, Callable[..., Generator]] = {
+    "torch": lambda generator: generator,
+    "torch-compiled": _compiled,
+}
+
+
 def open_suspect(spec: SuspectSpec, name: str | None = None) -> Generator:
     """Open `spec` as a Generator; `name` labels an HTTP endpoint in its errors."""
     check_dtype(spec.dtype)
@@ -113,11 +127,16 @@ def open_suspect(spec: SuspectSpec, name: str | None = None) -> Generator:
         return open_bundle(
             path, spec.backend, device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size
         )
-    if spec.backend != "torch":
+    if spec.backend not in TORCH_BACKENDS:
         raise BadInputError(
             f"{path}: the {spec.backend} backend runs exported bundles, and this is a {kind.replace('_', ' ')};"
-            " export it first (t2i-audit export MODEL --out BUNDLE) or use --backend torch"
+            " export it first (t2i-audit export MODEL --out BUNDLE) or use --backend torch or torch-compiled"
         )
+    return ON_TORCH[spec.backend](_open_torch(spec, kind, path))
+
+
+def _open_torch(spec: SuspectSpec, kind: str, path: Path):
+    """The TorchGenerator of a diffusers folder, single-file checkpoint or LoRA file."""
     runtime = {"device": spec.device, "dtype": spec.dtype, "batch_size": spec.batch_size}
     if kind == "diffusers_folder":
         from auditor.backends._diffusers import TorchGenerator

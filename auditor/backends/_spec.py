@@ -3,8 +3,13 @@
 Everything that opens a model (an audit's suspect and references, a batch job entry,
 `t2i-audit serve`, key selection) describes it as a SuspectSpec, and `open_suspect`
 turns it into a Generator. Adding a kind or a backend means adding it to the literals
-here and a branch in `auditor.backends._factory`; the CLI, job files and serve read
-their choices from these lists.
+here and a branch in `auditor.backends._factory` (a backend over the torch pipeline: its name
+in `TORCH_BACKENDS` and its entry in the factory's `ON_TORCH`); the CLI, job files and serve
+read their choices from these lists.
+
+Backends: `torch` (diffusers, eager: the reference), `torch-compiled` (the same pipeline, its
+UNet compiled for static shapes: `_compiled`), both for diffusers folders, single-file
+checkpoints and LoRA files; `onnx` and `tensorrt` for exported engine bundles.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from auditor.identity import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, read_safetenso
 
 SuspectKind = Literal["diffusers_folder", "safetensors_file", "lora_file", "engine_bundle", "http"]
 KINDS: tuple[str, ...] = get_args(SuspectKind)
-BackendName = Literal["torch", "onnx", "tensorrt"]
+BackendName = Literal["torch", "torch-compiled", "onnx", "tensorrt"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
-ENGINE_BACKENDS: tuple[str, ...] = ("onnx", "tensorrt")
+ENGINE_BACKENDS: tuple[str, ...] = ("onnx", "tensorrt")  # run an exported engine bundle
+TORCH_BACKENDS: tuple[str, ...] = ("torch", "torch-compiled")  # run a diffusers pipeline in torch
 BUNDLE_MANIFEST = "bundle.json"
 
 
