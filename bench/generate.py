@@ -19,11 +19,12 @@ against torch float32 images of the same keys, and, last, the speedup lines:
     speedup tensorrt/torch: X.XX      (only where TensorRT runs)
     speedup onnx/torch: X.XX
 
-Sweep mode (`--json OUT`, what `make gpu-check` runs): every `--steps-list` x `--batch-sizes`
-configuration (one batch of that many keys each), backends torch eager, torch.compile
-(`compile`), onnx and tensorrt (`--backends`), each timed alternated and compared with torch
-float32 images of the same keys (PSNR, max pixel difference); the JSON is rewritten after each
-configuration, and `--deadline` (Unix time) skips configurations it would not start in time.
+Sweep mode (`--json OUT`): every `--steps-list` x `--batch-sizes` configuration (one batch of
+that many keys each), backends torch eager, the torch-compiled backend (`compile`: its static
+batch is the largest of `--batch-sizes`, smaller batches padded to it), onnx and tensorrt
+(`--backends`), each timed alternated and compared with torch float32 images of the same keys
+(PSNR, max pixel difference); the JSON is rewritten after each configuration, and `--deadline`
+(Unix time) skips configurations it would not start in time.
 """
 
 from __future__ import annotations
@@ -67,8 +68,14 @@ def _load(backend: str, args, model: Path, bundle: Path | None):
     from auditor.backends import SuspectSpec, open_suspect
     from auditor.backends.engines import open_bundle
 
-    if backend == "torch":
-        spec = SuspectSpec(model=str(model), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    if backend in ("torch", "torch-compiled"):
+        spec = SuspectSpec(
+            model=str(model),
+            backend=backend,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+        )
         return open_suspect(spec)
     kwargs = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "model": model}
     if backend == "onnx":
@@ -149,18 +156,15 @@ def _sweep(args, model: Path, bundle: Path) -> int:
     args.batch_size = max(batch_sizes)
     wanted = args.backends.split(",") if args.backends else ["torch", "compile", "onnx", "tensorrt"]
     gens, skipped = {}, {}
+    backend_of = {"compile": "torch-compiled"}  # the sweep's short name for the torch-compiled backend
     for name in wanted:
         try:
-            if name == "compile":
-                gen = _load("torch", args, model, bundle)
-                gen.pipe.unet = torch.compile(gen.pipe.unet)
-            else:
-                gen = _load(name, args, model, bundle)
+            gen = _load(backend_of.get(name, name), args, model, bundle)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot load is reported, not fatal
             skipped[name] = first_line(exc)
             continue
         info = gen.describe()
-        if name in ("onnx", "tensorrt") and info.backend != name:
+        if name != "torch" and info.backend != backend_of.get(name, name):
             skipped[name] = info.note or f"fell back to {info.backend}"
             continue
         gens[name] = gen

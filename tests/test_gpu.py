@@ -1,4 +1,4 @@
-"""The GPU side of issues 14 and 23, for a CUDA host with TensorRT (`make gpu-check` runs these first).
+"""The GPU side of issues 14 and 23, for a CUDA host with TensorRT (`bench/gpu_check.py --only gpu-tests`).
 
 Each test skips elsewhere with the reason. On the CPU the same rules are tested with stand-ins
 (test_engine_cache.py, test_ort_providers.py, test_trt_api.py, test_nonfinite.py)."""

@@ -1,7 +1,9 @@
-"""`make gpu-check`'s CPU parts: arguments, the time budget, skipping, timeouts, the JSON, SIGTERM.
+"""`make gpu-check`'s CPU parts: arguments, the time budget, skipping, timeouts, the JSON, SIGTERM,
+the probe of what the host has, the table; and its first step's bench on the tiny model.
 
-The steps themselves need a CUDA host with TensorRT; here they are stand-in commands (small
-Python processes that write results and sleep), run by the real orchestrator."""
+The steps themselves need a CUDA host; here they are stand-in commands (small Python processes
+that write results and sleep), run by the real orchestrator, and the real plan on this CPU host,
+where every step is skipped with its reason."""
 
 from __future__ import annotations
 
@@ -34,9 +36,7 @@ def _py(code: str):
     return lambda ctx: [sys.executable, "-c", code.replace("WORK", repr(str(ctx.workdir)))]
 
 
-def _step(
-    name: str, code: str, *, min_s: float = 1, cap_s: float = 60, result: str | None = None, cuda=False
-):
+def _step(name: str, code: str, *, min_s: float = 1, cap_s: float = 60, result: str | None = None, needs=()):
     return gc.Step(
         name,
         f"stand-in {name}",
@@ -44,53 +44,74 @@ def _step(
         cap_s=cap_s,
         argv=_py(code),
         result=(lambda ctx: gc.read_json(ctx.workdir / result)) if result else (lambda ctx: None),
-        needs_cuda=cuda,
+        needs=needs,
     )
 
 
-def test_decide_skips_without_cuda_or_time_and_caps_the_timeout():
-    step = gc.Step("x", "x", min_s=100, cap_s=300, argv=lambda ctx: [])
-    assert gc.decide(step, 1000, cuda=False) == (None, "skipped: no CUDA device with TensorRT here")
-    timeout, why = gc.decide(step, 50, cuda=True)
+def test_decide_skips_without_a_capability_or_time_and_caps_the_timeout():
+    step = gc.Step("x", "x", min_s=100, cap_s=300, argv=lambda ctx: [], needs=("cuda", "tensorrt"))
+    gpu = {"cuda": None, "tensorrt": None}
+    assert gc.decide(step, 1000, {"cuda": "no CUDA device"}) == (None, "skipped: no CUDA device")
+    assert gc.decide(step, 1000, {"cuda": None, "tensorrt": "tensorrt not installed"}) == (
+        None,
+        "skipped: tensorrt not installed",
+    )
+    assert gc.decide(step, 1000, {"cuda": None}) == (None, "skipped: tensorrt not available")
+    timeout, why = gc.decide(step, 50, gpu)
     assert timeout is None and "time ran short" in why and "needs at least 100 s" in why
-    assert gc.decide(step, 1000, cuda=True) == (300, "")
-    assert gc.decide(step, 200, cuda=True) == (200 - gc.RESERVE_S, "")
+    assert gc.decide(step, 1000, gpu) == (300, "")
+    assert gc.decide(step, 200, gpu) == (200 - gc.RESERVE_S, "")
 
 
-def test_default_plan_runs_in_order_of_value_with_fp32_engines_last():
-    names = [s.name for s in gc.default_steps()]
-    assert names == [
-        "env", "gpu-tests", "sd15-pipeline", "sd15-export-fp16", "unet-fp16", "generate-fp16",
-        "sdxl-unet-fp16", "unet-fp32",
-    ]  # fmt: skip
+def test_default_plan_runs_torch_alone_first_and_engines_only_where_installed():
     steps = {s.name: s for s in gc.default_steps()}
-    assert not steps["env"].needs_cuda and all(s.needs_cuda for n, s in steps.items() if n != "env")
+    assert [s.name for s in gc.select(list(steps.values()), None, None)] == [
+        "torch-sd15", "trt-smoke", "ort-cuda-smoke", "sdxl-torch", "sd15-engines",
+    ]  # fmt: skip
+    assert not steps["gpu-tests"].default  # 26 tiny engines: only with --only gpu-tests
+    assert steps["torch-sd15"].needs == steps["sdxl-torch"].needs == ("torch", "torch-stack", "cuda")
+    assert "tensorrt" in steps["trt-smoke"].needs and "onnxruntime-gpu" in steps["ort-cuda-smoke"].needs
+    assert {"onnx", "tensorrt"} <= set(steps["sd15-engines"].needs)
     ctx = gc.Context(workdir=Path("/w"), out=Path("/o.json"), deadline=time.time() + 570)
-    unet = steps["unet-fp16"].argv(ctx)
-    assert "--images" in unet and unet[unet.index("--images") + 1] == "1,8,30"
-    assert unet[unet.index("--backends") + 1] == "torch,onnx,tensorrt,compile"
-    gen = steps["generate-fp16"].argv(ctx)
-    assert gen[gen.index("--batch-sizes") + 1] == "8,1,30" and gen[gen.index("--steps-list") + 1] == "20,50"
-    export = steps["sd15-export-fp16"].argv(ctx)
-    assert {"--no-cpu-graphs", "--precision", "fp16"} <= set(export)
-    sdxl = steps["sdxl-unet-fp16"].argv(ctx)
-    assert sdxl[sdxl.index("--arch") + 1] == "sdxl" and sdxl[sdxl.index("--dtype") + 1] == "float16"
-    assert sdxl[sdxl.index("--backends") + 1] == "torch,compile"
+    first = steps["torch-sd15"].argv(ctx)
+    assert first[1].endswith("sd15_torch.py") and first[first.index("--arch") + 1] == "sd15"
+    assert first[first.index("--images") + 1] == "8,1"
+    assert first[first.index("--configs") + 1] == "eager-fp32,eager-fp16,compiled-fp16"
+    trt = steps["trt-smoke"].argv(ctx)  # one engine: the tiny UNet's fp16 graph
+    assert trt[trt.index("--arch") + 1] == "tiny" and trt[trt.index("--backends") + 1] == "torch,tensorrt"
+    assert trt[trt.index("--images") + 1] == "1"
+    engines = steps["sd15-engines"].argv(ctx)
+    assert (
+        engines[engines.index("--images") + 1] == "8" and engines[engines.index("--dtype") + 1] == "float16"
+    )
+
+
+def test_the_orchestrator_imports_nothing_but_the_standard_library():
+    code = (
+        f"import sys; before = set(sys.modules); sys.path.insert(0, {str(BENCH)!r}); import gpu_check; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['gpu_check']"
 
 
 def test_arguments_are_checked(capsys):
-    names = ["env", "unet-fp16"]
+    names = ["torch-sd15", "sd15-engines"]
     with pytest.raises(SystemExit) as caught:
-        gc.parse_args(["--only", "env,nope"], names)
+        gc.parse_args(["--only", "torch-sd15,nope"], names)
     assert caught.value.code == 2 and "unknown steps ['nope']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gc.parse_args(["--budget-s", "5"], names)
     steps = gc.default_steps()
-    assert [s.name for s in gc.select(steps, "env,unet-fp16", None)] == ["env", "unet-fp16"]
-    assert "unet-fp32" not in [s.name for s in gc.select(steps, None, "unet-fp32")]
-    assert gc.main(["--dry-run", "--skip", "unet-fp32"]) == 0
+    assert [s.name for s in gc.select(steps, "sd15-engines,torch-sd15", None)] == [
+        "torch-sd15",
+        "sd15-engines",
+    ]
+    assert [s.name for s in gc.select(steps, "gpu-tests", None)] == ["gpu-tests"]
+    assert "sd15-engines" not in [s.name for s in gc.select(steps, None, "sd15-engines")]
+    assert gc.main(["--dry-run", "--skip", "sd15-engines"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("env") and "unet-fp32" not in out
+    assert out.splitlines()[0].startswith("torch-sd15") and "sd15-engines" not in out
 
 
 def test_budget_timeouts_skips_and_partial_results(tmp_path):
@@ -109,9 +130,10 @@ def test_budget_timeouts_skips_and_partial_results(tmp_path):
             result="slow.json",
         ),
         _step("late", "pass", min_s=3600),
-        _step("gpu", "pass", cuda=True),
+        _step("gpu", "pass", needs=("cuda",)),
     ]
     ctx = gc.Context(workdir=tmp_path / "work", out=tmp_path / "out.json", deadline=time.time() + 120)
+    ctx.have = {"cuda": "no CUDA device"}
     start = time.monotonic()
     assert gc.run_check(steps, ctx) == 1  # a step that timed out did not pass
     assert time.monotonic() - start < 30  # the 60 s sleeper was stopped at its 3 s cap
@@ -131,12 +153,12 @@ sys.path.insert(0, {bench!r})
 import gpu_check as gc
 work = {work!r}
 steps = [
-    gc.Step("first", "", 1, 60, lambda ctx: [sys.executable, "-c", "print('done')"], needs_cuda=False),
+    gc.Step("first", "", 1, 60, lambda ctx: [sys.executable, "-c", "print('done')"], needs=()),
     gc.Step("hang", "", 1, 600, lambda ctx: [sys.executable, "-c",
         "import os, time, json; json.dump({{'partial': True}}, open(%r, 'w')); "
         "open(%r, 'w').write(str(os.getpid())); time.sleep(600)" % (work + '/hang.json', work + '/hang.pid')],
-        result=lambda ctx: gc.read_json(ctx.workdir / "hang.json"), needs_cuda=False),
-    gc.Step("never", "", 1, 60, lambda ctx: [sys.executable, "-c", "pass"], needs_cuda=False),
+        result=lambda ctx: gc.read_json(ctx.workdir / "hang.json"), needs=()),
+    gc.Step("never", "", 1, 60, lambda ctx: [sys.executable, "-c", "pass"], needs=()),
 ]
 sys.exit(gc.main(["--out", {out!r}, "--workdir", work, "--budget-s", "300"], steps=steps))
 """
@@ -183,21 +205,134 @@ def test_junit_summary(tmp_path):
     assert gc.junit_summary(tmp_path / "missing.xml") is None
 
 
-def test_on_a_cpu_host_it_records_the_environment_and_skips_the_gpu_steps(tmp_path):
-    """What `make gpu-check` does here: the real default steps, no GPU: env runs, the rest say why not."""
+def test_on_a_cpu_host_it_probes_the_host_and_skips_every_gpu_step_with_its_reason(tmp_path, capsys):
+    """What `make gpu-check` does here: the real plan, no GPU: each step says why not, exit 0."""
     out = tmp_path / "gpu-check.json"
     assert gc.main(["--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     doc = json.loads(out.read_text())
-    assert doc["cuda_with_tensorrt"] is False
-    env = doc["steps"]["env"]
-    assert env["status"] == "passed" and env["result"]["cuda_available"] is False and env["result"]["torch"]
-    for name in (
-        "gpu-tests",
-        "sd15-export-fp16",
-        "unet-fp16",
-        "generate-fp16",
-        "sdxl-unet-fp16",
-        "unet-fp32",
-    ):
-        assert doc["steps"][name]["status"] == "skipped", name
-        assert "no CUDA device" in doc["steps"][name]["reason"]
+    env = doc["env"]
+    assert (
+        env["torch"] and env["capabilities"]["torch"] is None and env["capabilities"]["torch-stack"] is None
+    )
+    assert env["capabilities"]["cuda"] == "no CUDA device"
+    assert doc["plan"] == [s.name for s in gc.default_steps() if s.default]
+    for name in doc["plan"]:
+        assert doc["steps"][name] == {
+            "description": doc["steps"][name]["description"],
+            "status": "skipped",
+            "reason": "skipped: no CUDA device",
+        }
+    assert doc["table"]["rows"] == [] and {t["verdict"] for t in doc["table"]["targets"]} == {"not measured"}
+    printed = capsys.readouterr().out
+    assert "(nothing measured)" in printed and "compiled-fp16 >= 1.3x eager-fp16: not measured" in printed
+
+
+def test_a_python_without_torch_is_a_reason_too(tmp_path):
+    env = gc.probe(str(tmp_path / "no-such-python"), tmp_path)
+    assert env["capabilities"]["cuda"].startswith("the probe failed in")
+    step = gc.default_steps()[0]
+    assert gc.decide(step, 600, env["capabilities"])[1].startswith("skipped: the probe failed")
+
+
+def test_the_first_step_runs_on_the_cpu_and_fills_the_table(tmp_path, capsys):
+    """bench/sd15_torch.py on the tiny model (the same code as at SD 1.5 size on a GPU), eager only
+    (compiling is tests/test_torch_compiled.py's), and the table gpu-check makes of its JSON."""
+    spec = importlib.util.spec_from_file_location("bench_sd15_torch", BENCH / "sd15_torch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = tmp_path / "torch-sd15.json"
+    argv = ["--arch", "tiny", "--device", "cpu", "--images", "2", "--configs", "eager-fp32,eager-fp16"]
+    assert bench.main([*argv, "--steps", "2", "--reps", "1", "--calls", "1", "--json", str(result)]) == 0
+    measured = json.loads(result.read_text())
+    assert measured["gflop_per_guided_step_per_image"] > 0 and measured["tf32"] is False
+    rows = measured["results"][0]["configs"]
+    assert rows["eager-fp32"]["psnr_vs_fp32_db"] == 100.0 and rows["eager-fp16"]["psnr_vs_fp32_db"] > 30
+    assert rows["eager-fp16"]["graphs_compiled"] == 0
+    table = gc.summarize({"steps": {"torch-sd15": {"result": measured}}})
+    assert [(r["config"], r["images"]) for r in table["rows"]] == [("eager-fp32", 2), ("eager-fp16", 2)]
+    assert table["rows"][0]["speedup_vs_eager_fp32"] == 1.0 and table["peak_fp16_tflops"] == "unknown"
+    assert "eager-fp16" in gc.format_table(table)
+
+
+def test_the_table_takes_ratios_against_eager_fp32_of_the_same_run_and_checks_the_targets():
+    torch_sd15 = {
+        "device": "NVIDIA H100 80GB HBM3",
+        "peak_fp16_tflops": 989.4,
+        "steps": 20,
+        "results": [
+            {
+                "images": 8,
+                "configs": {
+                    "eager-fp32": {
+                        "ms_per_guided_step": 300.0,
+                        "images_per_s": 1.0,
+                        "psnr_vs_fp32_db": 100.0,
+                    },
+                    "eager-fp16": {"ms_per_guided_step": 60.0, "images_per_s": 4.0, "psnr_vs_fp32_db": 45.0},
+                    "compiled-fp16": {"ms_per_guided_step": 50.0, "images_per_s": 5.0},
+                },
+            },
+            {"images": 1, "configs": {"eager-fp32": {"skipped": "deadline reached"}}},
+        ],
+    }
+    engines = {"results": [{"images": 8, "backends": {"tensorrt": {"ms_per_step": 40.0}, "torch": {}}}]}
+    table = gc.summarize(
+        {"steps": {"torch-sd15": {"result": torch_sd15}, "sd15-engines": {"result": engines}}}
+    )
+    rows = {r["config"]: r for r in table["rows"]}
+    assert set(rows) == {"eager-fp32", "eager-fp16", "compiled-fp16", "tensorrt-fp16"}
+    assert (
+        rows["eager-fp16"]["speedup_vs_eager_fp32"] == 5.0
+        and rows["compiled-fp16"]["images_per_s_vs_eager_fp32"] == 5.0
+    )
+    assert (
+        rows["tensorrt-fp16"]["speedup_vs_eager_fp32"] == 7.5
+        and rows["tensorrt-fp16"]["images_per_s"] is None
+    )
+    verdicts = [(t["config"], t["against"], t["verdict"]) for t in table["targets"]]
+    assert verdicts == [
+        ("tensorrt-fp16", "eager-fp32", "met"),  # 7.5x >= 2.5x
+        ("tensorrt-fp16", "eager-fp16", "met"),  # 1.5x >= 1.3x
+        ("compiled-fp16", "eager-fp16", "missed"),  # 1.2x < 1.3x
+    ]
+    text = gc.format_table(table)
+    assert "989.4 TFLOP/s" in text and "compiled-fp16 >= 1.3x eager-fp16: missed (1.20x)" in text
+
+
+def _wheels():
+    spec = importlib.util.spec_from_file_location("bench_gpu_wheels", BENCH / "gpu_wheels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_wheel_bundle_takes_the_lock_pins_and_fails_over_its_limit(tmp_path, monkeypatch, capsys):
+    """`make gpu-wheels` without the network: pip download stood in by a writer of fake wheels."""
+    wheels = _wheels()
+    assert wheels.torch_stack() == gc.TORCH_STACK
+    locked = wheels.pins(BENCH.parent / "constraints.txt", list(gc.TORCH_STACK.values()))
+    assert all("==" in pin for pin in locked), locked  # every distribution of the bundle is in the lock
+    lock = tmp_path / "constraints.txt"
+    lock.write_text("# a comment\nPillow==13.0.0\nfoo_bar==1.2\n")
+    assert wheels.pins(lock, ["pillow", "foo-bar", "baz"]) == ["pillow==13.0.0", "foo-bar==1.2", "baz"]
+    calls = []
+
+    def download(command, **kwargs):
+        calls.append(command)
+        dest = Path(command[command.index("--dest") + 1])
+        (dest / "big-1.0-py3-none-any.whl").write_bytes(b"0" * 3 * 2**20)
+        (dest / "small-1.0-py3-none-any.whl").write_bytes(b"0" * 2**20)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(wheels.subprocess, "run", download)
+    out = tmp_path / "bundle"
+    assert wheels.main(["--out", str(out), "--constraints", str(lock), "--max-mib", "4"]) == 0
+    command = calls[0]
+    assert command[command.index("--python-version") + 1] == "3.11" and "--only-binary=:all:" in command
+    assert command[command.index("--abi") + 1] == "cp311" and "manylinux_2_28_x86_64" in command
+    assert command[command.index("-c") + 1] == str(lock) and "pillow==13.0.0" in command
+    assert "pillow==13.0.0" in (out / "requirements.txt").read_text().splitlines()
+    printed = capsys.readouterr().out
+    assert "3.00 MiB  big-1.0-py3-none-any.whl" in printed and "4.00 MiB  total, 2 wheels: fits" in printed
+    assert wheels.main(["--out", str(out), "--constraints", str(lock), "--max-mib", "3.5"]) == 1
+    assert "OVER the 3.5 MiB limit" in capsys.readouterr().out
