@@ -115,6 +115,14 @@ def check_png_inflation(data: bytes) -> str | None:
     return None
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB between uint8 image stacks: how visible a watermark is, or
+    how far fp16 or compiled images are from fp32 ones (inf for identical stacks). numpy only, so
+    the benchmarks of a bare GPU host (bench/sd15_torch.py, no scipy) can use it."""
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2) / 255.0**2
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
 def decode_png(data: bytes, where: str, expected: tuple[int, int] | None = None) -> np.ndarray:
     """PNG bytes -> uint8 (H, W, 3); any failure is one line naming `where`.
 

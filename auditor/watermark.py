@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 from scipy.fft import dctn, idctn
 
 from auditor.config import FrozenModel
+from auditor.images import psnr  # noqa: F401  (how visible a mark is; re-exported)
 
 
 class WatermarkSpec(FrozenModel):
@@ -113,12 +114,6 @@ def bit_accuracy(images: np.ndarray, spec: WatermarkSpec) -> np.ndarray:
     """Per image, the share of bits that match the owner's string (0.5 is chance)."""
     expected = spec.signs > 0
     return (decode(images, spec) == expected[None, :]).mean(axis=1)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB between uint8 image stacks (how visible a mark is)."""
-    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2) / 255.0**2
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
 def detection_threshold(clean_accuracies: np.ndarray, false_positive_rate: float = 0.01) -> float:

@@ -147,7 +147,7 @@ def _sweep(args, model: Path, bundle: Path) -> int:
     from auditor.config import GenerationSettings
     from auditor.errors import first_line
     from auditor.fileio import atomic_write_text
-    from auditor.watermark import psnr
+    from auditor.images import psnr
 
     if torch.cuda.is_available():  # the fp32 reference without TF32
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.dtype == "float16":  # fp16's cost in image quality: PSNR against torch fp32
             from auditor.backends import SuspectSpec, open_suspect
-            from auditor.watermark import psnr
+            from auditor.images import psnr
 
             fp32 = open_suspect(SuspectSpec(model=str(model), device=args.device, batch_size=args.batch_size))
             reference = fp32.generate(prompts, seeds, settings)

@@ -174,14 +174,6 @@ def _flops_per_image(pipe, steps: int, device) -> float:
     return float(counter.get_total_flops())
 
 
-def psnr(a, b) -> float:
-    """PSNR in dB between uint8 image stacks, capped at 100 (identical images)."""
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0**2
-    return 100.0 if mse == 0 else min(100.0, 10 * float(np.log10(1.0 / mse)))
-
-
 def _sync(device) -> None:
     import torch
 
@@ -239,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch._dynamo.utils import counters
 
     from auditor.config import GenerationSettings
+    from auditor.images import psnr
 
     torch.set_num_threads(args.threads)
     device = torch.device(
@@ -325,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             row["images_per_s"] = images / row["median_s"]
             reference = got if name == BASELINE else reference
             if reference is not None:
-                row["psnr_vs_fp32_db"] = psnr(got, reference)
+                row["psnr_vs_fp32_db"] = min(psnr(got, reference), 100.0)  # identical: inf, not JSON
                 row["max_pixel_diff_vs_fp32"] = int(np.abs(got.astype(int) - reference.astype(int)).max())
             calls[name] = _unet_call(pipes[name], images, args.steps, device)
             calls[

@@ -55,7 +55,7 @@ def fp16_loop_parity(
     from auditor.backends.engines.loop import NonFiniteOutputError
     from auditor.backends.engines.ort import OnnxGenerator
     from auditor.config import GenerationSettings
-    from auditor.watermark import psnr
+    from auditor.images import psnr
 
     prompts = tuple(prompts)
     seeds = tuple(range(len(prompts)))
