@@ -120,34 +120,45 @@ def _hash_folder(folder: Path, name: str, kind: str | None) -> ModelIdentity:
     if kind not in (None, "diffusers_folder"):
         raise BadInputError(f"{folder}: is a folder, but model kind {kind!r} names a single file")
     root = folder.resolve()
-    entries = []
+    read = []
     for relative, target in _walk(root, root, "", frozenset({root})):
-        entries.append(_file_entry(relative, target))
-    if not entries:
+        # what a pipeline loads: weights in its component folders (top-level files, such as a
+        # single-file checkpoint kept beside the components, are not part of it)
+        read.append((*_file_entry(relative, target, weights="/" in relative), target))
+    if not read:
         raise BadInputError(f"{folder}: model folder holds no files (expected model weights)")
-    entries.sort(key=lambda entry: entry.path)
+    read.sort(key=lambda row: row[0].path)
+    entries = [entry for entry, _, _ in read]
     return ModelIdentity(
         kind="diffusers_folder",
         digest=manifest_digest("diffusers_folder", entries),
         files=entries,
         name=name,
-        # what a pipeline loads: weights in its component folders (top-level files, such as a
-        # single-file checkpoint kept beside the components, are not part of it)
-        content_digest=_content_digest([(e.path, root / e.path) for e in entries if "/" in e.path]),
+        content_digest=_content_digest(
+            [(e.path, file, tensors) for e, tensors, file in read if "/" in e.path]
+        ),
     )
 
 
-def _file_entry(relative: str, file: Path) -> FileEntry:
-    """Hash and size from one streaming read, so the two cannot describe different contents."""
+def _file_entry(relative: str, file: Path, weights: bool = False) -> tuple[FileEntry, _Tensors | None]:
+    """Hash and size from one streaming read, so the two cannot describe different contents; for
+    a safetensors file in a weights slot (`weights`), each tensor's digest from that same read
+    (its content digest rows), so a multi-GB model is read once, not twice."""
+    tensors = None
+    if weights and _weights_slot(relative) is not None and sniff_weights(file) == "safetensors":
+        tensors = _TensorDigests(file, file.stat().st_size)
     digest, size = hashlib.sha256(), 0
     try:
         with open(file, "rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
+                if tensors is not None:
+                    tensors.feed(chunk)
                 size += len(chunk)
     except OSError as exc:
         raise BadInputError(f"{file}: cannot read model file ({exc.strerror})") from exc
-    return FileEntry(path=relative, sha256=digest.hexdigest(), size=size)
+    entry = FileEntry(path=relative, sha256=digest.hexdigest(), size=size)
+    return entry, (None if tensors is None else tensors.finish())
 
 
 def _is_skipped(name: str) -> bool:
@@ -220,13 +231,13 @@ def _hash_single_file(file: Path, name: str, kind: str | None) -> ModelIdentity:
         if suffix in PICKLE_SUFFIXES:
             check_pickle_weights_only(file)
         kind = kind or "file"
-    entry = _file_entry(file.name, file)
+    entry, tensors = _file_entry(file.name, file, weights=True)
     return ModelIdentity(
         kind=kind,
         digest=manifest_digest(kind, [entry]),
         files=(entry,),
         name=name,
-        content_digest=_content_digest([(file.name, file)]),
+        content_digest=_content_digest([(file.name, file, tensors)]),
     )
 
 
@@ -258,29 +269,33 @@ def _weights_slot(relative: str) -> tuple[str, str] | None:
     return path.parent.as_posix() if str(path.parent) != "." else "", variant
 
 
-def _content_digest(files: list[tuple[str, Path]]) -> str | None:
+# a weights file's tensors: name -> (dtype, shape, sha256 of its data)
+_Tensors = dict[str, tuple[str, list[int], str]]
+
+
+def _content_digest(files: list[tuple[str, Path, _Tensors | None]]) -> str | None:
     """sha256 over the sorted (component, variant, tensor, dtype, shape, data sha256) rows of
-    every weights file (safetensors read by offsets, never deserialized; pickles through
-    torch's weights_only unpickler, already required of them); None when there are none.
+    every weights file (safetensors: the rows `_file_entry` read beside the file's own digest,
+    never deserialized; pickles through torch's weights_only unpickler, already required of
+    them); None when there are none.
 
     Where a component holds the same weights as safetensors and as a pickle (older hub
     folders ship both), the safetensors are what a loader takes, and all that is counted. A
     tensor stored twice with the same content counts once; twice with other content is a
     folder no loader reads unambiguously, and is refused.
     """
-    formats: dict[tuple[str, str], dict[str, list[Path]]] = {}
-    for relative, file in files:
+    formats: dict[tuple[str, str], dict[str, list[tuple[Path, _Tensors | None]]]] = {}
+    for relative, file, tensors in files:
         slot = _weights_slot(relative)
-        kind = sniff_weights(file) if slot is not None else "other"
-        if kind != "other":
+        kind = "safetensors" if tensors is not None else sniff_weights(file) if slot is not None else "other"
+        if slot is not None and kind in ("safetensors", "pickle", "zip"):
             form = "safetensors" if kind == "safetensors" else "pickle"
-            formats.setdefault(slot, {}).setdefault(form, []).append(file)  # type: ignore[arg-type]
+            formats.setdefault(slot, {}).setdefault(form, []).append((file, tensors))
     rows: dict[tuple[str, str, str], tuple[str, list[int], str]] = {}
     for slot, by_format in formats.items():
         form = "safetensors" if "safetensors" in by_format else "pickle"
-        read = _safetensors_tensors if form == "safetensors" else _pickled_tensors
-        for file in by_format[form]:
-            for tensor, described in read(file):
+        for file, tensors in by_format[form]:
+            for tensor, described in tensors.items() if tensors is not None else _pickled_tensors(file):
                 row = (*slot, tensor)
                 if rows.setdefault(row, described) != described:
                     raise BadInputError(
@@ -297,21 +312,55 @@ def _content_digest(files: list[tuple[str, Path]]) -> str | None:
     return sha256_bytes(canonical_json(document))
 
 
-def _safetensors_tensors(file: Path) -> Iterator[tuple[str, tuple[str, list[int], str]]]:
-    header = read_safetensors_header(file)  # checked: every tensor's offsets lie inside the data
-    with open(file, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        for tensor, info in header.items():
-            begin, end = info["data_offsets"]
-            handle.seek(8 + header_len + begin)
-            digest, left = hashlib.sha256(), end - begin
-            while left:
-                chunk = handle.read(min(_CHUNK, left))
-                if not chunk:
-                    raise BadInputError(f"{file}: weights file shrank while it was read")
-                digest.update(chunk)
-                left -= len(chunk)
-            yield tensor, (info["dtype"], list(info["shape"]), digest.hexdigest())
+class _TensorDigests:
+    """Each tensor's sha256 of a safetensors file, fed the file's bytes in order by the read that
+    hashes the whole file: the header is parsed from those very bytes, so the file's digest and
+    its tensors' digests describe one and the same content."""
+
+    def __init__(self, file: Path, size: int) -> None:
+        self.file, self.size = file, size
+        self.head: bytearray | None = bytearray()  # the bytes up to the end of the header
+        self.header: dict[str, Any] = {}
+        self.spans: list[tuple[int, int, str]] = []  # (begin, end, name) in the data section, end to end
+        self.offset = 0  # how far into the data section the bytes fed so far reach
+        self.next = 0
+        self.current = hashlib.sha256()
+        self.digests: dict[str, str] = {}
+
+    def feed(self, chunk: bytes) -> None:
+        if self.head is not None:
+            self.head += chunk
+            if len(self.head) < 8:
+                return
+            (header_len,) = struct.unpack("<Q", self.head[:8])
+            _check_header_length(self.file, header_len, self.size)
+            if len(self.head) < 8 + header_len:
+                return
+            raw, chunk = bytes(self.head[8 : 8 + header_len]), bytes(self.head[8 + header_len :])
+            self.head = None
+            self.header = _checked_header(self.file, raw, self.size - 8 - header_len)
+            self.spans = sorted((*info["data_offsets"], name) for name, info in self.header.items())
+        end = self.offset + len(chunk)
+        while self.next < len(self.spans):
+            begin, stop, name = self.spans[self.next]
+            if stop > self.offset:
+                self.current.update(
+                    chunk[max(begin, self.offset) - self.offset : min(stop, end) - self.offset]
+                )
+            if stop > end:
+                break
+            self.digests[name] = self.current.hexdigest()
+            self.current, self.next = hashlib.sha256(), self.next + 1
+        self.offset = end
+
+    def finish(self) -> _Tensors:
+        """name -> (dtype, shape, data sha256); the read must have reached every tensor's end."""
+        if self.head is not None or len(self.digests) != len(self.spans):
+            raise BadInputError(f"{self.file}: weights file changed or shrank while it was read")
+        return {
+            name: (info["dtype"], list(info["shape"]), self.digests[name])
+            for name, info in self.header.items()
+        }
 
 
 def _pickled_tensors(file: Path) -> Iterator[tuple[str, tuple[str, list[int], str]]]:
@@ -349,11 +398,20 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
         if len(prefix) < 8:
             raise BadInputError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
         (header_len,) = struct.unpack("<Q", prefix)
-        if header_len == 0 or header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > size:
-            raise BadInputError(
-                f"{file}: malformed safetensors file (header length {header_len} does not fit a {size}-byte file)"
-            )
+        _check_header_length(file, header_len, size)
         raw = handle.read(header_len)
+    return _checked_header(file, raw, size - 8 - header_len)
+
+
+def _check_header_length(file: Path, header_len: int, size: int) -> None:
+    if header_len == 0 or header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > size:
+        raise BadInputError(
+            f"{file}: malformed safetensors file (header length {header_len} does not fit a {size}-byte file)"
+        )
+
+
+def _checked_header(file: Path, raw: bytes, data_len: int) -> dict[str, Any]:
+    """The header's tensor entries, every one checked against a `data_len`-byte data section."""
     try:
         header = parse_json(raw, "header")
     except BadInputError as exc:
@@ -361,7 +419,6 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise BadInputError(f"{file}: malformed safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)
-    data_len = size - 8 - header_len
     end_max = 0
     for tensor, info in header.items():
         offsets = info.get("data_offsets") if isinstance(info, dict) else None

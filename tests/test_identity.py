@@ -390,3 +390,28 @@ def test_overlapping_tensor_ranges_are_refused(tmp_path: Path) -> None:
     file.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
     with pytest.raises(BadInputError, match="overlap or leave a gap"):
         hash_model(file)
+
+
+def test_content_digest_from_one_read_matches_each_tensor_read_alone(tmp_path: Path) -> None:
+    """The digester splits one streaming read among tensors: a header longer than a read chunk
+    (30,000 tensors) and tensors across chunk borders must give what each tensor alone gives."""
+    from safetensors.torch import load_file
+
+    from auditor.fileio import canonical_json, sha256_bytes
+    from auditor.identity import CONTENT_SCHEME
+
+    tensors = {f"t{i:05d}": torch.full((3,), float(i)) for i in range(30_000)}
+    tensors["big"] = torch.arange(900_000, dtype=torch.float32)  # 3.6 MB: crosses 1 MB reads
+    tensors["empty"] = torch.zeros(0)
+    (tmp_path / "m" / "unet").mkdir(parents=True)
+    file = tmp_path / "m" / "unet" / "w.safetensors"
+    save_file(tensors, str(file))
+    assert struct.unpack("<Q", file.read_bytes()[:8])[0] > 1 << 20
+    loaded = load_file(file)
+    dtypes = {torch.float32: "F32"}
+    rows = sorted(
+        ["unet", "", name, dtypes[t.dtype], list(t.shape), sha256_bytes(t.numpy().tobytes())]
+        for name, t in loaded.items()
+    )
+    expected = sha256_bytes(canonical_json({"scheme": CONTENT_SCHEME, "tensors": rows}))
+    assert hash_model(tmp_path / "m").content_digest == expected
