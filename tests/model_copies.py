@@ -16,6 +16,22 @@ RESAVES = ("versions", "readme", "metadata", "pickle", "sharded")
 _UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
+def rewrite_library_versions(folder: Path) -> int:
+    """Make every saved config claim other library versions, as another release would write;
+    return how many version fields were rewritten."""
+    rewritten = 0
+    for config in sorted(folder.rglob("*.json")):
+        document = json.loads(config.read_text())
+        if not isinstance(document, dict):
+            continue
+        for field in ("transformers_version", "_diffusers_version"):
+            if field in document:
+                document[field] = "99.0.0"
+                rewritten += 1
+        config.write_text(json.dumps(document, indent=2))
+    return rewritten
+
+
 def resaved_copy(source: Path, dest: Path, how: str) -> Path:
     """`source` copied to `dest` and re-saved `how` (one of RESAVES); returns `dest`."""
     import torch
@@ -24,13 +40,7 @@ def resaved_copy(source: Path, dest: Path, how: str) -> Path:
     shutil.copytree(source, dest)
     weights = dest / _UNET
     if how == "versions":
-        for config in dest.rglob("*.json"):
-            document = json.loads(config.read_text())
-            if isinstance(document, dict):
-                for field in ("transformers_version", "_diffusers_version"):
-                    if field in document:
-                        document[field] = "99.0.0"
-                config.write_text(json.dumps(document, indent=2))
+        rewrite_library_versions(dest)
     elif how == "readme":
         (dest / "README.md").write_text("# a fine-tune of our own, honest\n")
     elif how == "metadata":

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 from keyset_factory import make_keyset
+from model_copies import rewrite_library_versions
 
 from auditor.evidence import _same_verdict
 from auditor.keys import save_keyset
@@ -119,27 +120,12 @@ def test_report_matches_the_golden_file(report):
     assert _comparable(report) == _comparable(expected, wrap=True)
 
 
-def _rewrite_library_versions(folder: Path) -> int:
-    """Make every saved config claim other library versions, as another release would write."""
-    rewritten = 0
-    for config in sorted(folder.rglob("*.json")):
-        document = json.loads(config.read_text())
-        if not isinstance(document, dict):
-            continue
-        for field in ("transformers_version", "_diffusers_version"):
-            if field in document:
-                document[field] = "99.0.0"
-                rewritten += 1
-        config.write_text(json.dumps(document, indent=2))
-    return rewritten
-
-
 def test_library_versions_do_not_move_the_golden_comparison(models, keys, report, tmp_path):
     """The same weights saved by other library releases (their versions in every config), and a
     report written under other installed versions, compare equal to this run's report."""
     copy = tmp_path / "other-release" / models["suspect"].name
     shutil.copytree(models["suspect"], copy)
-    assert _rewrite_library_versions(copy) >= 2  # transformers' text encoder and diffusers' configs
+    assert rewrite_library_versions(copy) >= 2  # transformers' text encoder and diffusers' configs
     other = _audit(copy, models, keys, tmp_path / "report.json")
     assert other["suspect"]["digest"] != report["suspect"]["digest"]  # the bytes did change
     assert other["suspect"]["content_digest"] == report["suspect"]["content_digest"]
