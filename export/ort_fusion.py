@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from auditor.errors import first_line
+from export.validation import _remove_graph
 
 OPTIMIZER = "onnxruntime.transformers.optimizer (model_type unet)"
 # fusions whose operators only the CUDA provider implements
@@ -116,19 +117,14 @@ def fuse_unet(src: Path, dst: Path, target: str, external: bool) -> tuple[dict[s
             fused = {op: int(n) for op, n in model.get_fused_operator_statistics().items() if n}
             model.save_model_to_file(str(dst), use_external_data_format=external)
     except Exception as exc:  # noqa: BLE001 - an optimizer failure only costs the fused graph
-        _remove(dst)
+        _remove_graph(dst)
         raise FusionFailed(
             f"{OPTIMIZER} failed on {src.name}: {type(exc).__name__}: {first_line(exc)}"
         ) from None
     if not fused:
-        _remove(dst)
+        _remove_graph(dst)
         raise FusionFailed(f"{OPTIMIZER} fused nothing in {src.name}")
     return fused, round(time.perf_counter() - start, 3)
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    Path(str(path) + ".data").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the export's two targets
@@ -152,7 +148,7 @@ def cpu_record(
     from auditor.backends.engines.bundle import OrtFusionRecord
 
     if intermediate is not None:
-        _remove(intermediate)
+        _remove_graph(intermediate)
         if level != "transformers+extended":
             reason = (
                 "its graph did not validate after ONNX Runtime's extended level; the plain levels were used"
@@ -184,21 +180,21 @@ def fuse_for_cuda(comp_dir: Path, contract, inputs, references, seed: int, exter
     except FusionFailed as exc:
         return OrtFusionRecord(**record, reason=str(exc))
     record |= {"fused": fused, "seconds": seconds}
-    unvalidated = (
-        "not validated at export: its CUDA-only operators need the CUDA provider, which does not run"
-        " here; the onnx backend validates it when it loads it on a GPU and falls back to the fp16 graph"
-    )
-    if CUDA_PROVIDER not in available_providers():
-        return OrtFusionRecord(**record, onnx=f"{comp_dir.name}/{dst.name}", reason=unvalidated)
-    try:
-        outputs, ran_on = run_graph(dst, contract, inputs, validation_providers("auto", "fp16"))
-    except Exception as exc:  # noqa: BLE001 - a CPU-only session cannot place the CUDA-only nodes
-        outputs, ran_on = None, f"none ({first_line(exc)})"
+    outputs, ran_on = None, None
+    if CUDA_PROVIDER in available_providers():
+        try:
+            outputs, ran_on = run_graph(dst, contract, inputs, validation_providers("auto", "fp16"))
+        except Exception as exc:  # noqa: BLE001 - a CPU-only session cannot place the CUDA-only nodes
+            outputs, ran_on = None, f"none ({first_line(exc)})"
     if outputs is None or ran_on != CUDA_PROVIDER:
+        unvalidated = (
+            "not validated at export: its CUDA-only operators need the CUDA provider, which does not run"
+            " here; the onnx backend validates it when it loads it on a GPU and falls back to the fp16 graph"
+        )
         return OrtFusionRecord(**record, onnx=f"{comp_dir.name}/{dst.name}", reason=unvalidated)
     label = f"onnxruntime {ran_on} (transformers fp16 graph)"
     parity = compare(outputs, references, DEFAULT_TOLERANCES["fp16"], label, seed)
     if not parity.passed:
-        _remove(dst)
+        _remove_graph(dst)
         return OrtFusionRecord(**record, parity=parity, reason=f"not kept: {parity.summary()}")
     return OrtFusionRecord(**record, onnx=f"{comp_dir.name}/{dst.name}", parity=parity)

@@ -49,12 +49,6 @@ def run_graph(
     return dict(zip(contract.output_names, values, strict=True)), session.get_providers()[0]
 
 
-def run_onnx(
-    path: Path, contract: ComponentContract, inputs: dict[str, np.ndarray], providers: list | None = None
-) -> dict[str, np.ndarray]:
-    return run_graph(path, contract, inputs, providers)[0]
-
-
 def optimize_and_validate(
     comp_dir: Path,
     contract: ComponentContract,

@@ -152,6 +152,25 @@ def test_a_fused_unet_that_fails_here_falls_back_to_the_fp16_graph(bundle, monke
     assert "ort_fused_graphs" not in gen.describe().versions
 
 
+def test_a_cpu_fallback_keeps_no_note_of_the_fused_graph_it_no_longer_tries(bundle, monkeypatch):
+    """device="auto" on a host whose CUDA provider falls back silently: the first pass's note that the
+    fused graph did not load belonged to the sessions it dropped, not to the CPU ones it runs."""
+    import onnxruntime
+
+    def fake_make_session(path, providers=(ort.CPU_PROVIDER,), threads=None):
+        if Path(path).name == "model.fp16.cuda.onnx":
+            raise RuntimeError("Could not find an implementation for GroupNorm(1) node")
+        return onnxruntime.InferenceSession(str(path), ort.session_options(1), providers=[ort.CPU_PROVIDER])
+
+    monkeypatch.setattr(ort, "available_providers", lambda: [ort.CUDA_PROVIDER, ort.CPU_PROVIDER])
+    monkeypatch.setattr(ort, "make_session", fake_make_session)
+    gen = ort.OnnxGenerator(load_bundle(bundle), device="auto", precision="fp16", validate="never")
+    note = gen.describe().note
+    assert gen.providers[0] == ort.CPU_PROVIDER and gen.fused == set()
+    assert "fell back to CPUExecutionProvider; running on the CPU" in note
+    assert "could not load unet" not in note and "plain fp16 graph" not in note
+
+
 def test_io_binding_runners_give_the_same_images(bundle):
     """The binding path (names, dtypes, shapes, output allocation), run here with CPU tensors."""
     plain = ort.OnnxGenerator(load_bundle(bundle), device="cpu")

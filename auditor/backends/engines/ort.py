@@ -272,7 +272,6 @@ class OnnxGenerator(EngineGenerator):
         if validate not in ("auto", "always", "never"):
             raise BadInputError(f"validate {validate!r}: expected auto, always or never")
         self.notes: list[str] = []
-        self.fused: set[str] = set()  # components whose session runs ONNX Runtime's fused CUDA graph
         self.precision = precision
         self.device_index = _device_index(device)
         components = list(bundle.manifest.components)
@@ -285,7 +284,8 @@ class OnnxGenerator(EngineGenerator):
                 f" (available: {', '.join(available_providers())}; for GPUs install onnxruntime-gpu"
                 " and not onnxruntime beside it)"
             )
-        sessions = self._sessions(bundle, requested, threads, graphs)
+        # self.fused: components whose session runs ONNX Runtime's fused CUDA graph
+        sessions, self.fused, load_notes = self._sessions(bundle, requested, threads, graphs)
         lacking = [s.get_providers() for s in sessions.values() if requested[0] not in s.get_providers()]
         if lacking:
             got = lacking[0]
@@ -294,12 +294,13 @@ class OnnxGenerator(EngineGenerator):
                     f"{requested[0]} was listed but the session fell back to {got[0]}; running on the CPU"
                 )
                 requested = [CPU_PROVIDER]
-                sessions = self._sessions(bundle, requested, threads, graphs)
+                sessions, self.fused, load_notes = self._sessions(bundle, requested, threads, graphs)
             else:
                 raise BackendUnavailable(
                     f"ONNX Runtime did not get {requested[0]} (the session runs on {', '.join(got)});"
                     " no usable GPU behind the provider"
                 )
+        self.notes += load_notes  # the notes of the sessions kept, not of a pass that fell back
         self.providers = sessions["unet"].get_providers()
         self.threads = threads
         recorded = bundle.manifest.tools.get("onnxruntime")
@@ -333,14 +334,16 @@ class OnnxGenerator(EngineGenerator):
 
     def _sessions(
         self, bundle: Bundle, providers: list[str], threads: int | None, graphs: dict[str, str]
-    ) -> dict:
+    ) -> tuple[dict, set[str], list[str]]:
+        """(sessions, the components on the fused CUDA graph, notes on fused graphs that did not load)."""
         cache_dir = None
         if TENSORRT_PROVIDER in providers:
             from auditor.backends.engines.engine_cache import default_cache_root
 
             cache_dir = default_cache_root(bundle.root) / "ort-tensorrt"
             cache_dir.mkdir(parents=True, exist_ok=True)
-        self.fused = set()
+        fused: set[str] = set()
+        notes: list[str] = []
         out = {}
         for name in graphs:
             record = bundle.manifest.components[name]
@@ -348,12 +351,12 @@ class OnnxGenerator(EngineGenerator):
             if providers[0] == CUDA_PROVIDER and self.precision == "fp16" and fusion and fusion.onnx:
                 try:
                     out[name] = self._session(bundle, name, providers, threads, fusion.onnx, cache_dir)
-                    self.fused.add(name)
+                    fused.add(name)
                     continue
                 except BackendUnavailable as exc:
-                    self.notes.append(f"{first_line(exc)}: running the plain fp16 graph")
+                    notes.append(f"{first_line(exc)}: running the plain fp16 graph")
             out[name] = self._session(bundle, name, providers, threads, graphs[name], cache_dir)
-        return out
+        return out, fused, notes
 
     def _session(
         self, bundle: Bundle, name: str, providers: list[str], threads: int | None, graph: str, cache_dir

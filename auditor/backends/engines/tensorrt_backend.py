@@ -75,13 +75,14 @@ def ensure_engine(
     key = engine_key(graph_digest(manifest, component, graph), host, precision, contract)
     validation = root / record.validation.path
 
-    undeserializable: list[str] = []
+    undeserializable = "no reason given"  # why the last plan that did not deserialize failed
 
     def load(data: bytes) -> _Loaded | None:
+        nonlocal undeserializable
         try:
             return _Loaded(TrtEngine(data, device))
         except EngineDeserializeError as exc:  # another TensorRT version or GPU, a corrupt plan: a miss
-            undeserializable.append(first_line(exc))
+            undeserializable = first_line(exc)
             return None
 
     def check(loaded: _Loaded) -> ParityRecord:
@@ -117,8 +118,9 @@ def ensure_engine(
     except LockTimeout as exc:
         raise BackendUnavailable(str(exc)) from None
     if got.value is None:
-        why = undeserializable[-1] if undeserializable else "no reason given"
-        raise EngineDeserializeError(f"{component}: the plan TensorRT just built does not load: {why}")
+        raise EngineDeserializeError(
+            f"{component}: the plan TensorRT just built does not load: {undeserializable}"
+        )
     parity = got.value.parity or check(got.value)  # a fresh build's TensorRT call errors surface here
     return got.value.engine, got, parity
 
