@@ -176,7 +176,7 @@ def test_every_package_declares_its_public_api():
 # The layers of auditor/ (docs/architecture.md): a module imports its own layer or lower ones.
 LAYERS = {
     1: ("errors", "config", "fileio", "documents", "deadline", "progress", "images", "distance", "text"),
-    2: ("keys", "identity", "commitment", "signing"),
+    2: ("keys", "weights", "identity", "commitment", "signing"),
     3: ("calibration", "multitest", "metrics", "discriminator", "watermark"),
     4: ("backends",),
     5: ("finetune", "references"),

@@ -259,7 +259,7 @@ def test_a_pickle_named_safetensors_is_refused_as_a_pickle(tmp_path: Path) -> No
 def test_sniff_weights_reads_content_only(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from auditor.identity import sniff_weights
+    from auditor.weights import sniff_weights
 
     torch.save({"w": torch.zeros(2)}, tmp_path / "a.safetensors")
     torch.save({"w": torch.zeros(2)}, tmp_path / "b.txt", _use_new_zipfile_serialization=False)
@@ -270,7 +270,7 @@ def test_sniff_weights_reads_content_only(tmp_path: Path) -> None:
 
 
 def test_the_refusal_keeps_torchs_reason_and_drops_its_advice() -> None:
-    from auditor.identity import unpickling_reason
+    from auditor.weights import unpickling_reason
 
     message = (
         "Weights only load failed. This file can still be loaded, to do so you have two options, "
@@ -398,7 +398,7 @@ def test_content_digest_from_one_read_matches_each_tensor_read_alone(tmp_path: P
     from safetensors.torch import load_file
 
     from auditor.fileio import canonical_json, sha256_bytes
-    from auditor.identity import CONTENT_SCHEME
+    from auditor.weights import CONTENT_SCHEME
 
     tensors = {f"t{i:05d}": torch.full((3,), float(i)) for i in range(30_000)}
     tensors["big"] = torch.arange(900_000, dtype=torch.float32)  # 3.6 MB: crosses 1 MB reads

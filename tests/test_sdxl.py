@@ -464,7 +464,7 @@ def test_edited_pipeline_files_are_refused_in_one_line(tiny_xl_pipeline, tmp_pat
 def test_a_safetensors_header_with_a_bad_shape_is_malformed(tmp_path, shape):
     import struct
 
-    from auditor.identity import read_safetensors_header
+    from auditor.weights import read_safetensors_header
 
     header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 4]}}).encode()
     path = tmp_path / "bad.safetensors"

@@ -32,8 +32,8 @@ from auditor.backends._base import (
 from auditor.backends._pipelines import SDXL_PIPELINE, read_pipeline
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError, TransientError, first_line
-from auditor.identity import check_folder_pickles, unpickling_reason
 from auditor.images import quantize
+from auditor.weights import check_folder_pickles, unpickling_reason
 
 _SCHEDULERS = {
     "ddim": ("DDIMScheduler", {}),

@@ -18,7 +18,7 @@ from pathlib import Path
 from auditor.backends._diffusers import TorchGenerator
 from auditor.backends._pipelines import PipelineInfo, lora_pipeline, read_pipeline
 from auditor.errors import BadInputError, first_line
-from auditor.identity import SAFETENSORS_SUFFIX, read_safetensors_header, sniff_weights
+from auditor.weights import SAFETENSORS_SUFFIX, read_safetensors_header, sniff_weights
 
 _LORA_SUFFIXES = (
     ".lora_A.weight",

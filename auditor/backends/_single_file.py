@@ -18,7 +18,7 @@ from auditor.backends._base import check_dtype, quiet_hf_libraries, resolve_devi
 from auditor.backends._diffusers import TorchGenerator, pipeline_kwargs
 from auditor.backends._pipelines import PipelineInfo, checkpoint_pipeline, read_pipeline
 from auditor.errors import BadInputError, first_line
-from auditor.identity import (
+from auditor.weights import (
     SAFETENSORS_SUFFIX,
     check_pickle_weights_only,
     read_safetensors_header,

@@ -24,7 +24,7 @@ from auditor.backends._base import DType
 from auditor.backends._http import HttpOptions
 from auditor.config import FrozenModel
 from auditor.errors import BadInputError
-from auditor.identity import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, read_safetensors_header
+from auditor.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, read_safetensors_header
 
 SuspectKind = Literal["diffusers_folder", "safetensors_file", "lora_file", "engine_bundle", "http"]
 KINDS: tuple[str, ...] = get_args(SuspectKind)
