@@ -42,28 +42,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
-from pydantic import Field
 from scipy import stats
 
-from auditor.config import FrozenModel
-
-VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
+from auditor.verdict_test import ModelTest, show_p
 
 METHOD = "t2i-auditor.model-test/v1"  # a report records it; verify refuses a method it does not know
 FLOOR = 0.01  # distances below this are one reproduction, however faithful (about 2.5/255 RMS)
 SPARSE_FRACTION = 0.25  # the sparse statistic compares the lowest and the highest quarter of the keys
 TAIL_EPS = 0.1  # z units: keeps the asymmetry finite when a tail is flat (ties at the floor)
-DUPLICATE_RATIO = 0.2  # references spread less than this share of one model's seed noise: duplicates
-SANITY_ALPHA = 0.01
-P_SHOWN_BELOW = 1e-6  # smaller p-values are shown as "< 1e-6": the normal model says nothing that far out
 TEST_NAME = "model-level prediction t-test (global and sparse statistics, Bonferroni)"
-BINOMIAL_ASSUMPTION = (
-    "keys as independent trials with a known null hit rate (the pooled references'); "
-    "neither holds, so this is the paper's kind of figure, not the verdict"
-)
 
 
 # ---------------------------------------------------------------- the statistics
@@ -135,102 +126,123 @@ def prediction_pvalue(value: float, null: np.ndarray) -> tuple[float, float]:
     return t, float(stats.t.sf(t, n - 1))
 
 
-# ---------------------------------------------------------------- the record
-
-
-class ModelTest(FrozenModel):
-    """Every number of the model-level test; `auditor.calibration` recomputes them all from the
-    distances in the report."""
-
-    method: str = Field(METHOD, description="which version of the test computed these numbers")
-    test: str = TEST_NAME
-    floor: float
-    sparse_keys: int = Field(description="how many keys the sparse statistic averages")
-    scale: float = Field(description="pooled spread of the references' log distances per key")
-    normalized: tuple[float, ...] = Field(
-        description="the suspect's z per key (negative: closer than innocent)"
-    )
-    statistics: dict[str, float] = Field(description="the suspect's global and sparse statistics")
-    reference_statistics: dict[str, tuple[float, ...]] = Field(description="each reference's, leave-one-out")
-    t: dict[str, float]
-    df: int
-    p_values: dict[str, float]
-    p_value: float = Field(description="min(1, 2 min(p_global, p_sparse))")
-    min_p_value: float = Field(
-        description="the p-value of an extreme suspect (every key, or the hardest quarter, at the floor):"
-        " the audit's power gate, not a bound"
-    )
-    sanity_p_value: float = Field(
-        description="the smallest outlier p-value among the references (Bonferroni-adjusted, two-sided)"
-    )
-    sanity_reference: int = Field(description="index of that reference")
-
-
-class BinomialFigure(FrozenModel):
-    """The exact binomial on hit counts the first version used as its verdict; kept as a figure."""
-
-    hits: int
-    trials: int
-    p0: float
-    p_value: float
-    assumption: str = BINOMIAL_ASSUMPTION
-
-
-class Decision(FrozenModel):
-    verdict: VerdictName
-    reason: str
-    test: ModelTest | None
-    binomial: BinomialFigure | None
-
-
 # ---------------------------------------------------------------- the test
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    """The shipped test fitted on one set of references: their logs, null and gates, computed once."""
+
+    refs: np.ndarray
+    null: np.ndarray
+    min_p_value: float
+    sanity: tuple[float, int]
+
+    def score(self, suspect: Sequence[float]) -> ModelTest:
+        x = log_distances(suspect)
+        n, m = self.refs.shape
+        if m != len(x):
+            raise ValueError(f"the suspect has {len(x)} keys, the references {m}")
+        z = normalize(x, self.refs)
+        values = model_statistics(z)
+        t, p = {}, {}
+        for i, name in enumerate(_NAMES):
+            t[name], p[name] = prediction_pvalue(values[i], self.null[:, i])
+        if not low_tail_is_closer(z):
+            p["sparse"] = 1.0  # a lopsided model whose low tail is no closer than innocent models: no copy
+        return ModelTest(
+            method=METHOD,
+            test=TEST_NAME,
+            floor=FLOOR,
+            sparse_keys=sparse_keys(m),
+            scale=pooled_scale(self.refs),
+            normalized=tuple(float(v) for v in z),
+            statistics=dict(zip(_NAMES, (float(v) for v in values), strict=True)),
+            reference_statistics={
+                name: tuple(float(v) for v in self.null[:, i]) for i, name in enumerate(_NAMES)
+            },
+            t={k: float(v) for k, v in t.items()},
+            df=n - 1,
+            p_values={k: float(v) for k, v in p.items()},
+            p_value=min(1.0, 2.0 * min(p.values())),
+            min_p_value=self.min_p_value,
+            sanity_p_value=self.sanity[0],
+            sanity_reference=self.sanity[1],
+        )
+
+
+_NAMES = ("global", "sparse")  # the record's order (its dicts), as v1 reports hold them
+
+
+@dataclass(frozen=True)
+class ModelLevelTest:
+    """The shipped verdict test (module docstring), as one `auditor.verdict_test.VerdictTest`."""
+
+    method: str = METHOD
+    title: str = TEST_NAME
+    statistics: MappingProxyType = field(
+        default_factory=lambda: MappingProxyType(
+            {
+                "sparse": "sparse: lowest quarter below the median",
+                "global": "global: -median z",
+            }
+        )
+    )
+    combination: str = "min(1, 2 min(sparse, global))"
+    may_decide: bool = True
+
+    def fit(self, references: Sequence[Sequence[float]], *, delta0: float) -> _Fitted:
+        refs = np.stack([log_distances(r) for r in references])
+        n, m = refs.shape
+        if n < 3:
+            raise ValueError("the model-level test needs at least three references")
+        null = leave_one_out(refs)
+        # An extreme suspect: every key at the floor (global), or the keys hardest for innocent
+        # models at the floor and the rest at the references' mean (sparse).
+        floor = math.log(FLOOR)
+        extreme_global = model_statistics(normalize(np.full(m, floor), refs))[0]
+        hardest = np.argsort(-refs.mean(axis=0))[: sparse_keys(m)]
+        sparse_case = refs.mean(axis=0).copy()
+        sparse_case[hardest] = floor
+        extreme_sparse = model_statistics(normalize(sparse_case, refs))[1]
+        p_min = min(
+            prediction_pvalue(extreme_global, null[:, 0])[1], prediction_pvalue(extreme_sparse, null[:, 1])[1]
+        )
+        return _Fitted(refs=refs, null=null, min_p_value=min(1.0, 2.0 * p_min), sanity=_sanity(null))
+
+    def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:
+        """Bonferroni: each statistic's own p at alpha / 2, i.e. mean + t_(1 - alpha/2, df) sd
+        sqrt(1 + 1/n) of its leave-one-out null."""
+        out = {}
+        for name, null in test.reference_statistics.items():
+            values = np.asarray(null, dtype=float)
+            n = len(values)
+            out[name] = float(
+                values.mean() + stats.t.isf(alpha / 2, n - 1) * values.std(ddof=1) * math.sqrt(1 + 1 / n)
+            )
+        return out
+
+    def describe(self, test: ModelTest, n_references: int) -> str:
+        return (
+            f"sparse p {show_p(test.p_values['sparse'])}, global p {show_p(test.p_values['global'])}"
+            f" against {n_references} innocent references (t with {test.df} df)"
+        )
+
+    def varies(self, references: Sequence[Sequence[float]]) -> bool:
+        """At least one statistic's leave-one-out values spread (a test needs some null spread)."""
+        refs = np.stack([log_distances(r) for r in references])
+        if pooled_scale(refs) <= 0:
+            return False
+        null = leave_one_out(refs)
+        return bool(np.any(np.std(null, axis=0, ddof=1) > 0))
+
+
+MODEL_TEST = ModelLevelTest()
+
+
 def model_test(suspect: Sequence[float], references: Sequence[Sequence[float]]) -> ModelTest:
-    """The test of `suspect` (per-key distances) against `references` (n x M distances), n >= 3."""
-    x = log_distances(suspect)
-    refs = np.stack([log_distances(r) for r in references])
-    n, m = refs.shape
-    if n < 3:
-        raise ValueError("the model-level test needs at least three references")
-    if m != len(x):
-        raise ValueError(f"the suspect has {len(x)} keys, the references {m}")
-    null = leave_one_out(refs)
-    z = normalize(x, refs)
-    names = ("global", "sparse")
-    values = model_statistics(z)
-    t, p = {}, {}
-    for i, name in enumerate(names):
-        t[name], p[name] = prediction_pvalue(values[i], null[:, i])
-    if not low_tail_is_closer(z):
-        p["sparse"] = 1.0  # a lopsided model whose low tail is no closer than innocent models: no copy
-    # An extreme suspect: every key at the floor (global), or the keys hardest for innocent
-    # models at the floor and the rest at the references' mean (sparse).
-    floor = math.log(FLOOR)
-    extreme_global = model_statistics(normalize(np.full(m, floor), refs))[0]
-    hardest = np.argsort(-refs.mean(axis=0))[: sparse_keys(m)]
-    sparse_case = refs.mean(axis=0).copy()
-    sparse_case[hardest] = floor
-    extreme_sparse = model_statistics(normalize(sparse_case, refs))[1]
-    p_min = min(
-        prediction_pvalue(extreme_global, null[:, 0])[1], prediction_pvalue(extreme_sparse, null[:, 1])[1]
-    )
-    sanity_p, sanity_ref = _sanity(null)
-    return ModelTest(
-        floor=FLOOR,
-        sparse_keys=sparse_keys(m),
-        scale=pooled_scale(refs),
-        normalized=tuple(float(v) for v in z),
-        statistics=dict(zip(names, (float(v) for v in values), strict=True)),
-        reference_statistics={name: tuple(float(v) for v in null[:, i]) for i, name in enumerate(names)},
-        t={k: float(v) for k, v in t.items()},
-        df=n - 1,
-        p_values={k: float(v) for k, v in p.items()},
-        p_value=min(1.0, 2.0 * min(p.values())),
-        min_p_value=min(1.0, 2.0 * p_min),
-        sanity_p_value=sanity_p,
-        sanity_reference=sanity_ref,
-    )
+    """The shipped test of `suspect` (per-key distances) against `references` (n x M), n >= 3."""
+    return MODEL_TEST.fit(references, delta0=0.0).score(suspect)
 
 
 def _sanity(null: np.ndarray) -> tuple[float, int]:
@@ -249,118 +261,3 @@ def _sanity(null: np.ndarray) -> tuple[float, int]:
             if p < worst:
                 worst, who = p, r
     return worst, who
-
-
-def binomial_figure(hits: int, trials: int, reference_hits: Sequence[int]) -> BinomialFigure:
-    """Exact one-sided P(X >= hits), X ~ Binomial(trials, p0), p0 the references' pooled rate
-    (Jeffreys posterior mean, never 0)."""
-    if not 0 <= hits <= trials or not reference_hits:
-        raise ValueError("hits must lie in [0, trials] and references must be given")
-    p0 = (sum(reference_hits) + 0.5) / (len(reference_hits) * trials + 1.0)
-    p_value = float(min(1.0, max(0.0, stats.binom.sf(hits - 1, trials, p0))))
-    return BinomialFigure(hits=hits, trials=trials, p0=p0, p_value=p_value)
-
-
-def show_p(p: float) -> str:
-    """A p-value as a report states it: three digits, or "< 1e-06" far out in the tail."""
-    return f"< {P_SHOWN_BELOW:g}" if p < P_SHOWN_BELOW else f"= {p:.3g}"
-
-
-def seed_noise(seed_distances: Sequence[Sequence[Sequence[float]]]) -> float | None:
-    """One model's own spread over its audit seeds (log distances), pooled over models and keys;
-    None with one seed per key."""
-    per_model = [np.asarray(m, dtype=np.float64) for m in seed_distances]
-    if not per_model or any(m.ndim != 2 or m.shape[1] < 2 for m in per_model):
-        return None
-    logs = [np.log(np.maximum(m, FLOOR)) for m in per_model]
-    return float(np.sqrt(np.mean([np.var(x, axis=1, ddof=1).mean() for x in logs])))
-
-
-def decide(
-    suspect: Sequence[float],
-    references: Sequence[Sequence[float]],
-    *,
-    alpha: float,
-    min_references: int,
-    delta0: float,
-    reference_names: Sequence[str] = (),
-    reference_seed_distances: Sequence[Sequence[Sequence[float]]] = (),
-) -> Decision:
-    """The verdict of the suspect's per-key distances against the references' (module docstring).
-
-    `reference_seed_distances` (per reference, per key, per seed) lets the references be
-    compared with one model's own seed noise: references far closer to each other than that
-    are one model several times, whatever their files.
-    """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
-    n = len(references)
-    hits = int(sum(d < delta0 for d in suspect))
-    binomial = (
-        binomial_figure(hits, len(suspect), [int(sum(d < delta0 for d in r)) for r in references])
-        if n
-        else None
-    )
-    test = model_test(suspect, references) if n >= 3 and _varies(references) else None
-    if n < min_references:
-        reason = (
-            f"{n} innocent reference model{'s' if n != 1 else ''}: the model-level test needs at least "
-            f"{min_references} (min_references) to say how much innocent models differ; audit more references"
-        )
-        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
-    if test is None:
-        reason = "the references' distances do not vary (the same model listed twice?): no null spread to test against"
-        return Decision(verdict="inconclusive", reason=reason, test=None, binomial=binomial)
-    noise = seed_noise(reference_seed_distances)
-    if noise is not None and test.scale < DUPLICATE_RATIO * noise:
-        reason = (
-            f"the references differ from each other by {test.scale:.3g} (log distance), less than"
-            f" {DUPLICATE_RATIO:g} of one model's own seed noise ({noise:.3g}): they are one model several"
-            " times, not independent innocent models; use independently trained references"
-        )
-        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
-    if test.min_p_value > alpha:
-        reason = (
-            f"audit without power: with these {n} references an extreme suspect reaches"
-            f" p {show_p(test.min_p_value)} > alpha = {alpha:g}; audit more references or more keys"
-        )
-        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
-    if test.sanity_p_value < SANITY_ALPHA:
-        who = (
-            reference_names[test.sanity_reference]
-            if test.sanity_reference < len(reference_names)
-            else f"reference {test.sanity_reference}"
-        )
-        reason = (
-            f"reference {who} looks unlike the other references (outlier p = {test.sanity_p_value:.3g}"
-            f" < {SANITY_ALPHA:g}): it may not be innocent, or not of the same kind; replace it"
-        )
-        return Decision(verdict="inconclusive", reason=reason, test=test, binomial=binomial)
-    parts = (
-        f"sparse p {show_p(test.p_values['sparse'])}, global p {show_p(test.p_values['global'])}"
-        f" against {n} innocent references (t with {test.df} df)"
-    )
-    if test.p_value <= alpha:
-        return Decision(
-            verdict="infringing",
-            reason=f"{parts}: p {show_p(test.p_value)} <= alpha = {alpha:g}; the suspect is closer to the keys"
-            " than innocent models are",
-            test=test,
-            binomial=binomial,
-        )
-    return Decision(
-        verdict="not_infringing",
-        reason=f"{parts}: p {show_p(test.p_value)} > alpha = {alpha:g}; no significant evidence of training"
-        " on the keyset",
-        test=test,
-        binomial=binomial,
-    )
-
-
-def _varies(references: Sequence[Sequence[float]]) -> bool:
-    """At least one statistic's leave-one-out values spread (a test needs some null spread)."""
-    refs = np.stack([log_distances(r) for r in references])
-    if pooled_scale(refs) <= 0:
-        return False
-    null = leave_one_out(refs)
-    return bool(np.any(np.std(null, axis=0, ddof=1) > 0))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 
-from auditor.calibration import ModelTest
 from auditor.report import AttributionReport
+from auditor.verdict_tests import VERDICT_TESTS, shown
 
 
 def figure_png(fig) -> bytes:
@@ -71,27 +71,10 @@ def distance_histogram_png(report: AttributionReport) -> bytes:
     return figure_png(fig)
 
 
-def alpha_thresholds(test: ModelTest, alpha: float) -> dict[str, float]:
-    """Where each statistic must lie for the combined p-value to reach alpha (Bonferroni: the
-    statistic's own p at alpha / 2): mean + t_(1 - alpha/2, df) sd sqrt(1 + 1/n) of its null."""
-    import math
-
-    import numpy as np
-    from scipy import stats
-
-    out = {}
-    for name, null in test.reference_statistics.items():
-        values = np.asarray(null, dtype=float)
-        n = len(values)
-        out[name] = float(
-            values.mean() + stats.t.isf(alpha / 2, n - 1) * values.std(ddof=1) * math.sqrt(1 + 1 / n)
-        )
-    return out
-
-
 def strip_plot_png(report: AttributionReport) -> bytes | None:
-    """The suspect's two model-level statistics against the references' leave-one-out ones, with
-    the value each must pass for the verdict's alpha; None without the test."""
+    """The suspect's model-level statistics against the references' leave-one-out ones, with the
+    value each must pass for the verdict's alpha (the test's own `thresholds`); None without the
+    test."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -99,26 +82,31 @@ def strip_plot_png(report: AttributionReport) -> bytes | None:
     test = report.verdict.test
     if test is None:
         return None
-    thresholds = alpha_thresholds(test, report.verdict.alpha)
-    fig = Figure(figsize=(6.4, 2.6), dpi=100)
+    kind = VERDICT_TESTS.get(test.method)
+    names, _ = shown(test)
+    if not names:
+        return None
+    thresholds = kind.thresholds(test, report.verdict.alpha) if kind is not None else {}
+    labels = kind.statistics if kind is not None else {}
+    fig = Figure(figsize=(3.2 * len(names), 2.6), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    labels = {"global": "global: -median z", "sparse": "sparse: lowest quarter below the median"}
-    for ax, name in zip(axes, ("global", "sparse"), strict=True):
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for ax, name in zip(axes, names, strict=True):
         null = np.asarray(test.reference_statistics[name], dtype=float)
         jitter = np.linspace(-0.15, 0.15, len(null)) if len(null) > 1 else np.zeros(1)
         ax.scatter(null, jitter, color="#8a8a8a", s=24, label=f"references ({len(null)}, leave-one-out)")
         ax.scatter([test.statistics[name]], [0.0], color="#c0392b", marker="D", s=48, label="suspect")
-        ax.axvline(
-            thresholds[name],
-            color="black",
-            linestyle="--",
-            linewidth=1.1,
-            label=f"alpha {report.verdict.alpha:g}",
-        )
+        if name in thresholds:
+            ax.axvline(
+                thresholds[name],
+                color="black",
+                linestyle="--",
+                linewidth=1.1,
+                label=f"alpha {report.verdict.alpha:g}",
+            )
         ax.set_yticks([])
         ax.set_ylim(-0.6, 0.6)
-        ax.set_title(f"{labels[name]}\np = {test.p_values[name]:.3g}", fontsize=8)
+        ax.set_title(f"{labels.get(name, name)}\np = {test.p_values[name]:.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=6, loc="upper left")
     return figure_png(fig)

@@ -27,12 +27,13 @@ from pydantic import Field
 import auditor
 from auditor.audit import AuditResult, KeyResult, audit_seeds, audit_token, fixed_threshold_verdict
 from auditor.backends import BackendInfo
-from auditor.calibration import METHOD, BinomialFigure, ModelTest, VerdictName, decide
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.documents import check_version, load_document, validate
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text
 from auditor.keys import KeySet, ModelRef, Strategy
+from auditor.verdict_test import BinomialFigure, ModelTest, VerdictName, VerdictTest, decide
+from auditor.verdict_tests import DEFAULT, VERDICT_TESTS
 
 REPORT_SCHEMA = "t2i-auditor.report/v2"
 
@@ -139,11 +140,14 @@ def make_verdict(
     references: tuple[ReferenceResult, ...],
     config: AuditConfig,
     alpha: float,
+    test: VerdictTest = DEFAULT,
 ) -> Verdict:
-    """The model-level test of the suspect's per-key distances against the references'."""
+    """The verdict test (`DEFAULT` for a new audit) of the suspect's per-key distances against the
+    references'."""
     decision = decide(
         suspect_distances,
         [r.distances for r in references],
+        test=test,
         alpha=alpha,
         min_references=config.min_references,
         delta0=config.delta0,
@@ -189,9 +193,12 @@ def check_comparable(references: tuple[ReferenceResult, ...], token: str, where:
 
 
 def recompute_verdict(report: AttributionReport) -> Verdict:
-    """The verdict derived again from the report's own numbers (what `verify` checks)."""
+    """The verdict derived again from the report's own numbers, by the test that made it (what
+    `verify` checks; `inconsistencies` refuses a method this version does not know)."""
+    recorded = report.verdict.test
+    test = VERDICT_TESTS.get(recorded.method, DEFAULT) if recorded is not None else DEFAULT
     return make_verdict(
-        tuple(k.distance for k in report.results), report.references, report.audit, report.verdict.alpha
+        tuple(k.distance for k in report.results), report.references, report.audit, report.verdict.alpha, test
     )
 
 
@@ -238,8 +245,9 @@ def inconsistencies(report: AttributionReport) -> list[str]:
     if any(ref.audit_token != token for ref in report.references):
         problems.append("references: audited with other keys, seeds or settings than the suspect")
     test = report.verdict.test
-    if test is not None and test.method != METHOD:
-        problems.append(f"verdict: made by test method {test.method!r}; this version knows {METHOD!r}")
+    if test is not None and not getattr(VERDICT_TESTS.get(test.method), "may_decide", False):
+        deciding = ", ".join(sorted(m for m, t in VERDICT_TESTS.items() if t.may_decide))
+        problems.append(f"verdict: made by test method {test.method!r}; a verdict is made by {deciding}")
     return problems
 
 

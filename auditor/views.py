@@ -18,6 +18,7 @@ from rich.table import Table
 from auditor.figures import distance_histogram_png, strip_plot_png
 from auditor.report import AttributionReport
 from auditor.text import visible
+from auditor.verdict_tests import shown
 
 VERDICT_STYLE = {"infringing": "bold red", "not_infringing": "bold green", "inconclusive": "bold yellow"}
 
@@ -84,16 +85,19 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
     v = report.verdict
     table.add_row("references", f"{v.n_references} innocent (min {v.min_references}); alpha {v.alpha:g}")
     if test := v.test:
+        names, _ = shown(test)
+        p_each = ", ".join(f"{name} {test.p_values[name]:.3g}" for name in names)
         table.add_row(
             "model-level test",
-            f"p = {test.p_value:.3g} (sparse {test.p_values['sparse']:.3g}, global {test.p_values['global']:.3g});"
-            f" smallest reachable {test.min_p_value:.3g}",
+            f"p = {test.p_value:.3g} ({p_each}); smallest reachable {test.min_p_value:.3g}",
         )
         null = {k: (min(vals), max(vals)) for k, vals in test.reference_statistics.items()}
         table.add_row(
             "  statistics",
-            f"sparse {test.statistics['sparse']:.2f} (references {null['sparse'][0]:.2f}..{null['sparse'][1]:.2f}),"
-            f" global {test.statistics['global']:.2f} (references {null['global'][0]:.2f}..{null['global'][1]:.2f})",
+            ", ".join(
+                f"{name} {test.statistics[name]:.2f} (references {null[name][0]:.2f}..{null[name][1]:.2f})"
+                for name in names
+            ),
         )
         lowest = sorted(zip(test.normalized, report.results, strict=True), key=lambda pair: pair[0])[:5]
         table.add_row(
@@ -203,20 +207,20 @@ def render_report_html(
         ("innocent references", _e(f"{v.n_references} (at least {v.min_references} needed)")),
     ]
     if test is not None:
+        names, combination = shown(test)
+        verdict_rows += [("p-value (model-level test)", _e(f"{_num(test.p_value)} = {combination}"))]
         verdict_rows += [
-            ("p-value (model-level test)", _e(f"{_num(test.p_value)} = min(1, 2 min(sparse, global))")),
             (
-                "sparse statistic",
+                f"{name} statistic",
                 _e(
-                    f"{test.statistics['sparse']:.3f}, t = {test.t['sparse']:.2f}, p = {_num(test.p_values['sparse'])}"
+                    f"{test.statistics[name]:.3f}"
+                    + (f", t = {test.t[name]:.2f}" if name in test.t else "")
+                    + f", p = {_num(test.p_values[name])}"
                 ),
-            ),
-            (
-                "global statistic",
-                _e(
-                    f"{test.statistics['global']:.3f}, t = {test.t['global']:.2f}, p = {_num(test.p_values['global'])}"
-                ),
-            ),
+            )
+            for name in names
+        ]
+        verdict_rows += [
             ("degrees of freedom", _e(test.df)),
             ("smallest reachable p", _e(_num(test.min_p_value))),
             (
@@ -270,18 +274,19 @@ def render_report_html(
     ref_table = ""
     if report.references:
         loo = test.reference_statistics if test is not None else {}
+        names = shown(test)[0] if test is not None else ()
         body = "".join(
             f"<tr><td>{_e(r.name)}</td><td>{_code(r.digest)}</td><td>{r.hits} / {r.num_keys}</td>"
             f"<td>{_e(f'{r.conf:.4f}')}</td>"
-            + "".join(
-                f"<td>{_e(f'{loo[c][i]:.3f}')}</td>" if loo else "<td>n/a</td>" for c in ("sparse", "global")
-            )
+            + "".join(f"<td>{_e(f'{loo[c][i]:.3f}')}</td>" if loo else "<td>n/a</td>" for c in names or ("",))
             + "</tr>"
             for i, r in enumerate(report.references)
         )
         ref_table = (
             "<h3>Innocent reference models</h3><table><tr><th>name</th><th>digest</th><th>hits</th>"
-            f"<th>conf</th><th>sparse (leave-one-out)</th><th>global (leave-one-out)</th></tr>{body}</table>"
+            "<th>conf</th>"
+            + ("".join(f"<th>{_e(c)} (leave-one-out)</th>" for c in names) or "<th>test</th>")
+            + f"</tr>{body}</table>"
         )
 
     b = report.backend

@@ -177,7 +177,16 @@ def test_every_package_declares_its_public_api():
 LAYERS = {
     1: ("errors", "config", "fileio", "documents", "deadline", "progress", "images", "distance", "text"),
     2: ("keys", "weights", "identity", "commitment", "signing"),
-    3: ("calibration", "multitest", "metrics", "discriminator", "watermark"),
+    3: (
+        "verdict_test",
+        "calibration",
+        "binomial_rule",
+        "verdict_tests",
+        "multitest",
+        "metrics",
+        "discriminator",
+        "watermark",
+    ),
     4: ("backends",),
     5: ("finetune", "references"),
     6: ("selection", "audit", "report", "evidence", "figures", "views"),

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from auditor import verdict_test
 from auditor.calibration import (
     FLOOR,
-    binomial_figure,
-    decide,
+    MODEL_TEST,
     leave_one_out,
     log_distances,
     model_statistics,
@@ -21,6 +22,9 @@ from auditor.calibration import (
     prediction_pvalue,
     sparse_keys,
 )
+from auditor.verdict_test import binomial_figure
+
+decide = partial(verdict_test.decide, test=MODEL_TEST)  # the shipped test's gates and verdict
 
 M = 30
 

@@ -38,6 +38,7 @@ import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field
@@ -46,6 +47,9 @@ from auditor.config import AuditConfig, FrozenModel
 from auditor.fileio import atomic_write_text
 from auditor.progress import Reporter
 from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
+
+if TYPE_CHECKING:
+    from auditor.verdict_test import VerdictTest
 
 ALPHAS = (0.01, 0.05)
 RHOS = (0.1, 0.3, 0.5, 1.0)
@@ -364,10 +368,14 @@ def load_records(study: Study, out: Path) -> dict[str, dict]:
     return records
 
 
-def verdicts(study: Study, records: dict[str, dict]) -> list[dict]:
-    """Every suspect judged by the model-level test and by the first version's binomial rule, each row
-    naming the audit distance."""
-    from auditor.calibration import binomial_figure, decide
+def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = None) -> list[dict]:
+    """Every suspect judged by a registered verdict test (the shipped one unless named) and by the
+    first version's binomial rule, each row naming the audit distance and the test: `p`, and
+    `p_NAME` for each of the test's statistics."""
+    from auditor.verdict_test import binomial_figure, decide
+    from auditor.verdict_tests import DEFAULT
+
+    test = test or DEFAULT
 
     references = [m.name for m in study.members if m.role == "reference"]
     ref_d = [records[n]["distances"] for n in references]
@@ -385,6 +393,7 @@ def verdicts(study: Study, records: dict[str, dict]) -> list[dict]:
             decision = decide(
                 record["distances"],
                 ref_d,
+                test=test,
                 alpha=alpha,
                 min_references=study.min_references,
                 delta0=study.delta0,
@@ -392,11 +401,11 @@ def verdicts(study: Study, records: dict[str, dict]) -> list[dict]:
             row[f"verdict@{alpha:g}"] = decision.verdict
             if decision.test is not None:
                 row["p"] = decision.test.p_value
-                row["p_sparse"] = decision.test.p_values["sparse"]
-                row["p_global"] = decision.test.p_values["global"]
+                row.update({f"p_{name}": p for name, p in decision.test.p_values.items()})
         trials = len(record["distances"])
         row["p_binomial"] = binomial_figure(record["hits"], trials, ref_hits).p_value
         row["p_binomial_with_base"] = binomial_figure(record["hits"], trials, with_base).p_value
         row["distance"] = study.distance  # which distance these verdicts were reached with
+        row["test"] = test.method
         rows.append(row)
     return rows

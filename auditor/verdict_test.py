@@ -1,0 +1,233 @@
+"""What a verdict test is, and the gates every verdict passes through, whichever test made it.
+
+A verdict test is one object: `fit` it on the innocent references' per-key distances, then
+`score` a suspect; the score is the test's record (`ModelTest`), the block a report carries,
+from which the p-value, the reason, the report's views and the studies' rows are all read.
+The tests this version knows are listed in one table (`auditor.verdict_tests`), keyed by
+the `method` a report records, so `verify` recomputes a verdict with the test that made it,
+and a new test is one more row there: the report, its HTML and figures, and the studies
+read any registered test through this protocol and never name a statistic themselves.
+
+Fitting is apart from scoring because the studies score many suspects against one set of
+references, and one suspect against many reference sets.
+
+`decide` wraps every test in the same gates: too few references, references that do not
+vary or are one model several times, an audit that could not reach alpha at all, and a
+reference unlike the others each give `inconclusive` with the reason, before any p-value
+counts. Pure functions of numbers; argument errors are programming errors (ValueError).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import Field
+
+from auditor.config import FrozenModel
+
+VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
+
+DUPLICATE_RATIO = 0.2  # references spread less than this share of one model's seed noise: duplicates
+SANITY_ALPHA = 0.01
+SEED_NOISE_FLOOR = 0.01  # seed noise is measured on log(max(d, this)), the tests' floor
+P_SHOWN_BELOW = 1e-6  # smaller p-values are shown as "< 1e-6": the normal model says nothing that far out
+
+
+class ModelTest(FrozenModel):
+    """Every number of one verdict test on one suspect; the test named by `method` recomputes
+    them all from the distances in the report."""
+
+    method: str = Field(description="which test, in which version, computed these numbers")
+    test: str = Field(description="the test's name in words")
+    floor: float
+    sparse_keys: int = Field(description="how many keys the sparse statistic averages")
+    scale: float = Field(description="pooled spread of the references' log distances per key")
+    normalized: tuple[float, ...] = Field(
+        description="the suspect's z per key (negative: closer than innocent)"
+    )
+    statistics: dict[str, float] = Field(description="the suspect's model-level statistics")
+    reference_statistics: dict[str, tuple[float, ...]] = Field(description="each reference's, leave-one-out")
+    t: dict[str, float]
+    df: int
+    p_values: dict[str, float]
+    p_value: float = Field(description="the statistics' p-values combined as the test states (`combination`)")
+    min_p_value: float = Field(
+        description="the p-value of an extreme suspect (every key, or the hardest quarter, at the floor):"
+        " the audit's power gate, not a bound"
+    )
+    sanity_p_value: float = Field(
+        description="the smallest outlier p-value among the references (Bonferroni-adjusted, two-sided)"
+    )
+    sanity_reference: int = Field(description="index of that reference")
+
+
+class BinomialFigure(FrozenModel):
+    """The exact binomial on hit counts the first version used as its verdict; kept as a figure."""
+
+    hits: int
+    trials: int
+    p0: float
+    p_value: float
+    assumption: str = (
+        "keys as independent trials with a known null hit rate (the pooled references'); "
+        "neither holds, so this is the paper's kind of figure, not the verdict"
+    )
+
+
+class Decision(FrozenModel):
+    verdict: VerdictName
+    reason: str
+    test: ModelTest | None
+    binomial: BinomialFigure | None
+
+
+class FittedTest(Protocol):
+    """A verdict test fitted on one set of references: scores any suspect against them."""
+
+    def score(self, suspect: Sequence[float]) -> ModelTest:
+        """The test's record for `suspect` (its per-key distances, in the references' key order)."""
+        ...
+
+
+class VerdictTest(Protocol):
+    """One verdict test: what it is called, what its statistics mean, how it is fitted and read.
+
+    `statistics` maps each statistic's name (the keys of the record's `statistics`,
+    `p_values` and `reference_statistics`) to what it measures, in the order the views show
+    them; `combination` says how the record's `p_value` comes from theirs. A test that may
+    not decide a report (`may_decide` False: a figure kept for comparison, such as the
+    first version's binomial rule) is scored by the studies, and `verify` refuses a report
+    whose verdict it made.
+    """
+
+    method: str
+    title: str
+    statistics: Mapping[str, str]
+    combination: str
+    may_decide: bool
+
+    def fit(self, references: Sequence[Sequence[float]], *, delta0: float) -> FittedTest:
+        """Fit on the references' per-key distances (n x M, n >= 3); `delta0` is the audit's."""
+        ...
+
+    def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:
+        """Where each statistic must lie for the record's p-value to reach `alpha` (the figures)."""
+        ...
+
+    def describe(self, test: ModelTest, n_references: int) -> str:
+        """The evidence in one clause: each statistic's p-value and what it was tested against."""
+        ...
+
+    def varies(self, references: Sequence[Sequence[float]]) -> bool:
+        """Whether the references spread enough for the test to have a null at all."""
+        ...
+
+
+def show_p(p: float) -> str:
+    """A p-value as a report states it: three digits, or "< 1e-06" far out in the tail."""
+    return f"< {P_SHOWN_BELOW:g}" if p < P_SHOWN_BELOW else f"= {p:.3g}"
+
+
+def binomial_figure(hits: int, trials: int, reference_hits: Sequence[int]) -> BinomialFigure:
+    """Exact one-sided P(X >= hits), X ~ Binomial(trials, p0), p0 the references' pooled rate
+    (Jeffreys posterior mean, never 0)."""
+    from scipy import stats
+
+    if not 0 <= hits <= trials or not reference_hits:
+        raise ValueError("hits must lie in [0, trials] and references must be given")
+    p0 = (sum(reference_hits) + 0.5) / (len(reference_hits) * trials + 1.0)
+    p_value = float(min(1.0, max(0.0, stats.binom.sf(hits - 1, trials, p0))))
+    return BinomialFigure(hits=hits, trials=trials, p0=p0, p_value=p_value)
+
+
+def seed_noise(seed_distances: Sequence[Sequence[Sequence[float]]]) -> float | None:
+    """One model's own spread over its audit seeds (log distances), pooled over models and keys;
+    None with one seed per key."""
+    per_model = [np.asarray(m, dtype=np.float64) for m in seed_distances]
+    if not per_model or any(m.ndim != 2 or m.shape[1] < 2 for m in per_model):
+        return None
+    logs = [np.log(np.maximum(m, SEED_NOISE_FLOOR)) for m in per_model]
+    return float(np.sqrt(np.mean([np.var(x, axis=1, ddof=1).mean() for x in logs])))
+
+
+def decide(
+    suspect: Sequence[float],
+    references: Sequence[Sequence[float]],
+    *,
+    test: VerdictTest,
+    alpha: float,
+    min_references: int,
+    delta0: float,
+    reference_names: Sequence[str] = (),
+    reference_seed_distances: Sequence[Sequence[Sequence[float]]] = (),
+) -> Decision:
+    """The verdict of the suspect's per-key distances against the references', by `test`.
+
+    `reference_seed_distances` (per reference, per key, per seed) lets the references be
+    compared with one model's own seed noise: references far closer to each other than that
+    are one model several times, whatever their files.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    n = len(references)
+    hits = int(sum(d < delta0 for d in suspect))
+    binomial = (
+        binomial_figure(hits, len(suspect), [int(sum(d < delta0 for d in r)) for r in references])
+        if n
+        else None
+    )
+    record = (
+        test.fit(references, delta0=delta0).score(suspect) if n >= 3 and test.varies(references) else None
+    )
+    if n < min_references:
+        reason = (
+            f"{n} innocent reference model{'s' if n != 1 else ''}: the model-level test needs at least "
+            f"{min_references} (min_references) to say how much innocent models differ; audit more references"
+        )
+        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
+    if record is None:
+        reason = "the references' distances do not vary (the same model listed twice?): no null spread to test against"
+        return Decision(verdict="inconclusive", reason=reason, test=None, binomial=binomial)
+    noise = seed_noise(reference_seed_distances)
+    if noise is not None and record.scale < DUPLICATE_RATIO * noise:
+        reason = (
+            f"the references differ from each other by {record.scale:.3g} (log distance), less than"
+            f" {DUPLICATE_RATIO:g} of one model's own seed noise ({noise:.3g}): they are one model several"
+            " times, not independent innocent models; use independently trained references"
+        )
+        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
+    if record.min_p_value > alpha:
+        reason = (
+            f"audit without power: with these {n} references an extreme suspect reaches"
+            f" p {show_p(record.min_p_value)} > alpha = {alpha:g}; audit more references or more keys"
+        )
+        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
+    if record.sanity_p_value < SANITY_ALPHA:
+        who = (
+            reference_names[record.sanity_reference]
+            if record.sanity_reference < len(reference_names)
+            else f"reference {record.sanity_reference}"
+        )
+        reason = (
+            f"reference {who} looks unlike the other references (outlier p = {record.sanity_p_value:.3g}"
+            f" < {SANITY_ALPHA:g}): it may not be innocent, or not of the same kind; replace it"
+        )
+        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
+    parts = test.describe(record, n)
+    if record.p_value <= alpha:
+        return Decision(
+            verdict="infringing",
+            reason=f"{parts}: p {show_p(record.p_value)} <= alpha = {alpha:g}; the suspect is closer to the keys"
+            " than innocent models are",
+            test=record,
+            binomial=binomial,
+        )
+    return Decision(
+        verdict="not_infringing",
+        reason=f"{parts}: p {show_p(record.p_value)} > alpha = {alpha:g}; no significant evidence of training"
+        " on the keyset",
+        test=record,
+        binomial=binomial,
+    )
