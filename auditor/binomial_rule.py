@@ -29,6 +29,7 @@ class _Fitted:
     refs: np.ndarray  # log distances, n x M
     reference_hits: tuple[int, ...]
     delta0: float
+    varies: bool = True  # the rule needs no spread (which is why it cannot hold its level)
 
     def score(self, suspect: Sequence[float]) -> ModelTest:
         d = np.asarray(suspect, dtype=np.float64)
@@ -90,9 +91,6 @@ class BinomialRule:
             f"binomial p {show_p(test.p_value)} for {hits} of {len(test.normalized)} keys under delta0,"
             f" against the pooled hit rate of {n_references} references"
         )
-
-    def varies(self, references: Sequence[Sequence[float]]) -> bool:
-        return True  # the rule needs no spread (which is why it cannot hold its level)
 
 
 BINOMIAL_RULE = BinomialRule()

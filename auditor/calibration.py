@@ -137,6 +137,7 @@ class _Fitted:
     null: np.ndarray
     min_p_value: float
     sanity: tuple[float, int]
+    varies: bool
 
     def score(self, suspect: Sequence[float]) -> ModelTest:
         x = log_distances(suspect)
@@ -208,7 +209,11 @@ class ModelLevelTest:
         p_min = min(
             prediction_pvalue(extreme_global, null[:, 0])[1], prediction_pvalue(extreme_sparse, null[:, 1])[1]
         )
-        return _Fitted(refs=refs, null=null, min_p_value=min(1.0, 2.0 * p_min), sanity=_sanity(null))
+        # at least one statistic's leave-one-out values spread (a test needs some null spread)
+        varies = pooled_scale(refs) > 0 and bool(np.any(np.std(null, axis=0, ddof=1) > 0))
+        return _Fitted(
+            refs=refs, null=null, min_p_value=min(1.0, 2.0 * p_min), sanity=_sanity(null), varies=varies
+        )
 
     def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:
         """Bonferroni: each statistic's own p at alpha / 2, i.e. mean + t_(1 - alpha/2, df) sd
@@ -227,14 +232,6 @@ class ModelLevelTest:
             f"sparse p {show_p(test.p_values['sparse'])}, global p {show_p(test.p_values['global'])}"
             f" against {n_references} innocent references (t with {test.df} df)"
         )
-
-    def varies(self, references: Sequence[Sequence[float]]) -> bool:
-        """At least one statistic's leave-one-out values spread (a test needs some null spread)."""
-        refs = np.stack([log_distances(r) for r in references])
-        if pooled_scale(refs) <= 0:
-            return False
-        null = leave_one_out(refs)
-        return bool(np.any(np.std(null, axis=0, ddof=1) > 0))
 
 
 MODEL_TEST = ModelLevelTest()

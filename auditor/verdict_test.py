@@ -84,7 +84,12 @@ class Decision(FrozenModel):
 
 
 class FittedTest(Protocol):
-    """A verdict test fitted on one set of references: scores any suspect against them."""
+    """A verdict test fitted on one set of references: scores any suspect against them.
+
+    `varies` says whether the references spread enough for the test to have a null at all;
+    when they do not, `decide` says so rather than score."""
+
+    varies: bool
 
     def score(self, suspect: Sequence[float]) -> ModelTest:
         """The test's record for `suspect` (its per-key distances, in the references' key order)."""
@@ -118,10 +123,6 @@ class VerdictTest(Protocol):
 
     def describe(self, test: ModelTest, n_references: int) -> str:
         """The evidence in one clause: each statistic's p-value and what it was tested against."""
-        ...
-
-    def varies(self, references: Sequence[Sequence[float]]) -> bool:
-        """Whether the references spread enough for the test to have a null at all."""
         ...
 
 
@@ -162,12 +163,14 @@ def decide(
     delta0: float,
     reference_names: Sequence[str] = (),
     reference_seed_distances: Sequence[Sequence[Sequence[float]]] = (),
+    fitted: FittedTest | None = None,
 ) -> Decision:
     """The verdict of the suspect's per-key distances against the references', by `test`.
 
     `reference_seed_distances` (per reference, per key, per seed) lets the references be
     compared with one model's own seed noise: references far closer to each other than that
-    are one model several times, whatever their files.
+    are one model several times, whatever their files. `fitted`, when given, is `test` already
+    fitted on exactly these `references` (a study scores many suspects against one set).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
@@ -178,9 +181,9 @@ def decide(
         if n
         else None
     )
-    record = (
-        test.fit(references, delta0=delta0).score(suspect) if n >= 3 and test.varies(references) else None
-    )
+    if fitted is None and n >= 3:
+        fitted = test.fit(references, delta0=delta0)
+    record = fitted.score(suspect) if fitted is not None and fitted.varies else None
     if n < min_references:
         reason = (
             f"{n} innocent reference model{'s' if n != 1 else ''}: the model-level test needs at least "

@@ -134,6 +134,7 @@ def test_a_report_whose_verdict_the_binomial_rule_made_is_refused():
 class _Fitted:
     refs: np.ndarray
     null: np.ndarray
+    varies: bool = True
 
     def score(self, suspect) -> ModelTest:
         x = log_distances(suspect)
@@ -189,9 +190,6 @@ class MeanZ:
 
     def describe(self, test, n_references):
         return f"mean p = {test.p_value:.3g} against {n_references} innocent references"
-
-    def varies(self, references):
-        return True
 
 
 def test_a_new_test_plugs_in_without_editing_the_report_views_or_studies(monkeypatch):
