@@ -68,6 +68,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="calibration and laundering studies: audit with this registered distance"
         f" ({', '.join(available_distances())}; default l2). Keys are selected with l2 whatever it is",
     )
+    p.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="TABLE",
+        help="calibration study: score a verdict test on a study table (OUT/calibration/distances.csv.gz"
+        " of a run, or docs/studies/*.csv.gz) against many reference sets, without training",
+    )
+    p.add_argument(
+        "--test", help="with --rescore: the registered verdict test's method (default: the shipped one)"
+    )
+    p.add_argument(
+        "--reference-sets",
+        type=positive_int,
+        default=200,
+        help="with --rescore: reference sets drawn (default 200)",
+    )
     p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
     p.add_argument(
@@ -146,10 +162,30 @@ def cmd_shadow_fit(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _rescore(args: argparse.Namespace, ctx: Context) -> int:
+    from auditor.reproduction.run import rescore_study
+
+    if args.study != "calibration" or args.rescore is None:
+        raise BadInputError("--rescore TABLE (and --test) go with --study calibration")
+    out = args.out / "rescore"
+    summary = rescore_study(
+        args.rescore, out, method=args.test, sets=args.reference_sets, reporter=ctx.reporter
+    )
+    if ctx.format == "json":
+        ctx.emit_json({"out": str(out), "summary": str(summary)})
+    else:
+        from rich.markdown import Markdown
+
+        ctx.console.print(Markdown(summary.read_text(encoding="utf-8")))
+    return EXIT_OK
+
+
 def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.reproduction.run import reproduce, reproduce_calibration
     from auditor.reproduction.scales import get_scale
 
+    if args.rescore is not None or args.test is not None:
+        return _rescore(args, ctx)
     if args.study in ("calibration", "laundering"):
         from auditor.distance import get_distance
 

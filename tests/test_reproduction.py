@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,6 +343,34 @@ def test_calibration_study_smoke_end_to_end(tmp_path, capsys, smoke_cache):
     assert len(before) == len(study.members) + 1  # and the base
     assert main([*argv, "--stage", "audit"]) == 0
     assert {p: p.read_bytes() for p in (out / "audits").glob("*.json")} == before
+    _check_the_study_table(out, study, capsys)
+
+
+def _check_the_study_table(out, study, capsys) -> None:
+    """The report stage keeps every (model, key, seed) distance; a rescore scores it without training
+    and reproduces the study's own verdict rows."""
+    from auditor.reproduction.records import read_table
+
+    table = read_table(out / "distances.csv.gz")
+    assert set(table.models) == {m.name for m in study.members} | {"base"}
+    assert len(table.key_ids) == study.num_keys and table.delta0 == study.delta0
+    for name, model in table.models.items():
+        record = json.loads((out / "audits" / f"{name}.json").read_text())
+        assert list(model.distances) == record["distances"] and model.digest == record["digest"]
+        assert all(len(s) == study.seeds_per_key for s in model.seeds)
+    argv = [
+        "--format",
+        "json",
+        "reproduce",
+        "--study",
+        "calibration",
+        "--rescore",
+        str(out / "distances.csv.gz"),
+    ]
+    assert main([*argv, "--reference-sets", "20", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    text = Path(summary).read_text()
+    assert "t2i-auditor.model-test/v1" in text and "| 5 | reference recipe |" in text
 
 
 @pytest.mark.slow

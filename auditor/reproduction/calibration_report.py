@@ -171,7 +171,33 @@ def plot_png(rows: list[dict]) -> bytes:
     return figure_png(fig)
 
 
+def study_table(study: Study, records: dict[str, dict], out: Path) -> Path:
+    """Every (model, key, seed) distance of the study's audits as one table (auditor.reproduction.records),
+    `OUT/distances.csv.gz`: what `--rescore` scores any registered test on without retraining."""
+    from auditor.audit import audit_seeds, with_nonce
+    from auditor.keys import load_keyset
+    from auditor.reproduction.calibration_study import _config
+    from auditor.reproduction.records import table_from_records, write_table
+
+    keyset, _ = load_keyset(out / "keys")
+    config = with_nonce(_config(study), keyset)
+    assert config.audit_nonce is not None
+    seeds = audit_seeds(config.audit_nonce, keyset.keys, config.seeds_per_key, keyset.forbidden_seeds())
+    table = table_from_records(
+        study.name,
+        [(m.name, m.role, m.group, m.rho) for m in study.members],
+        records,
+        keyset_digest=keyset.digest,
+        key_ids=tuple(k.id for k in keyset.keys),
+        key_seeds=tuple(seeds[k.id] for k in keyset.keys),
+        distance_name=study.distance,
+        delta0=study.delta0,
+    )
+    return write_table(out / "distances.csv.gz", table)
+
+
 def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
+    study_table(study, records, out)
     rows = verdicts(study, records)
     write_rows_csv(out / "calibration.csv", rows)
     atomic_write_bytes(out / "calibration.png", plot_png(rows))

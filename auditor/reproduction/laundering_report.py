@@ -12,7 +12,7 @@ import numpy as np
 
 from auditor.figures import figure_png
 from auditor.fileio import atomic_write_bytes, atomic_write_text
-from auditor.reproduction.calibration_report import _markdown, clopper_pearson, write_rows_csv
+from auditor.reproduction.calibration_report import _markdown, clopper_pearson, study_table, write_rows_csv
 from auditor.reproduction.calibration_study import ALPHAS, Study, verdicts
 
 __all__ = ["HEADER", "plot_png", "report_stage", "rows_with_distances", "table"]
@@ -127,7 +127,9 @@ def plot_png(rows: list[dict], delta0: float) -> bytes:
 
 
 def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
-    """laundering.csv (every model), laundering.png and laundering.md (the table) under `out`."""
+    """laundering.csv (every model), laundering.png, laundering.md (the table) and the study's
+    distances table (distances.csv.gz) under `out`."""
+    study_table(study, records, out)
     rows = rows_with_distances(study, records)
     write_rows_csv(out / "laundering.csv", rows)
     atomic_write_bytes(out / "laundering.png", plot_png(rows, study.delta0))

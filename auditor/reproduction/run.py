@@ -119,3 +119,35 @@ def reproduce_calibration(
         record_timing(out, name, time.perf_counter() - start)
         reporter.log(f"{kind} study: stage {name} done in {time.perf_counter() - start:.0f} s")
     return result
+
+
+def rescore_study(
+    table_path: Path,
+    out: Path,
+    *,
+    method: str | None = None,
+    sets: int = 200,
+    reporter: Reporter | None = None,
+) -> Path:
+    """`reproduce --study calibration --rescore TABLE`: a registered test scored on a study table
+    (auditor.reproduction.rescore), no training; writes OUT/rescore.md and OUT/rescore.csv."""
+    from auditor.errors import BadInputError
+    from auditor.reproduction.records import read_table
+    from auditor.reproduction.rescore import rescore, write_rescore
+    from auditor.verdict_tests import DEFAULT, verdict_test
+
+    reporter = reporter or Reporter()
+    try:
+        test = verdict_test(method) if method else DEFAULT
+    except KeyError as exc:
+        raise BadInputError(f"--test: {exc.args[0]}") from None
+    start = time.perf_counter()
+    table = read_table(table_path)
+    out.mkdir(parents=True, exist_ok=True)
+    reporter.log(f"rescore: {len(table.models)} models of study {table.study} with {test.method}")
+    try:
+        results = rescore(table, test, sets=sets)
+    except ValueError as exc:
+        raise BadInputError(f"{table_path}: {exc}") from None
+    context = {"sets": sets, "machine": machine(), "seconds": time.perf_counter() - start}
+    return write_rescore(out, table, test, results, context)
