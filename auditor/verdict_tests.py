@@ -30,7 +30,7 @@ def shown(record: ModelTest) -> tuple[tuple[str, ...], str]:
     theirs; a record of a method this version does not know (a hostile or newer report, which
     `verify` refuses) is still shown, in its own order."""
     test = VERDICT_TESTS.get(record.method)
-    complete = [n for n in record.statistics if n in record.p_values and n in record.reference_statistics]
+    complete = [n for n in record.statistics if n in record.p_values and record.reference_statistics.get(n)]
     if test is None or set(test.statistics) != set(complete):
         return tuple(complete), f"combined as {record.method!r} states"
     return tuple(test.statistics), test.combination

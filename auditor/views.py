@@ -89,14 +89,16 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
         p_each = ", ".join(f"{name} {test.p_values[name]:.3g}" for name in names)
         table.add_row(
             "model-level test",
-            f"p = {test.p_value:.3g} ({p_each}); smallest reachable {test.min_p_value:.3g}",
+            _term(f"p = {test.p_value:.3g} ({p_each}); smallest reachable {test.min_p_value:.3g}"),
         )
-        null = {k: (min(vals), max(vals)) for k, vals in test.reference_statistics.items()}
+        null = {k: (min(test.reference_statistics[k]), max(test.reference_statistics[k])) for k in names}
         table.add_row(
             "  statistics",
-            ", ".join(
-                f"{name} {test.statistics[name]:.2f} (references {null[name][0]:.2f}..{null[name][1]:.2f})"
-                for name in names
+            _term(
+                ", ".join(
+                    f"{name} {test.statistics[name]:.2f} (references {null[name][0]:.2f}..{null[name][1]:.2f})"
+                    for name in names
+                )
             ),
         )
         lowest = sorted(zip(test.normalized, report.results, strict=True), key=lambda pair: pair[0])[:5]
@@ -278,7 +280,10 @@ def render_report_html(
         body = "".join(
             f"<tr><td>{_e(r.name)}</td><td>{_code(r.digest)}</td><td>{r.hits} / {r.num_keys}</td>"
             f"<td>{_e(f'{r.conf:.4f}')}</td>"
-            + "".join(f"<td>{_e(f'{loo[c][i]:.3f}')}</td>" if loo else "<td>n/a</td>" for c in names or ("",))
+            + "".join(
+                f"<td>{_e(f'{loo[c][i]:.3f}')}</td>" if c in loo and i < len(loo[c]) else "<td>n/a</td>"
+                for c in names or ("",)
+            )
             + "</tr>"
             for i, r in enumerate(report.references)
         )

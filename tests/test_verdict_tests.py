@@ -228,3 +228,28 @@ def test_decide_gates_a_plugged_in_test_like_the_shipped_one():
     _, _, refs, model = _world(6, n=4)
     decision = decide(model(), refs, test=MeanZ(), alpha=0.01, min_references=5, delta0=0.15)
     assert decision.verdict == "inconclusive" and "min_references" in decision.reason
+
+
+def test_a_hostile_record_is_shown_escaped_and_without_a_crash():
+    """A report's test block is read before `verify` says anything of it: unknown statistics, markup
+    in their names and empty reference lists are shown as typed, never obeyed, never a traceback."""
+    from auditor.views import print_report_summary, render_report_html
+
+    report = _golden()
+    block = report.verdict.test.model_copy(
+        update={
+            "method": "x.unknown/v9",
+            "statistics": {"[red]bold[/red]": 1.0, "empty": 2.0},
+            "p_values": {"[red]bold[/red]": 0.5, "empty": 0.5},
+            "reference_statistics": {"[red]bold[/red]": (0.1, 0.2), "empty": ()},
+            "t": {},
+        }
+    )
+    report = report.model_copy(update={"verdict": report.verdict.model_copy(update={"test": block})})
+    assert shown(block) == (("[red]bold[/red]",), "combined as 'x.unknown/v9' states")
+    console = Console(file=io.StringIO(), width=300)
+    print_report_summary(report, console)
+    assert "[red]bold[/red] 1.00" in console.file.getvalue()
+    page = render_report_html(report)
+    assert "[red]bold[/red] statistic" in page and "<script" not in page
+    assert any("x.unknown/v9" in p for p in inconsistencies(report))
