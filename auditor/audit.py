@@ -102,7 +102,8 @@ def audit_seeds(
 
 def audit_token(keyset: KeySet | str, config: AuditConfig, settings: GenerationSettings) -> str:
     """sha256 over what decides every regenerated image and distance: keyset, audit config (nonce,
-    J, distance, delta0, key count) and generation settings. References are comparable with a
+    J, distance, delta0, key count), the distance's settings and weights digest, and generation
+    settings. References are comparable with a
     suspect only when their tokens are equal."""
     relevant = config.model_dump(mode="json", exclude={"batch_size", "conf_threshold", "min_references"})
     document = {
@@ -111,6 +112,9 @@ def audit_token(keyset: KeySet | str, config: AuditConfig, settings: GenerationS
         "config": relevant,
         "settings": settings.model_dump(mode="json"),
     }
+    # the distance's settings and weights beside its name (none for l2: its tokens are unchanged)
+    if identity := get_distance(config.distance).identity():
+        document["distance"] = identity
     return sha256_bytes(canonical_json(document))
 
 

@@ -12,8 +12,12 @@ identical images and 1 for black vs white, but pooling also averages away pixel 
 innocent models sit closer to the keys too: delta0 = 0.15 is not the same threshold under
 them. The verdict does not depend on it (the model-level test compares a suspect with
 references audited with the same distance); the hit counts beside it do.
-Distances are looked up by name so that reports can record which one was used and an
-embedding distance can be registered without touching the audit. None is shipped: the
+A distance is one object (`Distance`): its name, the settings its function is called with,
+and the sha256 of any weights it loads (an embedding distance), all of which the audit
+token covers (`identity`), so two audits are comparable only when they measured with the
+same function, settings and weights. Reports record the name; the token pins the rest.
+They are registered in one table by name so an embedding distance can be added without
+touching the audit. None is shipped: the
 lpips and DISTS wheels (inspected) hold only small heads and fetch their torchvision
 backbone's weights at run time, which an offline audit cannot do (piq, DreamSim and CLIP
 were not inspected; docs/reproduction.md).
@@ -21,37 +25,70 @@ were not inspected; docs/reproduction.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
 from auditor.errors import BadInputError
 
-DistanceFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-_REGISTRY: dict[str, DistanceFn] = {}
+DistanceFn = Callable[..., np.ndarray]
 
 
-def register_distance(name: str) -> Callable[[DistanceFn], DistanceFn]:
-    """Register `fn` under `name`: audits look distances up by the name their config records."""
+@dataclass(frozen=True)
+class Distance:
+    """A registered distance: `distance(x, y)` gives one value per image pair, in [0, 1] for pixels
+    in [0, 1], 0 for identical images."""
+
+    name: str
+    fn: DistanceFn = field(repr=False)
+    settings: Mapping[str, int | float | str] = field(default_factory=lambda: MappingProxyType({}))
+    weights_sha256: str | None = None
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return self.fn(x, y, **self.settings)
+
+    def identity(self) -> dict[str, object]:
+        """What the audit token records of this distance beside its name: its settings and weights
+        digest, each only when it has any (so a plain distance's tokens are what they always were)."""
+        out: dict[str, object] = {}
+        if self.settings:
+            out["settings"] = dict(sorted(self.settings.items()))
+        if self.weights_sha256 is not None:
+            out["weights_sha256"] = self.weights_sha256
+        return out
+
+
+DISTANCES: dict[str, Distance] = {}
+
+
+def register_distance(
+    name: str, *, weights_sha256: str | None = None, **settings: int | float | str
+) -> Callable[[DistanceFn], DistanceFn]:
+    """Register `fn` under `name`, called with `settings`: audits look distances up by the name their
+    config records, and the audit token covers the settings and weights digest too."""
 
     def decorator(fn: DistanceFn) -> DistanceFn:
-        _REGISTRY[name] = fn
+        DISTANCES[name] = Distance(
+            name=name, fn=fn, settings=MappingProxyType(dict(settings)), weights_sha256=weights_sha256
+        )
         return fn
 
     return decorator
 
 
-def get_distance(name: str) -> DistanceFn:
+def get_distance(name: str) -> Distance:
     """The registered distance `name`; an unknown name is bad input that lists the known ones."""
     try:
-        return _REGISTRY[name]
+        return DISTANCES[name]
     except KeyError:
-        raise BadInputError(f"distance {name!r}: expected one of {sorted(_REGISTRY)}") from None
+        raise BadInputError(f"distance {name!r}: expected one of {sorted(DISTANCES)}") from None
 
 
 def available_distances() -> list[str]:
     """The registered names, sorted (for help texts and errors)."""
-    return sorted(_REGISTRY)
+    return sorted(DISTANCES)
 
 
 def _as_batches(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +120,7 @@ def normalized_l2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(np.square(x - y), axis=(1, 2, 3)))
 
 
-@register_distance("l2_tiled")
+@register_distance("l2_tiled", grid=4)
 def tiled_l2(x: np.ndarray, y: np.ndarray, grid: int = 4) -> np.ndarray:
     """The worst of a grid x grid tiling's normalized L2s: one strongly differing region counts."""
     x, y = _as_batches(x, y)
@@ -116,13 +153,15 @@ def pooled_l2(x: np.ndarray, y: np.ndarray, factor: int) -> np.ndarray:
     return normalized_l2(_average_pool(x, factor), _average_pool(y, factor))
 
 
-@register_distance("l2_half")
 def half_l2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """`pooled_l2` by 2: at 16 px it compares 8x8 layouts, at 512 px 256x256 ones."""
     return pooled_l2(x, y, 2)
 
 
-@register_distance("l2_quarter")
 def quarter_l2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """`pooled_l2` by 4: at 16 px it compares 4x4 layouts, where only the composition is left."""
     return pooled_l2(x, y, 4)
+
+
+register_distance("l2_half", factor=2)(pooled_l2)
+register_distance("l2_quarter", factor=4)(pooled_l2)

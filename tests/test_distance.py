@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from auditor.distance import (
+    DISTANCES,
     available_distances,
     get_distance,
     half_l2,
@@ -66,7 +67,11 @@ def test_size_mismatch_is_bad_input():
         normalized_l2(A, B[:3])
 
 
-def test_registry_is_pluggable():
+def test_registry_is_pluggable(monkeypatch):
+    import auditor.distance
+
+    monkeypatch.setattr(auditor.distance, "DISTANCES", dict(DISTANCES))  # the test's row goes with it
+
     @register_distance("test_linf")
     def linf(x, y):
         return np.abs(np.asarray(x) - np.asarray(y)).reshape(len(x), -1).max(axis=1)
@@ -110,6 +115,83 @@ def test_pooled_shape_errors_are_bad_input():
         half_l2(np.zeros((8, 8)), np.zeros((8, 8)))
 
 
-def test_pooled_distances_are_registered():
+def test_pooled_distances_are_registered_with_their_factor():
     assert {"l2_half", "l2_quarter"} <= set(available_distances())
-    assert get_distance("l2_half") is half_l2 and get_distance("l2_quarter") is quarter_l2
+    assert get_distance("l2_half").settings == {"factor": 2} and get_distance("l2_quarter").settings == {
+        "factor": 4
+    }
+    assert np.array_equal(get_distance("l2_half")(A, B), half_l2(A, B))
+    assert np.array_equal(get_distance("l2_quarter")(A, B), quarter_l2(A, B))
+
+
+# ---------------------------------------------------------------- every registered distance
+# In the manner of scikit-learn's common metric tests: each row of the table passes the same checks.
+
+SHIPPED = ("l2", "l2_half", "l2_quarter", "l2_tiled")
+EVERY = sorted(DISTANCES)
+
+
+def test_the_shipped_distances_are_the_table():
+    assert set(SHIPPED) <= set(EVERY)
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_identical_images_are_at_zero_and_pairs_are_symmetric(name):
+    d = get_distance(name)
+    assert d.name == name
+    assert np.array_equal(d(A, A), np.zeros(len(A)))
+    assert np.array_equal(d(A, B), d(B, A))
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_values_lie_in_the_unit_range_and_black_vs_white_is_the_top(name):
+    d = get_distance(name)
+    values = d(A, B)
+    assert values.shape == (len(A),) and values.dtype == np.float64
+    assert np.all((values > 0) & (values <= 1))
+    black, white = np.zeros((16, 16, 3)), np.ones((16, 16, 3))
+    assert d(black, white)[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_eight_bit_quantization_moves_a_distance_by_at_most_one_level(name):
+    """Keys and regenerations are stored as 8-bit PNGs: rounding each pixel to 1/255 may move a
+    distance by at most the rounding itself (1/255 per image), never more."""
+    d = get_distance(name)
+
+    def q(x):
+        return np.round(np.asarray(x, dtype=np.float64) * 255) / 255
+
+    assert np.all(np.abs(d(q(A), q(B)) - d(A, B)) <= 1 / 255 + 1e-12)
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_a_batch_is_its_pairs_and_one_image_broadcasts(name):
+    d = get_distance(name)
+    batch = d(A, B)
+    assert np.array_equal(batch, np.array([d(a, b)[0] for a, b in zip(A, B, strict=True)]))
+    assert np.array_equal(d(A, B[0]), np.array([d(a, B[0])[0] for a in A]))
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_the_layout_of_the_arrays_does_not_move_a_digit(name):
+    d = get_distance(name)
+    assert np.array_equal(d(np.asfortranarray(A), B.astype(np.float64)), d(A, B))
+
+
+def test_the_audit_token_covers_settings_and_weights_but_not_a_plain_distance(monkeypatch):
+    from auditor.audit import audit_token
+    from auditor.config import AuditConfig, GenerationSettings
+    from auditor.distance import Distance
+
+    settings = GenerationSettings()
+    plain = audit_token("a" * 64, AuditConfig(distance="l2"), settings)
+    half = audit_token("a" * 64, AuditConfig(distance="l2_half"), settings)
+    assert get_distance("l2").identity() == {} and get_distance("l2_half").identity() == {
+        "settings": {"factor": 2}
+    }
+    monkeypatch.setitem(DISTANCES, "l2_half", Distance("l2_half", pooled_l2, {"factor": 4}))
+    assert audit_token("a" * 64, AuditConfig(distance="l2_half"), settings) != half
+    monkeypatch.setitem(DISTANCES, "l2_half", Distance("l2_half", pooled_l2, {"factor": 2}, "0" * 64))
+    assert audit_token("a" * 64, AuditConfig(distance="l2_half"), settings) != half
+    assert audit_token("a" * 64, AuditConfig(distance="l2"), settings) == plain
