@@ -15,22 +15,22 @@ from collections.abc import Sequence
 
 from auditor import __version__
 from auditor.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, AuditorError
-from t2i_audit._common import Context, Parser, global_options
+from t2i_audit import _common
 
 __all__ = ["build_parser", "main", "main_entry"]
 
 
-def build_parser() -> Parser:
+def build_parser() -> _common.Parser:
     from t2i_audit import audit, batch, demo, evidence, export, keys, references, serve, statistical, zoo
 
-    parser = Parser(
+    parser = _common.Parser(
         prog="t2i-audit",
         description="Training data attribution for text-to-image models: "
         "was this suspicious model trained on images that my model generated?",
-        parents=[global_options(False)],
+        parents=[_common.global_options(False)],
     )
     parser.add_argument("--version", action="version", version=f"t2i-audit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_common.Parser, required=True)
     for module in (zoo, keys, references, audit, demo, evidence, export, batch, serve, statistical):
         module.register(sub)
     return parser
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return args.func(args, Context(args.format))
+        return args.func(args, _common.Context(args.format))
     except AuditorError as exc:
         print(f"t2i-audit: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -214,3 +214,71 @@ def test_modules_import_only_their_layer_or_lower_ones():
         if (other := _layer(t)) is not None and other > layer
     )
     assert wrong == []
+
+
+def _package_exports(init: Path, package: str) -> tuple[list[str], set[str], bool]:
+    """(__all__, the public names the __init__ binds from its own package or defines, whether its
+    __all__ lists submodules rather than names)."""
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    exported: list[str] = []
+    bound: set[str] = set()
+    lazy: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            for item in node.value.elts:  # a literal list; `*_PUBLIC` spreads the lazy table
+                exported += lazy if isinstance(item, ast.Starred) else [ast.literal_eval(item)]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package + "."):
+            bound.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):  # a lazy table of names
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id == "_PUBLIC":
+                    lazy = list(ast.literal_eval(node.value))
+                    bound.update(lazy)
+    bound = {n for n in bound if not n.startswith("_") and n != "annotations"} | (
+        {"__version__"} if "__version__" in exported else set()
+    )
+    submodules = {p.stem for p in init.parent.glob("*.py") if not p.stem.startswith("_")} | {
+        p.name for p in init.parent.iterdir() if p.is_dir() and (p / "__init__.py").is_file()
+    }
+    lists_modules = bool(exported) and set(exported) <= submodules and not bound
+    return exported, bound, lists_modules
+
+
+def _all_problems(init: Path, package: str) -> list[str]:
+    exported, bound, lists_modules = _package_exports(init, package)
+    problems = []
+    if len(set(exported)) != len(exported):
+        problems.append(f"{package}: a name twice in __all__")
+    if lists_modules:
+        modules = {p.stem for p in init.parent.glob("*.py") if not p.stem.startswith("_")}
+        modules |= {p.name for p in init.parent.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+        if set(exported) != modules:
+            problems.append(
+                f"{package}: __all__ {sorted(exported)} but the public submodules are {sorted(modules)}"
+            )
+    elif set(exported) != bound:
+        problems.append(f"{package}: __all__ differs from what it binds by {sorted(set(exported) ^ bound)}")
+    return problems
+
+
+def test_every_all_list_is_what_its_package_offers():
+    """Each `__all__` holds every public name its __init__ binds from the package (or its lazy
+    table), no name twice and nothing it does not offer; a package that offers no names lists
+    its public submodules, all of them."""
+    inits = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py"))
+    assert [p for init in inits for p in _all_problems(init, _module_name(init))] == []
+
+
+def test_the_all_check_sees_stale_lists(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("")
+    (package / "b.py").write_text("")
+    (package / "__init__.py").write_text('__all__ = ["a"]\n')
+    assert "public submodules" in _all_problems(package / "__init__.py", "pkg")[0]
+    (package / "__init__.py").write_text('from pkg.a import f, g\n__all__ = ["f", "h"]\n')
+    assert "['g', 'h']" in _all_problems(package / "__init__.py", "pkg")[0]

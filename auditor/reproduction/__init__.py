@@ -1,3 +1,16 @@
-"""`t2i-audit reproduce`: the paper's evaluation (Figures 6 and 7, Tables 1 and 2) on the tiny zoo."""
+"""`t2i-audit reproduce`: the paper's evaluation (Figures 6 and 7, Tables 1 and 2) on the tiny zoo, and the
+verdict's studies (calibration, laundering), their distances tables and rescoring. Import the modules by name."""
 
-__all__ = ["experiment", "paper", "report", "run", "scales"]
+__all__ = [
+    "calibration_report",
+    "calibration_study",
+    "experiment",
+    "laundering_report",
+    "laundering_study",
+    "paper",
+    "records",
+    "report",
+    "rescore",
+    "run",
+    "scales",
+]
