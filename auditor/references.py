@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -284,3 +285,18 @@ def reference_set_specs(
         extra = {"base": str(base), "kind": "lora_file"} if model.kind == "lora_file" else {}
         specs.append(SuspectSpec(model=str(root / model.path), **runtime, **extra))
     return specs
+
+
+def all_reference_specs(
+    explicit: Sequence[SuspectSpec],
+    reference_set: str | os.PathLike[str] | None,
+    keyset_base_digest: str | None,
+    **runtime,
+) -> tuple[SuspectSpec, ...]:
+    """The one door to an audit's references, for the CLI (`--reference`, `--reference-set`) and a
+    batch job (`references`, `reference_set`) alike: the explicit models, then every model of the
+    reference set (checked against the keys' base, each with `runtime`)."""
+    specs = list(explicit)
+    if reference_set is not None:
+        specs += reference_set_specs(reference_set, keyset_base_digest, **runtime)
+    return tuple(specs)

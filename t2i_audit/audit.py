@@ -136,19 +136,17 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
 
 def _reference_specs(args: argparse.Namespace, keyset) -> tuple:
     """--reference models, then every model of --reference-set (checked against the keys' base)."""
-    specs = [suspect_spec(path, args) for path in args.reference or ()]
-    if args.reference_set:
-        from auditor.references import reference_set_specs
+    from auditor.references import all_reference_specs
 
-        runtime = {
-            "backend": args.backend,
-            "device": args.device,
-            "dtype": args.dtype,
-            "batch_size": args.batch_size,
-        }
-        base = keyset.base.digest if keyset.base is not None else None
-        specs += reference_set_specs(args.reference_set, base, **runtime)
-    return tuple(specs)
+    runtime = {
+        "backend": args.backend,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+    }
+    base = keyset.base.digest if keyset.base is not None else None
+    explicit = [suspect_spec(path, args) for path in args.reference or ()]
+    return all_reference_specs(explicit, args.reference_set, base, **runtime)
 
 
 def _save_regenerations(directory: Path, batches: list) -> None:

@@ -128,6 +128,31 @@ def test_audit_takes_a_reference_set_of_the_keys_base(tiny_pipeline, imagefolder
     assert "not from the base the keys were selected against" in capsys.readouterr().err
 
 
+def test_a_batch_job_names_a_reference_set(tiny_pipeline, imagefolder, keys_dir, tmp_path, capsys):
+    """A batch job's `reference_set` is resolved by the same door as `--reference-set`: its models
+    become references, and a set of another base is refused before any generation."""
+    code, _ = _build(tmp_path / "refs", tiny_pipeline, imagefolder)
+    assert code == 0
+    keys = _keys_with_base(tmp_path, tiny_pipeline)
+
+    def job(keys_path: Path) -> Path:
+        path = tmp_path / f"job-{keys_path.parent.name}.yaml"
+        path.write_text(
+            f"keys: {keys_path}\nreference_set: refs\nallow_inconclusive: true\n"
+            "thresholds: {seeds_per_key: 1}\ngeneration: {steps: 1}\n"
+            f"suspects:\n  - {{name: s, model: {tiny_pipeline}}}\n"
+        )
+        return path
+
+    assert main(["--format", "json", "batch", str(job(keys)), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "reports" / "s.json").read_text())
+    assert report["verdict"]["n_references"] == 2
+    assert main(["batch", str(job(keys_dir)), "--out", str(tmp_path / "out-2")]) == 2
+    err = capsys.readouterr().err
+    assert "not from the base the keys were selected against" in err and err.strip().count("\n") == 0
+
+
 def test_lora_references_of_a_set_run_on_the_sets_base(tiny_pipeline, imagefolder, tmp_path, capsys):
     from auditor.references import reference_set_specs
 

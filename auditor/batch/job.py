@@ -83,6 +83,9 @@ class JobSpec(FrozenModel):
     source: SourceSpec | None = None
     keys: str = Field(min_length=1, description="keyset folder")
     references: tuple[str, ...] = Field((), description="innocent reference models (calibration)")
+    reference_set: str | None = Field(
+        None, description="a `t2i-audit references build` folder: every model in it is a reference too"
+    )
     panel: tuple[str, ...] = Field((), description="when given: the selection panel the keyset must record")
     allow_inconclusive: bool = Field(
         False, description="audit with fewer than min_references references (every verdict inconclusive)"

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from auditor.backends import identify
+from auditor.backends import SuspectSpec, identify
 from auditor.batch.job import InvalidSuspect, Job, SuspectEntry
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.errors import EXIT_OK, EXIT_TRANSIENT, AuditorError, BadInputError
@@ -120,19 +120,39 @@ class BatchRunner:
         layers.append(entry.generation.values() if entry.generation else None)
         return resolve_settings(self.keyset, *layers, where=f"suspect {entry.name!r}", prefix="generation")
 
+    def _references(self) -> tuple[SuspectSpec, ...]:
+        """The job's `references`, then every model of its `reference_set` (auditor.references)."""
+        from auditor.references import all_reference_specs
+
+        spec, runtime = self.spec, self.spec.runtime
+        base = self.keyset.base.digest if self.keyset.base is not None else None
+        return all_reference_specs(
+            [self.job.runtime_spec(path) for path in spec.references],
+            self.job.resolve(spec.reference_set) if spec.reference_set else None,
+            base,
+            backend=runtime.backend,
+            device=runtime.device,
+            dtype=runtime.dtype,
+            batch_size=spec.thresholds.batch_size,
+        )
+
     def audit_for(self, settings: GenerationSettings) -> Audit:
         """The workflow's Audit for these settings (one per distinct settings, references shared on disk)."""
         token = sha256_bytes(canonical_json(settings.model_dump(mode="json")))
         if token not in self._audits:
             spec = self.spec
+            references = self._references()
             self._audits[token] = Audit(
                 keys=self.keys,
                 config=spec.thresholds,
                 settings=settings,
                 alpha=spec.alpha,
-                references=tuple(self.job.runtime_spec(path) for path in spec.references),
+                references=references,
                 reference_labels=tuple(
-                    f"{self.job.path}: field 'references.{i}'" for i in range(len(spec.references))
+                    f"{self.job.path}: field 'references.{i}'"
+                    if i < len(spec.references)
+                    else f"{self.job.path}: field 'reference_set' (model {references[i].model})"
+                    for i in range(len(references))
                 ),
                 discriminator=Path(self.job.resolve(spec.discriminator)) if spec.discriminator else None,
                 signing_key=Path(self.job.resolve(spec.signing_key)) if spec.signing_key else None,
