@@ -12,7 +12,6 @@ conditioning.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -20,14 +19,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from auditor.backends import SuspectSpec, conditioned_settings, inspect_model, open_suspect
+from auditor.backends import SuspectSpec
 from auditor.config import AuditConfig, FrozenModel
 from auditor.fileio import atomic_write_text, sha256_bytes
-from auditor.identity import hash_model
 from auditor.images import encode_png
-from auditor.keys import ModelRef, save_keyset
+from auditor.key_selection import Selection
 from auditor.progress import Reporter
-from auditor.selection import SelectionConfig, select_keys
+from auditor.selection import SelectionConfig
 from auditor.signing import generate_keypair
 from auditor.views import VERDICT_STYLE, distance_shares, render_report_html
 from auditor.workflow import Audit, LoadedKeys, resolve_settings, save_outcome
@@ -63,15 +61,6 @@ class DemoResult(FrozenModel):
     timings: dict[str, float]
 
 
-def _ref(path: str | Path) -> ModelRef:
-    identity = hash_model(path)
-    return ModelRef(
-        name=Path(path).parent.name if Path(path).name == "pipeline" else identity.name,
-        digest=identity.digest,
-        content_digest=identity.content_digest,
-    )
-
-
 def run_demo(
     *,
     family: str = "sd",
@@ -91,29 +80,15 @@ def run_demo(
 
     t = time.perf_counter()
     train = load_dataset(zoo.source_train)
-    source_spec = SuspectSpec(model=zoo.source, device="cpu")
-    source = open_suspect(source_spec)
-    base = open_suspect(SuspectSpec(model=zoo.base, device="cpu"))
-    settings = conditioned_settings(
-        config.generation, inspect_model(source_spec)
-    )  # SDXL: its size conditioning
-    keyset, images = select_keys(
+    keyset, images = Selection(
         SelectionConfig(strategy=strategy),
-        source=source,
-        source_ref=_ref(zoo.source),
-        settings=settings,
+        source=SuspectSpec(model=zoo.source, device="cpu"),
         prompts=list(train.captions),
+        settings=config.generation,  # an SDXL source adds its size conditioning (key_selection)
         train_images=np.asarray(train.images),
-        base=base,
-        base_ref=_ref(zoo.base),
-        reporter=reporter,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / ".keys.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_keyset(keyset, images, staging)
-    shutil.rmtree(out / "keys", ignore_errors=True)
-    staging.rename(out / "keys")
+        base=SuspectSpec(model=zoo.base, device="cpu"),
+        source_name=Path(zoo.source).parent.name,  # the zoo's artifact name, not its "pipeline" folder
+    ).run(out / "keys", replace=True, reporter=reporter)
     timings["keys"] = time.perf_counter() - t
 
     config = AuditConfig()

@@ -64,10 +64,9 @@ def _parse_seeds(text: str) -> list[int]:
 def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
     import numpy as np
 
-    from auditor.backends import conditioned_settings, identify, inspect_model, open_suspect
     from auditor.documents import validate
-    from auditor.keys import ModelRef, save_keyset
-    from auditor.selection import SelectionConfig, select_keys
+    from auditor.key_selection import Selection
+    from auditor.selection import SelectionConfig
     from auditor.zoo.data import load_dataset
 
     seeds = _parse_seeds(args.seeds) if args.seeds else None
@@ -84,8 +83,6 @@ def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
         "key selection",
     )
     out = Path(args.out)
-    if (out / "keys.json").exists():
-        raise BadInputError(f"{out}: a keyset already exists there; choose another --out")
     train_images = None
     if args.train_data:
         dataset = load_dataset(args.train_data)
@@ -94,42 +91,18 @@ def cmd_keys_select(args: argparse.Namespace, ctx: Context) -> int:
         prompts = read_prompts(args.prompts)
     else:
         raise BadInputError("keys select: expected --prompts FILE or --train-data DIR")
-    source_spec = suspect_spec(args.source, args)
-    # an SDXL source: the keyset records the size conditioning its images were generated with
-    generation = conditioned_settings(settings(args), inspect_model(source_spec))
-    base_spec = suspect_spec(args.base, args) if args.base else None
-
-    def ref(spec) -> ModelRef:
-        identity = identify(spec)
-        return ModelRef(name=identity.name, digest=identity.digest, content_digest=identity.content_digest)
-
-    source_ref = ref(source_spec)
-    base_ref = ref(base_spec) if base_spec else None
-    panel = []
-    for path in args.panel or ():
-        spec = suspect_spec(path, args)
-        member = ref(spec)
-        # by either digest: a re-saved copy of the source or the base is the same weights
-        taken = {d for m in (source_ref, base_ref) if m for d in (m.digest, m.content_digest) if d}
-        if {d for d in (member.digest, member.content_digest) if d} & taken:
-            raise BadInputError(
-                f"--panel {path}: is the source or the base (same bytes or same weights); the panel holds "
-                "innocent fine-tunes"
-            )
-        panel.append((open_suspect(spec), member))
-    keyset, images = select_keys(
+    selection = Selection(
         config,
-        source=open_suspect(source_spec),
-        source_ref=source_ref,
-        settings=generation,
+        source=suspect_spec(args.source, args),
         prompts=prompts,
+        settings=settings(args),
         train_images=train_images,
-        base=open_suspect(base_spec) if base_spec else None,
-        base_ref=base_ref,
-        panel=panel,
-        reporter=ctx.reporter,
+        base=suspect_spec(args.base, args) if args.base else None,
+        panel=[suspect_spec(path, args) for path in args.panel or ()],
+        panel_labels=[f"--panel {path}" for path in args.panel or ()],
     )
-    digest = save_keyset(keyset, images, out)
+    keyset, _ = selection.run(out, reporter=ctx.reporter)
+    digest = keyset.digest
     summary = {
         "keyset": str(out),
         "digest": digest,

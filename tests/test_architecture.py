@@ -190,7 +190,7 @@ LAYERS = {
     4: ("backends",),
     5: ("finetune", "references"),
     6: ("selection", "audit", "report", "evidence", "figures", "views"),
-    7: ("workflow", "batch", "serve", "shadow", "demo", "zoo", "reproduction"),
+    7: ("workflow", "key_selection", "batch", "serve", "shadow", "demo", "zoo", "reproduction"),
 }
 
 

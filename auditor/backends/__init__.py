@@ -14,7 +14,7 @@ one branch (a torch backend: one `ON_TORCH` entry) in `_factory.py` (docs/archit
 
 from auditor.backends._base import DTYPES, BackendInfo, DType, Generator
 from auditor.backends._diffusers import TorchGenerator
-from auditor.backends._factory import Identity, identify, inspect_model, open_suspect
+from auditor.backends._factory import Identity, identify, inspect_model, model_ref, open_suspect
 from auditor.backends._http import HttpGenerator, HttpOptions
 from auditor.backends._pipelines import (
     PIPELINES,
@@ -47,5 +47,6 @@ __all__ = [
     "detect_kind",
     "identify",
     "inspect_model",
+    "model_ref",
     "open_suspect",
 ]

@@ -30,6 +30,7 @@ from auditor.backends._pipelines import PipelineInfo
 from auditor.backends._spec import ENGINE_BACKENDS, TORCH_BACKENDS, SuspectSpec, is_url
 from auditor.config import FrozenModel
 from auditor.errors import BadInputError
+from auditor.keys import ModelRef
 
 
 class Identity(FrozenModel):
@@ -60,6 +61,16 @@ def identify(spec: SuspectSpec) -> Identity:
     identity = hash_model(spec.model, "lora_file" if kind == "lora_file" else None)
     return Identity(
         name=identity.name, digest=identity.digest, kind=identity.kind, content_digest=identity.content_digest
+    )
+
+
+def model_ref(spec: SuspectSpec, name: str | None = None) -> ModelRef:
+    """What a keyset or report records of `spec` (source, base, panel or reference model): its name
+    (`name`, or the identity's), byte digest and content digest, from `identify`: the one place a
+    model becomes a ModelRef."""
+    identity = identify(spec)
+    return ModelRef(
+        name=name or identity.name, digest=identity.digest, content_digest=identity.content_digest
     )
 
 

@@ -228,9 +228,9 @@ def build_stage(study: Study, cache_dir: Path | None, reporter: Reporter, jobs: 
 def _keys(study: Study, index, out: Path, reporter: Reporter):
     """Generation keys of the source, the base as control, screened by the panel (cached)."""
     from auditor.backends import SuspectSpec as ModelSpec
-    from auditor.backends import identify, open_suspect
-    from auditor.keys import ModelRef, load_keyset, save_keyset
-    from auditor.selection import SelectionConfig, select_keys
+    from auditor.key_selection import Selection
+    from auditor.keys import load_keyset
+    from auditor.selection import SelectionConfig
     from auditor.zoo import data
 
     folder = out / "keys"
@@ -238,32 +238,20 @@ def _keys(study: Study, index, out: Path, reporter: Reporter):
         keyset, _ = load_keyset(folder)
         if keyset.source.digest == index.source_digest:
             return folder
-        import shutil
-
-        shutil.rmtree(folder)
-
-    def ref(path: str) -> ModelRef:
-        identity = identify(ModelSpec(model=path))
-        return ModelRef(name=identity.name, digest=identity.digest, content_digest=identity.content_digest)
-
     train = data.load_dataset(index.source_train)
-    panel = [
-        (open_suspect(ModelSpec(model=index.suspects[m.name], device="cpu")), ref(index.suspects[m.name]))
-        for m in study.members
-        if m.role == "panel"
-    ]
-    keyset, images = select_keys(
+    Selection(
         SelectionConfig(strategy="generation", num_keys=study.num_keys, delta0=study.delta0),
-        source=open_suspect(ModelSpec(model=index.source, device="cpu")),
-        source_ref=ref(index.source),
-        settings=study.zoo.generation,
+        source=ModelSpec(model=index.source, device="cpu"),
         prompts=list(train.captions),
-        base=open_suspect(ModelSpec(model=index.base, device="cpu")),
-        base_ref=ref(index.base),
-        panel=panel,
-        reporter=reporter,
-    )
-    save_keyset(keyset, images, folder)
+        settings=study.zoo.generation,
+        base=ModelSpec(model=index.base, device="cpu"),
+        panel=[
+            ModelSpec(model=index.suspects[m.name], device="cpu") for m in study.members if m.role == "panel"
+        ],
+        panel_labels=[
+            f"study {study.name}: panel model {m.name}" for m in study.members if m.role == "panel"
+        ],
+    ).run(folder, replace=True, reporter=reporter)
     return folder
 
 

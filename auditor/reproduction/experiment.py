@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from auditor.backends import SuspectSpec, open_suspect
+from auditor.backends import SuspectSpec, model_ref
 from auditor.config import AuditConfig, FrozenModel
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.identity import hash_model
+from auditor.key_selection import Selection
 from auditor.keys import KeySet, ModelRef, load_keyset, save_keyset
 from auditor.progress import Reporter
 from auditor.reproduction.scales import Family, Scale
-from auditor.selection import SelectionConfig, select_keys
+from auditor.selection import SelectionConfig
 from auditor.watermark import bit_accuracy, detection_threshold, embed, psnr
 from auditor.workflow import LoadedKeys, audit_model, resolve_settings
 from auditor.zoo import data
@@ -77,11 +78,6 @@ def build_stage(scale: Scale, cache_dir: Path | None, reporter: Reporter, jobs: 
     return build_zoos([f.zoo for f in scale.families], cache_dir, reporter, jobs)
 
 
-def _ref(path: str) -> ModelRef:
-    identity = hash_model(path)
-    return ModelRef(name=identity.name, digest=identity.digest, content_digest=identity.content_digest)
-
-
 def _selection(scale: Scale, strategy: str) -> SelectionConfig:
     count = max(scale.key_counts) if strategy == "generation" else scale.num_keys
     if strategy == "random":
@@ -99,7 +95,6 @@ def _keysets(
     reporter: Reporter,
 ) -> tuple[dict[str, tuple[KeySet, np.ndarray]], dict[str, int]]:
     train = data.load_dataset(zoo.source_train)
-    source = base = None
     result: dict[str, tuple[KeySet, np.ndarray]] = {}
     eligible: dict[str, int] = {}
     for strategy in STRATEGIES:
@@ -118,21 +113,16 @@ def _keysets(
         else:  # none yet, or selected from models that have since been rebuilt
             if cached:
                 shutil.rmtree(folder)
-            source = source or open_suspect(SuspectSpec(model=zoo.source, device="cpu"))
-            base = base or open_suspect(SuspectSpec(model=zoo.base, device="cpu"))
             reporter.log(f"reproduce: {family.name} {strategy} keys")
             try:
-                keyset, images = select_keys(
+                keyset, images = Selection(
                     _selection(scale, strategy),
-                    source=source,
-                    source_ref=source_ref,
-                    settings=family.zoo.generation,
+                    source=SuspectSpec(model=zoo.source, device="cpu"),
                     prompts=list(train.captions),
+                    settings=family.zoo.generation,  # an SDXL source adds its size conditioning
                     train_images=np.asarray(train.images),
-                    base=base,
-                    base_ref=base_ref,
-                    reporter=reporter,
-                )
+                    base=SuspectSpec(model=zoo.base, device="cpu"),
+                ).run(reporter=reporter)
             except BadInputError:
                 if strategy == "generation":  # the discriminator and baseline 1 need these keys
                     raise
@@ -225,7 +215,8 @@ def audit_stage(
     audits: list[ModelAudit] = []
     for family in scale.families:
         zoo = build_zoo(family.zoo, cache_dir, reporter, cached_only=True)  # trained by the build stage
-        source_ref, base_ref = _ref(zoo.source), _ref(zoo.base)  # hashed once per family
+        source_ref = model_ref(SuspectSpec(model=zoo.source))  # hashed once per family
+        base_ref = model_ref(SuspectSpec(model=zoo.base))
         keysets, eligible = _keysets(scale, family, zoo, source_ref, base_ref, out, reporter)
         record = FamilyRecord(
             family=family.name,
