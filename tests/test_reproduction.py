@@ -367,6 +367,7 @@ def _check_the_study_table(out, study, capsys) -> None:
         "--rescore",
         str(out / "distances.csv.gz"),
     ]
+    capsys.readouterr()  # what the stages printed before
     assert main([*argv, "--reference-sets", "20", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)["summary"]
     text = Path(summary).read_text()
