@@ -4,7 +4,7 @@
 (16 px, a base, a source that memorizes its 16 private pairs, one infringing suspect at
 rho = 1 and one innocent suspect, five innocent references), every model a
 StableDiffusionXLPipeline trained by the one trainer with SDXL's added conditioning. The
-assertions are a real effect with a stated margin, the model-level verdicts, and the
+assertions are a real effect against the world's innocent models, the model-level verdicts, and the
 SDXL-specific records (size conditioning in the keys and reports, the SDXL suspect
 exported and re-audited through its four ONNX graphs). Takes minutes on one CPU thread;
 set T2I_AUDITOR_CACHE to reuse the zoo between runs.
@@ -24,8 +24,8 @@ from t2i_audit import main
 
 pytestmark = pytest.mark.slow
 
-# conf(infringing) - conf(innocent); measured 1.00 on this preset (1.00 vs 0.00; references 0.08-0.33), docs/zoo.md
-MARGIN = 0.5
+# A rho = 1 copy reproduces nearly every key: conf 1.00 in every run measured (docs/zoo.md).
+COPY_CONF = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,21 @@ def _by_name(demo: dict) -> tuple[dict, dict]:
     return by_name["infringing-rho1.0"], by_name["innocent-1"]
 
 
-def test_the_sdxl_infringer_inherits_the_keys_and_the_innocent_does_not(demo):
+def test_the_sdxl_infringer_inherits_the_keys_and_no_innocent_model_does(demo):
+    """The instance-level effect, measured against the world's innocent population (the innocent
+    suspect and the five references), not against one innocent model: in this 16 px world an
+    innocent fine-tune's own conf moved from 0.00 to 0.42 and 0.57 between runs and x86-64 CPUs
+    (docs/zoo.md), while the copy stayed at 1.00 and closer than every innocent model."""
     infringing, innocent = _by_name(demo)
     assert demo["family"] == "sdxl"
-    assert infringing["conf"] - innocent["conf"] >= MARGIN, (infringing, innocent)
-    assert infringing["mean_distance"] < innocent["mean_distance"]
+    report = json.loads(Path(infringing["report"]).read_text())
+    innocents = {"innocent suspect": (innocent["conf"], innocent["mean_distance"])} | {
+        r["name"]: (r["conf"], sum(r["distances"]) / len(r["distances"])) for r in report["references"]
+    }
+    assert len(innocents) == 6
+    assert infringing["conf"] >= COPY_CONF, infringing
+    assert all(infringing["conf"] > conf for conf, _ in innocents.values()), (infringing, innocents)
+    assert all(infringing["mean_distance"] < d for _, d in innocents.values()), (infringing, innocents)
 
 
 def test_the_model_level_verdicts_are_right_on_sdxl(demo):
