@@ -168,3 +168,14 @@ def test_the_rescore_gives_level_and_power_rows_per_reference_count():
     assert same[0].models == 20 and 0.0 <= same[0].low <= same[0].mean <= same[0].high
     assert copy[0].mean > same[0].mean
     assert results[0.05][0].n_references == 5
+
+
+def test_a_pool_model_drawn_into_every_set_is_left_out_not_a_crash():
+    """With 5 references from a pool of 6, some innocent may sit in every set: it is never judged and
+    is counted out of its group, rather than turning the group's rate into NaN."""
+    table = _table(same=1, shifted=0, infringing=1)  # pool: 8 references + 1 innocent
+    results = rescore(table, DEFAULT, sets=3, reference_counts=(8,))
+    rows = {r.group: r for r in results[0.01]}
+    assert rows["infringing: reference recipe"].models == 1
+    same = rows.get("reference recipe")
+    assert same is None or (same.models == 1 and not math.isnan(same.mean))

@@ -140,17 +140,21 @@ def summarize(
         members = cells[(group, rho)]
         f = np.stack([flagged[m.name] for m in members])  # models x sets
         u = np.stack([unsure[m.name] for m in members])
+        judged_in = np.isfinite(f).any(axis=1)  # a pool model drawn into every set was never judged
+        if not judged_in.any():
+            continue
+        f, u = f[judged_in], u[judged_in]
         per_model = np.nanmean(f, axis=1)
-        per_set = np.nanmean(f, axis=0)
-        per_set = per_set[np.isfinite(per_set)]
+        counts = np.isfinite(f).sum(axis=0)  # per set: the group's models it judged
+        per_set = np.nansum(f, axis=0)[counts > 0] / counts[counts > 0]
         x = math.ceil(float(per_model.sum()) - 1e-9)
-        low, high = _interval(x, len(members))
+        low, high = _interval(x, len(per_model))
         rows.append(
             Rates(
                 n_references=n_references,
                 group=group,
                 rho=rho,
-                models=len(members),
+                models=len(per_model),
                 mean=float(per_model.mean()),
                 low=low,
                 high=high,
