@@ -50,7 +50,7 @@ def _by_name(demo: dict) -> tuple[dict, dict]:
 def test_the_sdxl_infringer_inherits_the_keys_and_no_innocent_model_does(demo):
     """The instance-level effect, measured against the world's innocent population (the innocent
     suspect and the five references), not against one innocent model: in this 16 px world an
-    innocent fine-tune's own conf moved from 0.00 to 0.42 and 0.57 between runs and x86-64 CPUs
+    innocent fine-tune's own conf moved from 0.00 to 0.42, 0.47 and 0.57 between runs and floating-point paths
     (docs/zoo.md), while the copy stayed at 1.00 and closer than every innocent model."""
     infringing, innocent = _by_name(demo)
     assert demo["family"] == "sdxl"
