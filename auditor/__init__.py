@@ -8,7 +8,8 @@ cheap and a signature verifier never loads an ML library):
 
     load_keys, resolve_settings, Audit, save_outcome, envelope_path   the audit (auditor.workflow)
     SuspectSpec, open_suspect, identify                               any model (auditor.backends)
-    select_keys, SelectionConfig                                      key samples (auditor.selection)
+    Selection, SelectionConfig                                        key samples (auditor.key_selection)
+    select_keys                                                       the algorithm on generators (auditor.selection)
     AuditConfig, GenerationSettings                                   settings (auditor.config)
     AttributionReport, load_report                                    the report (auditor.report)
     verify_signed_report                                              evidence (auditor.evidence)
@@ -33,6 +34,7 @@ _PUBLIC = {
     "SuspectSpec": "auditor.backends",
     "open_suspect": "auditor.backends",
     "identify": "auditor.backends",
+    "Selection": "auditor.key_selection",
     "select_keys": "auditor.selection",
     "SelectionConfig": "auditor.selection",
     "AuditConfig": "auditor.config",
