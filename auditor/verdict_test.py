@@ -163,17 +163,13 @@ def decide(
     delta0: float,
     reference_names: Sequence[str] = (),
     reference_seed_distances: Sequence[Sequence[Sequence[float]]] = (),
-    fitted: FittedTest | None = None,
 ) -> Decision:
     """The verdict of the suspect's per-key distances against the references', by `test`.
 
     `reference_seed_distances` (per reference, per key, per seed) lets the references be
     compared with one model's own seed noise: references far closer to each other than that
-    are one model several times, whatever their files. `fitted`, when given, is `test` already
-    fitted on exactly these `references` (a study scores many suspects against one set).
+    are one model several times, whatever their files.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
     n = len(references)
     hits = int(sum(d < delta0 for d in suspect))
     binomial = (
@@ -181,56 +177,73 @@ def decide(
         if n
         else None
     )
-    if fitted is None and n >= 3:
-        fitted = test.fit(references, delta0=delta0)
+    fitted = test.fit(references, delta0=delta0) if n >= 3 else None
     record = fitted.score(suspect) if fitted is not None and fitted.varies else None
+    verdict, reason = judge(
+        record,
+        test=test,
+        n_references=n,
+        alpha=alpha,
+        min_references=min_references,
+        noise=seed_noise(reference_seed_distances),
+        reference_names=reference_names,
+    )
+    return Decision(verdict=verdict, reason=reason, test=record, binomial=binomial)
+
+
+def judge(
+    record: ModelTest | None,
+    *,
+    test: VerdictTest,
+    n_references: int,
+    alpha: float,
+    min_references: int,
+    noise: float | None,
+    reference_names: Sequence[str] = (),
+) -> tuple[VerdictName, str]:
+    """The gates and the verdict on a scored record (None: the references did not vary), with the
+    reason; `noise` is the references' own seed noise (`seed_noise`). The studies score each
+    suspect once per reference set and judge the record at every alpha."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    n = n_references
     if n < min_references:
-        reason = (
+        return "inconclusive", (
             f"{n} innocent reference model{'s' if n != 1 else ''}: the model-level test needs at least "
             f"{min_references} (min_references) to say how much innocent models differ; audit more references"
         )
-        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
     if record is None:
-        reason = "the references' distances do not vary (the same model listed twice?): no null spread to test against"
-        return Decision(verdict="inconclusive", reason=reason, test=None, binomial=binomial)
-    noise = seed_noise(reference_seed_distances)
+        return "inconclusive", (
+            "the references' distances do not vary (the same model listed twice?): no null spread to test against"
+        )
     if noise is not None and record.scale < DUPLICATE_RATIO * noise:
-        reason = (
+        return "inconclusive", (
             f"the references differ from each other by {record.scale:.3g} (log distance), less than"
             f" {DUPLICATE_RATIO:g} of one model's own seed noise ({noise:.3g}): they are one model several"
             " times, not independent innocent models; use independently trained references"
         )
-        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
     if record.min_p_value > alpha:
-        reason = (
+        return "inconclusive", (
             f"audit without power: with these {n} references an extreme suspect reaches"
             f" p {show_p(record.min_p_value)} > alpha = {alpha:g}; audit more references or more keys"
         )
-        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
     if record.sanity_p_value < SANITY_ALPHA:
         who = (
             reference_names[record.sanity_reference]
             if record.sanity_reference < len(reference_names)
             else f"reference {record.sanity_reference}"
         )
-        reason = (
+        return "inconclusive", (
             f"reference {who} looks unlike the other references (outlier p = {record.sanity_p_value:.3g}"
             f" < {SANITY_ALPHA:g}): it may not be innocent, or not of the same kind; replace it"
         )
-        return Decision(verdict="inconclusive", reason=reason, test=record, binomial=binomial)
     parts = test.describe(record, n)
     if record.p_value <= alpha:
-        return Decision(
-            verdict="infringing",
-            reason=f"{parts}: p {show_p(record.p_value)} <= alpha = {alpha:g}; the suspect is closer to the keys"
-            " than innocent models are",
-            test=record,
-            binomial=binomial,
+        return "infringing", (
+            f"{parts}: p {show_p(record.p_value)} <= alpha = {alpha:g}; the suspect is closer to the keys"
+            " than innocent models are"
         )
-    return Decision(
-        verdict="not_infringing",
-        reason=f"{parts}: p {show_p(record.p_value)} > alpha = {alpha:g}; no significant evidence of training"
-        " on the keyset",
-        test=record,
-        binomial=binomial,
+    return "not_infringing", (
+        f"{parts}: p {show_p(record.p_value)} > alpha = {alpha:g}; no significant evidence of training"
+        " on the keyset"
     )

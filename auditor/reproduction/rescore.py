@@ -5,7 +5,8 @@ measured against one set is that set's rate (over sets it varies: some sets are 
 to the keys than others). So each suspect is audited once (the table) and judged against
 many reference sets drawn from the innocent pool: the references' recipe, that is the
 study's references and its same-recipe innocents; a set never holds the suspect judged.
-A set is fitted once (`VerdictTest.fit`) and scores every suspect not in it.
+A set is fitted once (`VerdictTest.fit`) and scores every suspect not in it once; the record
+is judged at each alpha by the same gates as an audit's (`verdict_test.judge`).
 
 Per (number of references, group) the tables give the rate averaged over sets, the
 spread of the per-set rate (5th and 95th percentiles, and the share of sets at more
@@ -25,7 +26,7 @@ import numpy as np
 
 from auditor.fileio import atomic_write_text
 from auditor.reproduction.records import ModelRecord, StudyTable
-from auditor.verdict_test import VerdictTest, decide
+from auditor.verdict_test import VerdictTest, judge, seed_noise
 
 POOL_GROUP = "reference recipe"
 ALPHAS = (0.01, 0.05)
@@ -90,24 +91,22 @@ def flag_rates(
         refs = [m.distances for m in chosen]
         fitted = test.fit(refs, delta0=table.delta0)
         names = {m.name for m in chosen}
-        seed_d = [m.seed_distances for m in chosen]
+        noise = seed_noise([m.seed_distances for m in chosen])
         for model in judged:
             if model.name in names:
                 continue
+            record = fitted.score(model.distances) if fitted.varies else None  # once per (set, model)
             for alpha, (flagged, unsure) in out.items():
-                decision = decide(
-                    model.distances,
-                    refs,
+                verdict, _ = judge(
+                    record,
                     test=test,
-                    fitted=fitted,
+                    n_references=n_references,
                     alpha=alpha,
                     min_references=min_references,
-                    delta0=table.delta0,
-                    reference_names=[m.name for m in chosen],
-                    reference_seed_distances=seed_d,
+                    noise=noise,
                 )
-                flagged[model.name][s] = decision.verdict == "infringing"
-                unsure[model.name][s] = decision.verdict == "inconclusive"
+                flagged[model.name][s] = verdict == "infringing"
+                unsure[model.name][s] = verdict == "inconclusive"
     return out
 
 
