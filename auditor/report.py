@@ -28,6 +28,7 @@ import auditor
 from auditor.audit import AuditResult, KeyResult, audit_seeds, audit_token, fixed_threshold_verdict
 from auditor.backends import BackendInfo
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
+from auditor.distance import DISTANCES
 from auditor.documents import check_version, load_document, validate
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_text
@@ -239,11 +240,14 @@ def inconsistencies(report: AttributionReport) -> list[str]:
         s.mean_distance - sum(distances) / len(distances)
     ) > 1e-12:
         problems.append("summary: does not count the per-key results")
-    token = audit_token(report.keyset.digest, report.audit, report.generation)
-    if report.audit_token != token:
-        problems.append("audit_token: not the one the keyset digest, audit config and settings give")
-    if any(ref.audit_token != token for ref in report.references):
-        problems.append("references: audited with other keys, seeds or settings than the suspect")
+    if report.audit.distance not in DISTANCES:  # the token covers the distance's settings
+        problems.append(f"audit.distance: {report.audit.distance!r} is not a distance this version knows")
+    else:
+        token = audit_token(report.keyset.digest, report.audit, report.generation)
+        if report.audit_token != token:
+            problems.append("audit_token: not the one the keyset digest, audit config and settings give")
+        if any(ref.audit_token != token for ref in report.references):
+            problems.append("references: audited with other keys, seeds or settings than the suspect")
     test = report.verdict.test
     if test is not None and not getattr(VERDICT_TESTS.get(test.method), "may_decide", False):
         deciding = ", ".join(sorted(m for m, t in VERDICT_TESTS.items() if t.may_decide))

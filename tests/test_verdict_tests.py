@@ -253,3 +253,9 @@ def test_a_hostile_record_is_shown_escaped_and_without_a_crash():
     page = render_report_html(report)
     assert "[red]bold[/red] statistic" in page and "<script" not in page
     assert any("x.unknown/v9" in p for p in inconsistencies(report))
+
+
+def test_a_report_naming_an_unknown_distance_contradicts_itself_not_a_crash():
+    report = _golden()
+    report = report.model_copy(update={"audit": report.audit.model_copy(update={"distance": "nope"})})
+    assert any("audit.distance" in p and "'nope'" in p for p in inconsistencies(report))
