@@ -72,9 +72,9 @@ class BinomialRule:
     may_decide: bool = False
 
     def fit(self, references: Sequence[Sequence[float]], *, delta0: float) -> _Fitted:
-        refs = np.stack([log_distances(r) for r in references])
-        if len(refs) < 1:
+        if not references:
             raise ValueError("the binomial rule needs at least one reference")
+        refs = np.stack([log_distances(r) for r in references])
         hits = tuple(int(np.sum(np.asarray(r, dtype=np.float64) < delta0)) for r in references)
         return _Fitted(refs=refs, reference_hits=hits, delta0=delta0)
 
