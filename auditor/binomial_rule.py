@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from auditor.calibration import FLOOR, log_distances, normalize, pooled_scale
-from auditor.verdict_test import ModelTest, binomial_figure, show_p
+from auditor.verdict_test import ModelTest, SeedDistances, binomial_figure, key_minimum, show_p
 
 METHOD = "t2i-auditor.binomial-rule/v1"
 TEST_NAME = "exact binomial on hit counts, pooled reference rate (the first version's rule; not a verdict)"
@@ -31,8 +31,8 @@ class _Fitted:
     delta0: float
     varies: bool = True  # the rule needs no spread (which is why it cannot hold its level)
 
-    def score(self, suspect: Sequence[float]) -> ModelTest:
-        d = np.asarray(suspect, dtype=np.float64)
+    def score(self, suspect: SeedDistances) -> ModelTest:
+        d = key_minimum(suspect)
         x = log_distances(d)
         n, m = self.refs.shape
         if m != len(x):
@@ -71,11 +71,12 @@ class BinomialRule:
     combination: str = "the binomial tail P(X >= hits)"
     may_decide: bool = False
 
-    def fit(self, references: Sequence[Sequence[float]], *, delta0: float) -> _Fitted:
+    def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> _Fitted:
         if not references:
             raise ValueError("the binomial rule needs at least one reference")
-        refs = np.stack([log_distances(r) for r in references])
-        hits = tuple(int(np.sum(np.asarray(r, dtype=np.float64) < delta0)) for r in references)
+        minima = [key_minimum(r) for r in references]
+        refs = np.stack([log_distances(d) for d in minima])
+        hits = tuple(int(np.sum(d < delta0)) for d in minima)
         return _Fitted(refs=refs, reference_hits=hits, delta0=delta0)
 
     def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:

@@ -48,7 +48,7 @@ from types import MappingProxyType
 import numpy as np
 from scipy import stats
 
-from auditor.verdict_test import ModelTest, show_p
+from auditor.verdict_test import ModelTest, SeedDistances, key_minimum, show_p
 
 METHOD = "t2i-auditor.model-test/v1"  # a report records it; verify refuses a method it does not know
 FLOOR = 0.01  # distances below this are one reproduction, however faithful (about 2.5/255 RMS)
@@ -139,8 +139,8 @@ class _Fitted:
     sanity: tuple[float, int]
     varies: bool
 
-    def score(self, suspect: Sequence[float]) -> ModelTest:
-        x = log_distances(suspect)
+    def score(self, suspect: SeedDistances) -> ModelTest:
+        x = log_distances(key_minimum(suspect))
         n, m = self.refs.shape
         if m != len(x):
             raise ValueError(f"the suspect has {len(x)} keys, the references {m}")
@@ -192,8 +192,8 @@ class ModelLevelTest:
     combination: str = "min(1, 2 min(sparse, global))"
     may_decide: bool = True
 
-    def fit(self, references: Sequence[Sequence[float]], *, delta0: float) -> _Fitted:
-        refs = np.stack([log_distances(r) for r in references])
+    def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> _Fitted:
+        refs = np.stack([log_distances(key_minimum(r)) for r in references])
         n, m = refs.shape
         if n < 3:
             raise ValueError("the model-level test needs at least three references")
@@ -212,7 +212,11 @@ class ModelLevelTest:
         # at least one statistic's leave-one-out values spread (a test needs some null spread)
         varies = pooled_scale(refs) > 0 and bool(np.any(np.std(null, axis=0, ddof=1) > 0))
         return _Fitted(
-            refs=refs, null=null, min_p_value=min(1.0, 2.0 * p_min), sanity=_sanity(null), varies=varies
+            refs=refs,
+            null=null,
+            min_p_value=min(1.0, 2.0 * p_min),
+            sanity=reference_outlier(null),
+            varies=varies,
         )
 
     def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:
@@ -238,11 +242,11 @@ MODEL_TEST = ModelLevelTest()
 
 
 def model_test(suspect: Sequence[float], references: Sequence[Sequence[float]]) -> ModelTest:
-    """The shipped test of `suspect` (per-key distances) against `references` (n x M), n >= 3."""
-    return MODEL_TEST.fit(references, delta0=0.0).score(suspect)
+    """This test of `suspect` (per-key distances, one seed each) against `references` (n x M), n >= 3."""
+    return MODEL_TEST.fit([[[d] for d in r] for r in references], delta0=0.0).score([[d] for d in suspect])
 
 
-def _sanity(null: np.ndarray) -> tuple[float, int]:
+def reference_outlier(null: np.ndarray) -> tuple[float, int]:
     """Each reference's leave-one-out statistics against the others': the smallest two-sided
     prediction p-value, Bonferroni-adjusted over references and statistics, and whose it is."""
     n, k = null.shape

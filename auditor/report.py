@@ -137,23 +137,22 @@ def tool_info() -> ToolInfo:
 
 
 def make_verdict(
-    suspect_distances: tuple[float, ...],
+    suspect_distances: tuple[tuple[float, ...], ...],
     references: tuple[ReferenceResult, ...],
     config: AuditConfig,
     alpha: float,
     test: VerdictTest = DEFAULT,
 ) -> Verdict:
-    """The verdict test (`DEFAULT` for a new audit) of the suspect's per-key distances against the
-    references'."""
+    """The verdict test (`DEFAULT` for a new audit) of the suspect's distances (per key, per audit
+    seed) against the references'."""
     decision = decide(
         suspect_distances,
-        [r.distances for r in references],
+        [r.seed_distances for r in references],
         test=test,
         alpha=alpha,
         min_references=config.min_references,
         delta0=config.delta0,
         reference_names=[r.name for r in references],
-        reference_seed_distances=[r.seed_distances for r in references],
     )
     return Verdict(
         verdict=decision.verdict,
@@ -199,7 +198,11 @@ def recompute_verdict(report: AttributionReport) -> Verdict:
     recorded = report.verdict.test
     test = VERDICT_TESTS.get(recorded.method, DEFAULT) if recorded is not None else DEFAULT
     return make_verdict(
-        tuple(k.distance for k in report.results), report.references, report.audit, report.verdict.alpha, test
+        tuple(k.distances for k in report.results),
+        report.references,
+        report.audit,
+        report.verdict.alpha,
+        test,
     )
 
 
@@ -354,7 +357,7 @@ def build_report(
             seconds=result.seconds,
         ),
         references=references,
-        verdict=make_verdict(tuple(k.distance for k in result.keys), references, config, alpha),
+        verdict=make_verdict(tuple(k.distances for k in result.keys), references, config, alpha),
         statistical=statistical,
     )
 

@@ -1,7 +1,8 @@
 """What a verdict test is, and the gates every verdict passes through, whichever test made it.
 
-A verdict test is one object: `fit` it on the innocent references' per-key distances, then
-`score` a suspect; the score is the test's record (`ModelTest`), the block a report carries,
+A verdict test is one object: `fit` it on the innocent references' distances, then `score` a
+suspect (each model's distances per key and per audit seed: a test chooses how to summarize a
+key's seeds, the min the report shows or a summary a noisier sampler cannot move); the score is the test's record (`ModelTest`), the block a report carries,
 from which the p-value, the reason, the report's views and the studies' rows are all read.
 The tests this version knows are listed in one table (`auditor.verdict_tests`), keyed by
 the `method` a report records, so `verify` recomputes a verdict with the test that made it,
@@ -28,6 +29,7 @@ from pydantic import Field
 from auditor.config import FrozenModel
 
 VerdictName = Literal["infringing", "not_infringing", "inconclusive"]
+SeedDistances = Sequence[Sequence[float]]  # one model's distances: per key, per audit seed
 
 DUPLICATE_RATIO = 0.2  # references spread less than this share of one model's seed noise: duplicates
 SANITY_ALPHA = 0.01
@@ -91,8 +93,8 @@ class FittedTest(Protocol):
 
     varies: bool
 
-    def score(self, suspect: Sequence[float]) -> ModelTest:
-        """The test's record for `suspect` (its per-key distances, in the references' key order)."""
+    def score(self, suspect: SeedDistances) -> ModelTest:
+        """The test's record for `suspect` (per key, in the references' key order, per audit seed)."""
         ...
 
 
@@ -113,8 +115,9 @@ class VerdictTest(Protocol):
     combination: str
     may_decide: bool
 
-    def fit(self, references: Sequence[Sequence[float]], *, delta0: float) -> FittedTest:
-        """Fit on the references' per-key distances (n x M, n >= 3); `delta0` is the audit's."""
+    def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> FittedTest:
+        """Fit on the references' distances (n models x M keys x J seeds, n >= 3, J the same for
+        all); `delta0` is the audit's."""
         ...
 
     def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:
@@ -124,6 +127,25 @@ class VerdictTest(Protocol):
     def describe(self, test: ModelTest, n_references: int) -> str:
         """The evidence in one clause: each statistic's p-value and what it was tested against."""
         ...
+
+
+def seed_matrix(distances: SeedDistances) -> np.ndarray:
+    """One model's distances as an M x J array; ValueError unless finite, non-negative, J >= 1 and
+    the same for every key."""
+    try:
+        d = np.asarray(distances, dtype=np.float64)
+    except ValueError:
+        raise ValueError("distances must have the same number of seeds for every key") from None
+    if d.ndim != 2 or d.shape[0] == 0 or d.shape[1] == 0:
+        raise ValueError(f"distances must be keys x seeds, got shape {d.shape}")
+    if not np.all(np.isfinite(d)) or np.any(d < 0):
+        raise ValueError("distances must be finite and non-negative")
+    return d
+
+
+def key_minimum(distances: SeedDistances) -> np.ndarray:
+    """Per key, the min over its audit seeds: the distance the report shows."""
+    return seed_matrix(distances).min(axis=1)
 
 
 def show_p(p: float) -> str:
@@ -154,26 +176,23 @@ def seed_noise(seed_distances: Sequence[Sequence[Sequence[float]]]) -> float | N
 
 
 def decide(
-    suspect: Sequence[float],
-    references: Sequence[Sequence[float]],
+    suspect: SeedDistances,
+    references: Sequence[SeedDistances],
     *,
     test: VerdictTest,
     alpha: float,
     min_references: int,
     delta0: float,
     reference_names: Sequence[str] = (),
-    reference_seed_distances: Sequence[Sequence[Sequence[float]]] = (),
 ) -> Decision:
-    """The verdict of the suspect's per-key distances against the references', by `test`.
-
-    `reference_seed_distances` (per reference, per key, per seed) lets the references be
-    compared with one model's own seed noise: references far closer to each other than that
-    are one model several times, whatever their files.
+    """The verdict of the suspect's distances (per key, per audit seed) against the references', by
+    `test`. The references' seed-to-seed spread is one model's own seed noise: references far closer
+    to each other than that are one model several times, whatever their files.
     """
     n = len(references)
-    hits = int(sum(d < delta0 for d in suspect))
+    hits = int(np.sum(key_minimum(suspect) < delta0))
     binomial = (
-        binomial_figure(hits, len(suspect), [int(sum(d < delta0 for d in r)) for r in references])
+        binomial_figure(hits, len(suspect), [int(np.sum(key_minimum(r) < delta0)) for r in references])
         if n
         else None
     )
@@ -185,7 +204,7 @@ def decide(
         n_references=n,
         alpha=alpha,
         min_references=min_references,
-        noise=seed_noise(reference_seed_distances),
+        noise=seed_noise(references),
         reference_names=reference_names,
     )
     return Decision(verdict=verdict, reason=reason, test=record, binomial=binomial)

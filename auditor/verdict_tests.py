@@ -11,8 +11,11 @@ from __future__ import annotations
 from auditor.binomial_rule import BINOMIAL_RULE
 from auditor.calibration import MODEL_TEST
 from auditor.verdict_test import ModelTest, VerdictTest
+from auditor.window_test import WINDOW_TEST
 
-VERDICT_TESTS: dict[str, VerdictTest] = {test.method: test for test in (MODEL_TEST, BINOMIAL_RULE)}
+VERDICT_TESTS: dict[str, VerdictTest] = {
+    test.method: test for test in (WINDOW_TEST, MODEL_TEST, BINOMIAL_RULE)
+}
 DEFAULT: VerdictTest = MODEL_TEST
 
 

@@ -181,6 +181,7 @@ LAYERS = {
         "verdict_test",
         "calibration",
         "binomial_rule",
+        "window_test",
         "verdict_tests",
         "multitest",
         "metrics",

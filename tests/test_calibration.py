@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import numpy as np
 import pytest
@@ -24,7 +23,17 @@ from auditor.calibration import (
 )
 from auditor.verdict_test import binomial_figure
 
-decide = partial(verdict_test.decide, test=MODEL_TEST)  # the shipped test's gates and verdict
+
+def _seeds(d) -> np.ndarray:
+    """Per-key distances as one seed per key, unless already keys x seeds."""
+    d = np.asarray(d, dtype=float)
+    return d[:, None] if d.ndim == 1 else d
+
+
+def decide(suspect, refs, **kwargs):
+    """This test's gates and verdict (per-key distances read as one seed per key)."""
+    return verdict_test.decide(_seeds(suspect), [_seeds(r) for r in refs], test=MODEL_TEST, **kwargs)
+
 
 M = 30
 
@@ -92,14 +101,7 @@ def test_references_that_are_one_model_several_times_are_inconclusive():
     seeds = np.exp(keys[:, None] + rng.normal(0, 0.18, size=(M, 4)))
     copies = [seeds * (1 + 1e-4 * rng.normal(size=seeds.shape)) for _ in range(5)]
     suspect = innocent(rng, keys)
-    decision = decide(
-        suspect,
-        [c.min(axis=1) for c in copies],
-        alpha=0.01,
-        min_references=5,
-        delta0=0.15,
-        reference_seed_distances=[c.tolist() for c in copies],
-    )
+    decision = decide(suspect, copies, alpha=0.01, min_references=5, delta0=0.15)
     assert decision.verdict == "inconclusive" and "one model several times" in decision.reason
 
 

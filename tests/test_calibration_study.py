@@ -65,7 +65,10 @@ def test_every_verdict_row_names_the_distance_it_was_reached_with():
     study = smoke().model_copy(update={"distance": "l2_half"})
     rng = np.random.default_rng(0)
     records = {
-        name: {"distances": list(0.2 + 0.05 * rng.random(study.num_keys)), "hits": 0}
+        name: {
+            "seed_distances": (0.2 + 0.05 * rng.random((study.num_keys, study.seeds_per_key))).tolist(),
+            "hits": 0,
+        }
         for name in ["base", *(m.name for m in study.members)]
     }
     rows = verdicts(study, records)

@@ -22,7 +22,7 @@ from scipy import stats
 
 from auditor.calibration import log_distances, normalize, pooled_scale
 from auditor.report import inconsistencies, make_verdict, parse_report, recompute_verdict
-from auditor.verdict_test import ModelTest, decide
+from auditor.verdict_test import ModelTest, decide, key_minimum
 from auditor.verdict_tests import DEFAULT, VERDICT_TESTS, shown, verdict_test
 
 GOLDEN = Path(__file__).parent / "golden" / "report.json"
@@ -34,8 +34,8 @@ def _world(seed: int = 0, n: int = 8):
     rng = np.random.default_rng(seed)
     keys = rng.normal(math.log(0.25), 0.3, M)
 
-    def model(shift: float = 0.0):
-        return np.exp(keys[:, None] + shift + rng.normal(0, 0.18, (M, 4))).min(axis=1)
+    def model(shift: float = 0.0):  # per key, per audit seed
+        return np.exp(keys[:, None] + shift + rng.normal(0, 0.18, (M, 4)))
 
     return rng, keys, [model(rng.normal(0, 0.05)) for _ in range(n)], model
 
@@ -76,7 +76,7 @@ def test_the_order_of_the_keys_does_not_matter(test):
 def test_a_copy_of_every_key_is_at_least_as_significant_as_an_innocent(test):
     _, _, refs, model = _world(2)
     fitted = test.fit(refs, delta0=0.15)
-    copy = fitted.score(np.full(M, 0.02))
+    copy = fitted.score(np.full((M, 4), 0.02))
     assert copy.p_value <= fitted.score(model()).p_value
     assert copy.p_value <= 0.01
 
@@ -86,7 +86,7 @@ def test_fitting_once_scores_like_fitting_each_time(test):
     """The studies fit once per reference set and score many suspects: the same records."""
     _, _, refs, model = _world(3)
     fitted = test.fit(refs, delta0=0.15)
-    for suspect in (model(), model(0.3), np.full(M, 0.05)):
+    for suspect in (model(), model(0.3), np.full((M, 4), 0.05)):
         assert fitted.score(suspect) == test.fit(refs, delta0=0.15).score(suspect)
 
 
@@ -116,7 +116,7 @@ def _golden():
 
 
 def _remade(report, test):
-    distances = tuple(k.distance for k in report.results)
+    distances = tuple(k.distances for k in report.results)
     verdict = make_verdict(distances, report.references, report.audit, report.verdict.alpha, test)
     return report.model_copy(update={"verdict": verdict})
 
@@ -137,7 +137,7 @@ class _Fitted:
     varies: bool = True
 
     def score(self, suspect) -> ModelTest:
-        x = log_distances(suspect)
+        x = log_distances(key_minimum(suspect))
         if len(x) != self.refs.shape[1]:
             raise ValueError("other keys")
         z = normalize(x, self.refs)
@@ -175,7 +175,7 @@ class MeanZ:
     may_decide: bool = True
 
     def fit(self, references, *, delta0):
-        refs = np.stack([log_distances(r) for r in references])
+        refs = np.stack([log_distances(key_minimum(r)) for r in references])
         null = np.array([-normalize(refs[r], np.delete(refs, r, axis=0)).mean() for r in range(len(refs))])
         return _Fitted(refs, null)
 
@@ -216,7 +216,10 @@ def test_a_new_test_plugs_in_without_editing_the_report_views_or_studies(monkeyp
     study = smoke()
     rng = np.random.default_rng(0)
     records = {
-        name: {"distances": list(0.2 + 0.05 * rng.random(study.num_keys)), "hits": 0}
+        name: {
+            "seed_distances": (0.2 + 0.05 * rng.random((study.num_keys, study.seeds_per_key))).tolist(),
+            "hits": 0,
+        }
         for name in ["base", *(m.name for m in study.members)]
     }
     rows = verdicts(study, records, test=toy)
