@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         " of a run, or docs/studies/*.csv.gz) against many reference sets, without training",
     )
     p.add_argument(
-        "--test", help="with --rescore: the registered verdict test's method (default: the shipped one)"
+        "--test",
+        help="with --rescore: a registered verdict test's method (default: the shipped one), a design"
+        " candidate's (auditor.reproduction.candidates), or `candidates` to compare them all",
     )
     p.add_argument(
         "--reference-sets",

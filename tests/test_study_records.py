@@ -23,15 +23,26 @@ from t2i_audit import main
 M, J = 30, 4
 
 
-def _table(seed: int = 0, same: int = 20, shifted: int = 6, infringing: int = 6) -> StudyTable:
-    """A simulated study: per-key difficulty, a model-wide shift per model, seed noise, min over J;
-    infringers copy a third of the keys (distances near 0.05 there)."""
+def _table(
+    seed: int = 0, same: int = 20, shifted: int = 6, infringing: int = 6, sampled: int = 0
+) -> StudyTable:
+    """A simulated study: per-key difficulty, a model-wide shift per model, seed noise;
+    infringers copy a third of the keys (distances near 0.05 there); `sampled` innocents of the
+    references' recipe audited again with a noisier sampler (the same model, its own token)."""
     rng = np.random.default_rng(seed)
     keys = rng.normal(math.log(0.25), 0.3, M)
     models: dict[str, ModelRecord] = {}
 
-    def add(name: str, role: str, group: str, rho: float = 0.0, shift: float = 0.0) -> None:
-        d = np.exp(keys[:, None] + rng.normal(0, 0.05) + shift + rng.normal(0, 0.18, (M, J)))
+    def add(
+        name: str,
+        role: str,
+        group: str,
+        rho: float = 0.0,
+        shift: float = 0.0,
+        of: str = "",
+        noise: float = 0.18,
+    ) -> None:
+        d = np.exp(keys[:, None] + rng.normal(0, 0.05) + shift + rng.normal(0, noise, (M, J)))
         if rho:
             copied = rng.choice(M, M // 3, replace=False)
             d[copied] = rng.uniform(0.03, 0.07, (len(copied), J))
@@ -40,9 +51,11 @@ def _table(seed: int = 0, same: int = 20, shifted: int = 6, infringing: int = 6)
             role=role,
             group=group,
             rho=rho,
-            digest=f"{len(models):064x}",
+            digest=models[of].digest if of else f"{len(models):064x}",
             seed_distances=tuple(tuple(float(x) for x in row) for row in d),
             seeds=tuple(tuple(1000 * k + j for j in range(J)) for k in range(M)),
+            token="c" * 64 if of else "b" * 64,
+            sampling="noisy" if of else "",
         )
 
     for i in range(8):
@@ -53,6 +66,14 @@ def _table(seed: int = 0, same: int = 20, shifted: int = 6, infringing: int = 6)
         add(f"innocent-steps-{i:02d}", "innocent", "steps-500", shift=0.05)
     for i in range(infringing):
         add(f"infringing-{i:02d}", "infringing", "reference recipe", rho=0.3)
+    for i in range(sampled):
+        add(
+            f"innocent-same-{i:02d}+noisy",
+            "innocent",
+            "sampling noisy",
+            of=f"innocent-same-{i:02d}",
+            noise=0.3,
+        )
     add("base", "base", "base", shift=0.2)
     return StudyTable(
         study="sim",
@@ -66,7 +87,7 @@ def _table(seed: int = 0, same: int = 20, shifted: int = 6, infringing: int = 6)
 
 
 def test_the_table_round_trips_exactly_and_byte_identically(tmp_path):
-    table = _table()
+    table = _table(sampled=2)
     first = write_table(tmp_path / "a.csv.gz", table).read_bytes()
     assert read_table(tmp_path / "a.csv.gz") == table
     assert write_table(tmp_path / "b.csv.gz", read_table(tmp_path / "a.csv.gz")).read_bytes() == first
@@ -98,7 +119,16 @@ def _field(lines, row, column, value):
         (lambda ls: [ls[0].replace("distance_name", "distance_kind"), *ls[1:]], "field 'header'"),
         (lambda ls: _field(ls, 1, "schema", "t2i-auditor.study-distances/v0"), "field 'schema'"),
         (lambda ls: _field(ls, 5, "keyset_digest", "c" * 64), "field 'keyset_digest'"),
-        (lambda ls: _field(ls, 5, "audit_token", "d" * 64), "field 'audit_token'"),
+        (lambda ls: _field(ls, 5, "audit_token", "d" * 64), "one value per model"),
+        (
+            lambda ls: [
+                ls[0],
+                *(_field([x], 0, "audit_token", "d" * 64)[0] for x in ls[1 : 1 + M * J]),
+                *ls[1 + M * J :],
+            ],
+            "share one token",
+        ),  # fmt: skip
+        (lambda ls: _field(ls, 1, "sampling", "../x"), "field 'sampling'"),
         (lambda ls: _field(ls, 2, "model_digest", "e" * 64), "one value per model"),
         (lambda ls: _field(ls, 2, "distance", "nan"), "field 'distance'"),
         (lambda ls: _field(ls, 2, "distance", "-0.1"), "field 'distance'"),
@@ -147,15 +177,18 @@ def test_the_cli_refuses_a_bad_table_or_test_in_one_line(tmp_path, capsys):
 
 
 def test_a_set_never_judges_its_own_member_and_every_other_model_is_judged():
-    table = _table(same=6, shifted=2, infringing=2)
+    """Also not by content: a model audited again with another sampler sits out the sets that hold it."""
+    table = _table(same=6, shifted=2, infringing=2, sampled=2)
     pool = {m.name for m in innocent_pool(table)}
     assert len(pool) == 14 and "base" not in pool and not any(n.startswith("infringing") for n in pool)
     verdicts = flag_rates(table, DEFAULT, n_references=8, sets=30, min_references=5)
     flagged, _ = verdicts[0.01]
     for name, over_sets in flagged.items():
         missing = np.isnan(over_sets).sum()
-        assert (missing > 0) == (name in pool), name  # a pool model sits out the sets that hold it
+        own = name.split("+")[0]
+        assert (missing > 0) == (own in pool), name  # a pool model sits out the sets that hold it
         assert missing < 30
+    assert np.array_equal(np.isnan(flagged["innocent-same-00+noisy"]), np.isnan(flagged["innocent-same-00"]))
 
 
 def test_the_rescore_gives_level_and_power_rows_per_reference_count():

@@ -185,7 +185,7 @@ def study_table(study: Study, records: dict[str, dict], out: Path) -> Path:
     seeds = audit_seeds(config.audit_nonce, keyset.keys, config.seeds_per_key, keyset.forbidden_seeds())
     table = table_from_records(
         study.name,
-        [(m.name, m.role, m.group, m.rho) for m in study.members],
+        [(m.name, m.role, m.group, m.rho, m.sampling or "") for m in study.members],
         records,
         keyset_digest=keyset.digest,
         key_ids=tuple(k.id for k in keyset.keys),

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import Field
 
-from auditor.config import AuditConfig, FrozenModel
+from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.fileio import atomic_write_text
 from auditor.progress import Reporter
 from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
@@ -61,8 +61,25 @@ LORA_RHOS = (0.3, 1.0)
 class Member(FrozenModel):
     name: str
     role: str = Field(description="reference, panel, innocent, infringing")
-    group: str = Field(description="reference recipe, or which recipe shift")
+    group: str = Field(description="reference recipe, which recipe shift, or which sampling")
     rho: float = 0.0
+    model: str | None = Field(
+        None, description="the zoo model audited, when another member's (a sampling variant)"
+    )
+    sampling: str | None = Field(None, description="a SAMPLING variant: the model served another way")
+
+
+# Sampling-noise innocents (issue 20): innocents of the references' recipe audited as an honest
+# suspect may serve them (other steps, samplers, stochastic DDIM, guidance, precision), to show
+# that a noisier sampler does not make a model look closer to the keys. (setting changes, dtype)
+SAMPLING: dict[str, tuple[dict, str]] = {
+    "steps-10": ({"steps": 10}, "float32"),
+    "euler-a": ({"scheduler": "euler_a"}, "float32"),
+    "dpm++": ({"scheduler": "dpm++"}, "float32"),
+    "eta-1": ({"eta": 1.0}, "float32"),
+    "guidance-5": ({"guidance_scale": 5.0}, "float32"),
+    "bf16": ({}, "bfloat16"),
+}
 
 
 class Study(FrozenModel):
@@ -117,11 +134,15 @@ def _study(
     infringing: int,
     lora: int = 0,
     lora_recipe: tuple[str, int, float, int] = LORA,
+    lora_rhos: tuple[float, ...] = LORA_RHOS,
+    first_seed: int = 3000,
+    lora_seed: int = 8001,
+    sampling: int = 0,
     **fields,
 ) -> Study:
     specs: list[SuspectSpec] = []
     members: list[Member] = []
-    seed = 3000
+    seed = first_seed
 
     def add(member: Member, **changes) -> None:
         nonlocal seed
@@ -149,15 +170,27 @@ def _study(
                     rho=rho,
                 )
             )
+    for variant in SAMPLING if sampling else ():
+        for i in range(sampling):
+            model = f"innocent-same-{i:02d}"
+            members.append(
+                Member(
+                    name=f"{model}+{variant}",
+                    role="innocent",
+                    group=f"sampling {variant}",
+                    model=model,
+                    sampling=variant,
+                )
+            )
     targets, rank, lr, steps = lora_recipe
     group = f"lora-{targets}-r{rank}"
     values = {**recipe, "steps": steps, "lr": lr, "lora_rank": rank, "lora_targets": targets}
     # fixed seeds, not the running counter: `tiny-lora` trains the very models `tiny` holds
-    for k, rho in enumerate((0.0, *LORA_RHOS)):
+    for k, rho in enumerate((0.0, *lora_rhos)):
         role = "infringing" if rho else "innocent"
         for i in range(lora):
             member = f"{role}-{group}-rho{rho:.1f}-{i:02d}" if rho else f"innocent-{group}-{i:02d}"
-            specs.append(_spec(member, 8001 + 100 * k + i, rho=rho, **values))
+            specs.append(_spec(member, lora_seed + 100 * k + i, rho=rho, **values))
             members.append(Member(name=member, role=role, group=group, rho=rho))
     return Study(
         name=name, zoo=world.model_copy(update={"suspects": tuple(specs)}), members=tuple(members), **fields
@@ -202,17 +235,52 @@ def tiny_lora() -> Study:
     return _study("tiny-lora", world, recipe, references=8, panel=4, same=0, shifts=(), infringing=0, lora=5)
 
 
+def dev() -> Study:
+    """The development world of issue 20: `tiny` with the first 5 models of each LoRA arm (every
+    model is one of `tiny`'s, so its cache serves both). Verdict statistics are designed on its
+    table; the confirmation world (`confirm`) is scored once with the chosen test unchanged."""
+    world, recipe = tiny_world()
+    return _study(
+        "dev", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=5,
+        sampling=10,
+    )  # fmt: skip
+
+
+def confirm_world() -> tuple[ZooConfig, dict]:
+    """The confirmation world: the development world's kind (16 px, 64 private pairs, the same
+    recipes) drawn again with another world seed, so its data, base, source, keys, references and
+    suspects are all new."""
+    world, recipe = tiny_world()
+    stages = {
+        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 10})
+        for name in ("vae", "base", "source")
+    }
+    return world.model_copy(update={"seed": 1, **stages}), recipe
+
+
+def confirm() -> Study:
+    """The confirmation world of issue 20, scored once with the test chosen on `dev`: 200 innocents
+    of the references' recipe (8 references, 192 suspects: enough models for a 95% upper bound of
+    0.02 on the level at 0 of them flagged), the 50 shifted innocents, 12 infringers per rho, and 6
+    LoCon LoRAs per rho in {0, 0.1, 0.3, 0.5, 1.0}."""
+    world, recipe = confirm_world()
+    return _study(
+        "confirm", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
+        lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=5000, lora_seed=9001, sampling=30,
+    )  # fmt: skip
+
+
 def smoke() -> Study:
     """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
     world, recipe = smoke_world()
     shifts = (("steps-60", 1, {"steps": 60}), ("flat-lighting", 1, {"style_gradient": 0.05}))
     return _study(
         "smoke", world, recipe, references=5, panel=1, same=2, shifts=shifts, infringing=1,
-        lora=1, lora_recipe=("locon", 8, 1e-3, 30), num_keys=6, delta0=0.25, seeds_per_key=2,
+        lora=1, lora_recipe=("locon", 8, 1e-3, 30), num_keys=6, delta0=0.25, seeds_per_key=2, sampling=1,
     )  # fmt: skip
 
 
-STUDIES = {"tiny": tiny, "tiny-lora": tiny_lora, "smoke": smoke}
+STUDIES = {"tiny": tiny, "tiny-lora": tiny_lora, "dev": dev, "confirm": confirm, "smoke": smoke}
 
 
 # ---------------------------------------------------------------- stages
@@ -266,26 +334,38 @@ def _config(study: Study) -> AuditConfig:
     )
 
 
-def _audit_one(path: str, keys_dir: str, config_json: str, base: str | None = None) -> dict:
+def _audit_one(
+    path: str, keys_dir: str, config_json: str, base: str | None, settings_json: str, dtype: str
+) -> dict:
     """Worker: one model's audit (the workflow's), one torch thread; a LoRA file is audited on `base`
     as an owner would audit a LoRA found online (not merged into a folder first)."""
     import torch
 
     from auditor.backends import SuspectSpec as ModelSpec
-    from auditor.workflow import audit_model, load_keys, resolve_settings
+    from auditor.config import GenerationSettings
+    from auditor.workflow import audit_model, load_keys
 
     torch.set_num_threads(1)
     keys = load_keys(keys_dir)
     config = AuditConfig.model_validate_json(config_json)
-    spec = ModelSpec(model=path, device="cpu", base=base)
-    result, _ = audit_model(spec, keys, config, resolve_settings(keys.keyset))
+    spec = ModelSpec(model=path, device="cpu", base=base, dtype=dtype)
+    result, _ = audit_model(spec, keys, config, GenerationSettings.model_validate_json(settings_json))
     return {
         "token": result.token,
+        "dtype": dtype,
         "distances": [k.distance for k in result.keys],
         "seed_distances": [list(k.distances) for k in result.keys],
         "hits": result.hits,
         "seconds": round(result.seconds, 2),
     }
+
+
+def sampling_of(member: Member | None, settings: GenerationSettings) -> tuple[GenerationSettings, str]:
+    """The settings and dtype a member is audited with: the keyset's, or its SAMPLING variant's."""
+    if member is None or member.sampling is None:
+        return settings, "float32"
+    changes, dtype = SAMPLING[member.sampling]
+    return settings.model_copy(update=changes), dtype
 
 
 def _base_of(path: str, index) -> str | None:
@@ -306,20 +386,26 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
     keys_dir = _keys(study, index, out, reporter)
     keyset, _ = load_keyset(keys_dir)
     config = with_nonce(_config(study), keyset)
-    token = audit_token(keyset, config, resolve_settings(keyset))
-    models = {m.name: index.suspects[m.name] for m in study.members} | {"base": index.base}
+    members: dict[str, Member | None] = {m.name: m for m in study.members} | {"base": None}
+    models = {m.name: index.suspects[m.model or m.name] for m in study.members} | {"base": index.base}
     # each record names how its model was made (laundering and further training included), so a
     # rerun of any row can be checked against the spec that produced it
     specs = {s.name: s.model_dump(mode="json", exclude_none=True) for s in study.zoo.suspects}
+    digests = {path: hash_model(path).digest for path in set(models.values())}
     todo = {}
     for name, path in models.items():
         target = out / "audits" / f"{name}.json"
-        digest = hash_model(path).digest
+        settings, dtype = sampling_of(members[name], resolve_settings(keyset))
+        token = audit_token(keyset, config, settings)
         if target.is_file():
             record = json.loads(target.read_text())
-            if record.get("token") == token and record.get("digest") == digest:
+            if (record.get("token"), record.get("digest"), record.get("dtype")) == (
+                token,
+                digests[path],
+                dtype,
+            ):
                 continue
-        todo[name] = (path, digest)
+        todo[name] = (path, digests[path], settings.model_dump_json(), dtype)
     context = multiprocessing.get_context("spawn")
     with (
         reporter.task(
@@ -328,15 +414,27 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
         futures = {
-            pool.submit(_audit_one, path, str(keys_dir), config.model_dump_json(), _base_of(path, index)): (
-                name,
-                digest,
-            )
-            for name, (path, digest) in todo.items()
+            pool.submit(
+                _audit_one,
+                path,
+                str(keys_dir),
+                config.model_dump_json(),
+                _base_of(path, index),
+                settings,
+                dtype,
+            ): (name, digest)
+            for name, (path, digest, settings, dtype) in todo.items()
         }
         for done, future in enumerate(as_completed(futures), start=1):
             name, digest = futures[future]
-            record = {"name": name, "digest": digest, "suspect": specs.get(name), **future.result()}
+            member = members[name]
+            record = {
+                "name": name,
+                "digest": digest,
+                "suspect": specs.get(member.model or name if member else name),
+                "sampling": member.sampling if member else None,
+                **future.result(),
+            }
             atomic_write_text(out / "audits" / f"{name}.json", json.dumps(record, indent=2) + "\n")
             advance(done)
 
@@ -350,8 +448,10 @@ def load_records(study: Study, out: Path) -> dict[str, dict]:
                 f"{path}: missing; run the study's `t2i-audit reproduce --study ... --stage audit`"
             )
         records[name] = json.loads(path.read_text())
-    tokens = {r["token"] for r in records.values()}
-    if len(tokens) != 1:
+    # the keyset's sampling: one audit token; each sampling variant is its own (its settings differ)
+    plain = {r["token"] for r in records.values() if r.get("sampling") is None}
+    variants = {m.name: m.sampling for m in study.members if m.sampling}
+    if len(plain) != 1 or any(records[n].get("sampling") != v for n, v in variants.items()):
         raise FileNotFoundError(f"{out / 'audits'}: records of different audits; rerun `--stage audit`")
     return records
 
@@ -360,13 +460,13 @@ def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = 
     """Every suspect judged by a registered verdict test (the shipped one unless named) and by the
     first version's binomial rule, each row naming the audit distance and the test: `p`, and
     `p_NAME` for each of the test's statistics."""
-    from auditor.verdict_test import binomial_figure, decide
+    from auditor.verdict_test import binomial_figure, decide, key_minimum
     from auditor.verdict_tests import DEFAULT
 
     test = test or DEFAULT
 
     references = [m.name for m in study.members if m.role == "reference"]
-    ref_d = [records[n]["distances"] for n in references]
+    ref_d = [records[n]["seed_distances"] for n in references]
     ref_hits = [records[n]["hits"] for n in references]
     with_base = [*ref_hits, records["base"]["hits"]]
     rows = []
@@ -376,10 +476,11 @@ def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = 
         record = records[member.name]
         row = {"name": member.name, "role": member.role, "group": member.group, "rho": member.rho}
         row["hits"] = record["hits"]
-        row["mean_log_d"] = float(np.mean(np.log(np.maximum(record["distances"], 0.01))))
+        distances = key_minimum(record["seed_distances"])
+        row["mean_log_d"] = float(np.mean(np.log(np.maximum(distances, 0.01))))
         for alpha in ALPHAS:
             decision = decide(
-                record["distances"],
+                record["seed_distances"],
                 ref_d,
                 test=test,
                 alpha=alpha,
@@ -390,7 +491,7 @@ def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = 
             if decision.test is not None:
                 row["p"] = decision.test.p_value
                 row.update({f"p_{name}": p for name, p in decision.test.p_values.items()})
-        trials = len(record["distances"])
+        trials = len(distances)
         row["p_binomial"] = binomial_figure(record["hits"], trials, ref_hits).p_value
         row["p_binomial_with_base"] = binomial_figure(record["hits"], trials, with_base).p_value
         row["distance"] = study.distance  # which distance these verdicts were reached with

@@ -6,8 +6,11 @@ in the repository under docs/studies/), from which any registered verdict test c
 again (`t2i-audit reproduce --study calibration --rescore TABLE`) without retraining.
 
 One row per (model, key, seed); the columns that are the same on every row (study, keyset
-digest, audit token, distance, delta0) repeat, which gzip makes almost free, so each row is
-self-describing and a table cannot be mixed with another study's rows unnoticed. Reading is
+digest, distance, delta0) repeat, which gzip makes almost free, so each row is
+self-describing and a table cannot be mixed with another study's rows unnoticed. A model
+audited again as an honest suspect may serve it (another sampler, steps, precision: a
+`sampling` variant, issue 20) is its own row set with its own audit token; every model
+audited with the keyset's own settings shares one. Reading is
 hostile-input checked: every field is parsed strictly, every model must hold every key
 with the same seeds count, constant columns must be constant, and the decompressed size is
 capped, each failure one line naming the file, line and field.
@@ -28,12 +31,11 @@ from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_bytes
 from auditor.text import unsafe_char
 
-SCHEMA = "t2i-auditor.study-distances/v1"
+SCHEMA = "t2i-auditor.study-distances/v2"
 COLUMNS = (
     "schema",
     "study",
     "keyset_digest",
-    "audit_token",
     "distance_name",
     "delta0",
     "model",
@@ -41,13 +43,15 @@ COLUMNS = (
     "group",
     "rho",
     "model_digest",
+    "sampling",
+    "audit_token",
     "key",
     "key_id",
     "seed",
     "distance",
 )
-CONSTANT = ("schema", "study", "keyset_digest", "audit_token", "distance_name", "delta0")
-PER_MODEL = ("role", "group", "rho", "model_digest")
+CONSTANT = ("schema", "study", "keyset_digest", "distance_name", "delta0")
+PER_MODEL = ("role", "group", "rho", "model_digest", "sampling", "audit_token")
 ROLES = ("reference", "panel", "innocent", "infringing", "base")
 MAX_BYTES = 256 << 20  # decompressed: about ten times a 1,000-model study
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -63,6 +67,8 @@ class ModelRecord:
     digest: str
     seed_distances: tuple[tuple[float, ...], ...]  # per key, per audit seed
     seeds: tuple[tuple[int, ...], ...]
+    token: str
+    sampling: str = ""  # "" for the keyset's own settings, else the study's SAMPLING variant
 
     @property
     def distances(self) -> tuple[float, ...]:
@@ -74,7 +80,7 @@ class ModelRecord:
 class StudyTable:
     study: str
     keyset_digest: str
-    audit_token: str
+    audit_token: str  # of every model audited with the keyset's own settings
     distance_name: str
     delta0: float
     key_ids: tuple[str, ...]
@@ -97,7 +103,6 @@ def write_table(path: Path, table: StudyTable) -> Path:
                         SCHEMA,
                         table.study,
                         table.keyset_digest,
-                        table.audit_token,
                         table.distance_name,
                         repr(float(table.delta0)),
                         model.name,
@@ -105,6 +110,8 @@ def write_table(path: Path, table: StudyTable) -> Path:
                         model.group,
                         repr(float(model.rho)),
                         model.digest,
+                        model.sampling,
+                        model.token,
                         k,
                         key_id,
                         seed,
@@ -173,9 +180,8 @@ def read_table(path: str | Path) -> StudyTable:
             constant = here
             if here["schema"] != SCHEMA:
                 raise _fail(path, line, "schema", SCHEMA, here["schema"])
-            for name in ("keyset_digest", "audit_token"):
-                if not _HEX64.match(here[name]):
-                    raise _fail(path, line, name, "64 lowercase hex digits", here[name])
+            if not _HEX64.match(here["keyset_digest"]):
+                raise _fail(path, line, "keyset_digest", "64 lowercase hex digits", here["keyset_digest"])
             if not _NAME.match(here["study"]) or not _NAME.match(here["distance_name"]):
                 raise _fail(path, line, "study", "a plain name", here["study"] + "/" + here["distance_name"])
             _float(path, line, "delta0", here["delta0"], 0.0, 10.0)
@@ -189,14 +195,17 @@ def read_table(path: str | Path) -> StudyTable:
             raise _fail(path, line, "model", "a plain name", model)
         if fields["role"] not in ROLES:
             raise _fail(path, line, "role", " or ".join(ROLES), fields["role"])
-        if not _HEX64.match(fields["model_digest"]):
-            raise _fail(path, line, "model_digest", "64 lowercase hex digits", fields["model_digest"])
+        for name in ("model_digest", "audit_token"):
+            if not _HEX64.match(fields[name]):
+                raise _fail(path, line, name, "64 lowercase hex digits", fields[name])
+        if fields["sampling"] and not _NAME.match(fields["sampling"]):
+            raise _fail(path, line, "sampling", "empty or a plain name", fields["sampling"])
         _float(path, line, "rho", fields["rho"], 0.0, 1.0)
         if not fields["group"] or len(fields["group"]) > 100 or unsafe_char(fields["group"]):
             raise _fail(path, line, "group", "a printable name of at most 100 characters", fields["group"])
         described = tuple(fields[c] for c in PER_MODEL)
         if per_model.setdefault(model, described) != described:
-            raise _fail(path, line, "role/group/rho/model_digest", "one value per model", described)
+            raise _fail(path, line, "/".join(PER_MODEL), "one value per model", described)
         key = _int(path, line, "key", fields["key"], 100_000)
         if not _NAME.match(fields["key_id"]):
             raise _fail(path, line, "key_id", "a plain name", fields["key_id"])
@@ -228,7 +237,7 @@ def _assemble(path, constant, per_model, cells, key_ids) -> StudyTable:
             raise BadInputError(
                 f"{path}: model {name}: field 'seed': {sorted(counts)} seeds per key, expected {per_key} for every key"
             )
-        role, group, rho, digest = per_model[name]
+        role, group, rho, digest, sampling, token = per_model[name]
         ordered = [keys[k] for k in range(num_keys)]
         models[name] = ModelRecord(
             name=name,
@@ -238,11 +247,19 @@ def _assemble(path, constant, per_model, cells, key_ids) -> StudyTable:
             digest=digest,
             seed_distances=tuple(tuple(d for _, d in seeds) for seeds in ordered),
             seeds=tuple(tuple(s for s, _ in seeds) for seeds in ordered),
+            token=token,
+            sampling=sampling,
+        )
+    plain = {m.token for m in models.values() if not m.sampling}
+    if len(plain) != 1:
+        raise BadInputError(
+            f"{path}: field 'audit_token': the models audited with the keyset's settings (sampling empty)"
+            f" must share one token, found {len(plain)}"
         )
     return StudyTable(
         study=constant["study"],
         keyset_digest=constant["keyset_digest"],
-        audit_token=constant["audit_token"],
+        audit_token=plain.pop(),
         distance_name=constant["distance_name"],
         delta0=float(constant["delta0"]),
         key_ids=tuple(key_ids[k] for k in range(num_keys)),
@@ -252,7 +269,7 @@ def _assemble(path, constant, per_model, cells, key_ids) -> StudyTable:
 
 def table_from_records(
     study_name: str,
-    members: Iterable[tuple[str, str, str, float]],
+    members: Iterable[tuple[str, str, str, float, str]],
     records: dict[str, dict],
     *,
     keyset_digest: str,
@@ -262,9 +279,9 @@ def table_from_records(
     delta0: float,
 ) -> StudyTable:
     """A study's audit records (`calibration_study.load_records`) as a table; `members` are
-    (name, role, group, rho) and the base (role "base") is added from the records."""
+    (name, role, group, rho, sampling) and the base (role "base") is added from the records."""
     rows = {}
-    for name, role, group, rho in [*members, ("base", "base", "base", 0.0)]:
+    for name, role, group, rho, sampling in [*members, ("base", "base", "base", 0.0, "")]:
         record = records[name]
         rows[name] = ModelRecord(
             name=name,
@@ -274,9 +291,10 @@ def table_from_records(
             digest=record["digest"],
             seed_distances=tuple(tuple(float(d) for d in seeds) for seeds in record["seed_distances"]),
             seeds=key_seeds,
+            token=record["token"],
+            sampling=sampling,
         )
-    tokens = {r["token"] for r in records.values()}
-    (token,) = tokens
+    (token,) = {r.token for r in rows.values() if not r.sampling}
     return StudyTable(
         study=study_name,
         keyset_digest=keyset_digest,

@@ -13,7 +13,8 @@ spread of the per-set rate (5th and 95th percentiles, and the share of sets at m
 than twice alpha), and a Clopper-Pearson 95% interval whose unit is the model, not the
 (set, model) pair: x = the models' summed flag rates, rounded up, out of the group's
 distinct models (a model flagged in a share f of the sets counts f; rounding up keeps
-the interval on the cautious side). Power is averaged over sets the same way.
+the interval on the cautious side; sampling variants of one trained model, which share its
+content digest, count as that one model). Power is averaged over sets the same way.
 """
 
 from __future__ import annotations
@@ -88,14 +89,14 @@ def flag_rates(
     }
     for s in range(sets):
         chosen = [pool[i] for i in rng.choice(len(pool), n_references, replace=False)]
-        refs = [m.distances for m in chosen]
+        refs = [m.seed_distances for m in chosen]
         fitted = test.fit(refs, delta0=table.delta0)
-        names = {m.name for m in chosen}
-        noise = seed_noise([m.seed_distances for m in chosen])
+        held = {m.digest for m in chosen}  # by content: a model audited again with other sampling is still it
+        noise = seed_noise(refs)
         for model in judged:
-            if model.name in names:
+            if model.digest in held:
                 continue
-            record = fitted.score(model.distances) if fitted.varies else None  # once per (set, model)
+            record = fitted.score(model.seed_distances) if fitted.varies else None  # once per (set, model)
             for alpha, (flagged, unsure) in out.items():
                 verdict, _ = judge(
                     record,
@@ -130,9 +131,12 @@ def summarize(
     for m in judged:
         group = m.group if m.role == "innocent" else f"infringing: {m.group}"
         cells.setdefault((group, m.rho), []).append(m)
-    shifted = [m for m in judged if m.role == "innocent" and m.group != POOL_GROUP]
+    shifted = [m for m in judged if m.role == "innocent" and m.group != POOL_GROUP and not m.sampling]
     if shifted:
         cells[("all shifted recipes", 0.0)] = shifted
+    sampled = [m for m in judged if m.role == "innocent" and m.sampling]
+    if sampled:
+        cells[("all sampling variants", 0.0)] = sampled
     order = sorted(cells, key=lambda c: (c[0].startswith("infringing"), c[0] != POOL_GROUP, c))
     rows = []
     for group, rho in order:
@@ -143,7 +147,10 @@ def summarize(
         if not judged_in.any():
             continue
         f, u = f[judged_in], u[judged_in]
-        per_model = np.nanmean(f, axis=1)
+        digests = [m.digest for m, kept in zip(members, judged_in, strict=True) if kept]
+        per_row = np.nanmean(f, axis=1)
+        # the unit is the trained model: sampling variants of one model are averaged into one
+        per_model = np.array([per_row[[d == x for x in digests]].mean() for d in dict.fromkeys(digests)])
         counts = np.isfinite(f).sum(axis=0)  # per set: the group's models it judged
         per_set = np.nansum(f, axis=0)[counts > 0] / counts[counts > 0]
         x = math.ceil(float(per_model.sum()) - 1e-9)

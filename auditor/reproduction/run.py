@@ -132,18 +132,35 @@ def rescore_study(
     """`reproduce --study calibration --rescore TABLE`: a registered test scored on a study table
     (auditor.reproduction.rescore), no training; writes OUT/rescore.md and OUT/rescore.csv."""
     from auditor.errors import BadInputError
+    from auditor.reproduction.candidates import compare, every_test
     from auditor.reproduction.records import read_table
     from auditor.reproduction.rescore import rescore, write_rescore
-    from auditor.verdict_tests import DEFAULT, verdict_test
+    from auditor.verdict_tests import DEFAULT
 
     reporter = reporter or Reporter()
-    try:
-        test = verdict_test(method) if method else DEFAULT
-    except KeyError as exc:
-        raise BadInputError(f"--test: {exc.args[0]}") from None
+    tests = every_test()
+    if method not in (None, "candidates", *tests):
+        known = ", ".join(["candidates", *sorted(tests)])
+        raise BadInputError(f"--test: no verdict test or candidate {method!r} (known: {known})")
     start = time.perf_counter()
     table = read_table(table_path)
     out.mkdir(parents=True, exist_ok=True)
+    if method == "candidates":
+        reporter.log(f"rescore: {len(table.models)} models of study {table.study}, {len(tests)} tests")
+        try:
+            text = compare(table, sets=sets)
+        except ValueError as exc:
+            raise BadInputError(f"{table_path}: {exc}") from None
+        path = out / "comparison.md"
+        seconds = time.perf_counter() - start
+        atomic_write_text(
+            path,
+            f"# Verdict tests compared on study `{table.study}`\n\nFalse-positive rate or power, mean over"
+            f" {sets} reference sets [95% upper bound, counting models]. Machine: {machine()}; {seconds:.0f} s."
+            f"\n\n{text}\n",
+        )
+        return path
+    test = tests[method] if method else DEFAULT
     reporter.log(f"rescore: {len(table.models)} models of study {table.study} with {test.method}")
     try:
         results = rescore(table, test, sets=sets)
