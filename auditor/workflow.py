@@ -38,15 +38,15 @@ import auditor
 from auditor.audit import AuditResult, audit_token, run_audit, with_nonce
 from auditor.backends import (
     Generator,
-    HttpGenerator,
     Identity,
     PipelineInfo,
     SuspectSpec,
+    Transcribed,
+    check_settings,
     identify,
     inspect_model,
     open_suspect,
 )
-from auditor.backends._diffusers import check_spec_settings
 from auditor.commitment import COMMITMENT_FILE
 from auditor.config import AuditConfig, GenerationSettings
 from auditor.documents import parse_json, read_bytes, validate
@@ -148,9 +148,9 @@ def audit_model(
     generator is returned for its transcript."""
     reporter = reporter or Reporter()
     generator = generator if generator is not None else open_suspect(spec, name=name)
-    if isinstance(generator, HttpGenerator):  # queries are slow: a bar per query, keys and decoys alike
+    if isinstance(generator, Transcribed):  # queries are slow: a bar per query, keys and decoys alike
         n_keys = len(keys.keyset.keys[: config.max_keys] if config.max_keys else keys.keyset.keys)
-        total = n_keys * (1 + generator.options.decoys_per_key) * config.seeds_per_key
+        total = n_keys * generator.queries_per_image() * config.seeds_per_key
         with reporter.task(f"{name or 'suspect'}: queries", total) as advance:
             generator.progress = advance
             result = run_audit(generator, keys.keyset, keys.images, config, settings, reporter, images_out)
@@ -159,18 +159,9 @@ def audit_model(
     return result, generator
 
 
-def transcript_document(name: str, generator: HttpGenerator) -> dict[str, Any]:
+def transcript_document(name: str, generator: Transcribed) -> dict[str, Any]:
     """Every query an HTTP suspect was sent and the sha256 of every PNG it returned."""
-    return {
-        "suspect": name,
-        "endpoint": generator.endpoint,
-        "api": generator.options.api,
-        "stealth_seed": generator.stealth_seed,
-        "transcript_sha256": generator.transcript_digest(),
-        "requests": generator.requests,
-        "failed_requests": generator.failed_requests,
-        "queries": [q.__dict__ for q in generator.transcript()],
-    }
+    return generator.transcript_document(name)
 
 
 # ---------------------------------------------------------------- one audit
@@ -230,7 +221,7 @@ class Audit:
         self._check_references()
         self._check_panel()
         for spec in self.references:
-            check_spec_settings(spec, self.settings)
+            check_settings(spec, self.settings)
         self._checked = True
 
     def _check_panel(self) -> None:
@@ -263,12 +254,12 @@ class Audit:
         for i, spec in enumerate(self.references):
             label = self._label(i, spec)
             try:
-                if spec.resolved_kind() == "http":
+                identity = identify(spec)
+                if identity.digest is None:  # an endpoint: only its answers are ever pinned
                     raise BadInputError(
                         "an HTTP endpoint cannot be a reference (its weights cannot be pinned by a digest,"
                         " nor refused if it were the base or the source); use a model folder or file"
                     )
-                identity = identify(spec)
                 check_keys_fit(inspect_model(spec), self.keys)
             except AuditorError as exc:
                 raise type(exc)(f"{label}: {exc}") from None
@@ -378,7 +369,7 @@ class Audit:
         self.check()
         identity = identify(spec)  # a missing or unreadable model fails here, before any generation
         check_keys_fit(inspect_model(spec), self.keys)  # one this tool cannot run, or not with these keys
-        check_spec_settings(spec, self.settings)
+        check_settings(spec, self.settings)
         # a suspect that cannot load fails now, before the references are generated
         generator = open_suspect(spec, name=name)
         references = self.reference_results(reporter)
@@ -393,7 +384,7 @@ class Audit:
             generator=generator,
         )
         digest, content_digest, transcript = identity.digest, identity.content_digest, None
-        if isinstance(generator, HttpGenerator):
+        if isinstance(generator, Transcribed):  # an endpoint: cited by its answers' digest
             digest = generator.transcript_digest()
             transcript = transcript_document(name or identity.name, generator)
         statistical: StatisticalResult | None = None

@@ -1,4 +1,5 @@
-"""The AUTOMATIC1111 txt2img payload, both ways: what the HTTP client sends and what `serve` reads.
+"""The AUTOMATIC1111 txt2img payload, both ways: what the HTTP client sends and what `serve` reads;
+and the two dialects that speak it (`A1111`, and `GENERIC`: the minimal {prompt, seed, steps} API).
 
 One mapping, so the client and the server can never disagree on a field: our settings
 -> {prompt, negative_prompt, seed, steps, cfg_scale, width, height, sampler_name,
@@ -14,8 +15,13 @@ settings whose original or target size differ from the image size cannot be sent
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import numpy as np
+
+from auditor.backends._dialect import Exchange
+from auditor.backends._replies import Retryable, base64_png, decode_png, reply_object
 from auditor.config import GenerationSettings
 from auditor.errors import BadInputError
 
@@ -126,3 +132,67 @@ def response_parameters(prompt: str, seed: int, settings: GenerationSettings) ->
         "height": settings.height,
         "sampler_name": SAMPLERS[settings.scheduler],
     }
+
+
+# ---------------------------------------------------------------- the dialects
+
+
+class A1111:
+    """POST /sdapi/v1/txt2img {prompt, negative_prompt, seed, steps, cfg_scale, ...} -> {"images": [b64]}."""
+
+    name = "a1111"
+    default_path = A1111_PATH
+    requests_per_query = 1
+
+    def prepare(self, options: Any) -> Any:
+        return options
+
+    def check_settings(self, settings: GenerationSettings, context: Any, where: str) -> None:
+        check_expressible(settings, where)
+
+    def fetch(
+        self, exchange: Exchange, context: Any, prompt: str, seed: int, settings: GenerationSettings
+    ) -> tuple[bytes, np.ndarray]:
+        body = json.dumps(payload(prompt, seed, settings, context.sampler_name)).encode("utf-8")
+        return exchange.call(lambda data: _decoded(self._png(data), settings), body)
+
+    @staticmethod
+    def _png(data: bytes) -> bytes:
+        images = reply_object(data).get("images")
+        if not isinstance(images, list) or not images or not isinstance(images[0], str):
+            raise Retryable("response has no 'images' list of base64 strings", network=False)
+        return base64_png(images[0])
+
+    def record(self, context: Any) -> dict[str, str]:
+        return {}
+
+
+class Generic(A1111):
+    """POST {prompt, seed, steps} -> {"image": b64}: carries no other setting, and refuses none."""
+
+    name = "generic"
+    default_path = GENERIC_PATH
+
+    def check_settings(self, settings: GenerationSettings, context: Any, where: str) -> None:
+        return None
+
+    def fetch(
+        self, exchange: Exchange, context: Any, prompt: str, seed: int, settings: GenerationSettings
+    ) -> tuple[bytes, np.ndarray]:
+        body = json.dumps(generic_payload(prompt, seed, settings)).encode("utf-8")
+        return exchange.call(lambda data: _decoded(self._png(data), settings), body)
+
+    @staticmethod
+    def _png(data: bytes) -> bytes:
+        encoded = reply_object(data).get("image")
+        if not isinstance(encoded, str):
+            raise Retryable("response has no 'image' base64 string", network=False)
+        return base64_png(encoded)
+
+
+def _decoded(png: bytes, settings: GenerationSettings) -> tuple[bytes, np.ndarray]:
+    return png, decode_png(png, settings.height, settings.width)  # type: ignore[arg-type]
+
+
+A1111_DIALECT = A1111()
+GENERIC_DIALECT = Generic()

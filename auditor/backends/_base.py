@@ -13,8 +13,8 @@ is what makes a key (prompt, seed) meaningful across machines.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from typing import Literal, Protocol, get_args, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +23,10 @@ from auditor.errors import BadInputError
 
 DType = Literal["float32", "float16", "bfloat16"]
 DTYPES: tuple[str, ...] = get_args(DType)
+BackendName = Literal["torch", "torch-compiled", "onnx", "tensorrt"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+ENGINE_BACKENDS: tuple[str, ...] = ("onnx", "tensorrt")  # run an exported engine bundle
+TORCH_BACKENDS: tuple[str, ...] = ("torch", "torch-compiled")  # run a diffusers pipeline in torch
 
 
 class BackendInfo(FrozenModel):
@@ -44,6 +48,25 @@ class Generator(Protocol):
         ...
 
     def describe(self) -> BackendInfo: ...
+
+
+@runtime_checkable
+class Transcribed(Protocol):
+    """A generator whose answers no file pins (a remote endpoint): it keeps a transcript of every
+    query, whose digest a report cites instead of a model digest, and each query is slow enough
+    for a progress bar of its own (`progress`, called with the queries answered so far)."""
+
+    progress: Callable[[int], None] | None
+
+    def queries_per_image(self) -> int:
+        """Queries sent per image asked for (decoys included)."""
+        ...
+
+    def transcript_digest(self) -> str: ...
+
+    def transcript_document(self, name: str) -> dict[str, Any]:
+        """Every query sent and the sha256 of every image returned, for `name`'s transcript file."""
+        ...
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-import auditor.backends._a1111 as a1111
 from auditor.backends._base import (
     BackendInfo,
     check_dtype,
@@ -132,25 +131,9 @@ def check_folder_settings(
 
 
 def check_spec_settings(spec, settings: GenerationSettings) -> None:
-    """Refuse `settings` a suspect's scheduler cannot run, before anything is loaded or generated.
-
-    For the workflow to call on every suspect and reference before any generation: the
-    folder whose scheduler a SuspectSpec will run is the model itself (a diffusers folder or
-    an engine bundle), its `config` (a single-file checkpoint) or its `base` (a LoRA); an
-    HTTP endpoint's scheduler is the server's business, but settings an A1111 request cannot
-    carry are refused here.
-    """
-    kind = spec.resolved_kind()
-    if kind == "http":
-        # what an A1111 request cannot carry is refused now, not after the references are generated
-        if spec.http is None or spec.http.api != "generic":
-            a1111.check_expressible(settings, f"{spec.model}: generation settings")
-        return
-    folder = {"diffusers_folder": spec.model, "engine_bundle": spec.model}.get(kind)
-    folder = folder or {"safetensors_file": spec.config, "lora_file": spec.base}.get(kind)
-    if folder is None or not (Path(folder) / "scheduler" / "scheduler_config.json").is_file():
-        return  # an HTTP suspect, or a folder that fails to open with its own message later
-    check_folder_settings(folder, settings, f"{Path(spec.model).name}: generation settings")
+    """Refuse `settings` a SuspectSpec cannot run or carry: its kind's `check_settings` (the public
+    door is `auditor.backends.check_settings`; this name is kept for its earlier callers)."""
+    spec.kind_object().check_settings(spec, settings)
 
 
 class GenerationStopped(TransientError):

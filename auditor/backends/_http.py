@@ -1,7 +1,9 @@
-"""A black-box suspect behind an HTTP API: the AUTOMATIC1111 txt2img API or a minimal JSON one.
+"""A black-box suspect behind an HTTP API: AUTOMATIC1111's txt2img, a minimal JSON one, or ComfyUI.
 
 The auditor can only send prompts and read back PNGs, so this is where everything a hostile
-or flaky endpoint can do is bounded:
+or flaky endpoint can do is bounded, whichever API it speaks (the API is a dialect object,
+`_dialects.DIALECTS`: its requests, how its replies parse, the settings it can carry; the
+checks every reply passes are `_replies`'):
 
 - **time**: one wall-clock deadline per request, `timeout_s`, covering name resolution,
   connect, TLS, sending, the status line, the headers and the body together: a watchdog
@@ -11,8 +13,9 @@ or flaky endpoint can do is bounded:
   retried up to `retries` times with exponential backoff; any other 4xx is not (the request
   itself is wrong, so repeating it cannot help);
 - **rate**: at most `rate_limit` requests per second (request starts are spaced);
-- **budget**: at most `max_queries` HTTP requests in all (retries included). An audit that
-  cannot fit is refused before its first request, and running out midway is a
+- **budget**: at most `max_queries` HTTP requests in all (retries included; a dialect whose
+  query takes several requests, ComfyUI's, counts each). An audit that cannot fit is refused
+  before its first request, and running out midway is a
   `BadInputError` (exit 2): a rerun would spend the same budget the same way, so raise the
   budget instead of retrying the job;
 - **size**: a body over `max_response_bytes` is refused without reading it whole, a body of
@@ -41,71 +44,31 @@ in a transcript (`transcript()`), whose digest pins the endpoint's answers in a 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import http.client
-import io
-import json
 import os
 import random
 import secrets
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
-from pydantic import Field, StrictInt
 
-import auditor.backends._a1111 as a1111
 from auditor.backends._base import BackendInfo, check_pairs
-from auditor.config import FrozenModel, GenerationSettings
+from auditor.backends._dialects import dialect_of
+from auditor.backends._http_options import HttpOptions
+from auditor.backends._replies import Retryable as _Retryable
+from auditor.backends._replies import decode_png
+from auditor.config import GenerationSettings
 from auditor.deadline import Watchdog
-from auditor.documents import parse_json
 from auditor.errors import BadInputError, TransientError, register_secret
 from auditor.fileio import canonical_json, sha256_bytes
-from auditor.images import check_png_inflation, png_size
 
 TRANSCRIPT_SCHEME = "t2i-auditor-http-transcript-v1"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# An A1111 reply is {"images": [...], "parameters": {...}, "info": "..."}: a few hundred
-# values. Far more is not an answer but an attempt to exhaust memory.
-MAX_REPLY_VALUES = 100_000
-
-
-class HttpOptions(FrozenModel):
-    """How to talk to an HTTP suspect; every limit has a finite default."""
-
-    api: Literal["a1111", "generic"] = Field(
-        "a1111", description="a1111: POST /sdapi/v1/txt2img; generic: POST {prompt, seed, steps} -> {image}"
-    )
-    auth_env: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="environment variable holding the auth header value",
-    )
-    auth_header: str = Field("Authorization", pattern=r"^[A-Za-z0-9-]+$")
-    timeout_s: float = Field(
-        120.0, gt=0, le=3600, description="deadline of one request, connect to last byte"
-    )
-    retries: int = Field(3, ge=0, le=20, description="retries per query after the first attempt")
-    backoff_s: float = Field(1.0, ge=0, le=60, description="first backoff; doubles on each retry")
-    backoff_max_s: float = Field(30.0, ge=0, le=600)
-    rate_limit: float | None = Field(None, gt=0, le=1000, description="max requests per second")
-    max_queries: int | None = Field(None, ge=1, description="max HTTP requests in all, retries included")
-    max_response_bytes: int = Field(32 * 2**20, ge=1024, le=2**30)
-    sampler_name: str | None = Field(
-        None, description="a1111 sampler name; default: mapped from the scheduler"
-    )
-    decoys_per_key: int = Field(2, ge=0, le=20, description="decoy queries sent per key query")
-    decoy_prompts: tuple[str, ...] = Field(
-        (), description="decoys drawn from here; empty: recombined key words"
-    )
-    stealth_seed: StrictInt | None = Field(
-        None, ge=0, lt=2**63, description="seed of decoys and order; None: a fresh random one"
-    )
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,14 +81,6 @@ class Query:
     seed: int
     sha256: str  # of the PNG bytes exactly as returned
     attempts: int
-
-
-class _Retryable(Exception):
-    """A failed attempt worth retrying; `network` marks failures a later run may not see."""
-
-    def __init__(self, message: str, network: bool) -> None:
-        super().__init__(message)
-        self.network = network
 
 
 def redact_url(url: str) -> str:
@@ -192,9 +147,10 @@ class HttpGenerator:
             raise BadInputError(f"{redact_url(url)}: invalid port in the URL") from None
         self.scheme = parts.scheme
         self.host = hostname
-        default_path = a1111.A1111_PATH if self.options.api == "a1111" else a1111.GENERIC_PATH
-        path = parts.path if parts.path not in ("", "/") else default_path
+        self.dialect = dialect_of(self.options)
+        path = parts.path if parts.path not in ("", "/") else self.dialect.default_path
         self.path = path + (f"?{parts.query}" if parts.query else "")
+        self._url_path, self._url_query = path.rstrip("/"), parts.query
         self.endpoint = redact_url(url)
         self.name = name or self.endpoint  # errors name the endpoint, never the path or query
         self._auth: tuple[str, str] | None = None
@@ -207,6 +163,7 @@ class HttpGenerator:
                 )
             register_secret(value)  # before the check: whatever happens next never shows it
             self._auth = (self.options.auth_header, check_secret(value, self.options.auth_env))
+        self._context = self.dialect.prepare(self.options)  # a template that does not load: refused now
         seed = self.options.stealth_seed if self.options.stealth_seed is not None else secrets.randbits(63)
         self.stealth_seed = seed
         self._rng = random.Random(seed)  # decoys and order only: the plan depends on the seed alone
@@ -232,6 +189,7 @@ class HttpGenerator:
                 "queries": f"{keys + decoys} ({keys} keys + {decoys} decoys)",
                 "requests": f"{self.requests} ({self.failed_requests} failed and retried or refused)",
                 "transcript_sha256": self.transcript_digest(),
+                **self.dialect.record(self._context),
             },
             note="black-box HTTP suspect: key queries interleaved with decoys in a seeded random order",
         )
@@ -244,14 +202,14 @@ class HttpGenerator:
             raise BadInputError(
                 f"{self.name}: an HTTP suspect needs explicit generation height and width (the keys' size)"
             )
-        if self.options.api != "generic":
-            a1111.check_expressible(settings, self.name)
+        self.dialect.check_settings(settings, self._context, self.name)
         plan = self._plan(list(prompts), [int(s) for s in seeds])
-        budget = self.options.max_queries
-        if budget is not None and self.requests + len(plan) > budget:
+        budget, each = self.options.max_queries, self.dialect.requests_per_query
+        if budget is not None and self.requests + len(plan) * each > budget:
+            per_query = f", at least {each} requests each" if each > 1 else ""
             raise BadInputError(
                 f"{self.name}: query budget http.max_queries = {budget} cannot cover this audit "
-                f"({self.requests} requests sent, {len(plan)} more queries needed with "
+                f"({self.requests} requests sent, {len(plan)} more queries needed{per_query} with "
                 f"{self.options.decoys_per_key} decoys per key); raise it or lower http.decoys_per_key"
             )
         out = np.zeros((len(prompts), settings.height, settings.width, 3), dtype=np.uint8)
@@ -266,10 +224,27 @@ class HttpGenerator:
                 self.progress(len(self._transcript))
         return out
 
-    # ------------------------------------------------------------ transcript
+    # ------------------------------------------------------------ transcript (_base.Transcribed)
 
     def transcript(self) -> list[Query]:
         return list(self._transcript)
+
+    def queries_per_image(self) -> int:
+        return 1 + self.options.decoys_per_key
+
+    def transcript_document(self, name: str) -> dict[str, Any]:
+        """Every query this suspect was sent and the sha256 of every PNG it returned."""
+        return {
+            "suspect": name,
+            "endpoint": self.endpoint,
+            "api": self.options.api,
+            **self.dialect.record(self._context),
+            "stealth_seed": self.stealth_seed,
+            "transcript_sha256": self.transcript_digest(),
+            "requests": self.requests,
+            "failed_requests": self.failed_requests,
+            "queries": [q.__dict__ for q in self._transcript],
+        }
 
     def transcript_digest(self) -> str:
         """sha256 over every query (in order) and the sha256 of the PNG it got back."""
@@ -279,6 +254,7 @@ class HttpGenerator:
             "endpoint": self.endpoint,
             "api": self.options.api,
             "queries": rows,
+            **self.dialect.record(self._context),  # what else decides the answers (a ComfyUI template)
         }
         return sha256_bytes(canonical_json(document))
 
@@ -310,13 +286,27 @@ class HttpGenerator:
 
     # ------------------------------------------------------------ one query
 
-    def _payload(self, prompt: str, seed: int, settings: GenerationSettings) -> dict:
-        if self.options.api == "generic":
-            return a1111.generic_payload(prompt, seed, settings)
-        return a1111.payload(prompt, seed, settings, self.options.sampler_name)
-
     def _query(self, prompt: str, seed: int, settings: GenerationSettings) -> tuple[np.ndarray, str, int]:
-        body = json.dumps(self._payload(prompt, seed, settings)).encode("utf-8")
+        """One query through the dialect: (pixels, sha256 of the PNG, requests it took)."""
+        before = self.requests
+        png, image = self.dialect.fetch(self, self._context, prompt, seed, settings)
+        return image, sha256_bytes(png), self.requests - before
+
+    def url_path(self, suffix: str, params: Mapping[str, str] | None = None) -> str:
+        """The URL's path joined with `suffix`, the URL's query string and `params` after it."""
+        query = "&".join(q for q in (self._url_query, urlencode(params or {})) if q)
+        return self._url_path + suffix + (f"?{query}" if query else "")
+
+    def call(
+        self,
+        parse: Callable[[bytes], T],
+        body: bytes | None = None,
+        *,
+        method: str = "POST",
+        path: str | None = None,
+    ) -> T:
+        """One request (POST `body` to the URL unless `method` and `path` say otherwise) and its
+        reply parsed: retried, paced and budgeted (see the module docstring)."""
         opts = self.options
         last: _Retryable | None = None
         for attempt in range(opts.retries + 1):
@@ -331,7 +321,10 @@ class HttpGenerator:
             self._pace()
             self.requests += 1
             try:
-                status, data = self._post(body)
+                if method == "POST" and path is None:
+                    status, data = self._post(body or b"")
+                else:
+                    status, data = self._send(method, path or self.path, body)
                 if status == 429 or 500 <= status <= 599:
                     raise _Retryable(f"HTTP {status}", network=True)
                 if 300 <= status <= 399:
@@ -344,9 +337,7 @@ class HttpGenerator:
                         f"{self.endpoint} answered HTTP {status} (not retried: the request was "
                         f"refused; check the URL, http.api and the auth header)"
                     )
-                png = self._extract_png(data)
-                image = self._decode(png, settings.height, settings.width)  # type: ignore[arg-type]
-                return image, sha256_bytes(png), attempt + 1
+                return parse(data)
             except _Retryable as exc:
                 self.failed_requests += 1
                 last = exc
@@ -372,10 +363,16 @@ class HttpGenerator:
         self._last_start = now
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
+        """POST `body` to the URL: a dialect's one request per query (A1111's, the generic API's)."""
+        return self._send("POST", self.path, body)
+
+    def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         """One request under one wall-clock deadline (see the module docstring); (status, body)."""
         opts = self.options
         timed_out = _Retryable(f"timed out after {opts.timeout_s:g} s", network=True)
         headers = {"Content-Type": "application/json", "Accept": "application/json", "Connection": "close"}
+        if body is None:  # a GET: a JSON reply (a history) or an image (a ComfyUI /view)
+            headers = {"Accept": "application/json, image/png", "Connection": "close"}
         if self._auth:
             headers[self._auth[0]] = self._auth[1]
         with Watchdog(time.monotonic() + opts.timeout_s) as watchdog:
@@ -387,7 +384,7 @@ class HttpGenerator:
 
             conn = self._connection(watchdog)
             try:
-                conn.request("POST", self.path, body=body, headers=headers)
+                conn.request(method, path, body=body, headers=headers)
                 if conn.sock is not None:
                     conn.sock.settimeout(left())
                 response = conn.getresponse()
@@ -439,59 +436,7 @@ class HttpGenerator:
         conn._create_connection = watchdog.create_connection  # type: ignore[attr-defined]
         return conn
 
-    def _extract_png(self, data: bytes) -> bytes:
-        try:
-            obj = parse_json(data, "response", max_values=MAX_REPLY_VALUES)
-        except BadInputError as exc:  # syntax, depth, number size, NaN, duplicate keys, too many values
-            raise _Retryable(f"malformed JSON in the {exc}", network=False) from None
-        if not isinstance(obj, dict):
-            raise _Retryable("response is not a JSON object", network=False)
-        if self.options.api == "a1111":
-            images = obj.get("images")
-            if not isinstance(images, list) or not images or not isinstance(images[0], str):
-                raise _Retryable("response has no 'images' list of base64 strings", network=False)
-            encoded = images[0]
-        else:
-            encoded = obj.get("image")
-            if not isinstance(encoded, str):
-                raise _Retryable("response has no 'image' base64 string", network=False)
-        if encoded.startswith("data:"):
-            encoded = encoded.partition(",")[2]
-        try:
-            png = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise _Retryable("malformed base64 image in the response", network=False) from None
-        if not png.startswith(PNG_MAGIC):
-            raise _Retryable("returned image is not a PNG", network=False)
-        return png
-
-    @staticmethod
-    def _decode(png: bytes, height: int, width: int) -> np.ndarray:
-        from PIL import Image
-
-        declared = png_size(png)  # from the header bytes, before PIL even opens it
-        if declared is not None and declared != (height, width):
-            raise _Retryable(
-                f"returned image is {declared[1]}x{declared[0]}, requested {width}x{height}", network=False
-            )
-        bomb = check_png_inflation(png)  # before PIL inflates anything
-        if bomb is not None:
-            raise _Retryable(f"returned PNG refused as a decompression bomb ({bomb})", network=False)
-        try:
-            with Image.open(io.BytesIO(png)) as img:
-                if img.format != "PNG":
-                    raise _Retryable("returned image is not a PNG", network=False)
-                if img.size != (width, height):  # checked from the header, before decoding pixels
-                    raise _Retryable(
-                        f"returned image is {img.size[0]}x{img.size[1]}, requested {width}x{height}",
-                        network=False,
-                    )
-                img.load()
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except _Retryable:
-            raise
-        except Exception as exc:  # PIL raises many types on corrupt data, DecompressionBombError included
-            raise _Retryable(f"undecodable PNG ({type(exc).__name__})", network=False) from None
+    _decode = staticmethod(decode_png)  # a returned PNG's pixels, checked (`_replies.decode_png`)
 
 
 def _classify(exc: BaseException) -> _Retryable:

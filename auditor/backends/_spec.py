@@ -2,10 +2,11 @@
 
 Everything that opens a model (an audit's suspect and references, a batch job entry,
 `t2i-audit serve`, key selection) describes it as a SuspectSpec, and `open_suspect`
-turns it into a Generator. Adding a kind or a backend means adding it to the literals
-here and a branch in `auditor.backends._factory` (a backend over the torch pipeline: its name
-in `TORCH_BACKENDS` and its entry in the factory's `ON_TORCH`); the CLI, job files and serve
-read their choices from these lists.
+turns it into a Generator. The kinds are objects in `_kinds.KIND_TABLE` (detection asks them in
+order); their names are the `SuspectKind` literal here, which job files and the CLI validate
+against (`tests/test_suspect_kinds.py` holds the two equal). The backends are listed in
+`_base` (`BACKENDS`; a backend over the torch pipeline: its name in `TORCH_BACKENDS` and its
+entry in `_kinds.ON_TORCH`).
 
 Backends: `torch` (diffusers, eager: the reference), `torch-compiled` (the same pipeline, its
 UNet compiled for static shapes: `_compiled`), both for diffusers folders, single-file
@@ -14,25 +15,30 @@ checkpoints and LoRA files; `onnx` and `tensorrt` for exported engine bundles.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import Field
 
-from auditor.backends._base import DType
-from auditor.backends._http import HttpOptions
+from auditor.backends._base import BACKENDS, ENGINE_BACKENDS, TORCH_BACKENDS, BackendName, DType
+from auditor.backends._http_options import HttpOptions
+from auditor.backends._kind import ModelKind
+from auditor.backends._kinds import BUNDLE_MANIFEST, KINDS_BY_NAME, detect_kind, is_url
 from auditor.config import FrozenModel
-from auditor.errors import BadInputError
-from auditor.weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, read_safetensors_header
 
 SuspectKind = Literal["diffusers_folder", "safetensors_file", "lora_file", "engine_bundle", "http"]
 KINDS: tuple[str, ...] = get_args(SuspectKind)
-BackendName = Literal["torch", "torch-compiled", "onnx", "tensorrt"]
-BACKENDS: tuple[str, ...] = get_args(BackendName)
-ENGINE_BACKENDS: tuple[str, ...] = ("onnx", "tensorrt")  # run an exported engine bundle
-TORCH_BACKENDS: tuple[str, ...] = ("torch", "torch-compiled")  # run a diffusers pipeline in torch
-BUNDLE_MANIFEST = "bundle.json"
+__all__ = [  # the backends' names are listed in _base; here for the modules that read them here
+    "BACKENDS",
+    "BUNDLE_MANIFEST",
+    "ENGINE_BACKENDS",
+    "KINDS",
+    "TORCH_BACKENDS",
+    "BackendName",
+    "SuspectKind",
+    "SuspectSpec",
+    "detect_kind",
+    "is_url",
+]
 
 
 class SuspectSpec(FrozenModel):
@@ -53,25 +59,6 @@ class SuspectSpec(FrozenModel):
     def resolved_kind(self) -> str:
         return detect_kind(self.model) if self.kind == "auto" else self.kind
 
-
-def is_url(model: str | os.PathLike[str]) -> bool:
-    return str(model).startswith(("http://", "https://"))
-
-
-def detect_kind(model: str | os.PathLike[str]) -> str:
-    """What `model` is: http, engine_bundle, diffusers_folder, lora_file or safetensors_file."""
-    if is_url(model):
-        return "http"
-    path = Path(model)
-    if path.is_dir():
-        return "engine_bundle" if (path / BUNDLE_MANIFEST).is_file() else "diffusers_folder"
-    if not path.is_file():
-        raise BadInputError(f"{path}: model not found (expected a model folder, a weights file or a URL)")
-    if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        names = read_safetensors_header(path).keys()
-        return "lora_file" if any("lora" in name.lower() for name in names) else "safetensors_file"
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return "safetensors_file"  # a single checkpoint all the same; loading checks the pickle first
-    raise BadInputError(
-        f"{path}: unknown model file type {path.suffix!r} (expected .safetensors, .ckpt, a folder or a URL)"
-    )
+    def kind_object(self) -> ModelKind:
+        """The row of the kind table this spec is (its kind, or the detected one)."""
+        return KINDS_BY_NAME[self.resolved_kind()]

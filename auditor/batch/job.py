@@ -141,9 +141,15 @@ class Job:
             kind=entry.kind,
             config=self.resolve(entry.config) if entry.config else None,
             base=self.resolve(entry.base) if entry.base else None,
-            http=entry.http,
+            http=self._resolved_http(entry.http),
         )
         return spec.model_copy(update={"backend": entry.backend}) if entry.backend else spec
+
+    def _resolved_http(self, http: HttpOptions | None) -> HttpOptions | None:
+        """The entry's HTTP options, a ComfyUI workflow template's path resolved like a model's."""
+        if http is None or http.workflow is None:
+            return http
+        return http.model_copy(update={"workflow": self.resolve(http.workflow)})
 
 
 def suspect_names(raw_suspects: list[Any], where: str) -> list[tuple[str, str | None]]:

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.backends._base import BackendInfo
+from auditor.backends._base import ENGINE_BACKENDS, BackendInfo
 from auditor.backends._diffusers import TorchGenerator
-from auditor.backends._spec import ENGINE_BACKENDS
 from auditor.backends.engines.bundle import BackendUnavailable, Bundle, check_source, load_bundle
 from auditor.backends.engines.loop import engine_precision
 from auditor.config import GenerationSettings
