@@ -247,8 +247,7 @@ def finetune(
     import torch
     import transformers
 
-    from auditor.backends._base import quiet_hf_libraries, resolve_device
-    from auditor.backends._pipelines import read_pipeline
+    from auditor.backends import quiet_hf_libraries, read_pipeline, resolve_device
 
     quiet_hf_libraries()
     reporter = reporter or Reporter()

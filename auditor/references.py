@@ -156,7 +156,7 @@ def build_references(
     reporter: Reporter | None = None,
 ) -> ReferenceSet:
     """Fine-tune `count` references (seeds recipe.seed + i) and write OUT/references.json."""
-    from auditor.backends._pipelines import read_pipeline
+    from auditor.backends import read_pipeline
     from auditor.identity import hash_model
 
     reporter = reporter or Reporter()

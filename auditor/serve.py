@@ -44,7 +44,14 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
 
-import auditor.backends._a1111 as a1111
+from auditor.backends import (
+    A1111_PATH,
+    A1111_SAMPLERS,
+    GENERIC_PATH,
+    PayloadError,
+    response_parameters,
+    settings_values,
+)
 from auditor.config import FrozenModel, GenerationSettings
 from auditor.deadline import Watchdog
 from auditor.documents import parse_json
@@ -193,8 +200,8 @@ class SuspectServer(ThreadingHTTPServer):
         if seed == -1:
             seed = secrets.randbelow(2**32)
         try:
-            values = a1111.settings_values(body, self.defaults.model_dump(), generic)
-        except a1111.PayloadError as exc:
+            values = settings_values(body, self.defaults.model_dump(), generic)
+        except PayloadError as exc:
             raise _BadRequest(str(exc)) from None
         try:
             settings = GenerationSettings.model_validate(values)
@@ -335,14 +342,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif path == "/sdapi/v1/samplers":
             self._send(
-                200, [{"name": name, "aliases": [], "options": {}} for name in a1111.SAMPLERS.values()]
+                200, [{"name": name, "aliases": [], "options": {}} for name in A1111_SAMPLERS.values()]
             )
         else:
             self._send(404, {"error": f"no such endpoint: {path[:200]}"})
 
     def do_POST(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
-        if path not in (a1111.A1111_PATH, a1111.GENERIC_PATH):
+        if path not in (A1111_PATH, GENERIC_PATH):
             self._send(404, {"error": f"no such endpoint: {path[:200]}"})
             return
         length_text = (self.headers.get("Content-Length") or "").strip()
@@ -353,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_REQUEST_BYTES:
             self._send(413, {"error": f"request body must be 1 to {MAX_REQUEST_BYTES} bytes"})
             return
-        generic = path == a1111.GENERIC_PATH
+        generic = path == GENERIC_PATH
         try:
             data = self.rfile.read(length)
             if self.watchdog.expired() or len(data) < length:
@@ -391,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         if generic:
             self._send(200, {"image": encoded})
             return
-        parameters = a1111.response_parameters(prompt, seed, settings)
+        parameters = response_parameters(prompt, seed, settings)
         self._send(200, {"images": [encoded], "parameters": parameters, "info": json.dumps({"seed": seed})})
 
     def _answer_failure(self, job: _Job) -> None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from auditor.backends._base import quiet_hf_libraries
-from auditor.backends._pipelines import read_pipeline
+from auditor.backends import quiet_hf_libraries, read_pipeline
 from auditor.backends.engines.components import ExportShapes
 from auditor.backends.engines.components_xl import TIME_IDS, pipeline_specs
 from auditor.documents import parse_json, read_bytes

@@ -24,7 +24,7 @@ from pathlib import Path
 
 def build_tiny_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Path:
     """Save an untrained zoo-architecture pipeline to `directory/model`; return that folder."""
-    from auditor.backends._base import quiet_hf_libraries
+    from auditor.backends import quiet_hf_libraries
     from auditor.zoo.models import TOKENIZER_MAX_LENGTH, make_text_encoder, make_unet, make_vae
     from auditor.zoo.pipelines import save_pipeline
     from auditor.zoo.tokenizer import build_clip_tokenizer
@@ -38,7 +38,7 @@ def build_tiny_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Pat
 
 def build_tiny_xl_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Path:
     """Save an untrained SDXL zoo-architecture pipeline to `directory/model`; return that folder."""
-    from auditor.backends._base import quiet_hf_libraries
+    from auditor.backends import quiet_hf_libraries
     from auditor.zoo.models import (
         TOKENIZER_MAX_LENGTH,
         make_text_encoder,
@@ -141,7 +141,7 @@ def build_sd15_pipeline(directory: str | os.PathLike[str], seed: int = 0) -> Pat
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from auditor.backends._base import quiet_hf_libraries
+    from auditor.backends import quiet_hf_libraries
     from auditor.zoo.pipelines import save_pipeline
     from auditor.zoo.tokenizer import build_clip_tokenizer
 

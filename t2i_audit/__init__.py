@@ -37,7 +37,7 @@ def build_parser() -> _common.Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from auditor.backends._base import hf_offline_environment
+    from auditor.backends import hf_offline_environment
 
     hf_offline_environment()
     try:

@@ -160,6 +160,34 @@ def test_no_module_is_much_over_500_lines():
     assert long == {}
 
 
+def _private_reach_ins(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(importer, target) where the target is a private module (`_name`) of a package the importer
+    is not inside: such a module is its package's business, and what others need of it belongs on
+    the package's public face (its __init__)."""
+    found = set()
+    for module, targets in graph.items():
+        for target in targets:
+            parts = target.split(".")
+            private = next(
+                (i for i, p in enumerate(parts) if p.startswith("_") and not p.startswith("__")), None
+            )
+            if private is None:
+                continue
+            package = ".".join(parts[:private])
+            if module != package and not module.startswith(package + "."):
+                found.add((module, target))
+    return found
+
+
+def test_no_module_reaches_into_another_packages_private_modules():
+    assert _private_reach_ins(GRAPH) == set()
+
+
+def test_the_reach_in_check_sees_reach_ins():
+    graph = {"a.b": {"a._c", "d._e.f"}, "a._c": set(), "d._e.f": {"d._e.g"}, "d": {"d._e"}}
+    assert _private_reach_ins(graph) == {("a.b", "d._e.f")}
+
+
 def test_every_package_declares_its_public_api():
     for init in sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")):
         tree = ast.parse(init.read_text(encoding="utf-8"))

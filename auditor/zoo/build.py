@@ -143,7 +143,7 @@ def build_zoo(
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from auditor.backends._base import quiet_hf_libraries
+    from auditor.backends import quiet_hf_libraries
 
     quiet_hf_libraries()
     reporter = reporter or Reporter()
