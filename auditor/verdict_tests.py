@@ -16,7 +16,7 @@ from auditor.window_test import WINDOW_TEST
 VERDICT_TESTS: dict[str, VerdictTest] = {
     test.method: test for test in (WINDOW_TEST, MODEL_TEST, BINOMIAL_RULE)
 }
-DEFAULT: VerdictTest = MODEL_TEST
+DEFAULT: VerdictTest = WINDOW_TEST
 
 
 def verdict_test(method: str) -> VerdictTest:

@@ -11,12 +11,19 @@ for that key: a copy of 10-50% of the keys moves the window as far as a wholesal
 it, while the few keys an innocent model comes close to by chance (its lowest 10%) are left
 out, which keeps the statistic's innocent spread small.
 
-1. **Per key, a value a noisier sampler cannot move toward the key.** x_i = the mean over
-   the key's audit seeds of log(max(d_ij, FLOOR)) (`summary="mean"`). The min over seeds,
-   what the report shows, drifts toward the key by about one seed-noise sd (J = 4) for a
-   suspect whose generations vary more from seed to seed (another sampler, fewer steps,
-   half precision); the mean over seeds is that model's typical distance, whatever the
-   width of its seed noise.
+1. **Per key, the min over its audit seeds, and a noisier model matched to the references.**
+   x_i = min_j log(max(d_ij, FLOOR)), what the report shows. The min is where a memory shows
+   (a copied key is reproduced from some seeds, not all), but it rewards a model whose
+   generations vary more from seed to seed (another sampler, fewer steps, half precision):
+   its min lies lower by about one extra seed-noise sd (J = 4), and its keys spread wider.
+   So a model whose own seed noise (the median over keys of the within-key variance of its
+   log distances: copied keys, a minority, do not move it) exceeds the references' mean is
+   brought to what it would show with theirs: moved away from the keys by the min's extra
+   drift (E[min of J normals] times the extra sd) and its spread about its own mean shrunk by
+   the min's extra variance (`correction="min-noisier"`). A model no noisier than the
+   references is left alone: the correction never moves a model closer. Chosen over the
+   mean over seeds on the development world, where other samplers changed how keys spread
+   more than how noisy each key was (docs/method.md).
 2. **The statistic:** T = -mean of sorted(x - mean_r x_r)[lo:hi], lo = ceil(0.10 M),
    hi = ceil(0.35 M); positive when the suspect's window of keys is closer than innocent
    models get. No pooled-scale division: T is in log-distance units and the null's own
@@ -44,20 +51,21 @@ Pure functions of numbers; argument errors are programming errors (ValueError).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, stats
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
 from auditor.verdict_test import ModelTest, SeedDistances, seed_matrix, show_p
 
 METHOD = "t2i-auditor.window-test/v2"
 LOW, HIGH = 0.10, 0.35  # the window: from just past the closest 10% of keys to the closest 35%
-TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, mean over seeds, leave-one-out null)"
+TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, min over seeds, a noisier model matched, leave-one-out null)"
 SUMMARIES = ("mean", "min")
 
 
@@ -65,12 +73,51 @@ def key_values(distances: SeedDistances, summary: str = "mean") -> tuple[np.ndar
     """Per key, the summary over its audit seeds of log(max(d, FLOOR)); and the model's own seed
     noise, the within-key variance of those logs pooled over keys (0 with one seed per key)."""
     logs = np.log(np.maximum(seed_matrix(distances), FLOOR))
-    noise = float(np.var(logs, axis=1, ddof=1).mean()) if logs.shape[1] > 1 else 0.0
+    noise = float(np.median(np.var(logs, axis=1, ddof=1))) if logs.shape[1] > 1 else 0.0
     if summary == "mean":
         return logs.mean(axis=1), noise
     if summary == "min":
         return logs.min(axis=1), noise
     raise ValueError(f"summary must be one of {SUMMARIES}, got {summary!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def min_drift(seeds: int) -> float:
+    """-E[min of `seeds` standard normals]: how far, in seed-noise sds, the min over a key's seeds
+    lies below the model's typical log distance (0 for one seed, 1.03 for four)."""
+    if seeds < 2:
+        return 0.0
+    value, _ = integrate.quad(
+        lambda z: z * seeds * stats.norm.pdf(z) * stats.norm.sf(z) ** (seeds - 1), -12, 12
+    )
+    return -float(value)
+
+
+@functools.lru_cache(maxsize=64)
+def min_spread(seeds: int) -> float:
+    """Var[min of `seeds` standard normals]: the min's seed-noise variance, in units of one seed's."""
+    if seeds < 2:
+        return 1.0
+    density = lambda z: seeds * stats.norm.pdf(z) * stats.norm.sf(z) ** (seeds - 1)  # noqa: E731
+    second, _ = integrate.quad(lambda z: z * z * density(z), -12, 12)
+    return float(second - min_drift(seeds) ** 2)
+
+
+def min_noise_matched(
+    centered: np.ndarray, noise: float, target: float, interaction: float, seeds: int
+) -> np.ndarray:
+    """A model noisier from seed to seed than the references, its min-over-seeds values brought to
+    what they would be with the references' seed noise: moved away from the keys by the min's extra
+    drift, and their spread about the model's own mean shrunk by the min's extra variance. A model
+    no noisier than the references is left as it is (never moved closer)."""
+    if noise <= target:
+        return centered
+    shifted = centered + min_drift(seeds) * (math.sqrt(noise) - math.sqrt(target))
+    own = interaction + min_spread(seeds) * noise
+    if own <= 0:
+        return shifted
+    location = float(shifted.mean())
+    return location + (shifted - location) * math.sqrt((interaction + min_spread(seeds) * target) / own)
 
 
 def noise_matched(
@@ -113,15 +160,23 @@ class _Null:
     seeds: int
     lo: int
     hi: int
-    matched: bool
+    correction: str
 
     def statistic(self, centered: np.ndarray, noise: float) -> float:
-        if self.matched:
+        if self.correction == "spread":
             centered = noise_matched(centered, noise, self.target, self.interaction, self.seeds)
+        elif self.correction == "min-shift":
+            centered = centered + min_drift(self.seeds) * (math.sqrt(noise) - math.sqrt(self.target))
+        elif self.correction == "min-shift-up":
+            centered = centered + min_drift(self.seeds) * max(0.0, math.sqrt(noise) - math.sqrt(self.target))
+        elif self.correction == "min-noisier":
+            centered = min_noise_matched(centered, noise, self.target, self.interaction, self.seeds)
         return window_statistic(centered, self.lo, self.hi)
 
 
-def _null(values: np.ndarray, noises: np.ndarray, seeds: int, lo: int, hi: int, matched: bool) -> _Null:
+def _null(
+    values: np.ndarray, noises: np.ndarray, seeds: int, lo: int, hi: int, correction: str, summary: str
+) -> _Null:
     n = len(values)
     centered = values - values.mean(axis=0)
     # a model's spread about its own mean, corrected for the references' mean holding it ((n-1)/n)
@@ -130,11 +185,11 @@ def _null(values: np.ndarray, noises: np.ndarray, seeds: int, lo: int, hi: int, 
     return _Null(
         means=values.mean(axis=0),
         target=target,
-        interaction=max(spread - target / seeds, 0.0),
+        interaction=max(spread - (min_spread(seeds) if summary == "min" else 1.0 / seeds) * target, 0.0),
         seeds=seeds,
         lo=lo,
         hi=hi,
-        matched=matched,
+        correction=correction,
     )
 
 
@@ -217,8 +272,10 @@ class WindowTest:
 
     method: str = METHOD
     title: str = TEST_NAME
-    summary: str = "mean"
-    matched: bool = True
+    summary: str = "min"
+    correction: str = (
+        "min-noisier"  # or, for the design candidates: "none", "spread", "min-shift", "min-shift-up"
+    )
     low: float = LOW
     high: float = HIGH
     statistics: MappingProxyType = field(
@@ -240,7 +297,7 @@ class WindowTest:
         if len(seeds) != 1:
             raise ValueError(f"the references have different numbers of seeds per key: {sorted(seeds)}")
         lo, hi = window(m, self.low, self.high)
-        model = _null(values, noises, seeds.pop(), lo, hi, self.matched)
+        model = _null(values, noises, seeds.pop(), lo, hi, self.correction, self.summary)
         null = leave_one_out(values, noises, model)
         scale = prediction_scale(null)
         fitted = _Fitted(

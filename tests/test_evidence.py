@@ -504,7 +504,7 @@ def test_report_show_html_page(world: World, tmp_path: Path, capsys: pytest.Capt
     for text in (
         report.verdict.verdict,
         format(test.p_value, ".4g"),
-        format(test.p_values["sparse"], ".4g"),
+        *(format(p, ".4g") for p in test.p_values.values()),
         format(test.min_p_value, ".4g"),
         format(report.verdict.binomial.p0, ".4g"),
         "not the verdict",

@@ -18,6 +18,7 @@ from auditor.discriminator import Discriminator
 from auditor.reproduction import report as rep
 from auditor.reproduction.experiment import FamilyRecord, ModelAudit, load_audits
 from auditor.reproduction.scales import get_scale, smoke, tiny
+from auditor.verdict_tests import DEFAULT
 from t2i_audit import main
 
 DIGEST = "0" * 64
@@ -371,7 +372,7 @@ def _check_the_study_table(out, study, capsys) -> None:
     assert main([*argv, "--reference-sets", "20", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)["summary"]
     text = Path(summary).read_text()
-    assert "t2i-auditor.model-test/v1" in text and "| 5 | reference recipe |" in text
+    assert DEFAULT.method in text and "| 5 | reference recipe |" in text
 
 
 @pytest.mark.slow

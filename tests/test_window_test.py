@@ -54,7 +54,7 @@ def test_a_window_of_every_key_is_the_textbook_prediction_t_test_on_model_means(
     model = _world(rng)
     refs = [model() for _ in range(6)]
     suspect = model()
-    test = WindowTest(low=0.0, high=1.0, matched=False)
+    test = WindowTest(summary="mean", low=0.0, high=1.0, correction="none")
     record = test.fit(refs, delta0=0.15).score(suspect)
     means = np.array([key_values(r)[0].mean() for r in refs])
     s = key_values(suspect)[0].mean()
@@ -68,7 +68,7 @@ def test_leave_one_out_values_are_rescaled_to_the_suspects_distribution():
     rng = np.random.default_rng(1)
     n = 5
     values = rng.normal(0, 1, (n, M))
-    fitted = WindowTest(low=0.0, high=1.0, matched=False).fit(
+    fitted = WindowTest(summary="mean", low=0.0, high=1.0, correction="none").fit(
         [np.exp(v)[:, None].repeat(2, axis=1) for v in values], delta0=0.15
     )
     c = math.sqrt((n + 1) * (n - 1)) / n
@@ -84,13 +84,25 @@ def test_the_level_holds_on_simulated_innocents(n):
     assert 0.025 <= rate <= 0.075, rate
 
 
-def test_a_noisier_sampler_does_not_make_an_innocent_look_closer():
-    """An innocent served with twice the seed noise: the min over seeds (the review's window) flags it
-    most of the time; v2 (mean over seeds, noise matched) holds its level."""
+def test_a_noisier_sampler_is_matched_to_the_references():
+    """An innocent served with twice the seed noise: the raw min over seeds (the review's window)
+    flags it at alpha = 0.05 about 9 times in 10 (simulated, docs/method.md); v2 moves it away by
+    the min's extra drift and shrinks its extra spread, which brings that to about 0.14. Not to
+    0.05: the residual is stated in docs/method.md, and the trained sampling variants measured it."""
     rate_v2 = _rate(WINDOW_TEST, 8, 400, seed=3, alpha=0.05, noise=2.0)
     rate_min = _rate(CANDIDATES["candidate.window-min/dev"], 8, 400, seed=3, alpha=0.05, noise=2.0)
-    assert rate_v2 <= 0.09, rate_v2
-    assert rate_min >= 0.3, rate_min
+    assert rate_min >= 0.6, rate_min
+    assert rate_v2 <= 0.22, rate_v2
+
+
+def test_a_model_no_noisier_than_the_references_is_never_moved_closer():
+    rng = np.random.default_rng(6)
+    model = _world(rng)
+    refs = [model() for _ in range(8)]
+    quiet = model(noise=0.5)
+    v2 = WINDOW_TEST.fit(refs, delta0=0.15).score(quiet)
+    raw = CANDIDATES["candidate.window-min/dev"].fit(refs, delta0=0.15).score(quiet)
+    assert v2.statistics == raw.statistics
 
 
 def test_a_copy_of_a_quarter_of_the_keys_is_seen():

@@ -140,11 +140,18 @@ def _window(method: str, title: str, **changes) -> VerdictTest:
 CANDIDATES: dict[str, VerdictTest] = {
     test.method: test
     for test in (
-        _window("candidate.window-min/dev", "window 10-35%, min over seeds, no noise matching",
-                summary="min", matched=False),
-        _window("candidate.window-mean/dev", "window 10-35%, mean over seeds, no noise matching", matched=False),
-        _window("candidate.window-0-35/dev", "window 0-35%, mean over seeds, noise matched", low=0.0),
-        _window("candidate.window-10-50/dev", "window 10-50%, mean over seeds, noise matched", high=0.5),
+        _window("candidate.window-min/dev", "window 10-35%, min over seeds, no noise correction",
+                correction="none"),
+        _window("candidate.window-min-shift/dev", "window 10-35%, min over seeds shifted by its seed-noise drift",
+                correction="min-shift"),
+        _window("candidate.window-min-up/dev", "window 10-35%, min over seeds moved away by any excess drift",
+                correction="min-shift-up"),
+        _window("candidate.window-mean/dev", "window 10-35%, mean over seeds, no noise correction",
+                summary="mean", correction="none"),
+        _window("candidate.window-mean-matched/dev", "window 10-35%, mean over seeds, spread matched",
+                summary="mean", correction="spread"),
+        _window("candidate.window-0-35/dev", "window 0-35%, min over seeds, a noisier model matched", low=0.0),
+        _window("candidate.window-10-50/dev", "window 10-50%, min over seeds, a noisier model matched", high=0.5),
         LiraTest(),
     )
 }  # fmt: skip
