@@ -61,8 +61,15 @@ def tables(rows: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
     for r in innocents:
         key = "reference recipe (the level's population)" if r["group"] == "reference recipe" else r["group"]
         groups.setdefault(key, []).append(r)
-    shifted = [r for r in innocents if r["group"] != "reference recipe"]
-    ordered = [*groups.items(), ("all shifted recipes", shifted), ("all innocents", innocents)]
+    sampled = [r for r in innocents if r.get("sampling")]
+    trained = [r for r in innocents if not r.get("sampling")]
+    shifted = [r for r in trained if r["group"] != "reference recipe"]
+    ordered = [
+        *groups.items(),
+        ("all shifted recipes", shifted),
+        ("all sampling variants (each model again, served otherwise)", sampled),
+        ("all innocent models", trained),
+    ]
     fpr = []
     for name, members in ordered:
         if not members:

@@ -236,13 +236,15 @@ def tiny_lora() -> Study:
 
 
 def dev() -> Study:
-    """The development world of issue 20: `tiny` with the first 5 models of each LoRA arm (every
-    model is one of `tiny`'s, so its cache serves both). Verdict statistics are designed on its
-    table; the confirmation world (`confirm`) is scored once with the chosen test unchanged."""
+    """The development world of issue 20: a subset of `tiny`'s full fine-tunes (its cache serves both;
+    30 innocents of the references' recipe, half of each shift, 6 infringers per rho; the LoRA arms
+    are left to the confirmation world, for time) and 10 of its innocents audited with each
+    SAMPLING variant. Verdict statistics are designed on its table; the confirmation world
+    (`confirm`) is scored once with the chosen test unchanged."""
     world, recipe = tiny_world()
+    shifts = tuple((group, max(1, count // 2), changes) for group, count, changes in SHIFTS)
     return _study(
-        "dev", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=5,
-        sampling=10,
+        "dev", world, recipe, references=8, panel=4, same=30, shifts=shifts, infringing=6, sampling=10
     )  # fmt: skip
 
 
@@ -475,6 +477,7 @@ def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = 
             continue
         record = records[member.name]
         row = {"name": member.name, "role": member.role, "group": member.group, "rho": member.rho}
+        row["sampling"] = member.sampling or ""
         row["hits"] = record["hits"]
         distances = key_minimum(record["seed_distances"])
         row["mean_log_d"] = float(np.mean(np.log(np.maximum(distances, 0.01))))
