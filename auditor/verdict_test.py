@@ -2,8 +2,9 @@
 
 A verdict test is one object: `fit` it on the innocent references' distances, then `score` a
 suspect (each model's distances per key and per audit seed: a test chooses how to summarize a
-key's seeds, the min the report shows or a summary a noisier sampler cannot move); the score is the test's record (`ModelTest`), the block a report carries,
-from which the p-value, the reason, the report's views and the studies' rows are all read.
+key's seeds, and how to keep a noisier sampler from looking closer); the score is the test's
+record (`ModelTest`), the block a report carries, from which the p-value, the reason, the
+report's views and the studies' rows are all read.
 The tests this version knows are listed in one table (`auditor.verdict_tests`), keyed by
 the `method` a report records, so `verify` recomputes a verdict with the test that made it,
 and a new test is one more row there: the report, its HTML and figures, and the studies
