@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -66,19 +66,28 @@ from auditor.verdict_test import ModelTest, SeedDistances, seed_matrix, show_p
 METHOD = "t2i-auditor.window-test/v2"
 LOW, HIGH = 0.10, 0.35  # the window: from just past the closest 10% of keys to the closest 35%
 TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, min over seeds, a noisier model matched, leave-one-out null)"
-SUMMARIES = ("mean", "min")
 
 
-def key_values(distances: SeedDistances, summary: str = "mean") -> tuple[np.ndarray, float]:
+# How a key's J seeds become one value, and the share of one seed's noise variance that value
+# keeps (the mean's is 1/J; the min's, Var[min of J standard normals], is `min_spread(J)`).
+SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "min": lambda logs: logs.min(axis=1),
+    "mean": lambda logs: logs.mean(axis=1),
+}
+
+
+def seed_share(summary: str, seeds: int) -> float:
+    return min_spread(seeds) if summary == "min" else 1.0 / seeds
+
+
+def key_values(distances: SeedDistances, summary: str = "min") -> tuple[np.ndarray, float]:
     """Per key, the summary over its audit seeds of log(max(d, FLOOR)); and the model's own seed
-    noise, the within-key variance of those logs pooled over keys (0 with one seed per key)."""
+    noise, the median over keys of the within-key variance of those logs (0 with one seed per key)."""
+    if summary not in SUMMARIES:
+        raise ValueError(f"summary must be one of {sorted(SUMMARIES)}, got {summary!r}")
     logs = np.log(np.maximum(seed_matrix(distances), FLOOR))
     noise = float(np.median(np.var(logs, axis=1, ddof=1))) if logs.shape[1] > 1 else 0.0
-    if summary == "mean":
-        return logs.mean(axis=1), noise
-    if summary == "min":
-        return logs.min(axis=1), noise
-    raise ValueError(f"summary must be one of {SUMMARIES}, got {summary!r}")
+    return SUMMARIES[summary](logs), noise
 
 
 @functools.lru_cache(maxsize=64)
@@ -163,15 +172,24 @@ class _Null:
     correction: str
 
     def statistic(self, centered: np.ndarray, noise: float) -> float:
-        if self.correction == "spread":
-            centered = noise_matched(centered, noise, self.target, self.interaction, self.seeds)
-        elif self.correction == "min-shift":
-            centered = centered + min_drift(self.seeds) * (math.sqrt(noise) - math.sqrt(self.target))
-        elif self.correction == "min-shift-up":
-            centered = centered + min_drift(self.seeds) * max(0.0, math.sqrt(noise) - math.sqrt(self.target))
-        elif self.correction == "min-noisier":
-            centered = min_noise_matched(centered, noise, self.target, self.interaction, self.seeds)
-        return window_statistic(centered, self.lo, self.hi)
+        return window_statistic(CORRECTIONS[self.correction](centered, noise, self), self.lo, self.hi)
+
+
+# What is done to a model's centered values for its own seed noise (`noise`) against the
+# references' (`null.target`): v2's "min-noisier", and the design candidates' others.
+CORRECTIONS: dict[str, Callable[[np.ndarray, float, _Null], np.ndarray]] = {
+    "min-noisier": lambda c, noise, null: min_noise_matched(
+        c, noise, null.target, null.interaction, null.seeds
+    ),
+    "none": lambda c, noise, null: c,
+    "spread": lambda c, noise, null: noise_matched(c, noise, null.target, null.interaction, null.seeds),
+    "min-shift": lambda c, noise, null: (
+        c + min_drift(null.seeds) * (math.sqrt(noise) - math.sqrt(null.target))
+    ),
+    "min-shift-up": lambda c, noise, null: (
+        c + min_drift(null.seeds) * max(0.0, math.sqrt(noise) - math.sqrt(null.target))
+    ),
+}
 
 
 def _null(
@@ -185,7 +203,7 @@ def _null(
     return _Null(
         means=values.mean(axis=0),
         target=target,
-        interaction=max(spread - (min_spread(seeds) if summary == "min" else 1.0 / seeds) * target, 0.0),
+        interaction=max(spread - seed_share(summary, seeds) * target, 0.0),
         seeds=seeds,
         lo=lo,
         hi=hi,
@@ -267,15 +285,14 @@ class _Fitted:
 class WindowTest:
     """The v2 verdict test (module docstring), as one `auditor.verdict_test.VerdictTest`.
 
-    `summary`, `low` and `high` are fixed for the registered method; other values exist for the
+    `summary`, `correction`, `low` and `high` are fixed for the registered method; other values exist for the
     design comparison (`auditor.reproduction.candidates`), under other method names."""
 
     method: str = METHOD
     title: str = TEST_NAME
     summary: str = "min"
-    correction: str = (
-        "min-noisier"  # or, for the design candidates: "none", "spread", "min-shift", "min-shift-up"
-    )
+    correction: str = "min-noisier"  # a CORRECTIONS row; the others are the design candidates'
+
     low: float = LOW
     high: float = HIGH
     statistics: MappingProxyType = field(

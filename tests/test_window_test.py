@@ -56,8 +56,8 @@ def test_a_window_of_every_key_is_the_textbook_prediction_t_test_on_model_means(
     suspect = model()
     test = WindowTest(summary="mean", low=0.0, high=1.0, correction="none")
     record = test.fit(refs, delta0=0.15).score(suspect)
-    means = np.array([key_values(r)[0].mean() for r in refs])
-    s = key_values(suspect)[0].mean()
+    means = np.array([key_values(r, "mean")[0].mean() for r in refs])
+    s = key_values(suspect, "mean")[0].mean()
     t = (means.mean() - s) / (means.std(ddof=1) * math.sqrt(1 + 1 / len(means)))
     assert record.p_value == pytest.approx(stats.t.sf(t, len(means) - 1), rel=1e-9)
 
