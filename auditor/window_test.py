@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -250,13 +250,14 @@ class _Fitted:
         return t, float(stats.t.sf(t, n - 1))
 
     def score(self, suspect: SeedDistances) -> ModelTest:
-        x, noise = key_values(suspect, self.test.summary)
+        matrix = seed_matrix(suspect)
+        x, noise = key_values(matrix, self.test.summary)
         n, m = self.values.shape
         if m != len(x):
             raise ValueError(f"the suspect has {len(x)} keys, the references {m}")
-        if seed_matrix(suspect).shape[1] != self.model.seeds:
+        if matrix.shape[1] != self.model.seeds:
             raise ValueError(
-                f"the suspect has {seed_matrix(suspect).shape[1]} seeds per key, the references {self.model.seeds}"
+                f"the suspect has {matrix.shape[1]} seeds per key, the references {self.model.seeds}"
             )
         centered = x - self.model.means
         value = self.model.statistic(centered, noise)
@@ -329,7 +330,7 @@ class WindowTest:
         )
         # an extreme suspect: every key at the floor on every seed (the most the window can see)
         extreme = model.statistic(math.log(FLOOR) - model.means, 0.0)
-        return _Fitted(**{**fitted.__dict__, "min_p_value": fitted.p(extreme)[1]})
+        return replace(fitted, min_p_value=fitted.p(extreme)[1])
 
     def thresholds(self, test: ModelTest, alpha: float) -> dict[str, float]:
         """Where the window statistic reaches alpha: mean + t_(1 - alpha, n - 1) sd sqrt((n - 1) / n)."""

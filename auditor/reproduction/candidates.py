@@ -64,6 +64,7 @@ class _LiraFitted:
         sd = prediction_scale(self.null)
         t = (value - float(self.null.mean())) / sd if sd > 0 else 0.0
         p = float(stats.t.sf(t, n - 1))
+        sanity = reference_outlier(self.null[:, None])
         return ModelTest(
             method=self.test.method,
             test=self.test.title,
@@ -78,8 +79,8 @@ class _LiraFitted:
             p_values={"lira": p},
             p_value=p,
             min_p_value=0.0,
-            sanity_p_value=reference_outlier(self.null[:, None])[0],
-            sanity_reference=reference_outlier(self.null[:, None])[1],
+            sanity_p_value=sanity[0],
+            sanity_reference=sanity[1],
         )
 
 
@@ -183,9 +184,7 @@ def compare(table, *, sets: int, reference_counts: tuple[int, ...] = (5, 8, 16))
                 for r in by_alpha[alpha]:
                     if r.n_references != n:
                         continue
-                    label = (
-                        r.group if r.group.startswith("infringing") is False else f"{r.group} rho {r.rho:g}"
-                    )
+                    label = f"{r.group} rho {r.rho:g}" if r.group.startswith("infringing") else r.group
                     if label not in columns:
                         columns.append(label)
                     cells.setdefault(method, {})[label] = f"{r.mean:.3f} [{r.high:.3f}]"
