@@ -23,7 +23,7 @@ from auditor.documents import load_document
 from auditor.errors import BadInputError
 from auditor.identity import hash_model
 from auditor.progress import Reporter
-from auditor.workflow import LoadedKeys, audit_model, check_keys_fit, resolve_settings
+from auditor.workflow import Audit, LoadedKeys, check_keys_fit, resolve_settings
 
 SHADOW_SCHEMA = "t2i-auditor.shadow-set/v1"
 # files written before the version field had its one name
@@ -65,7 +65,7 @@ def shadow_distances(
     Every shadow is checked (found, its digest, a pipeline this tool runs with these keys) before any
     is audited."""
     rows, labels = [], []
-    settings = resolve_settings(keys.keyset)
+    audit = Audit(keys=keys, config=config, settings=resolve_settings(keys.keyset))
     specs = []
     for model in shadows.models:
         path = Path(model.path) if Path(model.path).is_absolute() else root / model.path
@@ -81,8 +81,7 @@ def shadow_distances(
         specs.append(spec)
     with reporter.task("shadow: audit shadow models", len(shadows.models)) as advance:
         for i, (model, spec) in enumerate(zip(shadows.models, specs, strict=True), start=1):
-            result, _ = audit_model(spec, keys, config, settings, reporter)
-            rows.append(result.distances())
+            rows.append(np.asarray(audit.record(spec, name=model.name, reporter=reporter).distances))
             labels.append(model.label)
             advance(i)
     return np.stack(rows), np.asarray(labels)

@@ -17,8 +17,9 @@ reported and signed the same way whichever door it came in by:
   bad suspect is refused before the references are regenerated;
 - identity (`auditor.backends.identify`): a folder's or file's manifest digest, an engine
   bundle's source-model digest, an HTTP endpoint's transcript digest once it answered;
-- references are audited once per (model digest, keyset, audit config, settings,
-  runtime) and, given a cache folder, kept there for later runs and other processes;
+- one per-model record (`Audit.record`, a report's `ReferenceResult`): references, shadow
+  models and the studies' models are audited once per (model digest, keyset, audit config,
+  settings, runtime) and, given a cache folder, kept there for later runs and other processes;
 - generation height and width default to the keyset's, whatever the suspect;
 - the envelope of `report.json` is `report.dsse.json` (`envelope_path`), everywhere.
 """
@@ -133,7 +134,7 @@ def check_keys_fit(info: PipelineInfo | None, keys: LoadedKeys) -> None:
         )
 
 
-def audit_model(
+def _regenerate(
     spec: SuspectSpec,
     keys: LoadedKeys,
     config: AuditConfig,
@@ -145,7 +146,8 @@ def audit_model(
     generator: Generator | None = None,
 ) -> tuple[AuditResult, Generator]:
     """Open `spec` (unless `generator` is it, already open) and regenerate every key with it; the
-    generator is returned for its transcript."""
+    generator is returned for its transcript. Private: a model's audit outside a report is
+    `Audit.record`, so every per-model record is made, named and cached one way."""
     reporter = reporter or Reporter()
     generator = generator if generator is not None else open_suspect(spec, name=name)
     if isinstance(generator, Transcribed):  # queries are slow: a bar per query, keys and decoys alike
@@ -302,17 +304,54 @@ class Audit:
             for i, spec in enumerate(self.references):
                 name = self.reference_names[i] if i < len(self.reference_names) else None
                 try:
-                    results.append(self._reference(spec, name, reporter))
+                    results.append(self.record(spec, name=name, reporter=reporter))
                 except AuditorError as exc:
                     raise type(exc)(f"{self._label(i, spec)}: {exc}") from None
             check_comparable(tuple(results), self.token)
             self._references[token] = tuple(results)
         return self._references[token]
 
-    def _reference(self, spec: SuspectSpec, name: str | None, reporter: Reporter) -> ReferenceResult:
+    def record(
+        self,
+        spec: SuspectSpec,
+        *,
+        name: str | None = None,
+        reporter: Reporter | None = None,
+        images_out: list[np.ndarray] | None = None,
+    ) -> ReferenceResult:
+        """One model audited with this audit's keys, seeds and settings, as the per-key record a
+        report gives each reference. It is the one per-model record: references, shadow models and
+        every study's models are audited through here, cached in `reference_cache` (when given) by
+        model digest, audit token and runtime, so another process or a later run reuses it.
+        `images_out` collects the regenerated images, so it always regenerates."""
+        reporter = reporter or Reporter()
         identity = identify(spec)
         name = name or identity.name
-        key = sha256_bytes(
+        key = self._record_key(spec, identity)
+        if images_out is None:
+            cached = self._cached_record(name, key, identity)
+            if cached is not None:
+                return cached
+        with reporter.task(f"model {name}", 1) as advance:
+            result, _ = _regenerate(
+                spec, self.keys, self.config, self.settings, reporter, images_out=images_out
+            )
+            advance(1)
+        ref = reference_result(name, identity.digest, result, identity.content_digest)
+        cache = self._record_path(name, key)
+        if cache is not None:
+            document = {"key": key, "result": ref.model_dump(mode="json")}
+            atomic_write_text(cache, json.dumps(document, indent=2) + "\n")
+        return ref
+
+    def cached_record(self, spec: SuspectSpec, *, name: str | None = None) -> ReferenceResult | None:
+        """`record`'s cache entry for this model under this audit, or None when there is none (or it
+        does not hold; an edited entry is never trusted). Generates nothing."""
+        identity = identify(spec)
+        return self._cached_record(name or identity.name, self._record_key(spec, identity), identity)
+
+    def _record_key(self, spec: SuspectSpec, identity: Identity) -> str:
+        return sha256_bytes(
             canonical_json(
                 {
                     "scheme": "t2i-auditor-reference-cache-v2",
@@ -323,19 +362,15 @@ class Audit:
                 }
             )
         )
-        cache = self.reference_cache / f"{name}-{key[:16]}.json" if self.reference_cache else None
-        if cache is not None and cache.is_file():
-            cached = self._cached_reference(cache, key, identity)
-            if cached is not None:
-                return cached
-        with reporter.task(f"reference {name}", 1) as advance:
-            result, _ = audit_model(spec, self.keys, self.config, self.settings, reporter)
-            advance(1)
-        ref = reference_result(name, identity.digest, result, identity.content_digest)
-        if cache is not None:
-            document = {"key": key, "result": ref.model_dump(mode="json")}
-            atomic_write_text(cache, json.dumps(document, indent=2) + "\n")
-        return ref
+
+    def _record_path(self, name: str, key: str) -> Path | None:
+        return self.reference_cache / f"{name}-{key[:16]}.json" if self.reference_cache else None
+
+    def _cached_record(self, name: str, key: str, identity: Identity) -> ReferenceResult | None:
+        cache = self._record_path(name, key)
+        if cache is None or not cache.is_file():
+            return None
+        return self._cached_reference(cache, key, identity)
 
     def _cached_reference(self, cache: Path, key: str, identity: Identity) -> ReferenceResult | None:
         """A cache entry, only when it is this model's audit under this audit's token, every number
@@ -373,7 +408,7 @@ class Audit:
         # a suspect that cannot load fails now, before the references are generated
         generator = open_suspect(spec, name=name)
         references = self.reference_results(reporter)
-        result, generator = audit_model(
+        result, generator = _regenerate(
             spec,
             self.keys,
             self.config,

@@ -64,7 +64,7 @@ def main() -> None:
     from auditor.config import AuditConfig
     from auditor.progress import RichReporter
     from auditor.reproduction.calibration_study import _base_of, _keys, build_stage
-    from auditor.workflow import audit_model, load_keys, resolve_settings
+    from auditor.workflow import Audit, load_keys, resolve_settings
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True, type=Path, help="keys and lora-probe.jsonl go here")
@@ -83,7 +83,7 @@ def main() -> None:
         index = build_stage(study, args.cache, reporter, args.jobs)
         keys = load_keys(_keys(study, index, args.out, reporter))
         config = AuditConfig(delta0=study.delta0, seeds_per_key=study.seeds_per_key)
-        settings = resolve_settings(keys.keyset)
+        audit = Audit(keys=keys, config=config, settings=resolve_settings(keys.keyset))
         rows: dict[str, list[tuple[float, float]]] = {}
         models = {m.name: (m.role, m.group) for m in study.members if m.role != "panel"}
         if variant is None:
@@ -93,9 +93,9 @@ def main() -> None:
                 continue
             path = index.base if name == "base" else index.suspects[name]
             spec = ModelSpec(model=path, base=_base_of(path, index), device="cpu")
-            result, _ = audit_model(spec, keys, config, settings)
-            d = np.array([k.distance for k in result.keys])
-            pairs = np.array([x for k in result.keys for x in k.distances])
+            record = audit.record(spec, name=name)
+            d = np.array(record.distances)
+            pairs = np.array([x for seeds in record.seed_distances for x in seeds])
             label = f"{role} {'full fine-tune' if group in ('none', 'reference recipe') else group}"
             rows.setdefault(label, []).append((float(np.median(d)), float(np.mean(pairs < study.delta0))))
             done.add(name)

@@ -58,19 +58,12 @@ def test_a_scale_the_study_lacks_is_refused(capsys):
 
 def test_every_verdict_row_names_the_distance_it_was_reached_with():
     """Both studies' CSVs take their rows from `verdicts`; a row of an l2_half audit must say so."""
-    import numpy as np
+    from record_factory import noise_records
 
     from auditor.reproduction.calibration_study import smoke, verdicts
 
     study = smoke().model_copy(update={"distance": "l2_half"})
-    rng = np.random.default_rng(0)
-    records = {
-        name: {
-            "seed_distances": (0.2 + 0.05 * rng.random((study.num_keys, study.seeds_per_key))).tolist(),
-            "hits": 0,
-        }
-        for name in ["base", *(m.name for m in study.members)]
-    }
+    records = noise_records(study)
     rows = verdicts(study, records)
     judged = [m for m in study.members if m.role in ("innocent", "infringing")]
     assert len(rows) == len(judged) and {r["distance"] for r in rows} == {"l2_half"}

@@ -160,7 +160,7 @@ def test_an_sdxl_shadow_with_sd_keys_of_another_size_is_refused_first(world, tmp
 
     keyset, images = make_keyset(n=2, size=16)
     save_keyset(keyset, images, tmp_path / "keys16")
-    monkeypatch.setattr("auditor.shadow.audit_model", lambda *a, **k: pytest.fail("generated first"))
+    monkeypatch.setattr("auditor.workflow._regenerate", lambda *a, **k: pytest.fail("generated first"))
     shadows = {
         "schema_version": "t2i-auditor.shadow-set/v1",
         "models": [

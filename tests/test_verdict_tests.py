@@ -213,15 +213,10 @@ def test_a_new_test_plugs_in_without_editing_the_report_views_or_studies(monkeyp
     print_report_summary(report, console)
     assert "mean" in console.file.getvalue()
 
+    from record_factory import noise_records
+
     study = smoke()
-    rng = np.random.default_rng(0)
-    records = {
-        name: {
-            "seed_distances": (0.2 + 0.05 * rng.random((study.num_keys, study.seeds_per_key))).tolist(),
-            "hits": 0,
-        }
-        for name in ["base", *(m.name for m in study.members)]
-    }
+    records = noise_records(study)
     rows = verdicts(study, records, test=toy)
     assert rows and all(r["test"] == toy.method and "p_mean" in r for r in rows)
 

@@ -347,6 +347,33 @@ def test_an_edited_reference_cache_entry_is_audited_again(reference_models, keys
     assert json.loads(entry.read_text())["result"]["distances"] != [0.01] * len(first[0].distances)
 
 
+def test_a_models_record_is_one_door_whoever_asks(reference_models, keys_dir, tmp_path, monkeypatch):
+    """`Audit.record` is the one per-model record: a reference's entry in a report and a study's
+    model are the same object, made once and read back from the cache without generating; a
+    model with other weights or another runtime gets its own entry, never another's."""
+    from auditor import workflow
+    from auditor.backends import SuspectSpec
+    from auditor.config import AuditConfig
+    from auditor.workflow import Audit, load_keys, resolve_settings
+
+    keys = load_keys(keys_dir)
+    specs = tuple(SuspectSpec(model=str(m), device="cpu") for m in reference_models)
+    audit = Audit(
+        keys=keys,
+        config=AuditConfig(seeds_per_key=1),
+        settings=resolve_settings(keys.keyset, {"steps": 1}),
+        references=specs,
+        reference_cache=tmp_path / "records",
+    )
+    assert audit.cached_record(specs[0], name="m") is None
+    made = audit.record(specs[0], name="m")
+    assert made.audit_token == audit.token and made.distances == tuple(min(s) for s in made.seed_distances)
+    monkeypatch.setattr(workflow, "_regenerate", lambda *a, **k: pytest.fail("generated again"))
+    assert audit.cached_record(specs[0], name="m") == made == audit.record(specs[0], name="m")
+    assert audit.cached_record(specs[1], name="m") is None  # other weights, same name
+    assert audit.cached_record(specs[0].model_copy(update={"dtype": "bfloat16"}), name="m") is None
+
+
 def test_the_report_is_written_before_its_envelope(monkeypatch, tmp_path):
     """A kill between the two writes must leave a report without a signature (a rerun signs it),
     never a signature without its report."""

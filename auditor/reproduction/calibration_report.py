@@ -5,10 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor.figures import figure_png
 from auditor.fileio import atomic_write_bytes, atomic_write_text
 from auditor.reproduction.calibration_study import ALPHAS, Study, verdicts
+
+if TYPE_CHECKING:
+    from auditor.report import ReferenceResult
 
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
@@ -178,7 +182,7 @@ def plot_png(rows: list[dict]) -> bytes:
     return figure_png(fig)
 
 
-def study_table(study: Study, records: dict[str, dict], out: Path) -> Path:
+def study_table(study: Study, records: dict[str, ReferenceResult], out: Path) -> Path:
     """Every (model, key, seed) distance of the study's audits as one table (auditor.reproduction.records),
     `OUT/distances.csv.gz`: what `--rescore` scores any registered test on without retraining."""
     from auditor.audit import audit_seeds, with_nonce
@@ -203,7 +207,7 @@ def study_table(study: Study, records: dict[str, dict], out: Path) -> Path:
     return write_table(out / "distances.csv.gz", table)
 
 
-def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
+def report_stage(study: Study, records: dict[str, ReferenceResult], out: Path, context: dict) -> Path:
     study_table(study, records, out)
     rows = verdicts(study, records)
     write_rows_csv(out / "calibration.csv", rows)

@@ -34,7 +34,6 @@ fixed before the study (docs/method.md). Every stage is resumable.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -44,11 +43,11 @@ import numpy as np
 from pydantic import Field
 
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
-from auditor.fileio import atomic_write_text
 from auditor.progress import Reporter
 from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
 
 if TYPE_CHECKING:
+    from auditor.report import ReferenceResult
     from auditor.verdict_test import VerdictTest
 
 ALPHAS = (0.01, 0.05)
@@ -337,29 +336,24 @@ def _config(study: Study) -> AuditConfig:
 
 
 def _audit_one(
-    path: str, keys_dir: str, config_json: str, base: str | None, settings_json: str, dtype: str
-) -> dict:
-    """Worker: one model's audit (the workflow's), one torch thread; a LoRA file is audited on `base`
-    as an owner would audit a LoRA found online (not merged into a folder first)."""
+    name: str, spec_json: str, keys_dir: str, config_json: str, settings_json: str, cache: str
+) -> str:
+    """Worker: one model's record (`Audit.record`, the workflow's one per-model record), written to
+    the study's record cache, on one torch thread."""
     import torch
 
     from auditor.backends import SuspectSpec as ModelSpec
-    from auditor.config import GenerationSettings
-    from auditor.workflow import audit_model, load_keys
+    from auditor.workflow import Audit, load_keys
 
     torch.set_num_threads(1)
-    keys = load_keys(keys_dir)
-    config = AuditConfig.model_validate_json(config_json)
-    spec = ModelSpec(model=path, device="cpu", base=base, dtype=dtype)
-    result, _ = audit_model(spec, keys, config, GenerationSettings.model_validate_json(settings_json))
-    return {
-        "token": result.token,
-        "dtype": dtype,
-        "distances": [k.distance for k in result.keys],
-        "seed_distances": [list(k.distances) for k in result.keys],
-        "hits": result.hits,
-        "seconds": round(result.seconds, 2),
-    }
+    audit = Audit(
+        keys=load_keys(keys_dir),
+        config=AuditConfig.model_validate_json(config_json),
+        settings=GenerationSettings.model_validate_json(settings_json),
+        reference_cache=Path(cache),
+    )
+    audit.record(ModelSpec.model_validate_json(spec_json), name=name)
+    return name
 
 
 def sampling_of(member: Member | None, settings: GenerationSettings) -> tuple[GenerationSettings, str]:
@@ -377,37 +371,43 @@ def _base_of(path: str, index) -> str | None:
     return index.base if Path(path).name == LORA_FILE else None
 
 
-def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Reporter, jobs: int) -> None:
-    from auditor.audit import audit_token, with_nonce
-    from auditor.identity import hash_model
-    from auditor.keys import load_keyset
-    from auditor.workflow import resolve_settings
-    from auditor.zoo.build import build_zoo
+class _Records:
+    """Where the study's per-model records live: the workflow's record cache under OUT/audits, one
+    `Audit` per distinct settings (a SAMPLING variant is its own audit token), each model as the
+    workflow runs it (a zoo LoRA file on the base, as an owner audits a LoRA found online)."""
 
-    index = build_zoo(study.zoo, cache_dir, reporter, cached_only=True)  # trained by the build stage
-    keys_dir = _keys(study, index, out, reporter)
-    keyset, _ = load_keyset(keys_dir)
-    config = with_nonce(_config(study), keyset)
-    members: dict[str, Member | None] = {m.name: m for m in study.members} | {"base": None}
-    models = {m.name: index.suspects[m.model or m.name] for m in study.members} | {"base": index.base}
-    # each record names how its model was made (laundering and further training included), so a
-    # rerun of any row can be checked against the spec that produced it
-    specs = {s.name: s.model_dump(mode="json", exclude_none=True) for s in study.zoo.suspects}
-    digests = {path: hash_model(path).digest for path in set(models.values())}
-    todo = {}
-    for name, path in models.items():
-        target = out / "audits" / f"{name}.json"
-        settings, dtype = sampling_of(members[name], resolve_settings(keyset))
-        token = audit_token(keyset, config, settings)
-        if target.is_file():
-            record = json.loads(target.read_text())
-            if (record.get("token"), record.get("digest"), record.get("dtype")) == (
-                token,
-                digests[path],
-                dtype,
-            ):
-                continue
-        todo[name] = (path, digests[path], settings.model_dump_json(), dtype)
+    def __init__(self, study: Study, out: Path, cache_dir: Path | None, reporter: Reporter) -> None:
+        from auditor.backends import SuspectSpec as ModelSpec
+        from auditor.workflow import Audit, load_keys, resolve_settings
+        from auditor.zoo.build import build_zoo
+
+        index = build_zoo(study.zoo, cache_dir, reporter, cached_only=True)  # trained by the build stage
+        self.keys_dir = _keys(study, index, out, reporter)
+        self.keys = load_keys(self.keys_dir)
+        self.config = _config(study)
+        self.cache = out / "audits"
+        members: dict[str, Member | None] = {m.name: m for m in study.members} | {"base": None}
+        paths = {m.name: index.suspects[m.model or m.name] for m in study.members} | {"base": index.base}
+        self.models: dict[str, tuple[ModelSpec, Audit]] = {}
+        audits: dict[str, Audit] = {}
+        for name, path in paths.items():
+            settings, dtype = sampling_of(members[name], resolve_settings(self.keys.keyset))
+            token = settings.model_dump_json()
+            if token not in audits:
+                audits[token] = Audit(
+                    keys=self.keys, config=self.config, settings=settings, reference_cache=self.cache
+                )
+            spec = ModelSpec(model=path, device="cpu", base=_base_of(path, index), dtype=dtype)
+            self.models[name] = (spec, audits[token])
+
+    def cached(self, name: str) -> ReferenceResult | None:
+        spec, audit = self.models[name]
+        return audit.cached_record(spec, name=name)
+
+
+def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Reporter, jobs: int) -> None:
+    records = _Records(study, out, cache_dir, reporter)
+    todo = [name for name in records.models if records.cached(name) is None]
     context = multiprocessing.get_context("spawn")
     with (
         reporter.task(
@@ -415,62 +415,59 @@ def audit_stage(study: Study, out: Path, cache_dir: Path | None, reporter: Repor
         ) as advance,
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
-        futures = {
-            pool.submit(
-                _audit_one,
-                path,
-                str(keys_dir),
-                config.model_dump_json(),
-                _base_of(path, index),
-                settings,
-                dtype,
-            ): (name, digest)
-            for name, (path, digest, settings, dtype) in todo.items()
-        }
+        futures = []
+        for name in todo:
+            spec, audit = records.models[name]
+            futures.append(
+                pool.submit(
+                    _audit_one,
+                    name,
+                    spec.model_dump_json(),
+                    str(records.keys_dir),
+                    records.config.model_dump_json(),
+                    audit.settings.model_dump_json(),
+                    str(records.cache),
+                )
+            )
         for done, future in enumerate(as_completed(futures), start=1):
-            name, digest = futures[future]
-            member = members[name]
-            record = {
-                "name": name,
-                "digest": digest,
-                "suspect": specs.get(member.model or name if member else name),
-                "sampling": member.sampling if member else None,
-                **future.result(),
-            }
-            atomic_write_text(out / "audits" / f"{name}.json", json.dumps(record, indent=2) + "\n")
+            future.result()
             advance(done)
 
 
-def load_records(study: Study, out: Path) -> dict[str, dict]:
-    records = {}
-    for name in ("base", *(m.name for m in study.members)):
-        path = out / "audits" / f"{name}.json"
-        if not path.is_file():
+def load_records(
+    study: Study, out: Path, cache_dir: Path | None = None, reporter: Reporter | None = None
+) -> dict[str, ReferenceResult]:
+    """Every model's record (the base's too), each checked against its model's digest and its audit
+    token; a missing one names the stage to run."""
+    records = _Records(study, out, cache_dir, reporter or Reporter())
+    found = {}
+    for name in records.models:
+        record = records.cached(name)
+        if record is None:
             raise FileNotFoundError(
-                f"{path}: missing; run the study's `t2i-audit reproduce --study ... --stage audit`"
+                f"{out / 'audits'}: no record of {name} for these keys, settings and model; run the study's"
+                " `t2i-audit reproduce --study ... --stage audit`"
             )
-        records[name] = json.loads(path.read_text())
-    # the keyset's sampling: one audit token; each sampling variant is its own (its settings differ)
-    plain = {r["token"] for r in records.values() if r.get("sampling") is None}
-    variants = {m.name: m.sampling for m in study.members if m.sampling}
-    if len(plain) != 1 or any(records[n].get("sampling") != v for n, v in variants.items()):
-        raise FileNotFoundError(f"{out / 'audits'}: records of different audits; rerun `--stage audit`")
-    return records
+        found[name] = record
+    return found
 
 
-def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = None) -> list[dict]:
-    """Every suspect judged by a registered verdict test (the shipped one unless named) and by the
-    first version's binomial rule, each row naming the audit distance and the test: `p`, and
-    `p_NAME` for each of the test's statistics."""
-    from auditor.verdict_test import binomial_figure, decide, key_minimum
+def verdicts(
+    study: Study, records: dict[str, ReferenceResult], test: VerdictTest | None = None
+) -> list[dict]:
+    """Every suspect judged as a report judges it (`auditor.report.make_verdict`, the one place a
+    verdict is made) by a registered verdict test (the shipped one unless named), beside the first
+    version's binomial figure, each row naming the audit distance and the test: `p`, and `p_NAME`
+    for each of the test's statistics."""
+    from auditor.report import make_verdict
+    from auditor.verdict_test import binomial_figure
     from auditor.verdict_tests import DEFAULT
 
     test = test or DEFAULT
-
-    references = [m.name for m in study.members if m.role == "reference"]
-    ref_d = [records[n]["seed_distances"] for n in references]
-    ref_hits = [records[n]["hits"] for n in references]
-    with_base = [*ref_hits, records["base"]["hits"]]
+    config = _config(study)
+    references = tuple(records[m.name] for m in study.members if m.role == "reference")
+    ref_hits = [r.hits for r in references]
+    with_base = [*ref_hits, records["base"].hits]
     rows = []
     for member in study.members:
         if member.role not in ("innocent", "infringing"):
@@ -478,25 +475,17 @@ def verdicts(study: Study, records: dict[str, dict], test: VerdictTest | None = 
         record = records[member.name]
         row = {"name": member.name, "role": member.role, "group": member.group, "rho": member.rho}
         row["sampling"] = member.sampling or ""
-        row["hits"] = record["hits"]
-        distances = key_minimum(record["seed_distances"])
-        row["mean_log_d"] = float(np.mean(np.log(np.maximum(distances, 0.01))))
+        row["hits"] = record.hits
+        row["mean_log_d"] = float(np.mean(np.log(np.maximum(record.distances, 0.01))))
         for alpha in ALPHAS:
-            decision = decide(
-                record["seed_distances"],
-                ref_d,
-                test=test,
-                alpha=alpha,
-                min_references=study.min_references,
-                delta0=study.delta0,
-            )
-            row[f"verdict@{alpha:g}"] = decision.verdict
-            if decision.test is not None:
-                row["p"] = decision.test.p_value
-                row.update({f"p_{name}": p for name, p in decision.test.p_values.items()})
-        trials = len(distances)
-        row["p_binomial"] = binomial_figure(record["hits"], trials, ref_hits).p_value
-        row["p_binomial_with_base"] = binomial_figure(record["hits"], trials, with_base).p_value
+            verdict = make_verdict(record.seed_distances, references, config, alpha, test)
+            row[f"verdict@{alpha:g}"] = verdict.verdict
+            if verdict.test is not None:
+                row["p"] = verdict.test.p_value
+                row.update({f"p_{name}": p for name, p in verdict.test.p_values.items()})
+        trials = len(record.distances)
+        row["p_binomial"] = binomial_figure(record.hits, trials, ref_hits).p_value
+        row["p_binomial_with_base"] = binomial_figure(record.hits, trials, with_base).p_value
         row["distance"] = study.distance  # which distance these verdicts were reached with
         row["test"] = test.method
         rows.append(row)

@@ -30,7 +30,7 @@ from auditor.progress import Reporter
 from auditor.reproduction.scales import Family, Scale
 from auditor.selection import SelectionConfig
 from auditor.watermark import bit_accuracy, detection_threshold, embed, psnr
-from auditor.workflow import LoadedKeys, audit_model, resolve_settings
+from auditor.workflow import Audit, LoadedKeys, resolve_settings
 from auditor.zoo import data
 from auditor.zoo.build import ZooIndex, build_zoo, build_zoos
 
@@ -169,9 +169,9 @@ def _audit_model(
     for strategy, (keyset, images) in keysets.items():
         regenerated: list[np.ndarray] = []
         keys = LoadedKeys(Path(strategy), keyset, images, commitment=None)
-        settings = resolve_settings(keyset)
-        result, _ = audit_model(spec, keys, config, settings, reporter, images_out=regenerated)
-        distances[strategy] = tuple(float(d) for d in result.distances())
+        audit = Audit(keys=keys, config=config, settings=resolve_settings(keyset))
+        record = audit.record(spec, name=name, reporter=reporter, images_out=regenerated)
+        distances[strategy] = tuple(float(d) for d in record.distances)
         if strategy == "generation":
             first = np.concatenate(regenerated)[: scale.num_keys]
             accuracy = tuple(float(a) for a in bit_accuracy(first, scale.watermark))

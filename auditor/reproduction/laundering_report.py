@@ -7,6 +7,7 @@ test against the study's references); this module only groups them by attack and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from auditor.figures import figure_png
 from auditor.fileio import atomic_write_bytes, atomic_write_text
 from auditor.reproduction.calibration_report import _markdown, clopper_pearson, study_table, write_rows_csv
 from auditor.reproduction.calibration_study import ALPHAS, Study, verdicts
+
+if TYPE_CHECKING:
+    from auditor.report import ReferenceResult
 
 __all__ = ["HEADER", "plot_png", "report_stage", "rows_with_distances", "table"]
 
@@ -28,16 +32,19 @@ HEADER = [
 ]
 
 
-def rows_with_distances(study: Study, records: dict[str, dict]) -> list[dict]:
-    """The verdict rows, each with its model's median distance to the keys and share of keys under delta0."""
+def rows_with_distances(study: Study, records: dict[str, ReferenceResult]) -> list[dict]:
+    """The verdict rows, each with its model's median distance to the keys, share of keys under
+    delta0, and how the study made it (its laundering and further training)."""
     rows = verdicts(study, records)
+    specs = {s.name: s for s in study.zoo.suspects}
+    models = {m.name: m.model or m.name for m in study.members}
     for row in rows:
-        distances = np.asarray(records[row["name"]]["distances"], dtype=float)
+        distances = np.asarray(records[row["name"]].distances, dtype=float)
         row["median_d"] = float(np.median(distances))
         row["share_under_delta0"] = float(np.mean(distances < study.delta0))
-        suspect = records[row["name"]].get("suspect") or {}
-        row["launder"] = suspect.get("launder")
-        row["then"] = suspect.get("then")
+        made = specs[models[row["name"]]].model_dump(mode="json", exclude_none=True)
+        row["launder"] = made.get("launder")
+        row["then"] = made.get("then")
     return rows
 
 
@@ -126,7 +133,7 @@ def plot_png(rows: list[dict], delta0: float) -> bytes:
     return figure_png(fig)
 
 
-def report_stage(study: Study, records: dict[str, dict], out: Path, context: dict) -> Path:
+def report_stage(study: Study, records: dict[str, ReferenceResult], out: Path, context: dict) -> Path:
     """laundering.csv (every model), laundering.png, laundering.md (the table) and the study's
     distances table (distances.csv.gz) under `out`."""
     study_table(study, records, out)
@@ -134,8 +141,8 @@ def report_stage(study: Study, records: dict[str, dict], out: Path, context: dic
     write_rows_csv(out / "laundering.csv", rows)
     atomic_write_bytes(out / "laundering.png", plot_png(rows, study.delta0))
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in context["timings"].items())
-    base_d = float(np.median(records["base"]["distances"]))
-    m_keys = len(records["base"]["distances"])  # the keys that qualified, at most num_keys
+    base_d = float(np.median(records["base"].distances))
+    m_keys = len(records["base"].distances)  # the keys that qualified, at most num_keys
     text = f"""# Laundering study ({study.name})
 
 Machine: {context["machine"]}. Stage times: {timings or "n/a"}.

@@ -26,10 +26,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor.errors import BadInputError
 from auditor.fileio import atomic_write_bytes
 from auditor.text import unsafe_char
+
+if TYPE_CHECKING:
+    from auditor.report import ReferenceResult
 
 SCHEMA = "t2i-auditor.study-distances/v2"
 COLUMNS = (
@@ -270,7 +274,7 @@ def _assemble(path, constant, per_model, cells, key_ids) -> StudyTable:
 def table_from_records(
     study_name: str,
     members: Iterable[tuple[str, str, str, float, str]],
-    records: dict[str, dict],
+    records: dict[str, ReferenceResult],
     *,
     keyset_digest: str,
     key_ids: tuple[str, ...],
@@ -278,7 +282,7 @@ def table_from_records(
     distance_name: str,
     delta0: float,
 ) -> StudyTable:
-    """A study's audit records (`calibration_study.load_records`) as a table; `members` are
+    """A study's per-model records (`calibration_study.load_records`: the workflow's one record) as a table; `members` are
     (name, role, group, rho, sampling) and the base (role "base") is added from the records."""
     rows = {}
     for name, role, group, rho, sampling in [*members, ("base", "base", "base", 0.0, "")]:
@@ -288,10 +292,10 @@ def table_from_records(
             role=role,
             group=group,
             rho=rho,
-            digest=record["digest"],
-            seed_distances=tuple(tuple(float(d) for d in seeds) for seeds in record["seed_distances"]),
+            digest=record.digest,
+            seed_distances=tuple(tuple(float(d) for d in seeds) for seeds in record.seed_distances),
             seeds=key_seeds,
-            token=record["token"],
+            token=record.audit_token,
             sampling=sampling,
         )
     (token,) = {r.token for r in rows.values() if not r.sampling}

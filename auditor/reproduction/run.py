@@ -112,7 +112,7 @@ def reproduce_calibration(
         elif name == "audit":
             cs.audit_stage(study, out, cache_dir, reporter, jobs)
         else:
-            records = cs.load_records(study, out)
+            records = cs.load_records(study, out, cache_dir, reporter)
             result = calibration_report(
                 study, records, out, {"machine": machine(), "timings": read_timings(out)}
             )
