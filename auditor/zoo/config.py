@@ -140,8 +140,8 @@ PRESETS: dict[str, ZooConfig] = {
     # `t2i-audit demo`: infringing at rho 1.0 and 0.3 and one innocent model, judged against five
     # innocent references trained exactly like the innocent suspect (other seeds and data draws).
     "demo": ZooConfig(
-        suspects=_suspects(128, 3000, 5e-4, (1.0, 0.3, 0.0)),
-        references=_suspects(128, 3000, 5e-4, (0.0,) * MIN_REFERENCES, prefix="reference-", seed=200),
+        suspects=_suspects(128, 2000, 5e-4, (1.0, 0.3, 0.0)),
+        references=_suspects(128, 2000, 5e-4, (0.0,) * MIN_REFERENCES, prefix="reference-", seed=200),
     ),
     # The integration test: the same world, trained for a fraction of the steps.
     "test": ZooConfig(
