@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,7 +340,7 @@ class Audit:
             advance(1)
         ref = reference_result(name, identity.digest, result, identity.content_digest)
         cache = self._record_path(name, key)
-        if cache is not None:
+        if cache is not None and identity.digest is not None:  # an endpoint's answers are never pinned
             document = {"key": key, "result": ref.model_dump(mode="json")}
             atomic_write_text(cache, json.dumps(document, indent=2) + "\n")
         return ref
@@ -364,11 +365,16 @@ class Audit:
         )
 
     def _record_path(self, name: str, key: str) -> Path | None:
-        return self.reference_cache / f"{name}-{key[:16]}.json" if self.reference_cache else None
+        """The cache entry's file: the name made safe for a file name (it may come from a job or a
+        shadow-set file), the key's prefix making it unique."""
+        if self.reference_cache is None:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".") or "model"
+        return self.reference_cache / f"{safe[:100]}-{key[:16]}.json"
 
     def _cached_record(self, name: str, key: str, identity: Identity) -> ReferenceResult | None:
         cache = self._record_path(name, key)
-        if cache is None or not cache.is_file():
+        if cache is None or identity.digest is None or not cache.is_file():
             return None
         return self._cached_reference(cache, key, identity)
 

@@ -368,6 +368,9 @@ def test_a_models_record_is_one_door_whoever_asks(reference_models, keys_dir, tm
     assert audit.cached_record(specs[0], name="m") is None
     made = audit.record(specs[0], name="m")
     assert made.audit_token == audit.token and made.distances == tuple(min(s) for s in made.seed_distances)
+    hostile = audit.record(specs[1], name="../../outside/x y")  # a name from a job or shadow-set file
+    assert hostile.name == "../../outside/x y" and not (tmp_path.parent / "outside").exists()
+    assert len(list((tmp_path / "records").glob("*.json"))) == 2
     monkeypatch.setattr(workflow, "_regenerate", lambda *a, **k: pytest.fail("generated again"))
     assert audit.cached_record(specs[0], name="m") == made == audit.record(specs[0], name="m")
     assert audit.cached_record(specs[1], name="m") is None  # other weights, same name
