@@ -282,8 +282,9 @@ def table_from_records(
     distance_name: str,
     delta0: float,
 ) -> StudyTable:
-    """A study's per-model records (`calibration_study.load_records`: the workflow's one record) as a table; `members` are
-    (name, role, group, rho, sampling) and the base (role "base") is added from the records."""
+    """A study's per-model records (`calibration_study.load_records`: the workflow's one record,
+    `Audit.record`) as a table; `members` are (name, role, group, rho, sampling) and the base
+    (role "base") is added from the records."""
     rows = {}
     for name, role, group, rho, sampling in [*members, ("base", "base", "base", 0.0, "")]:
         record = records[name]
