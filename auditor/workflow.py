@@ -373,14 +373,11 @@ class Audit:
         return self.reference_cache / f"{safe[:100]}-{key[:16]}.json"
 
     def _cached_record(self, name: str, key: str, identity: Identity) -> ReferenceResult | None:
+        """A cache entry, only when it is this model's audit under this audit's token, every number
+        consistent with its per-seed distances; else None (audited again, the entry replaced)."""
         cache = self._record_path(name, key)
         if cache is None or identity.digest is None or not cache.is_file():
             return None
-        return self._cached_reference(cache, key, identity)
-
-    def _cached_reference(self, cache: Path, key: str, identity: Identity) -> ReferenceResult | None:
-        """A cache entry, only when it is this model's audit under this audit's token, every number
-        consistent with its per-seed distances; else None (audited again, the entry replaced)."""
         try:
             cached = parse_json(read_bytes(cache, "reference cache"), str(cache))
             if not isinstance(cached, dict) or cached.get("key") != key:
