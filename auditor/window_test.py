@@ -17,13 +17,15 @@ out, which keeps the statistic's innocent spread small.
    generations vary more from seed to seed (another sampler, fewer steps, half precision):
    its min lies lower by about one extra seed-noise sd (J = 4), and its keys spread wider.
    So a model whose own seed noise (the median over keys of the within-key variance of its
-   log distances: copied keys, a minority, do not move it) exceeds the references' mean is
+   log distances, meant to keep copied keys from moving it) exceeds the references' mean is
    brought to what it would show with theirs: moved away from the keys by the min's extra
    drift (E[min of J normals] times the extra sd) and its spread about its own mean shrunk by
    the min's extra variance (`correction="min-noisier"`). A model no noisier than the
    references is left alone: the correction never moves a model closer. Chosen over the
    mean over seeds on the development world, where other samplers changed how keys spread
-   more than how noisy each key was (docs/method.md).
+   more than how noisy each key was (docs/method.md). The confirmation world then showed
+   that infringers are noisier too, even at the median key (half again at rho = 0.3), so
+   this guard costs power against real copies (docs/reproduction.md, the confirmation world).
 2. **The statistic:** T = -mean of sorted(x - mean_r x_r)[lo:hi], lo = ceil(0.10 M),
    hi = ceil(0.35 M); positive when the suspect's window of keys is closer than innocent
    models get. No pooled-scale division: T is in log-distance units and the null's own
