@@ -64,6 +64,11 @@ class ModelTest(FrozenModel):
         description="the smallest outlier p-value among the references (Bonferroni-adjusted, two-sided)"
     )
     sanity_reference: int = Field(description="index of that reference")
+    null_quantiles: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict,
+        description="per statistic, a simulated null's upper quantiles at the test's fixed levels"
+        " (tests whose null is simulated; empty for the others): where the figures draw alpha",
+    )
 
 
 class BinomialFigure(FrozenModel):

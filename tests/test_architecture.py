@@ -210,6 +210,7 @@ LAYERS = {
         "calibration",
         "binomial_rule",
         "window_test",
+        "key_null_test",
         "verdict_tests",
         "multitest",
         "metrics",

@@ -17,6 +17,9 @@ registered tests (`auditor.verdict_tests`) are scored the same way.
 - an offline likelihood-ratio score in the manner of LiRA (Carlini et al. 2022): per key, minus
   the log of the Student-t predictive probability that an innocent model comes this close,
   averaged over keys; the same leave-one-out null.
+
+v3 (`auditor.key_null_test`) was designed afterwards on the development and confirmation
+tables together; its candidate without the far-key noise matching is kept here beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 from scipy import stats
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
+from auditor.key_null_test import KEY_NULL_TEST
 from auditor.verdict_test import ModelTest, SeedDistances, VerdictTest, show_p
 from auditor.window_test import WINDOW_TEST, key_values, noise_matched, prediction_scale
 
@@ -134,6 +138,10 @@ class LiraTest:
         return f"lira p {show_p(test.p_value)} against {n_references} innocent references"
 
 
+def _key_null(method: str, title: str, **changes) -> VerdictTest:
+    return replace(KEY_NULL_TEST, method=method, title=f"candidate: {title}", may_decide=False, **changes)
+
+
 def _window(method: str, title: str, **changes) -> VerdictTest:
     return replace(WINDOW_TEST, method=method, title=f"candidate: {title}", may_decide=False, **changes)
 
@@ -154,6 +162,8 @@ CANDIDATES: dict[str, VerdictTest] = {
         _window("candidate.window-0-35/dev", "window 0-35%, min over seeds, a noisier model matched", low=0.0),
         _window("candidate.window-10-50/dev", "window 10-50%, min over seeds, a noisier model matched", high=0.5),
         LiraTest(),
+        _key_null("candidate.window-keynull-unmatched/v3", "v3's simulated null, no noise matching",
+                  match_noise=False),
     )
 }  # fmt: skip
 
