@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from auditor.binomial_rule import BINOMIAL_RULE
 from auditor.calibration import MODEL_TEST
+from auditor.key_null_test import KEY_NULL_TEST
 from auditor.verdict_test import ModelTest, VerdictTest
 from auditor.window_test import WINDOW_TEST
 
 VERDICT_TESTS: dict[str, VerdictTest] = {
-    test.method: test for test in (WINDOW_TEST, MODEL_TEST, BINOMIAL_RULE)
+    test.method: test for test in (KEY_NULL_TEST, WINDOW_TEST, MODEL_TEST, BINOMIAL_RULE)
 }
-DEFAULT: VerdictTest = WINDOW_TEST
+DEFAULT: VerdictTest = KEY_NULL_TEST
 
 
 def verdict_test(method: str) -> VerdictTest:
