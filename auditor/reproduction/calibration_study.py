@@ -302,7 +302,14 @@ def smoke() -> Study:
     )  # fmt: skip
 
 
-STUDIES = {"tiny": tiny, "tiny-lora": tiny_lora, "dev": dev, "confirm": confirm, "holdout": holdout, "smoke": smoke}
+STUDIES = {
+    "tiny": tiny,
+    "tiny-lora": tiny_lora,
+    "dev": dev,
+    "confirm": confirm,
+    "holdout": holdout,
+    "smoke": smoke,
+}
 
 
 # ---------------------------------------------------------------- stages
