@@ -54,6 +54,7 @@ Pure functions of numbers; argument errors are programming errors (ValueError).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -64,7 +65,7 @@ from scipy import optimize, special
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
 from auditor.verdict_test import ModelTest, SeedDistances, seed_matrix, show_p
-from auditor.window_test import HIGH, LOW, WINDOW_TEST, min_noise_matched, min_spread, window
+from auditor.window_test import HIGH, LOW, WINDOW_TEST, min_noise_matched, min_spread, window, window_record
 
 METHOD = "t2i-auditor.window-test/v3"
 TEST_NAME = (
@@ -86,6 +87,9 @@ def uniforms(count: int) -> np.ndarray:
     return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
+_MAX_HALF_DF = 1e10  # a prior df beyond 2e10 is the normal limit
+
+
 def moderated_variances(variances: np.ndarray, df: int) -> tuple[np.ndarray, float]:
     """Per-key variances (each on `df` degrees of freedom) moderated toward their common scale:
     (posterior variances, their predictive df), by limma's moments of log s^2 (Smyth 2004). df is
@@ -94,9 +98,9 @@ def moderated_variances(variances: np.ndarray, df: int) -> tuple[np.ndarray, flo
         raise ValueError("moderation needs positive variances of at least two keys, each on df >= 1")
     e = np.log(variances) - special.digamma(df / 2) + math.log(df / 2)
     excess = float(np.var(e, ddof=1)) - float(special.polygamma(1, df / 2))
-    if excess <= 1e-12:
+    if excess <= float(special.polygamma(1, _MAX_HALF_DF)):  # no spread beyond sampling's
         return np.full_like(variances, math.exp(float(e.mean()))), math.inf
-    half = optimize.brentq(lambda x: float(special.polygamma(1, x)) - excess, 1e-8, 1e10)
+    half = optimize.brentq(lambda x: float(special.polygamma(1, x)) - excess, 1e-8, _MAX_HALF_DF)
     d0 = 2.0 * half
     s0 = math.exp(float(e.mean()) + float(special.digamma(half)) - math.log(half))
     return (d0 * s0 + df * variances) / (d0 + df), d0 + df
@@ -154,8 +158,10 @@ class KeyNull:
         above = len(self.draws) - int(np.searchsorted(self.draws, value, side="left"))
         return (1 + above) / (len(self.draws) + 1)
 
+    @functools.cached_property
     def quantiles(self) -> tuple[float, ...]:
-        return tuple(float(np.quantile(self.draws, 1.0 - q)) for q in QUANTILE_LEVELS)
+        """The draws' upper quantiles at QUANTILE_LEVELS (once per fit: every record carries them)."""
+        return tuple(float(v) for v in np.quantile(self.draws, [1.0 - q for q in QUANTILE_LEVELS]))
 
 
 def simulate_null(values: np.ndarray, lo: int, hi: int, draws: int = DRAWS) -> KeyNull:
@@ -201,27 +207,13 @@ class _Fitted:
         centered = logs.min(axis=1) - self.null.means
         matched = self.matching(logs, centered) if self.test.match_noise else centered
         value = -float(np.sort(matched)[self.null.lo : self.null.hi].mean())
-        p = self.null.p(value)
         sd = float(self.null.draws.std())
-        spread = pooled_scale(self.values)
-        return ModelTest(
-            method=self.test.method,
-            test=self.test.title,
-            floor=FLOOR,
-            sparse_keys=self.null.hi - self.null.lo,
-            scale=spread,
-            normalized=tuple(float(v) for v in (centered / spread if spread > 0 else np.zeros(m))),
-            statistics={"window": value},
-            reference_statistics={"window": tuple(float(v) for v in self.loo)},
-            t={"window": (value - float(self.null.draws.mean())) / sd if sd > 0 else 0.0},
-            df=n - 1,
-            p_values={"window": p},
-            p_value=p,
-            min_p_value=self.min_p_value,
-            sanity_p_value=self.sanity[0],
-            sanity_reference=self.sanity[1],
-            null_quantiles={"window": self.null.quantiles()},
-        )
+        t = (value - float(self.null.draws.mean())) / sd if sd > 0 else 0.0
+        return window_record(
+            self.test, self.values, centered, value, self.loo, t, self.null.p(value),
+            keys=self.null.hi - self.null.lo, min_p_value=self.min_p_value, sanity=self.sanity,
+            null_quantiles={"window": self.null.quantiles},
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ import numpy as np
 from scipy import integrate, stats
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
-from auditor.verdict_test import ModelTest, SeedDistances, seed_matrix, show_p
+from auditor.verdict_test import ModelTest, SeedDistances, VerdictTest, seed_matrix, show_p
 
 METHOD = "t2i-auditor.window-test/v2"
 LOW, HIGH = 0.10, 0.35  # the window: from just past the closest 10% of keys to the closest 35%
@@ -264,24 +264,40 @@ class _Fitted:
         centered = x - self.model.means
         value = self.model.statistic(centered, noise)
         t, p = self.p(value)
-        spread = pooled_scale(self.values)
-        return ModelTest(
-            method=self.test.method,
-            test=self.test.title,
-            floor=FLOOR,
-            sparse_keys=self.model.hi - self.model.lo,
-            scale=spread,
-            normalized=tuple(float(v) for v in (centered / spread if spread > 0 else np.zeros(m))),
-            statistics={"window": value},
-            reference_statistics={"window": tuple(float(v) for v in self.null)},
-            t={"window": float(t)},
-            df=n - 1,
-            p_values={"window": p},
-            p_value=p,
-            min_p_value=self.min_p_value,
-            sanity_p_value=self.sanity[0],
-            sanity_reference=self.sanity[1],
-        )
+        return window_record(
+            self.test, self.values, centered, value, self.null, float(t), p,
+            keys=self.model.hi - self.model.lo, min_p_value=self.min_p_value, sanity=self.sanity,
+        )  # fmt: skip
+
+
+def window_record(
+    test: VerdictTest, references: np.ndarray, centered: np.ndarray, value: float, loo: np.ndarray, t: float,
+    p: float,
+    *, keys: int, min_p_value: float, sanity: tuple[float, int], **extra,
+) -> ModelTest:  # fmt: skip
+    """The record of a window test (v2's or v3's) on one suspect: its window statistic, the references'
+    leave-one-out ones, its p-value, and per key the suspect's centered values over the references'
+    pooled scale (the report's z)."""
+    spread = pooled_scale(references)
+    n, m = references.shape
+    return ModelTest(
+        method=test.method,
+        test=test.title,
+        floor=FLOOR,
+        sparse_keys=keys,
+        scale=spread,
+        normalized=tuple(float(v) for v in (centered / spread if spread > 0 else np.zeros(m))),
+        statistics={"window": value},
+        reference_statistics={"window": tuple(float(v) for v in loo)},
+        t={"window": t},
+        df=n - 1,
+        p_values={"window": p},
+        p_value=p,
+        min_p_value=min_p_value,
+        sanity_p_value=sanity[0],
+        sanity_reference=sanity[1],
+        **extra,
+    )
 
 
 @dataclass(frozen=True)
