@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -111,6 +111,11 @@ def key_logs(distances: SeedDistances) -> np.ndarray:
     return np.log(np.maximum(seed_matrix(distances), FLOOR))
 
 
+def all_noise(logs: np.ndarray, centered: np.ndarray) -> float:
+    """v2's reading: the median over every key of the within-key variance (a design candidate's)."""
+    return float(np.median(np.var(logs, axis=1, ddof=1))) if logs.shape[1] > 1 else 0.0
+
+
 def far_noise(logs: np.ndarray, centered: np.ndarray) -> float:
     """A model's seed noise where a partial copy does not reach: the median, over its farther half of
     keys (ranked by `centered`, its min values centered on the references), of the within-key
@@ -121,27 +126,35 @@ def far_noise(logs: np.ndarray, centered: np.ndarray) -> float:
     return float(np.median(np.var(logs[far], axis=1, ddof=1)))
 
 
+# Where a model's seed noise is read (module docstring, step 1): v3's "far", and v2's "all".
+NOISE_READINGS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"far": far_noise, "all": all_noise}
+
+
 @dataclass(frozen=True)
 class Matching:
     """The references' seed noise a suspect is matched to (module docstring, step 1)."""
 
-    target: float  # the references' mean far-key seed noise
+    target: float  # the references' mean seed noise, read as the suspect's is
     interaction: float  # their per-key spread about a model's own mean that seed noise does not explain
     seeds: int
+    reading: str = "far"  # a NOISE_READINGS row
 
     def __call__(self, logs: np.ndarray, centered: np.ndarray) -> np.ndarray:
-        noise = far_noise(logs, centered)
+        noise = NOISE_READINGS[self.reading](logs, centered)
         return min_noise_matched(centered, noise, self.target, self.interaction, self.seeds)
 
 
-def matching(logs: Sequence[np.ndarray], means: np.ndarray) -> Matching:
-    """The references' far-key seed noise and the spread it does not explain, as v2 measures the latter."""
+def matching(logs: Sequence[np.ndarray], means: np.ndarray, reading: str = "far") -> Matching:
+    """The references' seed noise (read where the suspect's is) and the spread it does not explain,
+    as v2 measures the latter."""
     values = np.stack([x.min(axis=1) for x in logs])
     n, seeds = len(values), logs[0].shape[1]
-    target = float(np.mean([far_noise(x, x.min(axis=1) - means) for x in logs]))
+    target = float(np.mean([NOISE_READINGS[reading](x, x.min(axis=1) - means) for x in logs]))
     centered = values - values.mean(axis=0)
     spread = float(np.var(centered, axis=1, ddof=1).mean()) * n / (n - 1)
-    return Matching(target=target, interaction=max(spread - min_spread(seeds) * target, 0.0), seeds=seeds)
+    return Matching(
+        target=target, interaction=max(spread - min_spread(seeds) * target, 0.0), seeds=seeds, reading=reading
+    )
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ class KeyNull:
     draws: np.ndarray  # DRAWS window statistics of simulated innocent suspects, sorted
     lo: int
     hi: int
-    key_df: float  # the per-key predictive's df (inf: normal)
+    key_df: float  # the per-key draws' df (inf: normal)
 
     def p(self, value: float) -> float:
         above = len(self.draws) - int(np.searchsorted(self.draws, value, side="left"))
@@ -164,7 +177,46 @@ class KeyNull:
         return tuple(float(v) for v in np.quantile(self.draws, [1.0 - q for q in QUANTILE_LEVELS]))
 
 
-def simulate_null(values: np.ndarray, lo: int, hi: int, draws: int = DRAWS) -> KeyNull:
+def _moderated(residuals: np.ndarray, variances: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float]:
+    """v3's per-key draws: the moderated predictive, t with d0 + n - 1 df (normal at inf)."""
+    n = residuals.shape[0]
+    posterior, df = moderated_variances(variances, n - 1)
+    draws = special.ndtri(u) if math.isinf(df) else special.stdtrit(df, u)
+    return draws * np.sqrt(posterior * (1.0 + 1.0 / n)), df
+
+
+def _normal(residuals: np.ndarray, variances: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float]:
+    n = residuals.shape[0]
+    return special.ndtri(u) * np.sqrt(variances * (1.0 + 1.0 / n)), math.inf
+
+
+def _student(residuals: np.ndarray, variances: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float]:
+    n = residuals.shape[0]
+    return special.stdtrit(n - 1, u) * np.sqrt(variances * (1.0 + 1.0 / n)), float(n - 1)
+
+
+def _resampled(residuals: np.ndarray, variances: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each key's draw one of the references' own residuals there, widened from their (n - 1) / n
+    spread about their mean to a suspect's (n + 1) / n."""
+    n, m = residuals.shape
+    rows = np.minimum((u * n).astype(np.int64), n - 1)
+    return residuals[rows, np.arange(m)[None, :]] * math.sqrt((n + 1) / (n - 1)), float(n - 1)
+
+
+# How the per-key part of a simulated innocent is drawn from the references' residuals (n x M) and
+# per-key variances, given uniforms (draws x M): (draws, the predictive's df). v3's is "moderated";
+# the others are the design candidates' (`reproduction.candidates`, docs/method.md).
+KEY_DRAWS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]] = {
+    "moderated": _moderated,
+    "normal": _normal,
+    "student": _student,
+    "resampled": _resampled,
+}
+
+
+def simulate_null(
+    values: np.ndarray, lo: int, hi: int, draws: int = DRAWS, key_draws: str = "moderated"
+) -> KeyNull:
     """The null of the window statistic for a suspect judged against these references' values
     (n x M), module docstring steps 3 and 4."""
     n, m = values.shape
@@ -173,14 +225,12 @@ def simulate_null(values: np.ndarray, lo: int, hi: int, draws: int = DRAWS) -> K
     effects = centered.mean(axis=1)
     residuals = centered - effects[:, None]
     variances = np.maximum(np.var(residuals, axis=0, ddof=1), 1e-12)
-    posterior, key_df = moderated_variances(variances, n - 1)
     u = uniforms(draws * (m + 2)).reshape(draws, m + 2)
-    per_key = special.ndtri(u[:, :m]) if math.isinf(key_df) else special.stdtrit(key_df, u[:, :m])
+    per_key, key_df = KEY_DRAWS[key_draws](residuals, variances, u[:, :m])
     total = float(np.var(effects, ddof=1)) * (n - 1) / special.chdtri(n - 1, u[:, m])
     effect_var = np.maximum(total - float(variances.mean()) / m, 0.0)
     inflate = 1.0 + 1.0 / n  # the references' mean is estimated too
-    simulated = special.ndtri(u[:, m + 1])[:, None] * np.sqrt(effect_var * inflate)[:, None]
-    simulated = simulated + per_key * np.sqrt(posterior * inflate)[None, :]
+    simulated = special.ndtri(u[:, m + 1])[:, None] * np.sqrt(effect_var * inflate)[:, None] + per_key
     statistics = -np.sort(simulated, axis=1)[:, lo:hi].mean(axis=1)
     return KeyNull(means=means, draws=np.sort(statistics), lo=lo, hi=hi, key_df=key_df)
 
@@ -224,8 +274,11 @@ class KeyNullWindowTest:
     title: str = TEST_NAME
     low: float = LOW
     high: float = HIGH
-    match_noise: bool = True  # False only for the design comparison's candidate (`reproduction.candidates`)
     draws: int = DRAWS  # fewer only where many fits are simulated and p is read coarsely (the tests)
+    # the design candidates' variations (`reproduction.candidates`); v3 is the defaults
+    match_noise: bool = True
+    noise_reading: str = "far"  # a NOISE_READINGS row
+    key_draws: str = "moderated"  # a KEY_DRAWS row
     statistics: MappingProxyType = field(
         default_factory=lambda: MappingProxyType(
             {"window": "window: -mean of the keys ranked 10-35% closest, centered on the references"}
@@ -244,13 +297,13 @@ class KeyNullWindowTest:
         if n < 3:
             raise ValueError("the window test needs at least three references")
         lo, hi = window(m, self.low, self.high)
-        matched = matching(logs, values.mean(axis=0))
+        matched = matching(logs, values.mean(axis=0), self.noise_reading)
         if pooled_scale(values) <= STILL:  # one model several times: no null; `decide` says so
             still = KeyNull(values.mean(axis=0), np.zeros(1), lo, hi, math.inf)
             return _Fitted(
                 self, values, still, matched, np.zeros(n), seeds.pop(), 1.0, (1.0, 0), varies=False
             )
-        null = simulate_null(values, lo, hi, self.draws)
+        null = simulate_null(values, lo, hi, self.draws, self.key_draws)
         # v2's leave-one-out statistics without noise matching: shown beside the suspect's, and the outlier gate
         loo = replace(WINDOW_TEST, correction="none").fit(references, delta0=delta0).null
         extreme = -float(np.sort(math.log(FLOOR) - null.means)[lo:hi].mean())

@@ -13,7 +13,9 @@ from scipy import stats
 
 from auditor.key_null_test import (
     DRAWS,
+    KEY_DRAWS,
     KEY_NULL_TEST,
+    NOISE_READINGS,
     QUANTILE_LEVELS,
     moderated_variances,
     simulate_null,
@@ -183,3 +185,27 @@ def test_noise_on_the_copied_keys_alone_does_not_move_a_copy_away():
     fitted = KEY_NULL_TEST.fit(refs, delta0=0.15)
     assert fitted.score(copy).statistics == UNMATCHED.fit(refs, delta0=0.15).score(copy).statistics
     assert fitted.score(copy).p_value <= 0.01
+
+
+@pytest.mark.parametrize("key_draws", sorted(KEY_DRAWS))
+@pytest.mark.parametrize("reading", sorted(NOISE_READINGS))
+def test_every_design_variation_fits_and_scores(key_draws, reading):
+    """The candidates v3 was chosen from (reproduction.candidates) are rows of two tables, each a
+    working test: a copy scores closer than an innocent."""
+    rng = np.random.default_rng(9)
+    model = _world(rng)
+    test = replace(KEY_NULL_TEST, draws=2000, key_draws=key_draws, noise_reading=reading)
+    fitted = test.fit([model() for _ in range(8)], delta0=0.15)
+    innocent, copy = fitted.score(model()), fitted.score(model(copied=12))
+    assert 0 < copy.p_value < innocent.p_value <= 1
+    assert copy.statistics["window"] > innocent.statistics["window"]
+
+
+def test_resampled_draws_are_the_references_own_residuals_widened():
+    rng = np.random.default_rng(10)
+    residuals = rng.normal(0, 1, (6, M))
+    u = rng.uniform(size=(50, M))
+    draws, _ = KEY_DRAWS["resampled"](residuals, residuals.var(axis=0, ddof=1), u)
+    widened = residuals * math.sqrt(7 / 5)
+    for k in range(M):
+        assert set(np.round(draws[:, k], 12)) <= set(np.round(widened[:, k], 12))

@@ -19,7 +19,8 @@ registered tests (`auditor.verdict_tests`) are scored the same way.
   averaged over keys; the same leave-one-out null.
 
 v3 (`auditor.key_null_test`) was designed afterwards on the development and confirmation
-tables together; its candidate without the far-key noise matching is kept here beside it.
+tables together; the variations it was chosen from (how the null's per-key part is drawn, and
+where a suspect's seed noise is read, or none) are kept here beside it (docs/method.md).
 """
 
 from __future__ import annotations
@@ -164,6 +165,14 @@ CANDIDATES: dict[str, VerdictTest] = {
         LiraTest(),
         _key_null("candidate.window-keynull-unmatched/v3", "v3's simulated null, no noise matching",
                   match_noise=False),
+        _key_null("candidate.window-keynull-all-keys/v3", "v3's simulated null, noise read on every key (v2's)",
+                  noise_reading="all"),
+        _key_null("candidate.window-keynull-normal/v3", "null with per-key normals, variances as known, no matching",
+                  key_draws="normal", match_noise=False),
+        _key_null("candidate.window-keynull-student/v3", "null with a t of n - 1 df per key, no matching",
+                  key_draws="student", match_noise=False),
+        _key_null("candidate.window-keynull-resampled/v3", "null of the references' own residuals per key, no matching",
+                  key_draws="resampled", match_noise=False),
     )
 }  # fmt: skip
 
