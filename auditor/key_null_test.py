@@ -65,7 +65,16 @@ from scipy import optimize, special
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
 from auditor.verdict_test import ModelTest, SeedDistances, seed_matrix, show_p
-from auditor.window_test import HIGH, LOW, WINDOW_TEST, min_noise_matched, min_spread, window, window_record
+from auditor.window_test import (
+    HIGH,
+    LOW,
+    WINDOW_STATISTICS,
+    WINDOW_TEST,
+    min_noise_matched,
+    min_spread,
+    window,
+    window_record,
+)
 
 METHOD = "t2i-auditor.window-test/v3"
 TEST_NAME = (
@@ -279,11 +288,7 @@ class KeyNullWindowTest:
     match_noise: bool = True
     noise_reading: str = "far"  # a NOISE_READINGS row
     key_draws: str = "moderated"  # a KEY_DRAWS row
-    statistics: MappingProxyType = field(
-        default_factory=lambda: MappingProxyType(
-            {"window": "window: -mean of the keys ranked 10-35% closest, centered on the references"}
-        )
-    )
+    statistics: MappingProxyType = field(default_factory=lambda: MappingProxyType(WINDOW_STATISTICS))
     combination: str = "the window statistic's p-value against the simulated null"
     may_decide: bool = True
 

@@ -67,6 +67,7 @@ from auditor.verdict_test import ModelTest, SeedDistances, VerdictTest, seed_mat
 
 METHOD = "t2i-auditor.window-test/v2"
 LOW, HIGH = 0.10, 0.35  # the window: from just past the closest 10% of keys to the closest 35%
+WINDOW_STATISTICS = {"window": "window: -mean of the keys ranked 10-35% closest, centered on the references"}
 TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, min over seeds, a noisier model matched, leave-one-out null)"
 
 
@@ -314,11 +315,7 @@ class WindowTest:
 
     low: float = LOW
     high: float = HIGH
-    statistics: MappingProxyType = field(
-        default_factory=lambda: MappingProxyType(
-            {"window": "window: -mean of the keys ranked 10-35% closest, centered on the references"}
-        )
-    )
+    statistics: MappingProxyType = field(default_factory=lambda: MappingProxyType(WINDOW_STATISTICS))
     combination: str = "the window statistic's p-value"
     may_decide: bool = True
 
