@@ -82,10 +82,12 @@ def strip_plot_png(report: AttributionReport) -> bytes | None:
     test = report.verdict.test
     if test is None:
         return None
-    kind = VERDICT_TESTS.get(test.method)
     names, _ = shown(test)
     if not names:
         return None
+    kind = VERDICT_TESTS.get(test.method)
+    if kind is not None and set(kind.statistics) != set(names):  # a hostile record under a known name
+        kind = None
     thresholds = kind.thresholds(test, report.verdict.alpha) if kind is not None else {}
     labels = kind.statistics if kind is not None else {}
     fig = Figure(figsize=(3.2 * len(names), 2.6), dpi=100)
