@@ -70,6 +70,7 @@ class BinomialRule:
     )
     combination: str = "the binomial tail P(X >= hits)"
     may_decide: bool = False
+    exceedances: tuple = ()  # not measured per kind of innocent (docs/method.md)
 
     def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> _Fitted:
         if not references:

@@ -64,7 +64,7 @@ import numpy as np
 from scipy import optimize, special
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
-from auditor.verdict_test import ModelTest, SeedDistances, seed_matrix, show_p
+from auditor.verdict_test import Exceedance, ModelTest, SeedDistances, seed_matrix, show_p
 from auditor.window_test import (
     HIGH,
     LOW,
@@ -96,6 +96,9 @@ def uniforms(count: int) -> np.ndarray:
     return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
+# The innocent groups its confirming world (holdout) flagged above alpha = 0.01 with 8 references;
+# set from that world's rescore once it has run (docs/reproduction.md).
+V3_EXCEEDANCES: tuple[Exceedance, ...] = ()
 _MAX_HALF_DF = 1e10  # a prior df beyond 2e10 is the normal limit
 
 
@@ -291,6 +294,7 @@ class KeyNullWindowTest:
     statistics: MappingProxyType = field(default_factory=lambda: MappingProxyType(WINDOW_STATISTICS))
     combination: str = "the window statistic's p-value against the simulated null"
     may_decide: bool = True
+    exceedances: tuple[Exceedance, ...] = V3_EXCEEDANCES
 
     def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> _Fitted:
         logs = [key_logs(r) for r in references]

@@ -22,6 +22,7 @@ counts. Pure functions of numbers; argument errors are programming errors (Value
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -91,6 +92,37 @@ class Decision(FrozenModel):
     binomial: BinomialFigure | None
 
 
+@dataclass(frozen=True)
+class Exceedance:
+    """A kind of innocent suspect that the world confirming a test flagged more often than alpha.
+
+    A report cannot see that its suspect is of that kind (an endpoint does not say how it
+    samples, nor how many images it was trained on), so every report the test decides names
+    these cases in its caution, with the measured rate (docs/method.md, "What the verdict claims")."""
+
+    case: str  # the kind of innocent, in words a reader of the report knows
+    rate: float  # false-positive rate, averaged over reference sets
+    alpha: float
+    references: int
+    models: int  # how many such innocents the rate rests on
+    world: str  # the study world that measured it
+
+
+def exceedance_caution(exceedances: Sequence[Exceedance]) -> str | None:
+    """The caution a report of the test carries, or None where its confirming world found no such case."""
+    if not exceedances:
+        return None
+    cases = "; ".join(
+        f"{e.case}: {e.rate:.3f} at alpha {e.alpha:g} with {e.references} references"
+        f" ({e.models} models, {e.world} world)"
+        for e in exceedances
+    )
+    return (
+        "innocents of these kinds were flagged more often than alpha when this test was measured,"
+        f" and a report cannot tell whether its suspect is one: {cases}"
+    )
+
+
 class FittedTest(Protocol):
     """A verdict test fitted on one set of references: scores any suspect against them.
 
@@ -112,7 +144,8 @@ class VerdictTest(Protocol):
     them; `combination` says how the record's `p_value` comes from theirs. A test that may
     not decide a report (`may_decide` False: a figure kept for comparison, such as the
     first version's binomial rule) is scored by the studies, and `verify` refuses a report
-    whose verdict it made.
+    whose verdict it made. `exceedances` are the kinds of innocents its confirming world
+    flagged above alpha, which every report it decides names.
     """
 
     method: str
@@ -120,6 +153,7 @@ class VerdictTest(Protocol):
     statistics: Mapping[str, str]
     combination: str
     may_decide: bool
+    exceedances: tuple[Exceedance, ...]  # measured where alpha was exceeded; () where none was
 
     def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> FittedTest:
         """Fit on the references' distances (n models x M keys x J seeds, n >= 3, J the same for

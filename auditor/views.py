@@ -18,7 +18,8 @@ from rich.table import Table
 from auditor.figures import distance_histogram_png, strip_plot_png
 from auditor.report import AttributionReport
 from auditor.text import visible
-from auditor.verdict_tests import shown
+from auditor.verdict_test import exceedance_caution
+from auditor.verdict_tests import VERDICT_TESTS, shown
 
 VERDICT_STYLE = {"infringing": "bold red", "not_infringing": "bold green", "inconclusive": "bold yellow"}
 
@@ -62,6 +63,18 @@ def precision_caution(report: AttributionReport) -> str | None:
     )
 
 
+def level_caution(report: AttributionReport) -> str | None:
+    """The kinds of innocents the deciding test was measured to flag above alpha (a report cannot see
+    whether its suspect is one); None for a test without such a measurement, or an unknown method."""
+    test = VERDICT_TESTS.get(report.verdict.test.method) if report.verdict.test else None
+    return exceedance_caution(test.exceedances) if test is not None else None
+
+
+def cautions(report: AttributionReport) -> list[str]:
+    """Every caution the views print beside the verdict, in order."""
+    return [c for c in (precision_caution(report), backend_caution(report), level_caution(report)) if c]
+
+
 def print_report_summary(report: AttributionReport, console: Console | None = None) -> None:
     console = console or Console()
     s = report.summary
@@ -77,9 +90,8 @@ def print_report_summary(report: AttributionReport, console: Console | None = No
         table.add_row(f"  share {_term(label)}", f"{share:.0%}")
     b = report.backend
     table.add_row("backend", _term(f"{b.backend} on {b.device} ({b.dtype})"))
-    for caution in (precision_caution(report), backend_caution(report)):
-        if caution:
-            table.add_row("caution", f"[yellow]{_term(caution)}[/yellow]")
+    for caution in cautions(report):
+        table.add_row("caution", f"[yellow]{_term(caution)}[/yellow]")
     table.add_row("verdict", f"[{style}]{report.verdict.verdict}[/{style}]")
     table.add_row("reason", _term(report.verdict.reason))
     v = report.verdict
@@ -201,6 +213,7 @@ def render_report_html(
         ("verdict", f'<span class="verdict {_e(v.verdict)}">{_e(v.verdict)}</span>'),
         ("rule", _e(v.rule)),
         ("reason", _e(v.reason)),
+        *((("caution", f"<strong>{_e(c)}</strong>"),) if (c := level_caution(report)) else ()),
         ("hits", f"{s.hits} / {s.num_keys} keys under delta0 = {_e(format(report.audit.delta0, 'g'))}"),
         ("conf", _e(f"{s.conf:.4f}")),
     ]

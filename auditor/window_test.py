@@ -63,12 +63,21 @@ import numpy as np
 from scipy import integrate, stats
 
 from auditor.calibration import FLOOR, pooled_scale, reference_outlier
-from auditor.verdict_test import ModelTest, SeedDistances, VerdictTest, seed_matrix, show_p
+from auditor.verdict_test import Exceedance, ModelTest, SeedDistances, VerdictTest, seed_matrix, show_p
 
 METHOD = "t2i-auditor.window-test/v2"
 LOW, HIGH = 0.10, 0.35  # the window: from just past the closest 10% of keys to the closest 35%
 WINDOW_STATISTICS = {"window": "window: -mean of the keys ranked 10-35% closest, centered on the references"}
 TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, min over seeds, a noisier model matched, leave-one-out null)"
+
+# The confirmation world's innocent groups above alpha = 0.01 with 8 references (1,000 reference sets;
+# docs/studies/confirm-rescore-1000-sets.md). Groups of 4-5 models rest on one or two of them.
+V2_EXCEEDANCES = (
+    Exceedance("a fine-tune on twice the references' images (128, not 64)", 0.053, 0.01, 8, 5, "confirm"),
+    Exceedance("a suspect served with 10 sampling steps", 0.018, 0.01, 8, 30, "confirm"),
+    Exceedance("a fine-tune trained 1.6 times as long (1,280 steps, not 800)", 0.017, 0.01, 8, 4, "confirm"),
+    Exceedance("a suspect served in bfloat16", 0.012, 0.01, 8, 30, "confirm"),
+)
 
 
 # How a key's J seeds become one value, and the share of one seed's noise variance that value
@@ -318,6 +327,7 @@ class WindowTest:
     statistics: MappingProxyType = field(default_factory=lambda: MappingProxyType(WINDOW_STATISTICS))
     combination: str = "the window statistic's p-value"
     may_decide: bool = True
+    exceedances: tuple[Exceedance, ...] = V2_EXCEEDANCES
 
     def fit(self, references: Sequence[SeedDistances], *, delta0: float) -> _Fitted:
         pairs = [key_values(r, self.summary) for r in references]

@@ -97,6 +97,15 @@ def test_a_suspect_with_other_keys_is_refused(test):
         test.fit(refs, delta0=0.15).score(model()[:-1])
 
 
+@pytest.mark.parametrize("test", ALL, ids=lambda t: t.method)
+def test_an_exceedance_names_a_case_measured_above_its_alpha(test):
+    """What a report's caution states must be a measured excess: a rate over its alpha, on a real
+    count of models and references, from a named world."""
+    for e in test.exceedances:
+        assert e.case and e.world
+        assert 0.0 < e.alpha < e.rate <= 1.0 and e.references >= 3 and e.models >= 1
+
+
 def test_the_default_decides_and_the_first_versions_rule_may_not():
     assert DEFAULT.may_decide
     assert [t.method for t in ALL if not t.may_decide] == ["t2i-auditor.binomial-rule/v1"]
@@ -173,6 +182,7 @@ class MeanZ:
     statistics: MappingProxyType = field(default_factory=lambda: MappingProxyType({"mean": "mean: -mean z"}))
     combination: str = "p of the mean"
     may_decide: bool = True
+    exceedances: tuple = ()  # not measured per kind of innocent
 
     def fit(self, references, *, delta0):
         refs = np.stack([log_distances(key_minimum(r)) for r in references])

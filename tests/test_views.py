@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from pathlib import Path
@@ -14,7 +15,8 @@ from rich.console import Console
 from test_evidence import DISTANCES, NUM_KEYS, SIZE, make_keyset, make_report
 
 from auditor.figures import distance_histogram_png
-from auditor.views import distance_shares, print_report_summary, render_report_html
+from auditor.verdict_tests import VERDICT_TESTS
+from auditor.views import distance_shares, level_caution, print_report_summary, render_report_html
 
 torch.set_num_threads(1)
 
@@ -104,3 +106,22 @@ def test_reduced_precision_reports_carry_a_caution(keyset) -> None:
     console = Console(file=io.StringIO(), width=300, color_system=None)
     print_report_summary(half, console)
     assert "rerun in float32" in console.file.getvalue()
+
+
+def test_a_report_names_the_innocents_its_test_was_measured_to_flag_above_alpha(keyset) -> None:
+    report = make_report(keyset, _regens())
+    test = VERDICT_TESTS[report.verdict.test.method]
+    caution = level_caution(report)
+    assert test.exceedances, "the deciding test's confirmation found kinds above alpha; this test needs one"
+    assert all(e.case in caution and f"{e.rate:.3f}" in caution for e in test.exceedances)
+    page = render_report_html(report, provenance="p")
+    assert all(html.escape(e.case) in page for e in test.exceedances)
+    console = Console(file=io.StringIO(), width=400, color_system=None)
+    print_report_summary(report, console)
+    assert test.exceedances[0].case in console.file.getvalue()
+    # A method without such a measurement states none, and an unknown method states nothing of its own.
+    for method in ("t2i-auditor.binomial-rule/v1", "a.newer/v9"):
+        other = report.verdict.test.model_copy(update={"method": method})
+        unmeasured = report.model_copy(update={"verdict": report.verdict.model_copy(update={"test": other})})
+        assert level_caution(unmeasured) is None
+        assert "flagged more often than alpha" not in render_report_html(unmeasured, provenance="p")
