@@ -67,3 +67,25 @@ def test_every_verdict_row_names_the_distance_it_was_reached_with():
     rows = verdicts(study, records)
     judged = [m for m in study.members if m.role in ("innocent", "infringing")]
     assert len(rows) == len(judged) and {r["distance"] for r in rows} == {"l2_half"}
+
+
+def test_the_study_report_states_the_keys_that_qualified_not_those_asked(tmp_path, monkeypatch):
+    """A world may offer fewer qualifying keys than the study asks for (the holdout world: 13 of
+    30); the report's M is the audits' own."""
+    from record_factory import noise_records
+
+    from auditor.reproduction import calibration_report
+    from auditor.reproduction.calibration_report import report_stage
+
+    monkeypatch.setattr(calibration_report, "study_table", lambda *a: None)  # needs a keyset on disk
+    from auditor.reproduction.calibration_study import smoke
+
+    study = smoke()
+    records = noise_records(study)
+    qualified = next(iter(records.values())).num_keys
+    asked = study.model_copy(update={"num_keys": qualified + 4})
+    text = report_stage(asked, records, tmp_path, {"machine": "test", "timings": {}}).read_text()
+    assert f"M = {qualified} keys (of {qualified + 4} asked" in text
+    assert f"out of M = {qualified}." in text
+    same = report_stage(study, records, tmp_path, {"machine": "test", "timings": {}}).read_text()
+    assert f"M = {qualified} keys, J" in same

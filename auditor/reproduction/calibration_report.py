@@ -215,12 +215,16 @@ def report_stage(study: Study, records: dict[str, ReferenceResult], out: Path, c
     fpr, power = tables(rows)
     timings = ", ".join(f"{k} {v / 60:.1f} min" for k, v in context["timings"].items())
     references = sum(m.role == "reference" for m in study.members)
+    # The keys that qualified (a world may offer fewer than asked: selection keeps only those the source
+    # reproduces and the base and panel do not), read from the records, not from the request.
+    m_keys = next(iter(records.values())).num_keys if records else study.num_keys
+    asked = "" if m_keys == study.num_keys else f" (of {study.num_keys} asked: the others did not qualify)"
     text = f"""# Calibration study ({study.name})
 
 Machine: {context["machine"]}. Stage times: {timings or "n/a"}.
 {len(study.members)} models: {references} references, {sum(m.role == "panel" for m in study.members)} panel,
 {sum(m.role == "innocent" for m in study.members)} innocent and {sum(m.role == "infringing" for m in study.members)}
-infringing suspects; M = {study.num_keys} keys, J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g};
+infringing suspects; M = {m_keys} keys{asked}, J = {study.seeds_per_key} seeds per key, delta0 = {study.delta0:g};
 audit distance {study.distance} (auditor.distance; keys selected with l2).
 Intervals are Clopper-Pearson 95%. "binomial" is the first version's rule (exact binomial on hit counts, null rate
 from the references); "binomial+base" the same with the base among the references, as the first demo ran it.
@@ -233,7 +237,7 @@ from the references); "binomial+base" the same with the base among the reference
 
 {_markdown(POWER_HEADER, power)}
 
-Hits are keys under delta0 out of M = {study.num_keys}.
+Hits are keys under delta0 out of M = {m_keys}.
 
 ![calibration](calibration.png)
 """
