@@ -96,9 +96,23 @@ def uniforms(count: int) -> np.ndarray:
     return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
-# The innocent groups its confirming world (holdout) flagged above alpha = 0.01 with 8 references;
-# set from that world's rescore once it has run (docs/reproduction.md).
-V3_EXCEEDANCES: tuple[Exceedance, ...] = ()
+# The innocent groups its confirming world flagged above alpha = 0.01 with 8 references (200 reference
+# sets; docs/studies/holdout-rescore-v3.md, where 13 keys qualified). Groups of 4-5 models rest on one
+# or two of them; the sampling variants are the 30 same-recipe models served otherwise.
+_HOLDOUT = "holdout world, 13 keys"
+V3_EXCEEDANCES: tuple[Exceedance, ...] = (
+    Exceedance("a fine-tune on half the references' images (32, not 64)", 0.187, 0.01, 8, 5, _HOLDOUT),
+    Exceedance(
+        "a fine-tune on data of another style (flatter lighting than the references')",
+        0.037,
+        0.01,
+        8,
+        4,
+        _HOLDOUT,
+    ),
+    Exceedance("a suspect served with a stochastic sampler (DDIM eta 1)", 0.012, 0.01, 8, 30, _HOLDOUT),
+    Exceedance("a suspect served with a stochastic sampler (Euler ancestral)", 0.012, 0.01, 8, 30, _HOLDOUT),
+)
 _MAX_HALF_DF = 1e10  # a prior df beyond 2e10 is the normal limit
 
 

@@ -105,7 +105,7 @@ class Exceedance:
     alpha: float
     references: int
     models: int  # how many such innocents the rate rests on
-    world: str  # the study world that measured it
+    world: str  # the study world that measured it, and its number of keys where not 30
 
 
 def exceedance_caution(exceedances: Sequence[Exceedance]) -> str | None:
@@ -114,7 +114,7 @@ def exceedance_caution(exceedances: Sequence[Exceedance]) -> str | None:
         return None
     cases = "; ".join(
         f"{e.case}: {e.rate:.3f} at alpha {e.alpha:g} with {e.references} references"
-        f" ({e.models} models, {e.world} world)"
+        f" ({e.models} models, {e.world})"
         for e in exceedances
     )
     return (

@@ -73,10 +73,19 @@ TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, min over see
 # The confirmation world's innocent groups above alpha = 0.01 with 8 references (1,000 reference sets;
 # docs/studies/confirm-rescore-1000-sets.md). Groups of 4-5 models rest on one or two of them.
 V2_EXCEEDANCES = (
-    Exceedance("a fine-tune on twice the references' images (128, not 64)", 0.053, 0.01, 8, 5, "confirm"),
-    Exceedance("a suspect served with 10 sampling steps", 0.018, 0.01, 8, 30, "confirm"),
-    Exceedance("a fine-tune trained 1.6 times as long (1,280 steps, not 800)", 0.017, 0.01, 8, 4, "confirm"),
-    Exceedance("a suspect served in bfloat16", 0.012, 0.01, 8, 30, "confirm"),
+    Exceedance(
+        "a fine-tune on twice the references' images (128, not 64)", 0.053, 0.01, 8, 5, "confirmation world"
+    ),
+    Exceedance("a suspect served with 10 sampling steps", 0.018, 0.01, 8, 30, "confirmation world"),
+    Exceedance(
+        "a fine-tune trained 1.6 times as long (1,280 steps, not 800)",
+        0.017,
+        0.01,
+        8,
+        4,
+        "confirmation world",
+    ),
+    Exceedance("a suspect served in bfloat16", 0.012, 0.01, 8, 30, "confirmation world"),
 )
 
 
