@@ -17,7 +17,7 @@ from auditor.window_test import WINDOW_TEST
 VERDICT_TESTS: dict[str, VerdictTest] = {
     test.method: test for test in (KEY_NULL_TEST, WINDOW_TEST, MODEL_TEST, BINOMIAL_RULE)
 }
-DEFAULT: VerdictTest = WINDOW_TEST  # v3 (KEY_NULL_TEST) decides once the holdout world confirms it
+DEFAULT: VerdictTest = KEY_NULL_TEST  # v3, confirmed on the holdout world (docs/reproduction.md)
 
 
 def verdict_test(method: str) -> VerdictTest:
