@@ -101,7 +101,14 @@ def uniforms(count: int) -> np.ndarray:
 # or two of them; the sampling variants are the 30 same-recipe models served otherwise.
 _HOLDOUT = "holdout world, 13 keys"
 V3_EXCEEDANCES: tuple[Exceedance, ...] = (
-    Exceedance("a fine-tune on half the references' images (32, not 64)", 0.187, 0.01, 8, 5, _HOLDOUT),
+    Exceedance(
+        "a fine-tune on half as many images as the references (the study's: 32, not 64)",
+        0.187,
+        0.01,
+        8,
+        5,
+        _HOLDOUT,
+    ),
     Exceedance(
         "a fine-tune on data of another style (flatter lighting than the references')",
         0.037,

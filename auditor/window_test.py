@@ -74,11 +74,16 @@ TEST_NAME = "model-level window t-test (keys ranked 10-35% closest, min over see
 # docs/studies/confirm-rescore-1000-sets.md). Groups of 4-5 models rest on one or two of them.
 V2_EXCEEDANCES = (
     Exceedance(
-        "a fine-tune on twice the references' images (128, not 64)", 0.053, 0.01, 8, 5, "confirmation world"
+        "a fine-tune on twice as many images as the references (the study's: 128, not 64)",
+        0.053,
+        0.01,
+        8,
+        5,
+        "confirmation world",
     ),
     Exceedance("a suspect served with 10 sampling steps", 0.018, 0.01, 8, 30, "confirmation world"),
     Exceedance(
-        "a fine-tune trained 1.6 times as long (1,280 steps, not 800)",
+        "a fine-tune trained 1.6 times as long (the study's: 1,280 steps, not 800)",
         0.017,
         0.01,
         8,
