@@ -21,6 +21,9 @@ from auditor.text import visible
 from auditor.verdict_test import exceedance_caution
 from auditor.verdict_tests import VERDICT_TESTS, shown
 
+SIMULATED_NULL = (
+    "simulated from the references' distances; p is the share of its draws at or beyond the statistic"
+)
 VERDICT_STYLE = {"infringing": "bold red", "not_infringing": "bold green", "inconclusive": "bold yellow"}
 
 
@@ -223,20 +226,24 @@ def render_report_html(
     ]
     if test is not None:
         names, combination = shown(test)
+        # A simulated null (its quantiles in the record) gives p from its draws: its t is a distance in
+        # the null's sd, and no t distribution's degrees of freedom enter the p-value.
+        simulated = bool(test.null_quantiles)
+        t_label = "sd from the simulated null's mean" if simulated else "t"
         verdict_rows += [("p-value (model-level test)", _e(f"{_num(test.p_value)} = {combination}"))]
         verdict_rows += [
             (
                 f"{name} statistic",
                 _e(
                     f"{test.statistics[name]:.3f}"
-                    + (f", t = {test.t[name]:.2f}" if name in test.t else "")
+                    + (f", {t_label} = {test.t[name]:.2f}" if name in test.t else "")
                     + f", p = {_num(test.p_values[name])}"
                 ),
             )
             for name in names
         ]
         verdict_rows += [
-            ("degrees of freedom", _e(test.df)),
+            ("null", _e(SIMULATED_NULL)) if simulated else ("degrees of freedom", _e(test.df)),
             ("smallest reachable p", _e(_num(test.min_p_value))),
             (
                 "reference sanity check",

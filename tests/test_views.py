@@ -125,3 +125,15 @@ def test_a_report_names_the_innocents_its_test_was_measured_to_flag_above_alpha(
         unmeasured = report.model_copy(update={"verdict": report.verdict.model_copy(update={"test": other})})
         assert level_caution(unmeasured) is None
         assert "flagged more often than alpha" not in render_report_html(unmeasured, provenance="p")
+
+
+def test_a_simulated_null_is_not_shown_with_degrees_of_freedom(keyset) -> None:
+    """v3's p comes from its simulated draws: the page must not present a t distribution's df."""
+    report = make_report(keyset, _regens())
+    assert report.verdict.test.null_quantiles  # the default test simulates its null
+    page = render_report_html(report, provenance="p")
+    assert "degrees of freedom" not in page and "share of its draws" in page
+    t_test = report.verdict.test.model_copy(update={"null_quantiles": {}})
+    older = report.model_copy(update={"verdict": report.verdict.model_copy(update={"test": t_test})})
+    page = render_report_html(older, provenance="p")
+    assert "degrees of freedom" in page and "share of its draws" not in page
