@@ -267,3 +267,29 @@ def test_a_report_naming_an_unknown_distance_contradicts_itself_not_a_crash():
     report = _golden()
     report = report.model_copy(update={"audit": report.audit.model_copy(update={"distance": "nope"})})
     assert any("audit.distance" in p and "'nope'" in p for p in inconsistencies(report))
+
+
+@pytest.mark.parametrize(
+    ("method", "table"),
+    [
+        ("t2i-auditor.window-test/v3", "holdout-rescore-v3.md"),
+        ("t2i-auditor.window-test/v2", "confirm-rescore-1000-sets.md"),
+    ],
+)
+def test_a_tests_exceedances_are_its_confirming_rescores_groups_above_alpha(method, table):
+    """The cautions reports print are the committed rescore's own rows: every innocent group over
+    alpha = 0.01 with 8 references (aggregates and the references' recipe aside), rate and models."""
+    text = (Path(__file__).parent.parent / "docs" / "studies" / table).read_text()
+    section = text.split("## alpha = 0.01")[1].split("## alpha")[0]
+    above = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) < 5 or cells[0] != "8" or cells[2] != "0":
+            continue
+        if cells[1].startswith(("all ", "infringing")) or cells[1] == "reference recipe":
+            continue
+        if float(cells[4]) > 0.01:
+            above.append((float(cells[4]), int(cells[3])))
+    test = verdict_test(method)
+    assert sorted(above) == sorted((e.rate, e.models) for e in test.exceedances)
+    assert {(e.alpha, e.references) for e in test.exceedances} == {(0.01, 8)}
