@@ -130,7 +130,7 @@ def _study(
     panel: int,
     same: int,
     shifts: tuple[tuple[str, int, dict], ...],
-    infringing: int,
+    infringing: int | dict[float, int],
     lora: int = 0,
     lora_recipe: tuple[str, int, float, int] = LORA,
     lora_rhos: tuple[float, ...] = LORA_RHOS,
@@ -159,8 +159,9 @@ def _study(
     for group, count, changes in shifts:
         for i in range(count):
             add(Member(name=f"innocent-{group}-{i:02d}", role="innocent", group=group), **changes)
-    for rho in RHOS:
-        for i in range(infringing):
+    per_rho = infringing if isinstance(infringing, dict) else dict.fromkeys(RHOS, infringing)
+    for rho, count in per_rho.items():
+        for i in range(count):
             add(
                 Member(
                     name=f"infringing-rho{rho:.1f}-{i:02d}",
@@ -292,6 +293,38 @@ def holdout() -> Study:
     )  # fmt: skip
 
 
+def wide_world() -> tuple[ZooConfig, dict]:
+    """The fourth world: twice the private pairs (128, world seed 3), so that 60 keys can qualify,
+    with every count that sets how much a model sees of each image doubled with them: the source's
+    steps (4,000), and the recipe's samples (128) and steps (1,600). Each image is then seen as often
+    as in the 64-pair worlds, and an infringer at rho trains on the source's generations of the same
+    share of the key prompts (its captions cycle over the 128 private ones)."""
+    world, recipe = tiny_world()
+    stages = {
+        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 30})
+        for name in ("vae", "base")
+    }
+    stages["source"] = world.source.model_copy(update={"seed": world.source.seed + 30, "steps": 4000})
+    return world.model_copy(update={"seed": 3, "private_samples": 128, **stages}), {
+        **recipe,
+        "steps": 1600,
+        "n": 128,
+    }
+
+
+def wide() -> Study:
+    """Issue 20's 30- and 60-key power, and more innocents for the level, in `wide_world`, with the
+    shipped test unchanged: audited with the 60 best-ranked keys, of which the first 30 are the keys a
+    30-key selection picks (`--rescore --keys 30`). 8 references and a panel of 4, 36 innocents of
+    the references' recipe, and 16 infringers at rho 0.3 with 4 at each other rho; no shifts, LoRAs or
+    sampling variants, which the holdout world measured (for time: 76 fine-tunes of 1,600 steps)."""
+    world, recipe = wide_world()
+    return _study(
+        "wide", world, recipe, references=8, panel=4, same=36, shifts=(),
+        infringing={0.1: 4, 0.3: 16, 0.5: 4, 1.0: 4}, first_seed=15000, num_keys=60,
+    )  # fmt: skip
+
+
 def smoke() -> Study:
     """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
     world, recipe = smoke_world()
@@ -308,6 +341,7 @@ STUDIES = {
     "dev": dev,
     "confirm": confirm,
     "holdout": holdout,
+    "wide": wide,
     "smoke": smoke,
 }
 
