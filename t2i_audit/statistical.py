@@ -86,6 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=200,
         help="with --rescore: reference sets drawn (default 200)",
     )
+    p.add_argument(
+        "--keys",
+        type=positive_int,
+        help="with --rescore: score on the table's first K keys, the ones a K-key selection picks"
+        " (a keyset lists its keys best-ranked first; default all)",
+    )
     p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
     p.add_argument(
@@ -168,10 +174,10 @@ def _rescore(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.reproduction.run import rescore_study
 
     if args.study != "calibration" or args.rescore is None:
-        raise BadInputError("--rescore TABLE (and --test) go with --study calibration")
+        raise BadInputError("--rescore TABLE (and --test, --keys) go with --study calibration")
     out = args.out / "rescore"
     summary = rescore_study(
-        args.rescore, out, method=args.test, sets=args.reference_sets, reporter=ctx.reporter
+        args.rescore, out, method=args.test, sets=args.reference_sets, keys=args.keys, reporter=ctx.reporter
     )
     if ctx.format == "json":
         ctx.emit_json({"out": str(out), "summary": str(summary)})
@@ -186,7 +192,7 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
     from auditor.reproduction.run import reproduce, reproduce_calibration
     from auditor.reproduction.scales import get_scale
 
-    if args.rescore is not None or args.test is not None:
+    if args.rescore is not None or args.test is not None or args.keys is not None:
         return _rescore(args, ctx)
     if args.study in ("calibration", "laundering"):
         from auditor.distance import get_distance

@@ -176,6 +176,27 @@ def test_the_cli_refuses_a_bad_table_or_test_in_one_line(tmp_path, capsys):
     assert "--study calibration" in capsys.readouterr().err
 
 
+def test_the_first_keys_are_the_smaller_selections_audit_and_a_count_out_of_range_is_refused(
+    tmp_path, capsys
+):
+    """`--keys K` scores the audit a K-key selection makes: every model's first K keys, seeds kept."""
+    table = _table(same=6, shifted=1, infringing=1)
+    cut = records.first_keys(table, 10)
+    assert cut.key_ids == table.key_ids[:10] and cut.models.keys() == table.models.keys()
+    for name, model in cut.models.items():
+        assert model.seed_distances == table.models[name].seed_distances[:10]
+        assert model.seeds == table.models[name].seeds[:10] and model.token == table.models[name].token
+    assert records.first_keys(table, M) is table
+    good = write_table(tmp_path / "good.csv.gz", table)
+    argv = ["reproduce", "--study", "calibration", "--rescore", str(good), "--reference-sets", "3"]
+    for bad in ("0", str(M + 1)):
+        assert main([*argv, "--out", str(tmp_path / "out"), "--keys", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err and ("--keys" in err or "positive" in err)
+    assert main([*argv, "--out", str(tmp_path / "ok"), "--keys", "10"]) == 0
+    assert f"the first 10 of its {M} keys" in (tmp_path / "ok" / "rescore" / "rescore.md").read_text()
+
+
 def test_a_set_never_judges_its_own_member_and_every_other_model_is_judged():
     """Also not by content: a model audited again with another sampler sits out the sets that hold it."""
     table = _table(same=6, shifted=2, infringing=2, sampled=2)

@@ -24,7 +24,7 @@ import io
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -269,6 +269,22 @@ def _assemble(path, constant, per_model, cells, key_ids) -> StudyTable:
         key_ids=tuple(key_ids[k] for k in range(num_keys)),
         models=models,
     )
+
+
+def first_keys(table: StudyTable, count: int) -> StudyTable:
+    """The table cut to its first `count` keys. A keyset lists its keys best-ranked first
+    (auditor.selection), so these are the keys a `count`-key selection of the same candidates picks:
+    one audit with 60 keys also scores the 30-key audit, without auditing again."""
+    total = len(table.key_ids)
+    if not 1 <= count <= total:
+        raise ValueError(f"--keys: expected 1 to the table's {total} keys, got {count}")
+    if count == total:
+        return table
+    models = {
+        name: replace(m, seed_distances=m.seed_distances[:count], seeds=m.seeds[:count])
+        for name, m in table.models.items()
+    }
+    return replace(table, key_ids=table.key_ids[:count], models=models)
 
 
 def table_from_records(

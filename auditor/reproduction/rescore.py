@@ -242,7 +242,7 @@ def write_rescore(
     text = f"""# Rescore of study `{table.study}` with `{test.method}`
 
 {test.title}. Table: keyset {table.keyset_digest[:16]}..., audit token {table.audit_token[:16]}...,
-distance {table.distance_name}, delta0 {table.delta0:g}, {len(table.key_ids)} keys, {len(table.models)} models.
+distance {table.distance_name}, delta0 {table.delta0:g}, {context.get("keys", f"{len(table.key_ids)} keys")}, {len(table.models)} models.
 Each suspect is judged against {context["sets"]} reference sets per reference count, drawn from the
 {pool} innocents of the references' recipe (never the suspect itself); rates are averaged over sets.
 Innocent rows are false-positive rates, infringing rows power. The interval counts models, not

@@ -127,13 +127,15 @@ def rescore_study(
     *,
     method: str | None = None,
     sets: int = 200,
+    keys: int | None = None,
     reporter: Reporter | None = None,
 ) -> Path:
     """`reproduce --study calibration --rescore TABLE`: a registered test scored on a study table
-    (auditor.reproduction.rescore), no training; writes OUT/rescore.md and OUT/rescore.csv."""
+    (auditor.reproduction.rescore), no training; writes OUT/rescore.md and OUT/rescore.csv. With
+    `keys`, on the table's first `keys` keys: the audit a smaller selection would have made."""
     from auditor.errors import BadInputError
     from auditor.reproduction.candidates import compare, every_test
-    from auditor.reproduction.records import read_table
+    from auditor.reproduction.records import first_keys, read_table
     from auditor.reproduction.rescore import rescore, write_rescore
     from auditor.verdict_tests import DEFAULT
 
@@ -144,6 +146,12 @@ def rescore_study(
         raise BadInputError(f"--test: no verdict test or candidate {method!r} (known: {known})")
     start = time.perf_counter()
     table = read_table(table_path)
+    scope = f"{len(table.key_ids)} keys"
+    if keys is not None:
+        try:
+            table, scope = first_keys(table, keys), f"the first {keys} of its {len(table.key_ids)} keys"
+        except ValueError as exc:
+            raise BadInputError(f"{table_path}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     if method == "candidates":
         reporter.log(f"rescore: {len(table.models)} models of study {table.study}, {len(tests)} tests")
@@ -155,7 +163,7 @@ def rescore_study(
         seconds = time.perf_counter() - start
         atomic_write_text(
             path,
-            f"# Verdict tests compared on study `{table.study}`\n\nFalse-positive rate or power, mean over"
+            f"# Verdict tests compared on study `{table.study}` ({scope})\n\nFalse-positive rate or power, mean over"
             f" {sets} reference sets [95% upper bound, counting models]. Machine: {machine()}; {seconds:.0f} s."
             f"\n\n{text}\n",
         )
@@ -166,5 +174,5 @@ def rescore_study(
         results = rescore(table, test, sets=sets)
     except ValueError as exc:
         raise BadInputError(f"{table_path}: {exc}") from None
-    context = {"sets": sets, "machine": machine(), "seconds": time.perf_counter() - start}
+    context = {"sets": sets, "machine": machine(), "seconds": time.perf_counter() - start, "keys": scope}
     return write_rescore(out, table, test, results, context)
