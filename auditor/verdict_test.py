@@ -53,8 +53,15 @@ class ModelTest(FrozenModel):
     )
     statistics: dict[str, float] = Field(description="the suspect's model-level statistics")
     reference_statistics: dict[str, tuple[float, ...]] = Field(description="each reference's, leave-one-out")
-    t: dict[str, float]
-    df: int
+    t: dict[str, float] = Field(
+        description="per statistic, how far the suspect stands from its null in the null's sds: a"
+        " Student t where the null is a t distribution (v2), the distance from the simulated null's mean"
+        " where it is simulated (v3, `null_quantiles` set)"
+    )
+    df: int = Field(
+        description="the references' count less one: the t distribution's degrees of freedom where the"
+        " null is one; a simulated null's p-value does not use it"
+    )
     p_values: dict[str, float]
     p_value: float = Field(description="the statistics' p-values combined as the test states (`combination`)")
     min_p_value: float = Field(
