@@ -34,6 +34,7 @@ from pydantic import Field
 
 from auditor.config import FrozenModel
 from auditor.errors import BadInputError, first_line
+from auditor.identity import forget_load_paths
 from auditor.progress import Reporter
 
 Progress = Callable[[int], None]
@@ -360,3 +361,4 @@ def _save_pipeline(base: Path, unet, out: Path) -> None:
         else:
             shutil.copyfile(item, target)
     unet.save_pretrained(out / "unet", safe_serialization=True)
+    forget_load_paths(out / "unet")  # the base's files stay as they were; the UNet is ours

@@ -16,6 +16,7 @@ torch's `weights_only` unpickler or refused (`auditor.weights`), never loaded ot
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditor.errors import BadInputError
-from auditor.fileio import canonical_json, sha256_bytes
+from auditor.fileio import atomic_write_text, canonical_json, sha256_bytes
 from auditor.weights import (
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIX,
@@ -75,6 +76,25 @@ class ModelIdentity(BaseModel):
     content_digest: str | None = Field(
         None, pattern=_HEX64, description="digest of the weights alone (None: no weights file found)"
     )
+
+
+LOAD_PATH_FIELD = "_name_or_path"
+
+
+def forget_load_paths(folder: str | os.PathLike[str]) -> None:
+    """Drop the folder a saved component was loaded from out of its config.json (`folder`'s own and
+    each component folder's). diffusers records it there on load and writes it back on save, so a
+    model saved by this project would carry a local path: its bytes, its digest, a keyset's digest
+    and the audit seeds drawn from it would then depend on where a cache lay, and a shared reference
+    would publish its builder's folder names. Called on every folder the project saves a model to."""
+    root = Path(folder)
+    for config in (root / "config.json", *sorted(root.glob("*/config.json"))):
+        if not config.is_file():
+            continue
+        values = json.loads(config.read_text(encoding="utf-8"))
+        if isinstance(values, dict) and values.pop(LOAD_PATH_FIELD, None) is not None:
+            # the libraries' own layout (indent 2, sorted keys), so nothing else in the file moves
+            atomic_write_text(config, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def manifest_digest(kind: str, files: tuple[FileEntry, ...] | list[FileEntry]) -> str:

@@ -62,6 +62,7 @@ def test_full_references_are_built_once_and_listed(tiny_pipeline, imagefolder, t
     digests = [hash_model(p).digest for p in paths]
     assert len(set(digests)) == 2 and digests != [made["base_digest"]] * 2  # trained, and differently
     assert [m["digest"] for m in made["models"]] == digests
+    assert str(tiny_pipeline) not in (paths[0] / "unet" / "config.json").read_text()  # no local path inside
     before = [p.stat().st_mtime_ns for p in (paths[0] / "unet").iterdir()]
     code, again = _build(
         tmp_path / "refs", tiny_pipeline, imagefolder, "--samples", "8"

@@ -104,6 +104,9 @@ def test_a_micro_sdxl_zoo_saves_sdxl_pipelines(tmp_path):
     assert sd_index.base != index.base  # the families never share a base (the VAE they do share)
     vaes = sorted(p.name for p in (tmp_path / "artifacts").iterdir() if p.name.startswith("vae-"))
     assert len(vaes) == 1
+    # no saved component records the folder it was loaded from: a digest must not depend on the cache's place
+    configs = list((tmp_path / "artifacts").rglob("config.json"))
+    assert len(configs) > 10 and not [c for c in configs if str(tmp_path) in c.read_text()]
 
 
 def test_the_lora_world_puts_attention_at_every_level_and_hashes_apart():

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from auditor.fileio import atomic_write_text
+from auditor.identity import forget_load_paths
 from auditor.zoo.models import make_inference_scheduler
 
 SDXL_TOKENIZER_2_PAD = "!"  # SDXL's second tokenizer pads with "!" (id 0), not with <|endoftext|>
@@ -56,6 +57,7 @@ def save_pipeline(directory: Path, unet, vae, text_encoder, tokenizer) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(directory, safe_serialization=True)
+    forget_load_paths(directory)
     _finish_tokenizer_folder(tokenizer, Path(directory) / "tokenizer")
 
 
@@ -84,6 +86,7 @@ def save_xl_pipeline(directory: Path, unet, vae, text_encoder, text_encoder_2, t
         add_watermarker=False,
     )
     pipe.save_pretrained(directory, safe_serialization=True)
+    forget_load_paths(directory)
     for name in ("tokenizer", "tokenizer_2"):
         _finish_tokenizer_folder(tokenizer, Path(directory) / name)
 
