@@ -23,6 +23,43 @@ def test_tiny_lora_is_tiny_without_the_full_fine_tune_suspects():
     assert len(seeds) == len(set(seeds))  # no LoRA arm repeats another model's draw
 
 
+def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
+    """`wide` has twice the private pairs, so the source's steps and the recipe's samples and steps
+    double with them (each image seen as often as in the 64-pair worlds); its per-rho counts leave
+    the other studies' models as they were (the same seeds, in the same order)."""
+    from auditor.reproduction.calibration_study import RHOS, _study, holdout, holdout_world, tiny_world, wide
+
+    small, recipe = tiny_world()
+    study = wide()
+    assert study.zoo.private_samples == 2 * small.private_samples and study.num_keys == 60
+    assert study.zoo.source.steps == 2 * small.source.steps
+    same = [s for s in study.zoo.suspects if s.rho == 0.0]
+    assert {(s.n_samples, s.train.steps) for s in same} == {(2 * recipe["n"], 2 * recipe["steps"])}
+    rhos = [m.rho for m in study.members if m.role == "infringing"]
+    assert {r: rhos.count(r) for r in RHOS} == {0.1: 4, 0.3: 16, 0.5: 4, 1.0: 4}
+    seeds = [s.train.seed for s in study.zoo.suspects]
+    assert len(seeds) == len(set(seeds)) and study.zoo.seed not in (0, 1, 2)
+    world, recipe = holdout_world()
+    per_rho = _study(
+        "holdout",
+        world,
+        recipe,
+        references=8,
+        panel=4,
+        same=192,
+        shifts=(),
+        infringing=dict.fromkeys(RHOS, 12),
+        first_seed=7000,
+    )
+    as_int = _study(
+        "holdout", world, recipe, references=8, panel=4, same=192, shifts=(), infringing=12, first_seed=7000
+    )
+    assert per_rho == as_int
+    # the holdout world's infringers keep the seeds they were trained with (after 8 + 4 + 192 + 50 models)
+    built = [(s.name, s.train.seed) for s in holdout().zoo.suspects if s.name.startswith("infringing-rho")]
+    assert built[0] == ("infringing-rho0.1-00", 7255) and built[-1] == ("infringing-rho1.0-11", 7302)
+
+
 def test_the_power_table_splits_full_fine_tunes_from_loras():
     from auditor.reproduction.calibration_report import POWER_HEADER, tables
 
