@@ -1,6 +1,6 @@
 """The calibration study: the verdict's false-positive rate and power, measured on many models.
 
-    t2i-audit reproduce --study calibration [--scale tiny|smoke] [--stage build|audit|report|all]
+    t2i-audit reproduce --study calibration [--scale SCALE] [--stage build|audit|report|all]
 
 A verdict's error rates are measured, not assumed: a world cheap enough to train some
 150 models (the `test` preset's 16 px world with 64 private pairs, in which one 800-step
@@ -30,6 +30,9 @@ the first demo did). The report stage writes the tables (false-positive rates wi
 Clopper-Pearson 95% intervals per recipe group, power per rho, inconclusive shares) and a
 plot. Nothing in the test is tuned on these models: its statistic and constants were
 fixed before the study (docs/method.md). Every stage is resumable.
+
+SCALE is a study of `STUDIES`: `tiny` (above), `tiny-lora`, issue 20's development,
+confirmation, holdout and wide worlds (`dev`, `confirm`, `holdout`, `wide`), and `smoke`.
 """
 
 from __future__ import annotations
