@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         required=True,
         help="how many references (at least 5 to decide; 8 or more recommended, 16 if you can: power"
-        " against rho = 0.3 infringers at alpha 0.01 was 0.25, 0.30 and 0.32 with 5, 8 and 16 on the 13"
-        " keys of the world that confirmed the test, 0.64, 0.75 and 0.84 on 30 keys in design;"
-        " docs/reproduction.md)",
+        " against rho = 0.3 infringers at alpha 0.01 was 0.62, 0.81 and 0.87 with 5, 8 and 16 on 30 keys"
+        " and 0.77, 0.86 and 0.87 on 49, but 0.25, 0.30 and 0.32 where 13 keys qualified, in the worlds"
+        " that confirmed the test; docs/reproduction.md)",
     )
     p.add_argument("--out", required=True, help="folder of the references and references.json")
     p.add_argument("--steps", type=positive_int, default=3000, help="fine-tuning steps each (default 3000)")
