@@ -27,7 +27,15 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
     """`wide` has twice the private pairs, so the source's steps and the recipe's samples and steps
     double with them (each image seen as often as in the 64-pair worlds); its per-rho counts leave
     the other studies' models as they were (the same seeds, in the same order)."""
-    from auditor.reproduction.calibration_study import RHOS, _study, holdout, holdout_world, tiny_world, wide
+    from auditor.reproduction.calibration_study import (
+        RHOS,
+        _study,
+        holdout,
+        holdout_level,
+        holdout_world,
+        tiny_world,
+        wide,
+    )
 
     small, recipe = tiny_world()
     study = wide()
@@ -55,6 +63,11 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
         "holdout", world, recipe, references=8, panel=4, same=192, shifts=(), infringing=12, first_seed=7000
     )
     assert per_rho == as_int
+    more = holdout_level()  # the holdout world's 332 models, then 172 innocents with seeds of their own
+    assert len(more.zoo.suspects) == 332 + 172 and set(holdout().zoo.suspects) <= set(more.zoo.suspects)
+    later = [s for s in more.zoo.suspects if s not in set(holdout().zoo.suspects)]
+    assert {s.rho for s in later} == {0.0} and later[0].name == "innocent-same-192" and len(later) == 172
+    assert len({s.train.seed for s in more.zoo.suspects}) == 332 + 172
     # the holdout world's infringers keep the seeds they were trained with (after 8 + 4 + 192 + 50 models)
     built = [(s.name, s.train.seed) for s in holdout().zoo.suspects if s.name.startswith("infringing-rho")]
     assert built[0] == ("infringing-rho0.1-00", 7255) and built[-1] == ("infringing-rho1.0-11", 7302)
