@@ -198,7 +198,7 @@ def cmd_reproduce(args: argparse.Namespace, ctx: Context) -> int:
         from auditor.distance import get_distance
 
         if args.study == "calibration":
-            from auditor.reproduction.calibration_study import STUDIES
+            from auditor.reproduction.calibration_worlds import STUDIES
         else:
             from auditor.reproduction.laundering_study import STUDIES
 

@@ -8,7 +8,8 @@ from t2i_audit import main
 def test_tiny_lora_is_tiny_without_the_full_fine_tune_suspects():
     """`tiny-lora` trains the very models `tiny` holds for its references, panel and LoRA arms,
     so its LoRA rows belong in `tiny`'s power table."""
-    from auditor.reproduction.calibration_study import LORA, LORA_RHOS, tiny, tiny_lora
+    from auditor.reproduction.calibration_study import LORA, LORA_RHOS
+    from auditor.reproduction.calibration_worlds import tiny, tiny_lora
 
     full = {s.name: s for s in tiny().zoo.suspects}
     part = tiny_lora()
@@ -27,9 +28,8 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
     """`wide` has twice the private pairs, so the source's steps and the recipe's samples and steps
     double with them (each image seen as often as in the 64-pair worlds); its per-rho counts leave
     the other studies' models as they were (the same seeds, in the same order)."""
-    from auditor.reproduction.calibration_study import (
-        RHOS,
-        _study,
+    from auditor.reproduction.calibration_study import RHOS, _study
+    from auditor.reproduction.calibration_worlds import (
         holdout,
         holdout_level,
         holdout_world,
@@ -110,7 +110,8 @@ def test_every_verdict_row_names_the_distance_it_was_reached_with():
     """Both studies' CSVs take their rows from `verdicts`; a row of an l2_half audit must say so."""
     from record_factory import noise_records
 
-    from auditor.reproduction.calibration_study import smoke, verdicts
+    from auditor.reproduction.calibration_study import verdicts
+    from auditor.reproduction.calibration_worlds import smoke
 
     study = smoke().model_copy(update={"distance": "l2_half"})
     records = noise_records(study)
@@ -128,7 +129,7 @@ def test_the_study_report_states_the_keys_that_qualified_not_those_asked(tmp_pat
     from auditor.reproduction.calibration_report import report_stage
 
     monkeypatch.setattr(calibration_report, "study_table", lambda *a: None)  # needs a keyset on disk
-    from auditor.reproduction.calibration_study import smoke
+    from auditor.reproduction.calibration_worlds import smoke
 
     study = smoke()
     records = noise_records(study)

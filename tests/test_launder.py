@@ -123,7 +123,7 @@ def test_the_study_pairs_every_attack_with_the_same_infringers():
             if spec.launder is not None:
                 assert spec.launder.seed == spec.train.seed  # recorded, so a rerun reproduces it
     # references and panel are the calibration study's (same names and specs: a shared cache)
-    from auditor.reproduction.calibration_study import tiny as calibration_tiny
+    from auditor.reproduction.calibration_worlds import tiny as calibration_tiny
 
     calibration = {s.name: s for s in calibration_tiny().zoo.suspects}
     study = tiny()

@@ -324,7 +324,7 @@ def test_calibration_study_smoke_end_to_end(tmp_path, capsys, smoke_cache):
     the plot written, and a rerun of the audit stage reuses every record."""
     import csv
 
-    from auditor.reproduction.calibration_study import smoke as study_smoke
+    from auditor.reproduction.calibration_worlds import smoke as study_smoke
 
     argv = ["--format", "json", "reproduce", "--study", "calibration", "--scale", "smoke"]
     argv += ["--out", str(tmp_path / "out"), "--cache", str(smoke_cache)]

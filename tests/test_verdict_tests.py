@@ -204,7 +204,8 @@ class MeanZ:
 
 def test_a_new_test_plugs_in_without_editing_the_report_views_or_studies(monkeypatch):
     from auditor.figures import strip_plot_png
-    from auditor.reproduction.calibration_study import smoke, verdicts
+    from auditor.reproduction.calibration_study import verdicts
+    from auditor.reproduction.calibration_worlds import smoke
     from auditor.views import print_report_summary, render_report_html
 
     toy = MeanZ()

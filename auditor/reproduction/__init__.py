@@ -4,6 +4,7 @@ verdict's studies (calibration, laundering), their distances tables and rescorin
 __all__ = [
     "calibration_report",
     "calibration_study",
+    "calibration_worlds",
     "candidates",
     "experiment",
     "laundering_report",

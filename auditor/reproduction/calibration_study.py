@@ -31,9 +31,8 @@ Clopper-Pearson 95% intervals per recipe group, power per rho, inconclusive shar
 plot. Nothing in the test is tuned on these models: its statistic and constants were
 fixed before the study (docs/method.md). Every stage is resumable.
 
-SCALE is a study of `STUDIES`: `tiny` (above), `tiny-lora`, issue 20's development,
-confirmation, holdout and wide worlds (`dev`, `confirm`, `holdout`, `holdout-level`, `wide`),
-and `smoke`.
+SCALE is a design of `calibration_worlds.STUDIES`; this module holds what a design is made of
+(members, recipe shifts, sampling variants) and the stages.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from pydantic import Field
 
 from auditor.config import AuditConfig, FrozenModel, GenerationSettings
 from auditor.progress import Reporter
-from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
+from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
 
 if TYPE_CHECKING:
     from auditor.report import ReferenceResult
@@ -204,169 +203,6 @@ def _study(
     return Study(
         name=name, zoo=world.model_copy(update={"suspects": tuple(specs)}), members=tuple(members), **fields
     )
-
-
-def tiny_world() -> tuple[ZooConfig, dict]:
-    """The studies' world at tiny scale (16 px, 64 private pairs) and the references' recipe;
-    the laundering study shares it, so its references and keys are this study's."""
-    world = PRESETS["test"].model_copy(update={"private_samples": 64, "suspects": (), "references": ()})
-    return world, {"steps": 800, "lr": 5e-4, "n": 64}
-
-
-def smoke_world() -> tuple[ZooConfig, dict]:
-    """The studies' world at smoke scale: models trained for seconds, for the plumbing only."""
-    world = PRESETS["test"].model_copy(
-        update={
-            "private_samples": 16,
-            "suspects": (),
-            "references": (),
-            "vae": StageSpec(steps=150, batch_size=16, lr=2e-3, seed=1),
-            "base": StageSpec(steps=60, lr=1e-3, seed=2),
-            "source": StageSpec(steps=400, lr=1e-3, seed=3),
-        }
-    )
-    return world, {"steps": 30, "lr": 5e-4, "n": 16}
-
-
-def tiny() -> Study:
-    """The study itself: 182 models in the 16 px world. Its 152 full fine-tunes took 103.5 min on
-    a shared 2-core box; `tiny-lora`'s 15 LoRAs about 65 min on a third of it (docs/reproduction.md)."""
-    world, recipe = tiny_world()
-    return _study(
-        "tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=10
-    )  # fmt: skip
-
-
-def tiny_lora() -> Study:
-    """The references, the panel and the first 5 models of each LoRA arm of `tiny` (the same
-    models: 27 in all), for the LoRA rows alone at a third of the cost of those arms in full."""
-    world, recipe = tiny_world()
-    return _study("tiny-lora", world, recipe, references=8, panel=4, same=0, shifts=(), infringing=0, lora=5)
-
-
-def dev() -> Study:
-    """The development world of issue 20: a subset of `tiny`'s full fine-tunes (its cache serves both;
-    30 innocents of the references' recipe, half of each shift, 6 infringers per rho; the LoRA arms
-    are left to the confirmation world, for time) and 10 of its innocents audited with each
-    SAMPLING variant. Verdict statistics are designed on its table; the confirmation world
-    (`confirm`) is scored once with the chosen test unchanged."""
-    world, recipe = tiny_world()
-    shifts = tuple((group, max(1, count // 2), changes) for group, count, changes in SHIFTS)
-    return _study(
-        "dev", world, recipe, references=8, panel=4, same=30, shifts=shifts, infringing=6, sampling=10
-    )  # fmt: skip
-
-
-def confirm_world() -> tuple[ZooConfig, dict]:
-    """The confirmation world: the development world's kind (16 px, 64 private pairs, the same
-    recipes) drawn again with another world seed, so its data, base, source, keys, references and
-    suspects are all new."""
-    world, recipe = tiny_world()
-    stages = {
-        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 10})
-        for name in ("vae", "base", "source")
-    }
-    return world.model_copy(update={"seed": 1, **stages}), recipe
-
-
-def confirm() -> Study:
-    """The confirmation world of issue 20, scored once with the test chosen on `dev`: 200 innocents
-    of the references' recipe (8 references, 192 suspects: enough models for a 95% upper bound of
-    0.02 on the level at 0 of them flagged), the 50 shifted innocents, 12 infringers per rho, and 6
-    LoCon LoRAs per rho in {0, 0.1, 0.3, 0.5, 1.0}."""
-    world, recipe = confirm_world()
-    return _study(
-        "confirm", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
-        lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=5000, lora_seed=9001, sampling=30,
-    )  # fmt: skip
-
-
-def holdout_world() -> tuple[ZooConfig, dict]:
-    """The third world: the same kind again with world seed 2. The development and confirmation
-    tables have both been looked at, so a test designed on them is confirmed here, once."""
-    world, recipe = tiny_world()
-    stages = {
-        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 20})
-        for name in ("vae", "base", "source")
-    }
-    return world.model_copy(update={"seed": 2, **stages}), recipe
-
-
-def holdout() -> Study:
-    """The confirmation world's design (`confirm`) drawn in the third world (`holdout_world`): a
-    test designed on the development and confirmation tables is scored here once, unchanged."""
-    world, recipe = holdout_world()
-    return _study(
-        "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
-        lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001, sampling=30,
-    )  # fmt: skip
-
-
-def holdout_level() -> Study:
-    """`holdout` with 172 more innocents of the references' recipe, trained after its infringers so
-    that its 332 models are the same, cached: with the wide world's 36, 400 innocents in v3's two
-    confirmation worlds, what a 95% upper bound of 0.02 needs at v3's measured level (about 0.0045:
-    2 of 400). Declared in docs/reproduction.md (the wide world) before it was built."""
-    world, recipe = holdout_world()
-    return _study(
-        "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
-        later_same=172, lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001,
-        sampling=30,
-    )  # fmt: skip
-
-
-def wide_world() -> tuple[ZooConfig, dict]:
-    """The fourth world: twice the private pairs (128, world seed 3), so that 60 keys can qualify,
-    with every count that sets how much a model sees of each image doubled with them: the source's
-    steps (4,000), and the recipe's samples (128) and steps (1,600). Each image is then seen as often
-    as in the 64-pair worlds, and an infringer at rho trains on the source's generations of the same
-    share of the key prompts (its captions cycle over the 128 private ones)."""
-    world, recipe = tiny_world()
-    stages = {
-        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 30})
-        for name in ("vae", "base")
-    }
-    stages["source"] = world.source.model_copy(update={"seed": world.source.seed + 30, "steps": 4000})
-    return world.model_copy(update={"seed": 3, "private_samples": 128, **stages}), {
-        **recipe,
-        "steps": 1600,
-        "n": 128,
-    }
-
-
-def wide() -> Study:
-    """Issue 20's 30- and 60-key power, and more innocents for the level, in `wide_world`, with the
-    shipped test unchanged: audited with the 60 best-ranked keys, of which the first 30 are the keys a
-    30-key selection picks (`--rescore --keys 30`). 8 references and a panel of 4, 36 innocents of
-    the references' recipe, and 16 infringers at rho 0.3 with 4 at each other rho; no shifts, LoRAs or
-    sampling variants, which the holdout world measured (for time: 76 fine-tunes of 1,600 steps)."""
-    world, recipe = wide_world()
-    return _study(
-        "wide", world, recipe, references=8, panel=4, same=36, shifts=(),
-        infringing={0.1: 4, 0.3: 16, 0.5: 4, 1.0: 4}, first_seed=15000, num_keys=60,
-    )  # fmt: skip
-
-
-def smoke() -> Study:
-    """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
-    world, recipe = smoke_world()
-    shifts = (("steps-60", 1, {"steps": 60}), ("flat-lighting", 1, {"style_gradient": 0.05}))
-    return _study(
-        "smoke", world, recipe, references=5, panel=1, same=2, shifts=shifts, infringing=1,
-        lora=1, lora_recipe=("locon", 8, 1e-3, 30), num_keys=6, delta0=0.25, seeds_per_key=2, sampling=1,
-    )  # fmt: skip
-
-
-STUDIES = {
-    "tiny": tiny,
-    "tiny-lora": tiny_lora,
-    "dev": dev,
-    "confirm": confirm,
-    "holdout": holdout,
-    "holdout-level": holdout_level,
-    "wide": wide,
-    "smoke": smoke,
-}
 
 
 # ---------------------------------------------------------------- stages

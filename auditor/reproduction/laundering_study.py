@@ -26,7 +26,8 @@ false-positive rate under the same test is the level beside each row's power.
 
 from __future__ import annotations
 
-from auditor.reproduction.calibration_study import Member, Study, smoke_world, tiny_world
+from auditor.reproduction.calibration_study import Member, Study
+from auditor.reproduction.calibration_worlds import smoke_world, tiny_world
 from auditor.zoo.config import FurtherSpec, StageSpec, SuspectSpec, ZooConfig
 from auditor.zoo.launder import Laundering
 
