@@ -28,7 +28,7 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
     """`wide` has twice the private pairs, so the source's steps and the recipe's samples and steps
     double with them (each image seen as often as in the 64-pair worlds); its per-rho counts leave
     the other studies' models as they were (the same seeds, in the same order)."""
-    from auditor.reproduction.calibration_study import RHOS, _study
+    from auditor.reproduction.calibration_study import RHOS, design
     from auditor.reproduction.calibration_worlds import (
         holdout,
         holdout_level,
@@ -48,7 +48,7 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
     seeds = [s.train.seed for s in study.zoo.suspects]
     assert len(seeds) == len(set(seeds)) and study.zoo.seed not in (0, 1, 2)
     world, recipe = holdout_world()
-    per_rho = _study(
+    per_rho = design(
         "holdout",
         world,
         recipe,
@@ -59,7 +59,7 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
         infringing=dict.fromkeys(RHOS, 12),
         first_seed=7000,
     )
-    as_int = _study(
+    as_int = design(
         "holdout", world, recipe, references=8, panel=4, same=192, shifts=(), infringing=12, first_seed=7000
     )
     assert per_rho == as_int

@@ -124,7 +124,7 @@ SHIFTS: tuple[tuple[str, int, dict], ...] = (
 )
 
 
-def _study(
+def design(
     name: str,
     world: ZooConfig,
     recipe: dict,
@@ -143,6 +143,10 @@ def _study(
     sampling: int = 0,
     **fields,
 ) -> Study:
+    """A study's members in `world`, in a fixed order that seeds them: references, panel, innocents
+    of the references' recipe, each recipe shift, infringers per rho, innocents added later, then
+    sampling variants (no training) and LoRA arms (fixed seeds). Each fine-tune's seed is its place
+    in that order, so a design may append to a built world but never insert."""
     specs: list[SuspectSpec] = []
     members: list[Member] = []
     seed = first_seed

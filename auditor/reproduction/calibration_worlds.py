@@ -5,7 +5,7 @@
 `STUDIES` maps each SCALE to its design: `tiny` (the first study), `tiny-lora`, issue 20's
 development, confirmation, holdout and wide worlds (`dev`, `confirm`, `holdout`,
 `holdout-level`, `wide`), and `smoke`. A world is a zoo (data, VAE, base, source) and the
-references' recipe; a design is the members trained in it (`calibration_study._study`).
+references' recipe; a design is the members trained in it (`calibration_study.design`).
 Members are seeded by their place, so a design may only append to a world that was built,
 never insert: every model before keeps its seed and its cache entry. The stages that build,
 audit and score a study are `calibration_study`'s.
@@ -13,7 +13,7 @@ audit and score a study are `calibration_study`'s.
 
 from __future__ import annotations
 
-from auditor.reproduction.calibration_study import SHIFTS, Study, _study
+from auditor.reproduction.calibration_study import SHIFTS, Study, design
 from auditor.zoo.config import PRESETS, StageSpec, ZooConfig
 
 
@@ -43,7 +43,7 @@ def tiny() -> Study:
     """The study itself: 182 models in the 16 px world. Its 152 full fine-tunes took 103.5 min on
     a shared 2-core box; `tiny-lora`'s 15 LoRAs about 65 min on a third of it (docs/reproduction.md)."""
     world, recipe = tiny_world()
-    return _study(
+    return design(
         "tiny", world, recipe, references=8, panel=4, same=50, shifts=SHIFTS, infringing=10, lora=10
     )  # fmt: skip
 
@@ -52,7 +52,7 @@ def tiny_lora() -> Study:
     """The references, the panel and the first 5 models of each LoRA arm of `tiny` (the same
     models: 27 in all), for the LoRA rows alone at a third of the cost of those arms in full."""
     world, recipe = tiny_world()
-    return _study("tiny-lora", world, recipe, references=8, panel=4, same=0, shifts=(), infringing=0, lora=5)
+    return design("tiny-lora", world, recipe, references=8, panel=4, same=0, shifts=(), infringing=0, lora=5)
 
 
 def dev() -> Study:
@@ -63,7 +63,7 @@ def dev() -> Study:
     (`confirm`) is scored once with the chosen test unchanged."""
     world, recipe = tiny_world()
     shifts = tuple((group, max(1, count // 2), changes) for group, count, changes in SHIFTS)
-    return _study(
+    return design(
         "dev", world, recipe, references=8, panel=4, same=30, shifts=shifts, infringing=6, sampling=10
     )  # fmt: skip
 
@@ -86,7 +86,7 @@ def confirm() -> Study:
     0.02 on the level at 0 of them flagged), the 50 shifted innocents, 12 infringers per rho, and 6
     LoCon LoRAs per rho in {0, 0.1, 0.3, 0.5, 1.0}."""
     world, recipe = confirm_world()
-    return _study(
+    return design(
         "confirm", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
         lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=5000, lora_seed=9001, sampling=30,
     )  # fmt: skip
@@ -107,7 +107,7 @@ def holdout() -> Study:
     """The confirmation world's design (`confirm`) drawn in the third world (`holdout_world`): a
     test designed on the development and confirmation tables is scored here once, unchanged."""
     world, recipe = holdout_world()
-    return _study(
+    return design(
         "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
         lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001, sampling=30,
     )  # fmt: skip
@@ -119,7 +119,7 @@ def holdout_level() -> Study:
     confirmation worlds, what a 95% upper bound of 0.02 needs at v3's measured level (about 0.0045:
     2 of 400). Declared in docs/reproduction.md (the wide world) before it was built."""
     world, recipe = holdout_world()
-    return _study(
+    return design(
         "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
         later_same=172, lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001,
         sampling=30,
@@ -152,7 +152,7 @@ def wide() -> Study:
     the references' recipe, and 16 infringers at rho 0.3 with 4 at each other rho; no shifts, LoRAs or
     sampling variants, which the holdout world measured (for time: 76 fine-tunes of 1,600 steps)."""
     world, recipe = wide_world()
-    return _study(
+    return design(
         "wide", world, recipe, references=8, panel=4, same=36, shifts=(),
         infringing={0.1: 4, 0.3: 16, 0.5: 4, 1.0: 4}, first_seed=15000, num_keys=60,
     )  # fmt: skip
@@ -162,7 +162,7 @@ def smoke() -> Study:
     """Checks the study's plumbing in CI in about a minute; its numbers mean nothing."""
     world, recipe = smoke_world()
     shifts = (("steps-60", 1, {"steps": 60}), ("flat-lighting", 1, {"style_gradient": 0.05}))
-    return _study(
+    return design(
         "smoke", world, recipe, references=5, panel=1, same=2, shifts=shifts, infringing=1,
         lora=1, lora_recipe=("locon", 8, 1e-3, 30), num_keys=6, delta0=0.25, seeds_per_key=2, sampling=1,
     )  # fmt: skip
