@@ -28,14 +28,8 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
     """`wide` has twice the private pairs, so the source's steps and the recipe's samples and steps
     double with them (each image seen as often as in the 64-pair worlds); its per-rho counts leave
     the other studies' models as they were (the same seeds, in the same order)."""
-    from auditor.reproduction.calibration_study import RHOS, design
-    from auditor.reproduction.calibration_worlds import (
-        holdout,
-        holdout_level,
-        holdout_world,
-        tiny_world,
-        wide,
-    )
+    from auditor.reproduction.calibration_study import RHOS, SHIFTS, design
+    from auditor.reproduction.calibration_worlds import holdout, holdout_world, tiny_world, wide
 
     small, recipe = tiny_world()
     study = wide()
@@ -63,14 +57,49 @@ def test_the_wide_world_doubles_what_sets_how_often_an_image_is_seen():
         "holdout", world, recipe, references=8, panel=4, same=192, shifts=(), infringing=12, first_seed=7000
     )
     assert per_rho == as_int
-    more = holdout_level()  # the holdout world's 332 models, then 172 innocents with seeds of their own
-    assert len(more.zoo.suspects) == 332 + 172 and set(holdout().zoo.suspects) <= set(more.zoo.suspects)
-    later = [s for s in more.zoo.suspects if s not in set(holdout().zoo.suspects)]
+    # innocents added later come after every model built before, which keeps its seed
+    built = holdout()
+    more = design(
+        "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
+        later_same=172, lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001,
+        sampling=30,
+    )  # fmt: skip
+    assert len(more.zoo.suspects) == 332 + 172 and set(built.zoo.suspects) <= set(more.zoo.suspects)
+    later = [s for s in more.zoo.suspects if s not in set(built.zoo.suspects)]
     assert {s.rho for s in later} == {0.0} and later[0].name == "innocent-same-192" and len(later) == 172
     assert len({s.train.seed for s in more.zoo.suspects}) == 332 + 172
     # the holdout world's infringers keep the seeds they were trained with (after 8 + 4 + 192 + 50 models)
     built = [(s.name, s.train.seed) for s in holdout().zoo.suspects if s.name.startswith("infringing-rho")]
     assert built[0] == ("infringing-rho0.1-00", 7255) and built[-1] == ("infringing-rho1.0-11", 7302)
+
+
+def test_each_world_is_drawn_afresh_and_the_level_world_holds_innocents_of_one_recipe():
+    """Every world of issue 20 has a world seed and VAE, base and source seeds of its own (new
+    data, source, keys and models); the level world is the 64-pair kind with 8 references, a panel
+    of 4 and 222 innocents of the references' recipe, whose seeds no other model shares."""
+    from auditor.reproduction.calibration_worlds import (
+        confirm_world,
+        holdout_world,
+        level,
+        level_world,
+        tiny_world,
+        wide_world,
+    )
+
+    worlds = [tiny_world()[0]] + [w()[0] for w in (confirm_world, holdout_world, wide_world, level_world)]
+    for stage in ("vae", "base", "source"):
+        assert len({getattr(w, stage).seed for w in worlds}) == len(worlds)
+    assert [w.seed for w in worlds] == [0, 1, 2, 3, 4]
+    small, recipe = tiny_world()
+    world, level_recipe = level_world()
+    assert level_recipe == recipe and world.private_samples == small.private_samples
+    assert world.source.steps == small.source.steps
+    study = level()
+    roles = [m.role for m in study.members]
+    assert (roles.count("reference"), roles.count("panel"), roles.count("innocent")) == (8, 4, 222)
+    assert {m.group for m in study.members if m.role == "innocent"} == {"reference recipe"}
+    assert [m.rho for m in study.members if m.role == "infringing"] == [0.3] * 4
+    assert len({s.train.seed for s in study.zoo.suspects}) == len(study.zoo.suspects) == 238
 
 
 def test_the_power_table_splits_full_fine_tunes_from_loras():

@@ -3,8 +3,8 @@
     t2i-audit reproduce --study calibration --scale SCALE
 
 `STUDIES` maps each SCALE to its design: `tiny` (the first study), `tiny-lora`, issue 20's
-development, confirmation, holdout and wide worlds (`dev`, `confirm`, `holdout`,
-`holdout-level`, `wide`), and `smoke`. A world is a zoo (data, VAE, base, source) and the
+development, confirmation, holdout, wide and level worlds (`dev`, `confirm`, `holdout`,
+`wide`, `level`), and `smoke`. A world is a zoo (data, VAE, base, source) and the
 references' recipe; a design is the members trained in it (`calibration_study.design`).
 Members are seeded by their place, so a design may only append to a world that was built,
 never insert: every model before keeps its seed and its cache entry. The stages that build,
@@ -68,16 +68,24 @@ def dev() -> Study:
     )  # fmt: skip
 
 
-def confirm_world() -> tuple[ZooConfig, dict]:
-    """The confirmation world: the development world's kind (16 px, 64 private pairs, the same
-    recipes) drawn again with another world seed, so its data, base, source, keys, references and
-    suspects are all new."""
+def _reseeded(seed: int, **changes) -> tuple[ZooConfig, dict]:
+    """`tiny_world` drawn again with world seed `seed`: its VAE, base and source seeds move by
+    10 per world seed, so each world's data, base, source, keys, references and suspects are new.
+    `changes` updates the world (and `source_steps` the source's steps)."""
     world, recipe = tiny_world()
+    source_steps = changes.pop("source_steps", world.source.steps)
     stages = {
-        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 10})
+        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 10 * seed})
         for name in ("vae", "base", "source")
     }
-    return world.model_copy(update={"seed": 1, **stages}), recipe
+    stages["source"] = stages["source"].model_copy(update={"steps": source_steps})
+    return world.model_copy(update={"seed": seed, **stages, **changes}), recipe
+
+
+def confirm_world() -> tuple[ZooConfig, dict]:
+    """The confirmation world: the development world's kind (16 px, 64 private pairs, the same
+    recipes) drawn again with world seed 1."""
+    return _reseeded(1)
 
 
 def confirm() -> Study:
@@ -95,12 +103,7 @@ def confirm() -> Study:
 def holdout_world() -> tuple[ZooConfig, dict]:
     """The third world: the same kind again with world seed 2. The development and confirmation
     tables have both been looked at, so a test designed on them is confirmed here, once."""
-    world, recipe = tiny_world()
-    stages = {
-        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 20})
-        for name in ("vae", "base", "source")
-    }
-    return world.model_copy(update={"seed": 2, **stages}), recipe
+    return _reseeded(2)
 
 
 def holdout() -> Study:
@@ -113,36 +116,14 @@ def holdout() -> Study:
     )  # fmt: skip
 
 
-def holdout_level() -> Study:
-    """`holdout` with 172 more innocents of the references' recipe, trained after its infringers so
-    that its 332 models are the same, cached: with the wide world's 36, 400 innocents in v3's two
-    confirmation worlds, what a 95% upper bound of 0.02 needs at v3's measured level (about 0.0045:
-    2 of 400). Declared in docs/reproduction.md (the wide world) before it was built."""
-    world, recipe = holdout_world()
-    return design(
-        "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
-        later_same=172, lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001,
-        sampling=30,
-    )  # fmt: skip
-
-
 def wide_world() -> tuple[ZooConfig, dict]:
     """The fourth world: twice the private pairs (128, world seed 3), so that 60 keys can qualify,
     with every count that sets how much a model sees of each image doubled with them: the source's
     steps (4,000), and the recipe's samples (128) and steps (1,600). Each image is then seen as often
     as in the 64-pair worlds, and an infringer at rho trains on the source's generations of the same
     share of the key prompts (its captions cycle over the 128 private ones)."""
-    world, recipe = tiny_world()
-    stages = {
-        name: getattr(world, name).model_copy(update={"seed": getattr(world, name).seed + 30})
-        for name in ("vae", "base")
-    }
-    stages["source"] = world.source.model_copy(update={"seed": world.source.seed + 30, "steps": 4000})
-    return world.model_copy(update={"seed": 3, "private_samples": 128, **stages}), {
-        **recipe,
-        "steps": 1600,
-        "n": 128,
-    }
+    world, recipe = _reseeded(3, private_samples=128, source_steps=2 * tiny_world()[0].source.steps)
+    return world, {**recipe, "steps": 2 * recipe["steps"], "n": 2 * recipe["n"]}
 
 
 def wide() -> Study:
@@ -155,6 +136,26 @@ def wide() -> Study:
     return design(
         "wide", world, recipe, references=8, panel=4, same=36, shifts=(),
         infringing={0.1: 4, 0.3: 16, 0.5: 4, 1.0: 4}, first_seed=15000, num_keys=60,
+    )  # fmt: skip
+
+
+def level_world() -> tuple[ZooConfig, dict]:
+    """The fifth world: the 64-pair kind again, with world seed 4, never looked at before v3 was
+    scored on it."""
+    return _reseeded(4)
+
+
+def level() -> Study:
+    """v3's level on the references' recipe, confirmed in a fifth world (`level_world`): 8
+    references, a panel of 4 and 222 innocents of their recipe, so that with the holdout world's
+    192 and the wide world's 36 there are 450 innocents in v3's confirmation worlds, what a 95%
+    upper bound of 0.02 needs at v3's measured level (about 0.0045; 3 of 450 give 0.0194). Four
+    infringers at rho 0.3 check the world's keys, not power. Declared in docs/reproduction.md
+    before it was built."""
+    world, recipe = level_world()
+    return design(
+        "level", world, recipe, references=8, panel=4, same=222, shifts=(), infringing={0.3: 4},
+        first_seed=17000,
     )  # fmt: skip
 
 
@@ -174,7 +175,7 @@ STUDIES = {
     "dev": dev,
     "confirm": confirm,
     "holdout": holdout,
-    "holdout-level": holdout_level,
     "wide": wide,
+    "level": level,
     "smoke": smoke,
 }
