@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="tiny",
         help=f"{' or '.join(sorted(SCALES))} (default tiny); the laundering study also has tiny-further"
         " (its further fine-tunes and their controls only, to compare distances), the calibration study"
-        " tiny-lora (its references, panel and first LoRAs)",
+        " tiny-lora (its references, panel and first LoRAs) and issue 20's worlds dev, confirm, holdout, wide"
+        " and level (docs/reproduction.md)",
     )
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     p.add_argument(
