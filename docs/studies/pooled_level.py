@@ -5,11 +5,12 @@ innocent's verdicts over reference sets drawn from that world's own pool; a worl
 references to another. So the worlds pool at the level of models: the sum of the per-model rates
 (a row's mean times its models), rounded up as the rescore rounds it, over all their models, with
 the same Clopper-Pearson interval. Only worlds that confirmed the test, unchanged, belong in the
-pool; for v3 these are the holdout and wide worlds (docs/reproduction.md).
+pool; for v3 these are the holdout, wide and level worlds (docs/reproduction.md).
 
-    .venv/bin/t2i-audit reproduce --study calibration --rescore docs/studies/holdout-distances.csv.gz --out /tmp/h
-    .venv/bin/t2i-audit reproduce --study calibration --rescore docs/studies/wide-distances.csv.gz --out /tmp/w
-    .venv/bin/python docs/studies/pooled_level.py /tmp/h/rescore/rescore.csv /tmp/w/rescore/rescore.csv
+    for w in holdout wide level; do
+      .venv/bin/t2i-audit reproduce --study calibration --rescore docs/studies/$w-distances.csv.gz --out /tmp/$w
+    done
+    .venv/bin/python docs/studies/pooled_level.py /tmp/{holdout,wide,level}/rescore/rescore.csv
 """
 
 from __future__ import annotations
