@@ -93,10 +93,16 @@ def confirm() -> Study:
     of the references' recipe (8 references, 192 suspects: enough models for a 95% upper bound of
     0.02 on the level at 0 of them flagged), the 50 shifted innocents, 12 infringers per rho, and 6
     LoCon LoRAs per rho in {0, 0.1, 0.3, 0.5, 1.0}."""
-    world, recipe = confirm_world()
+    return _confirmation_design("confirm", *confirm_world(), first_seed=5000, lora_seed=9001)
+
+
+def _confirmation_design(
+    name: str, world: ZooConfig, recipe: dict, *, first_seed: int, lora_seed: int
+) -> Study:
+    """`confirm`'s members, which `holdout` draws again in its own world with its own seeds."""
     return design(
-        "confirm", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
-        lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=5000, lora_seed=9001, sampling=30,
+        name, world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
+        lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=first_seed, lora_seed=lora_seed, sampling=30,
     )  # fmt: skip
 
 
@@ -109,11 +115,7 @@ def holdout_world() -> tuple[ZooConfig, dict]:
 def holdout() -> Study:
     """The confirmation world's design (`confirm`) drawn in the third world (`holdout_world`): a
     test designed on the development and confirmation tables is scored here once, unchanged."""
-    world, recipe = holdout_world()
-    return design(
-        "holdout", world, recipe, references=8, panel=4, same=192, shifts=SHIFTS, infringing=12,
-        lora=6, lora_rhos=(0.1, 0.3, 0.5, 1.0), first_seed=7000, lora_seed=12001, sampling=30,
-    )  # fmt: skip
+    return _confirmation_design("holdout", *holdout_world(), first_seed=7000, lora_seed=12001)
 
 
 def wide_world() -> tuple[ZooConfig, dict]:
