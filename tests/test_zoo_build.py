@@ -138,3 +138,46 @@ def test_a_built_model_hashes_the_same_online_or_offline(tmp_path, monkeypatch, 
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
         digests.append(hash_model(build(tmp_path / str(offline))).digest)
     assert digests[0] == digests[1]
+
+
+def test_the_pool_trains_the_source_beside_the_suspects_that_do_not_need_it():
+    from auditor.zoo.build import _pool_plan
+    from auditor.zoo.config import StageSpec, SuspectSpec
+
+    stage = StageSpec(steps=2, batch_size=2, lr=1e-3)
+    innocent = SuspectSpec(name="innocent", rho=0.0, n_samples=8, train=stage)
+    copy = SuspectSpec(name="copy", rho=0.3, n_samples=8, train=stage)
+    rounded_away = SuspectSpec(name="none-generated", rho=0.05, n_samples=8, train=stage)  # 0.4 images
+    assert _pool_plan([copy, innocent, rounded_away], True) == ([None, "innocent", "none-generated"], ["copy"])
+    assert _pool_plan([copy, innocent], False) == (["copy", "innocent"], [])
+    assert _pool_plan([], True) == ([], [])
+
+
+def test_a_zoo_built_by_two_workers_is_the_zoo_one_process_finds(tmp_path):
+    """jobs=2 with the source missing: the workers build the source, the innocent beside it and
+    then the copy; every artifact lands where a one-process build looks for it."""
+    from auditor.zoo.build import build_zoo
+    from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
+
+    stage = StageSpec(steps=2, batch_size=2, lr=1e-3)
+    config = ZooConfig(
+        resolution=16,
+        public_draws_per_caption=1,
+        private_samples=4,
+        vae=stage,
+        base=stage,
+        source=stage,
+        suspects=(SuspectSpec(name="copy", rho=1.0, n_samples=4, train=stage),),
+        references=(SuspectSpec(name="reference", rho=0.0, n_samples=4, train=stage),),
+        generation=PRESETS["test"].generation.model_copy(update={"steps": 2}),
+    )
+    index = build_zoo(config, cache_dir=tmp_path, jobs=2)
+    assert build_zoo(config, cache_dir=tmp_path, cached_only=True) == index
+    assert set(index.suspects) == {"copy"} and set(index.references) == {"reference"}
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "artifacts").iterdir()) == [
+        "base",
+        "source",
+        "suspect",
+        "suspect",
+        "vae",
+    ]

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,180 +136,254 @@ def build_zoo(
 ) -> ZooIndex:
     """Build (or load from cache) every model the config names and return their paths.
 
-    With `jobs` > 1 the suspects, which only depend on the base and the source, are
-    fine-tuned in that many worker processes of one torch thread each: on small CPU
-    machines two single-threaded processes beat one process with two threads. With
-    `cached_only` nothing is trained: a missing artifact raises FileNotFoundError.
+    With `jobs` > 1 the fine-tunes run in that many worker processes of one torch thread
+    each (on small CPU machines two single-threaded processes beat one process with two
+    threads), and the source trains in one of them beside the fine-tunes that only need
+    the base: innocents train on real images, so only suspects with generated data wait
+    for the source. With `cached_only` nothing is trained: a missing artifact raises
+    FileNotFoundError.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from auditor.backends import quiet_hf_libraries
-
-    quiet_hf_libraries()
     reporter = reporter or Reporter()
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    store = _Artifacts(root, reporter, cached_only)
-    workdir = root / "work"
-    workdir.mkdir(parents=True, exist_ok=True)
-    parts = ZooParts(config.family, config.seed, workdir)
-    res = config.resolution
-
-    # Data: the public set pre-trains the base; the private set is the owner's secret data.
-    space = data.caption_space()
-    public = data.draw([c for c in space for _ in range(config.public_draws_per_caption)], config.seed, res)
-    rng = np.random.default_rng([config.seed, 1])
-    private_captions = [space[i] for i in rng.choice(len(space), size=config.private_samples, replace=False)]
-    private = data.draw(private_captions, config.seed + 1, res)
-
-    # VAE (shared by every role, frozen after this stage, as SD fine-tunes keep it fixed).
-    vae_key = {  # the VAE trains on the public and the private images: both counts name it
-        "resolution": res,
-        "seed": config.seed,
-        "draws": config.public_draws_per_caption,
-        "private": config.private_samples,
-        "vae": config.vae,
-    }
-
-    def build_vae(out: Path) -> None:
-        vae = make_vae(config.vae.seed, res)
-        with reporter.task("zoo: VAE", config.vae.steps) as advance:
-            scale = train_vae(
-                vae,
-                np.concatenate([public.images, private.images]),
-                steps=config.vae.steps,
-                batch_size=config.vae.batch_size,
-                lr=config.vae.lr,
-                seed=config.vae.seed,
-                progress=advance,
+    world = _World(config, root, reporter, cached_only)
+    if jobs > 1 and not cached_only:
+        first, after_source = _pool_plan(world.missing(), world.source_missing())
+        if len(first) + len(after_source) > 1:
+            _run_pool(
+                [(config, name) for name in first],
+                root,
+                jobs,
+                reporter,
+                f"zoo: {len(first) + len(after_source)} models",
+                after_source=[(config, name) for name in after_source],
             )
-        vae.register_to_config(scaling_factor=scale)
-        vae.save_pretrained(out, safe_serialization=True)
+    suspects: dict[str, str] = {}
+    references: dict[str, str] = {}
+    for spec in (*config.suspects, *config.references):
+        (references if spec in config.references else suspects)[spec.name] = str(world.suspect(spec))
+    source_root = world.source_root()
+    index = ZooIndex(
+        config_digest=config_digest(config),
+        root=str(root),
+        base=str(world.base_dir),
+        base_digest=world.base_digest,
+        source=str(source_root / "pipeline"),
+        source_digest=world.source_digest,
+        source_train=str(source_root / "train"),
+        suspects=suspects,
+        references=references,
+        rho={spec.name: spec.rho for spec in (*config.suspects, *config.references)},
+    )
+    atomic_write_text(root / f"zoo-{index.config_digest[:16]}.json", index.model_dump_json(indent=2))
+    return index
 
-    vae_dir, vae_digest = store.get("vae", vae_key, build_vae)
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    scale = float(vae.config.scaling_factor)
-    states, pooled = parts.encode(list(space))
 
-    def train_from(parent_unet: Path | None, spec: StageSpec, images: np.ndarray, captions, label: str):
+def _needs_source(spec: SuspectSpec) -> bool:
+    """Whether a suspect's training set holds any of the source's generations."""
+    return round(spec.rho * spec.n_samples) > 0
+
+
+def _pool_plan(
+    missing: Sequence[SuspectSpec], source_missing: bool
+) -> tuple[list[str | None], list[str | None]]:
+    """What the workers build at once (None: the source) and what waits for the source.
+
+    A missing source goes first, beside every missing suspect that trains on real images
+    only; the suspects with generated data follow it."""
+    if not missing:
+        return [], []
+    waits = [s.name for s in missing if source_missing and _needs_source(s)]
+    first = [None] if source_missing else []
+    return first + [s.name for s in missing if s.name not in waits], list(waits)
+
+
+class _World:
+    """One zoo's data, VAE and base, built or loaded on opening; its source and suspects on demand.
+
+    The source is trained only when something asks for it (a suspect with generated data, or
+    the index), so a worker fine-tuning an innocent never waits for it."""
+
+    def __init__(self, config: ZooConfig, root: Path, reporter: Reporter, cached_only: bool) -> None:
+        from diffusers import AutoencoderKL
+
+        from auditor.backends import quiet_hf_libraries
+
+        quiet_hf_libraries()
+        self.config, self.reporter = config, reporter
+        self.store = _Artifacts(root, reporter, cached_only)
+        workdir = root / "work"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.parts = ZooParts(config.family, config.seed, workdir)
+        res = self.res = config.resolution
+
+        # Data: the public set pre-trains the base; the private set is the owner's secret data.
+        self.space = space = data.caption_space()
+        public = data.draw(
+            [c for c in space for _ in range(config.public_draws_per_caption)], config.seed, res
+        )
+        rng = np.random.default_rng([config.seed, 1])
+        private_captions = [
+            space[i] for i in rng.choice(len(space), size=config.private_samples, replace=False)
+        ]
+        self.private = private = data.draw(private_captions, config.seed + 1, res)
+        self.domain = tuple(dict.fromkeys(private.captions))
+
+        # VAE (shared by every role, frozen after this stage, as SD fine-tunes keep it fixed).
+        vae_key = {  # the VAE trains on the public and the private images: both counts name it
+            "resolution": res,
+            "seed": config.seed,
+            "draws": config.public_draws_per_caption,
+            "private": config.private_samples,
+            "vae": config.vae,
+        }
+
+        def build_vae(out: Path) -> None:
+            vae = make_vae(config.vae.seed, res)
+            with reporter.task("zoo: VAE", config.vae.steps) as advance:
+                scale = train_vae(
+                    vae,
+                    np.concatenate([public.images, private.images]),
+                    steps=config.vae.steps,
+                    batch_size=config.vae.batch_size,
+                    lr=config.vae.lr,
+                    seed=config.vae.seed,
+                    progress=advance,
+                )
+            vae.register_to_config(scaling_factor=scale)
+            vae.save_pretrained(out, safe_serialization=True)
+
+        vae_dir, vae_digest = self.store.get("vae", vae_key, build_vae)
+        self.vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+        self.states, self.pooled = self.parts.encode(list(space))
+
+        base_key = {"vae": vae_digest, "base": config.base, "draws": config.public_draws_per_caption}
+        if config.unet_channels != (32, 64):
+            base_key["unet_channels"] = config.unet_channels
+        if config.unet_attention != "low":
+            base_key["unet_attention"] = config.unet_attention
+        if config.family != "sd":  # SD bases keep the keys (and caches) they had before SDXL
+            base_key["family"] = config.family
+        self.base_dir, self.base_digest = self.store.get(
+            "base",
+            base_key,
+            lambda out: self.parts.save(
+                out, self._train(None, config.base, public.images, public.captions, "zoo: base"), self.vae
+            ),
+        )
+        private_count = config.private_samples
+        self._source_key = {"base": self.base_digest, "source": config.source, "private": private_count}
+        self.source_digest = config_digest(self._source_key)  # known before the source is trained
+        self._source_root: Path | None = None
+        self._source_generator = None
+
+    def _train(self, parent_unet: Path | None, spec: StageSpec, images: np.ndarray, captions, label: str):
+        from diffusers import UNet2DConditionModel
+
+        config = self.config
         if parent_unet:
             unet = UNet2DConditionModel.from_pretrained(parent_unet)
         else:
-            unet = parts.make_unet(spec.seed, res, config.unet_channels, config.unet_attention)
-        latents = encode_latents(vae, images, scale)
-        with reporter.task(label, spec.steps) as advance:
+            unet = self.parts.make_unet(spec.seed, self.res, config.unet_channels, config.unet_attention)
+        latents = encode_latents(self.vae, images, float(self.vae.config.scaling_factor))
+        with self.reporter.task(label, spec.steps) as advance:
             train_noise_prediction(
                 unet,
                 latents,
                 list(captions),
-                states,
+                self.states,
                 make_train_scheduler(),
                 steps=spec.steps,
                 batch_size=spec.batch_size,
                 lr=spec.lr,
                 seed=spec.seed,
                 progress=advance,
-                pooled=pooled,
-                time_ids=parts.time_ids(res),
+                pooled=self.pooled,
+                time_ids=self.parts.time_ids(self.res),
             )
         return unet
 
-    base_key = {"vae": vae_digest, "base": config.base, "draws": config.public_draws_per_caption}
-    if config.unet_channels != (32, 64):
-        base_key["unet_channels"] = config.unet_channels
-    if config.unet_attention != "low":
-        base_key["unet_attention"] = config.unet_attention
-    if config.family != "sd":  # SD bases keep the keys (and caches) they had before SDXL
-        base_key["family"] = config.family
-    base_dir, base_digest = store.get(
-        "base",
-        base_key,
-        lambda out: parts.save(
-            out, train_from(None, config.base, public.images, public.captions, "zoo: base"), vae
-        ),
-    )
+    def source_missing(self) -> bool:
+        return not self.store.path_for("source", self._source_key).is_dir()
 
-    source_key = {"base": base_digest, "source": config.source, "private": config.private_samples}
+    def source_root(self) -> Path:
+        """The source's folder (`pipeline/` and its private `train/` set), trained on first need."""
+        if self._source_root is None:
 
-    def build_source(out: Path) -> None:
-        unet = train_from(base_dir / "unet", config.source, private.images, private.captions, "zoo: source")
-        parts.save(out / "pipeline", unet, vae)
-        data.save_dataset(private, out / "train")
+            def build_source(out: Path) -> None:
+                private, parent = self.private, self.base_dir / "unet"
+                stage = self.config.source
+                unet = self._train(parent, stage, private.images, private.captions, "zoo: source")
+                self.parts.save(out / "pipeline", unet, self.vae)
+                data.save_dataset(private, out / "train")
 
-    source_root, source_digest = store.get("source", source_key, build_source)
-    source_dir = source_root / "pipeline"
+            self._source_root, digest = self.store.get("source", self._source_key, build_source)
+            assert digest == self.source_digest
+        return self._source_root
 
-    suspects: dict[str, str] = {}
-    rho: dict[str, float] = {}
-    domain = tuple(dict.fromkeys(private.captions))
-    source_generator = None
-    references: dict[str, str] = {}
-    missing = _missing_suspects(config, store, base_digest, source_digest)
-    if jobs > 1 and len(missing) > 1 and not cached_only:
-        _build_suspects_in_parallel(config, root, missing, jobs, reporter)
-    for spec in (*config.suspects, *config.references):
-        key = _suspect_key(base_digest, source_digest, spec, config)
+    def _key(self, spec: SuspectSpec) -> dict:
+        return _suspect_key(self.base_digest, self.source_digest, spec, self.config)
 
-        def build_suspect(out: Path, spec: SuspectSpec = spec) -> None:
-            nonlocal source_generator
-            srng = np.random.default_rng([config.seed, 2, spec.train.seed])
-            captions = _domain_schedule(_domain(spec, domain, space, config.seed), spec.n_samples, srng)
-            generated = np.zeros(spec.n_samples, dtype=bool)
-            generated[srng.choice(spec.n_samples, size=round(spec.rho * spec.n_samples), replace=False)] = (
-                True
-            )
-            images = data.draw(captions, int(srng.integers(2**31)), res, _style(spec)).images.copy()
-            if generated.any():
+    def missing(self) -> list[SuspectSpec]:
+        """The suspects and references not built yet, in the config's order."""
+        return [
+            spec
+            for spec in (*self.config.suspects, *self.config.references)
+            if not self.store.path_for(f"suspect-{spec.name}", self._key(spec)).is_dir()
+        ]
+
+    def suspect(self, spec: SuspectSpec) -> Path:
+        """A suspect's model (a pipeline folder, or the LoRA file on the base), built on first need."""
+        path, _ = self.store.get(
+            f"suspect-{spec.name}", self._key(spec), lambda out: self._build_suspect(spec, out)
+        )
+        return path / LORA_FILE if spec.lora_rank is not None else path
+
+    def _build_suspect(self, spec: SuspectSpec, out: Path) -> None:
+        config, res = self.config, self.res
+        srng = np.random.default_rng([config.seed, 2, spec.train.seed])
+        captions = _domain_schedule(_domain(spec, self.domain, self.space, config.seed), spec.n_samples, srng)
+        generated = np.zeros(spec.n_samples, dtype=bool)
+        generated[srng.choice(spec.n_samples, size=round(spec.rho * spec.n_samples), replace=False)] = True
+        images = data.draw(captions, int(srng.integers(2**31)), res, _style(spec)).images.copy()
+        if generated.any():
+            if self._source_generator is None:
                 from auditor.backends import SuspectSpec as ModelSpec
                 from auditor.backends import open_suspect
 
-                if source_generator is None:
-                    source_generator = open_suspect(ModelSpec(model=str(source_dir), device="cpu"))
-                prompts = [c for c, g in zip(captions, generated, strict=True) if g]
-                seeds = [int(s) for s in srng.integers(2**31, 2**32, size=len(prompts))]
-                with reporter.task(f"zoo: {spec.name} data", 1) as advance:
-                    outputs = source_generator.generate(prompts, seeds, config.generation)
-                    images[generated] = embed(outputs, spec.watermark) if spec.watermark else outputs
-                    advance(1)
-            if spec.launder is not None:
-                images = launder(images, spec.launder)
-            recipe = Recipe(
-                steps=spec.train.steps,
-                learning_rate=spec.train.lr,
-                batch_size=spec.train.batch_size,
-                seed=spec.train.seed,
-                lora_rank=spec.lora_rank,
-                lora_targets=spec.lora_targets,
-            )
-            if spec.then is None:
-                finetune(
-                    base_dir, images, captions, recipe, out, reporter=reporter, label=f"zoo: {spec.name}"
-                )
-                return
-            first = out / ".infringing"  # skipped when the second fine-tune copies its parent's files
-            finetune(base_dir, images, captions, recipe, first, reporter=reporter, label=f"zoo: {spec.name}")
-            _further(spec, first, out, _domain(spec, domain, space, config.seed), res, config.seed, reporter)
-            shutil.rmtree(first)
-
-        path, _ = store.get(f"suspect-{spec.name}", key, build_suspect)
-        if spec.lora_rank is not None:
-            path = path / LORA_FILE
-        (references if spec in config.references else suspects)[spec.name] = str(path)
-        rho[spec.name] = spec.rho
-
-    index = ZooIndex(
-        config_digest=config_digest(config),
-        root=str(root),
-        base=str(base_dir),
-        base_digest=base_digest,
-        source=str(source_dir),
-        source_digest=source_digest,
-        source_train=str(source_root / "train"),
-        suspects=suspects,
-        references=references,
-        rho=rho,
-    )
-    atomic_write_text(root / f"zoo-{index.config_digest[:16]}.json", index.model_dump_json(indent=2))
-    return index
+                source_dir = self.source_root() / "pipeline"
+                self._source_generator = open_suspect(ModelSpec(model=str(source_dir), device="cpu"))
+            prompts = [c for c, g in zip(captions, generated, strict=True) if g]
+            seeds = [int(s) for s in srng.integers(2**31, 2**32, size=len(prompts))]
+            with self.reporter.task(f"zoo: {spec.name} data", 1) as advance:
+                outputs = self._source_generator.generate(prompts, seeds, config.generation)
+                images[generated] = embed(outputs, spec.watermark) if spec.watermark else outputs
+                advance(1)
+        if spec.launder is not None:
+            images = launder(images, spec.launder)
+        recipe = Recipe(
+            steps=spec.train.steps,
+            learning_rate=spec.train.lr,
+            batch_size=spec.train.batch_size,
+            seed=spec.train.seed,
+            lora_rank=spec.lora_rank,
+            lora_targets=spec.lora_targets,
+        )
+        label = f"zoo: {spec.name}"
+        if spec.then is None:
+            finetune(self.base_dir, images, captions, recipe, out, reporter=self.reporter, label=label)
+            return
+        first = out / ".infringing"  # skipped when the second fine-tune copies its parent's files
+        finetune(self.base_dir, images, captions, recipe, first, reporter=self.reporter, label=label)
+        _further(
+            spec,
+            first,
+            out,
+            _domain(spec, self.domain, self.space, config.seed),
+            res,
+            config.seed,
+            self.reporter,
+        )
+        shutil.rmtree(first)
 
 
 def _further(
@@ -357,18 +431,6 @@ def _domain(spec: SuspectSpec, source: tuple[str, ...], space: list[str], seed: 
     return source[:half] + other[: len(source) - half]
 
 
-def _missing_suspects(
-    config: ZooConfig, store: _Artifacts, base_digest: str, source_digest: str
-) -> list[SuspectSpec]:
-    return [
-        spec
-        for spec in (*config.suspects, *config.references)
-        if not store.path_for(
-            f"suspect-{spec.name}", _suspect_key(base_digest, source_digest, spec, config)
-        ).is_dir()
-    ]
-
-
 def _suspect_key(base_digest: str, source_digest: str, spec: SuspectSpec, config: ZooConfig) -> dict:
     # exclude_none: suspects without a watermark keep the digests (and caches) they had before it existed
     suspect = spec.model_dump(mode="json", exclude_none=True)
@@ -376,40 +438,59 @@ def _suspect_key(base_digest: str, source_digest: str, spec: SuspectSpec, config
 
 
 def _build_one(config_json: str, cache_dir: str, name: str | None) -> str:
-    """Worker: the zoo restricted to one suspect, or to its base and source when `name` is None."""
+    """Worker: one suspect of the zoo, or its source when `name` is None (its VAE and base loaded)."""
     torch.set_num_threads(1)
     config = ZooConfig.model_validate_json(config_json)
-    specs = tuple(s for s in (*config.suspects, *config.references) if s.name == name)
-    index = build_zoo(config.model_copy(update={"suspects": specs, "references": ()}), Path(cache_dir))
-    return index.suspects[name] if name else index.source
+    world = _World(config, Path(cache_dir), Reporter(), cached_only=False)
+    if name is None:
+        return str(world.source_root() / "pipeline")
+    (spec,) = (s for s in (*config.suspects, *config.references) if s.name == name)
+    return str(world.suspect(spec))
 
 
 def _run_pool(
-    tasks: list[tuple[ZooConfig, str | None]], root: Path, jobs: int, reporter: Reporter, label: str
-):
+    tasks: list[tuple[ZooConfig, str | None]],
+    root: Path,
+    jobs: int,
+    reporter: Reporter,
+    label: str,
+    after_source: Sequence[tuple[ZooConfig, str | None]] = (),
+) -> None:
+    """Build `tasks` in `jobs` single-threaded worker processes; `after_source` is queued once
+    every source task (name None) of `tasks` is done, behind what is still waiting."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    total = len(tasks) + len(after_source)
     with (
-        reporter.task(f"{label}, {jobs} processes", len(tasks)) as advance,
+        reporter.task(f"{label}, {jobs} processes", total) as advance,
         ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
     ):
-        futures = {pool.submit(_build_one, c.model_dump_json(), str(root), name): name for c, name in tasks}
+
+        def submit(batch):
+            return {pool.submit(_build_one, c.model_dump_json(), str(root), name): name for c, name in batch}
+
+        pending = submit(tasks)
+        sources_left = sum(name is None for _, name in tasks)
+        waiting = list(after_source)
+        done = 0
         try:
-            for done, future in enumerate(as_completed(futures), start=1):
-                future.result()
-                reporter.log(f"zoo: {futures[future] or 'base and source'} ready ({done}/{len(tasks)})")
-                advance(done)
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    name = pending.pop(future)
+                    done += 1
+                    reporter.log(f"zoo: {name or 'base and source'} ready ({done}/{total})")
+                    advance(done)
+                    sources_left -= name is None
+                if waiting and not sources_left:
+                    pending |= submit(waiting)
+                    waiting = []
         except BaseException:  # a failed build or Ctrl-C: do not train the rest of the queue first
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-
-
-def _build_suspects_in_parallel(
-    config: ZooConfig, root: Path, specs: list[SuspectSpec], jobs: int, reporter: Reporter
-) -> None:
-    _run_pool([(config, s.name) for s in specs], root, jobs, reporter, f"zoo: {len(specs)} suspects")
 
 
 def build_zoos(
@@ -426,12 +507,11 @@ def build_zoos(
         _run_pool(
             [(c, None) for c in configs], root, jobs, reporter, f"zoo: {len(configs)} bases and sources"
         )
-        pending = []
-        store = _Artifacts(root, reporter)
-        for config in configs:
-            index = build_zoo(config.model_copy(update={"suspects": (), "references": ()}), root, reporter)
-            missing = _missing_suspects(config, store, index.base_digest, index.source_digest)
-            pending += [(config, spec.name) for spec in missing]
+        pending = [
+            (config, spec.name)
+            for config in configs
+            for spec in _World(config, root, reporter, False).missing()
+        ]
         if pending:
             _run_pool(pending, root, jobs, reporter, f"zoo: {len(pending)} suspects")
     return [build_zoo(config, root, reporter) for config in configs]
