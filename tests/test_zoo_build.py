@@ -4,7 +4,7 @@ import pytest
 
 from auditor.progress import Reporter
 from auditor.zoo.build import _Artifacts, config_digest
-from auditor.zoo.config import PRESETS
+from auditor.zoo.config import PRESETS, StageSpec, SuspectSpec, ZooConfig
 
 
 def test_artifact_built_once_then_cached(tmp_path):
@@ -74,26 +74,31 @@ def test_sdxl_presets_are_the_sd_roles_with_sdxl_models():
         preset("sd3", "demo")
 
 
+_MICRO_STAGE = StageSpec(steps=2, batch_size=2, lr=1e-3)
+
+
+def _micro_zoo(**changes) -> ZooConfig:
+    """Every stage two steps at 16 px, and one suspect that copies the source: a zoo in seconds."""
+    return ZooConfig(
+        resolution=16,
+        public_draws_per_caption=1,
+        private_samples=4,
+        vae=_MICRO_STAGE,
+        base=_MICRO_STAGE,
+        source=_MICRO_STAGE,
+        suspects=(SuspectSpec(name="copy", rho=1.0, n_samples=4, train=_MICRO_STAGE),),
+        generation=PRESETS["test"].generation.model_copy(update={"steps": 2}),
+    ).model_copy(update=changes)
+
+
 def test_a_micro_sdxl_zoo_saves_sdxl_pipelines(tmp_path):
     """Every stage of the SDXL family, a few steps each: base and source trained with the added
     conditioning, a suspect fine-tuned by the one trainer on the source's generations."""
     import json
 
     from auditor.zoo.build import build_zoo
-    from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
 
-    stage = StageSpec(steps=2, batch_size=2, lr=1e-3)
-    config = ZooConfig(
-        family="sdxl",
-        resolution=16,
-        public_draws_per_caption=1,
-        private_samples=4,
-        vae=stage,
-        base=stage,
-        source=stage,
-        suspects=(SuspectSpec(name="copy", rho=1.0, n_samples=4, train=stage),),
-        generation=PRESETS["test"].generation.model_copy(update={"steps": 2}),
-    )
+    config = _micro_zoo(family="sdxl")
     index = build_zoo(config, cache_dir=tmp_path)
     for folder in (index.base, index.source, index.suspects["copy"]):
         assert (
@@ -142,13 +147,15 @@ def test_a_built_model_hashes_the_same_online_or_offline(tmp_path, monkeypatch, 
 
 def test_the_pool_trains_the_source_beside_the_suspects_that_do_not_need_it():
     from auditor.zoo.build import _pool_plan
-    from auditor.zoo.config import StageSpec, SuspectSpec
 
-    stage = StageSpec(steps=2, batch_size=2, lr=1e-3)
+    stage = _MICRO_STAGE
     innocent = SuspectSpec(name="innocent", rho=0.0, n_samples=8, train=stage)
     copy = SuspectSpec(name="copy", rho=0.3, n_samples=8, train=stage)
     rounded_away = SuspectSpec(name="none-generated", rho=0.05, n_samples=8, train=stage)  # 0.4 images
-    assert _pool_plan([copy, innocent, rounded_away], True) == ([None, "innocent", "none-generated"], ["copy"])
+    assert _pool_plan([copy, innocent, rounded_away], True) == (
+        [None, "innocent", "none-generated"],
+        ["copy"],
+    )
     assert _pool_plan([copy, innocent], False) == (["copy", "innocent"], [])
     assert _pool_plan([], True) == ([], [])
 
@@ -157,20 +164,9 @@ def test_a_zoo_built_by_two_workers_is_the_zoo_one_process_finds(tmp_path):
     """jobs=2 with the source missing: the workers build the source, the innocent beside it and
     then the copy; every artifact lands where a one-process build looks for it."""
     from auditor.zoo.build import build_zoo
-    from auditor.zoo.config import StageSpec, SuspectSpec, ZooConfig
 
-    stage = StageSpec(steps=2, batch_size=2, lr=1e-3)
-    config = ZooConfig(
-        resolution=16,
-        public_draws_per_caption=1,
-        private_samples=4,
-        vae=stage,
-        base=stage,
-        source=stage,
-        suspects=(SuspectSpec(name="copy", rho=1.0, n_samples=4, train=stage),),
-        references=(SuspectSpec(name="reference", rho=0.0, n_samples=4, train=stage),),
-        generation=PRESETS["test"].generation.model_copy(update={"steps": 2}),
-    )
+    reference = SuspectSpec(name="reference", rho=0.0, n_samples=4, train=_MICRO_STAGE)
+    config = _micro_zoo(references=(reference,))
     index = build_zoo(config, cache_dir=tmp_path, jobs=2)
     assert build_zoo(config, cache_dir=tmp_path, cached_only=True) == index
     assert set(index.suspects) == {"copy"} and set(index.references) == {"reference"}
