@@ -438,7 +438,8 @@ def _suspect_key(base_digest: str, source_digest: str, spec: SuspectSpec, config
 
 
 def _build_one(config_json: str, cache_dir: str, name: str | None) -> str:
-    """Worker: one suspect of the zoo, or its source when `name` is None (its VAE and base loaded)."""
+    """Worker: one suspect of the zoo, or its source when `name` is None (VAE and base built first
+    when missing, as `build_zoos` leaves them to the workers)."""
     torch.set_num_threads(1)
     config = ZooConfig.model_validate_json(config_json)
     world = _World(config, Path(cache_dir), Reporter(), cached_only=False)
@@ -482,7 +483,7 @@ def _run_pool(
                     future.result()
                     name = pending.pop(future)
                     done += 1
-                    reporter.log(f"zoo: {name or 'base and source'} ready ({done}/{total})")
+                    reporter.log(f"zoo: {name or 'source'} ready ({done}/{total})")
                     advance(done)
                     sources_left -= name is None
                 if waiting and not sources_left:
