@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-out", help="output folder (default ./demo-out)")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
     p.add_argument(
-        "--jobs", type=positive_int, default=2, help="suspects fine-tuned in parallel processes (default 2)"
+        "--jobs",
+        type=positive_int,
+        default=2,
+        help="one-thread worker processes that train the source and the suspects (default 2)",
     )
     p.add_argument("--strategy", choices=["detection", "generation", "random"], default="generation")
 

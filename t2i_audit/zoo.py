@@ -24,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cache", type=Path, help="cache directory (default $T2I_AUDITOR_CACHE or ~/.cache/t2i-auditor)"
     )
     p.add_argument(
-        "--jobs", type=positive_int, default=2, help="suspects fine-tuned in parallel processes (default 2)"
+        "--jobs",
+        type=positive_int,
+        default=2,
+        help="one-thread worker processes that train the source and the suspects (default 2)",
     )
 
 
