@@ -64,6 +64,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_jobs_argument(parser: argparse.ArgumentParser, trained: str) -> None:
+    """`--jobs`, shared by every command that trains models: one-thread worker processes, since
+    on small CPU machines two of those beat one process with two threads (docs/design.md)."""
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=2,
+        help=f"one-thread worker processes that train {trained} (default 2)",
+    )
+
+
 def probability(text: str) -> float:
     try:
         value = float(text)

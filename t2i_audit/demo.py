@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t2i_audit._common import Context, add_command, positive_int
+from t2i_audit._common import Context, add_command, add_jobs_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo-out", help="output folder (default ./demo-out)")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
-    p.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=2,
-        help="one-thread worker processes that train the source and the suspects (default 2)",
-    )
+    add_jobs_argument(p, "the source and the suspects")
     p.add_argument("--strategy", choices=["detection", "generation", "random"], default="generation")
 
 

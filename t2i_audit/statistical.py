@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from auditor.errors import EXIT_OK, BadInputError
-from t2i_audit._common import Context, add_command, add_group, device, positive_int
+from t2i_audit._common import Context, add_command, add_group, add_jobs_argument, device, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", default="v1", help="model family of the scale (default v1)")
     p.add_argument("--out", required=True, help="shadow-set file to write (JSON)")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
-    p.add_argument(
-        "--jobs", type=positive_int, default=2, help="models fine-tuned in parallel processes (default 2)"
-    )
+    add_jobs_argument(p, "the models")
 
     p = add_command(
         shadow_sub, "fit", "audit the shadows with the keys and fit the discriminator", cmd_shadow_fit
@@ -95,9 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("reproduction-out"), help="output folder")
     p.add_argument("--cache", type=Path, help="zoo cache directory")
-    p.add_argument(
-        "--jobs", type=positive_int, default=2, help="models fine-tuned in parallel processes (default 2)"
-    )
+    add_jobs_argument(p, "the models")
 
 
 def _family(scale_name: str, family: str):

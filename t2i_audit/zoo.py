@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t2i_audit._common import Context, add_command, add_group, positive_int
+from t2i_audit._common import Context, add_command, add_group, add_jobs_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cache", type=Path, help="cache directory (default $T2I_AUDITOR_CACHE or ~/.cache/t2i-auditor)"
     )
-    p.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=2,
-        help="one-thread worker processes that train the source and the suspects (default 2)",
-    )
+    add_jobs_argument(p, "the source and the suspects")
 
 
 def cmd_zoo_build(args: argparse.Namespace, ctx: Context) -> int:
